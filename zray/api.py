@@ -1,0 +1,293 @@
+"""The public API, as in Ray: ``init``, ``remote``, ``get``, ``put``, ``wait``,
+``cancel``, ``shutdown`` and the cluster queries."""
+from __future__ import annotations
+
+import atexit
+import inspect
+import logging
+import os
+import sys
+import threading
+
+from . import session
+from .broker import protocol as p
+from .broker import sockets
+from .broker.rpc import RpcClient
+from .config import config
+from .node import NodeProcesses, free_port
+from .object_ref import ObjectRef
+from .remote_function import RemoteFunction
+from .worker import global_state
+from .worker.core_worker import CoreWorker
+from .worker.global_state import require_worker
+
+log = logging.getLogger("zray")
+
+_lock = threading.RLock()
+_local_node: NodeProcesses | None = None
+_namespace = ""
+_atexit_registered = False
+
+
+class RuntimeContext:
+    """What the calling process or task knows about where it runs."""
+
+    def __init__(self, worker: CoreWorker):
+        self._worker = worker
+
+    def get_job_id(self) -> str:
+        return self._worker.job_id.hex()
+
+    @property
+    def job_id(self):
+        return self._worker.job_id.hex()
+
+    def get_task_id(self) -> str | None:
+        task_id = getattr(self._worker.current, "task_id", None)
+        return task_id.hex() if task_id else None
+
+    def get_node_id(self) -> str:
+        return self._worker.node_id.hex()
+
+    @property
+    def node_id(self):
+        return self._worker.node_id.hex()
+
+    def get_worker_id(self) -> str:
+        return self._worker.worker_id.hex()
+
+    def get_actor_id(self) -> str | None:
+        actor_id = getattr(self._worker, "actor_id", None)
+        return actor_id.hex() if actor_id else None
+
+    @property
+    def gcs_address(self) -> str:
+        return self._worker.gcs_address
+
+    @property
+    def namespace(self) -> str:
+        return _namespace
+
+    def get_assigned_resources(self) -> dict:
+        spec = getattr(self._worker.current, "spec", None)
+        return dict(spec.resources) if spec else {}
+
+    @property
+    def was_current_actor_reconstructed(self) -> bool:
+        return bool(getattr(self._worker, "actor_restarted", False))
+
+
+def is_initialized() -> bool:
+    return global_state.worker is not None
+
+
+def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=None,
+         object_store_memory=None, namespace=None, ignore_reinit_error=False,
+         logging_level=logging.INFO, log_to_driver=True, include_dashboard=None,
+         _memory=None, **unused):
+    """Connect this process to a cluster, starting a local one if needed.
+
+    With no ``address`` (and no ``ZRAY_ADDRESS``) a GCS and a raylet start
+    here and stop at ``shutdown()`` or exit. ``address="auto"`` joins the
+    cluster ``zray start --head`` started on this host; ``"host:port"`` joins
+    the cluster whose GCS listens there."""
+    global _local_node, _namespace, _atexit_registered
+    with _lock:
+        if is_initialized():
+            if ignore_reinit_error:
+                return RuntimeContext(global_state.worker)
+            raise RuntimeError("Maybe you called zray.init twice by accident? This error can "
+                               "be suppressed by passing ignore_reinit_error=True, or by "
+                               "calling zray.shutdown() first.")
+        logging.getLogger("zray").setLevel(logging_level)
+        address = address or os.environ.get("ZRAY_ADDRESS") or os.environ.get("RAY_ADDRESS")
+        if address in ("local", ""):
+            address = None
+        if resources and ("CPU" in resources or "GPU" in resources):
+            raise ValueError("Use the 'num_cpus' and 'num_gpus' keywords instead of 'CPU' "
+                             "and 'GPU' in 'resources'")
+        if address is None:
+            session_dir = session.new_session_dir()
+            gcs_address = f"127.0.0.1:{free_port()}"
+            node = NodeProcesses(session_dir, detached=False)
+            node.start_gcs(gcs_address)
+            raylet_endpoint = node.start_raylet(
+                gcs_address, os.urandom(16), num_cpus=num_cpus, num_gpus=num_gpus,
+                memory=_memory, resources=resources, object_store_memory=object_store_memory)
+            _local_node = node
+        else:
+            if num_cpus is not None or num_gpus is not None or resources:
+                raise ValueError("When connecting to an existing cluster, num_cpus, num_gpus "
+                                 "and resources must not be given: they belong to "
+                                 "`zray start`.")
+            gcs_address, raylet_endpoint, session_dir = _find_cluster(address)
+        try:
+            worker = _connect(gcs_address, raylet_endpoint, session_dir, namespace or "",
+                              log_to_driver)
+        except BaseException:
+            if _local_node is not None:
+                _local_node.stop()
+                _local_node = None
+            raise
+        _namespace = namespace or ""
+        global_state.worker = worker
+        if not _atexit_registered:
+            atexit.register(shutdown)
+            _atexit_registered = True
+        return RuntimeContext(worker)
+
+
+def _find_cluster(address: str) -> tuple[str, str, str]:
+    """(gcs address, local raylet endpoint, session dir) of a running cluster."""
+    if address == "auto":
+        current = session.read_current_cluster()
+        if current is None:
+            raise ConnectionError("address='auto' found no running zray cluster on this "
+                                  "host: start one with `zray start --head`")
+        address = current["gcs_address"]
+    address = address.removeprefix("zray://").removeprefix("ray://")
+    gcs = RpcClient(sockets.tcp_endpoint(address), config.rpc_timeout_s, "GCS")
+    try:
+        nodes = gcs.call(p.GetNodes(), timeout=config.connect_timeout_s).value
+    except TimeoutError:
+        raise ConnectionError(
+            f"could not reach a zray cluster at {address} within "
+            f"{config.connect_timeout_s:.0f}s: is `zray start --head` running there, "
+            f"and is the address right?") from None
+    finally:
+        gcs.close()
+    local_ips = _local_ips()
+    for node in nodes:
+        if node["alive"] and node["node_ip"] in local_ips:
+            return address, node["address"], node["session_dir"]
+    raise ConnectionError(f"the cluster at {address} has no live node on this host: "
+                          f"run `zray start --address={address}` here first")
+
+
+def _local_ips() -> set[str]:
+    import psutil
+    ips = {"127.0.0.1"}
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            ips.add(a.address)
+    return ips
+
+
+def _connect(gcs_address, raylet_endpoint, session_dir, namespace, log_to_driver):
+    gcs = RpcClient(sockets.tcp_endpoint(gcs_address), config.rpc_timeout_s, "GCS")
+    try:
+        job_id, pub_address = gcs.call(p.RegisterJob(
+            os.getpid(), [], namespace, [path for path in sys.path if path],
+            os.getcwd()), timeout=config.connect_timeout_s).value
+    except TimeoutError:
+        raise ConnectionError(f"the GCS at {gcs_address} did not answer within "
+                              f"{config.connect_timeout_s:.0f}s") from None
+    finally:
+        gcs.close()
+    worker = CoreWorker("driver", raylet_endpoint, session_dir, job_id=job_id)
+    if log_to_driver:
+        worker.subscribe_logs(pub_address, _print_worker_lines)
+    return worker
+
+
+def _print_worker_lines(pid, ip, lines) -> None:
+    out = sys.stdout
+    for line in lines:
+        out.write(line + "\n")
+    out.flush()
+
+
+def shutdown() -> None:
+    """Disconnect; stop the local cluster if ``init()`` started one."""
+    global _local_node
+    with _lock:
+        worker = global_state.worker
+        global_state.worker = None
+        if worker is not None:
+            worker.shutdown()
+        if _local_node is not None:
+            _local_node.stop()
+            _local_node = None
+        sockets.term()
+
+
+def remote(*args, **options):
+    """``@zray.remote`` or ``@zray.remote(num_cpus=..., ...)`` on a function or class."""
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("The @zray.remote decorator must be applied either with no "
+                        "arguments and no parentheses, or with keyword arguments only, "
+                        "e.g. @zray.remote(num_cpus=1)")
+    return lambda target: _make_remote(target, options)
+
+
+def _make_remote(target, options):
+    if inspect.isclass(target):
+        from .actor import ActorClass
+        return ActorClass(target, options)
+    return RemoteFunction(target, options)
+
+
+def get(object_refs, *, timeout: float | None = None):
+    """The value(s) of ObjectRef(s); raises the task's error if it failed."""
+    return require_worker().get(object_refs, timeout)
+
+
+def put(value) -> ObjectRef:
+    """Store ``value`` in the cluster and return a ref to it."""
+    return require_worker().put(value)
+
+
+def wait(object_refs, *, num_returns: int = 1, timeout: float | None = None,
+         fetch_local: bool = True):
+    """``(ready, not_ready)`` once ``num_returns`` refs are ready or time is up."""
+    return require_worker().wait(list(object_refs) if not isinstance(object_refs, list)
+                                 else object_refs, num_returns, timeout, fetch_local)
+
+
+def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that returns ``object_ref``; ``get`` then raises
+    TaskCancelledError. ``force=True`` kills the worker running it."""
+    if not isinstance(object_ref, ObjectRef):
+        raise TypeError(f"zray.cancel() takes an ObjectRef, got {type(object_ref).__name__}")
+    require_worker().cancel(object_ref, force)
+
+
+def get_runtime_context() -> RuntimeContext:
+    return RuntimeContext(require_worker())
+
+
+def nodes() -> list[dict]:
+    """Every node that joined, in Ray's format (``Alive`` false for dead ones)."""
+    worker = require_worker()
+    out = []
+    for node in worker.gcs.call(p.GetNodes()).value:
+        out.append({
+            "NodeID": node["node_id"].hex(), "Alive": node["alive"],
+            "NodeManagerAddress": node["node_ip"], "NodeManagerHostname": node["hostname"],
+            "NodeName": node["node_ip"], "Resources": node["resources"] if node["alive"] else {},
+            "alive": node["alive"], "RayletSocketName": node["address"],
+            "ObjectStoreSocketName": node["address"],
+        })
+    return out
+
+
+def cluster_resources() -> dict:
+    """Total resources of the live nodes."""
+    return _sum_resources("resources")
+
+
+def available_resources() -> dict:
+    """Resources free now on the live nodes (as last reported)."""
+    return {k: v for k, v in _sum_resources("available").items() if v > 0}
+
+
+def _sum_resources(field: str) -> dict:
+    worker = require_worker()
+    total: dict = {}
+    for node in worker.gcs.call(p.GetNodes()).value:
+        if node["alive"]:
+            for k, v in node[field].items():
+                total[k] = total.get(k, 0.0) + v
+    return total

@@ -1,0 +1,1 @@
+"""The ZeroMQ fabric: sockets, the wire protocol, request/reply and pub/sub."""

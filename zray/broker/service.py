@@ -1,0 +1,150 @@
+"""Server side of the fabric: a daemon's loop over its sockets.
+
+``Service`` polls its ROUTER and any other sockets or file descriptors,
+decodes each message and calls the handler named after it
+(``SubmitTask`` -> ``handle_submit_task(req, msg)``). Garbage of any kind —
+wrong frame count, junk payload, unknown code, wrong arity, a handler that
+raises — is logged with a reason and dropped; the loop keeps serving.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+import zmq
+
+from . import protocol
+
+log = logging.getLogger(__name__)
+
+
+def _snake(name: str) -> str:
+    """``SubmitTask`` -> ``submit_task``, ``KVPut`` -> ``kv_put``."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+class Request:
+    """Who sent a message and how to answer it."""
+    __slots__ = ("identity", "corr", "blobs")
+
+    def __init__(self, identity: bytes, corr: bytes, blobs):
+        self.identity = identity
+        self.corr = corr
+        self.blobs = blobs
+
+
+class Service:
+    """Base of a daemon: register sockets and timers, then ``run()``."""
+
+    name = "service"
+
+    def __init__(self):
+        self._poller = zmq.Poller()
+        self._handlers: dict = {}           # socket or fd -> callable
+        self._timers: list = []             # [next_due, interval, fn]
+        self._dispatch: dict[int, object] = {}
+        for code, cls in protocol.message_types().items():
+            fn = getattr(self, "handle_" + _snake(cls.__name__), None)
+            if fn is not None:
+                self._dispatch[code] = fn
+        self.router: zmq.Socket | None = None
+        self.running = True
+        self.dropped = 0
+
+    # -- registration -----------------------------------------------------
+    def serve(self, router: zmq.Socket) -> None:
+        """Serve requests arriving on ``router``."""
+        self.router = router
+        self.watch(router, self._on_router)
+
+    def watch(self, sock_or_fd, handler) -> None:
+        self._handlers[sock_or_fd] = handler
+        self._poller.register(sock_or_fd, zmq.POLLIN)
+
+    def unwatch(self, sock_or_fd) -> None:
+        self._handlers.pop(sock_or_fd, None)
+        try:
+            self._poller.unregister(sock_or_fd)
+        except KeyError:
+            pass
+
+    def every(self, interval: float, fn) -> None:
+        self._timers.append([time.monotonic() + interval, interval, fn])
+
+    # -- answering --------------------------------------------------------
+    def reply(self, req: Request, message, blobs=()) -> None:
+        if not req.corr:
+            return                          # one-way message: nobody waits
+        self.send_to(req.identity, message, req.corr, blobs)
+
+    def send_to(self, identity: bytes, message, corr: bytes = b"", blobs=()) -> bool:
+        """Send on the ROUTER to a connected peer; False if it is gone."""
+        try:
+            self.router.send_multipart([identity, corr, protocol.encode(message), *blobs],
+                                       copy=False)
+            return True
+        except zmq.ZMQError as exc:     # EHOSTUNREACH: the peer disconnected
+            log.warning("%s: cannot send %s to %r: %s", self.name,
+                        type(message).__name__, identity[:16], exc)
+            return False
+
+    # -- the loop ---------------------------------------------------------
+    def _on_router(self, sock: zmq.Socket) -> None:
+        for _ in range(1000):                # drain a burst, then let timers run
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.dispatch_frames(frames[0].bytes, frames[1:])
+
+    def dispatch_frames(self, identity: bytes, frames) -> None:
+        """Decode ``[corr, payload, *blobs]`` and call its handler."""
+        if len(frames) < 2:
+            return self._drop(identity, f"{len(frames)} frame(s), expected at least 2")
+        corr = frames[0].bytes
+        if len(corr) not in (0, 8):
+            return self._drop(identity, f"correlation id of {len(corr)} bytes")
+        try:
+            msg = protocol.decode(frames[1].buffer)
+        except protocol.ProtocolError as exc:
+            self._drop(identity, str(exc))
+            if corr:        # a request: tell the sender instead of leaving it waiting
+                self.send_to(identity, protocol.ErrorReply("ProtocolError", str(exc)), corr)
+            return
+        handler = self._dispatch.get(msg.CODE)
+        req = Request(identity, corr, frames[2:])
+        if handler is None:
+            self._drop(identity, f"{type(msg).__name__} is not served here")
+            self.reply(req, protocol.ErrorReply(
+                "ProtocolError", f"{self.name} does not serve {type(msg).__name__}"))
+            return
+        try:
+            handler(req, msg)
+        except Exception as exc:
+            log.exception("%s: %s failed", self.name, type(msg).__name__)
+            self.reply(req, protocol.ErrorReply(type(exc).__name__, str(exc)))
+
+    def _drop(self, identity: bytes, reason: str) -> None:
+        self.dropped += 1
+        log.warning("%s: dropped a message from peer %r: %s", self.name, identity[:16], reason)
+
+    def run(self) -> None:
+        while self.running:
+            now = time.monotonic()
+            wait = 1.0
+            for timer in self._timers:
+                if timer[0] <= now:
+                    timer[0] = now + timer[1]
+                    try:
+                        timer[2]()
+                    except Exception:
+                        log.exception("%s: timer %s failed", self.name, timer[2])
+                wait = min(wait, timer[0] - now)
+            for sock, _ in self._poller.poll(max(0, int(wait * 1000))):
+                handler = self._handlers.get(sock)
+                if handler is not None:
+                    handler(sock)
+
+    def stop(self) -> None:
+        self.running = False

@@ -1,0 +1,116 @@
+"""Socket factories: every zray socket is made here, named by the pattern it plays.
+
+All sockets share one ``zmq.Context`` per process (re-made after fork) and the
+same defaults: no linger past a short grace, fast reconnects, high-water marks
+large enough for bursts of tasks, and a size limit on daemon ROUTERs.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import zmq
+
+from .protocol import MAX_MESSAGE_BYTES
+
+_ctx_lock = threading.Lock()
+_ctx: zmq.Context | None = None
+_ctx_pid = 0
+
+HWM = 1_000_000
+LINGER_MS = 200
+
+
+def context() -> zmq.Context:
+    """This process's ZeroMQ context (a fresh one in a forked child)."""
+    global _ctx, _ctx_pid
+    if _ctx is None or _ctx_pid != os.getpid():
+        with _ctx_lock:
+            if _ctx is None or _ctx_pid != os.getpid():
+                _ctx = zmq.Context(io_threads=1)
+                _ctx_pid = os.getpid()
+    return _ctx
+
+
+def term() -> None:
+    """Close every socket of this process's context (at shutdown)."""
+    global _ctx
+    with _ctx_lock:
+        if _ctx is not None and _ctx_pid == os.getpid():
+            _ctx.destroy(linger=LINGER_MS)
+        _ctx = None
+
+
+def _socket(kind: int) -> zmq.Socket:
+    sock = context().socket(kind)
+    sock.setsockopt(zmq.LINGER, LINGER_MS)
+    sock.setsockopt(zmq.SNDHWM, HWM)
+    sock.setsockopt(zmq.RCVHWM, HWM)
+    sock.setsockopt(zmq.RECONNECT_IVL, 10)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
+    return sock
+
+
+def _bind(sock: zmq.Socket, endpoint: str) -> str:
+    if endpoint.startswith("ipc://"):
+        path = endpoint[len("ipc://"):]
+        old = os.umask(0o077)       # local endpoints are private to the user
+        try:
+            sock.bind(endpoint)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        return endpoint
+    if endpoint.endswith(":0"):
+        port = sock.bind_to_random_port(endpoint[:-2])
+        return f"{endpoint[:-2]}:{port}"
+    sock.bind(endpoint)
+    return endpoint
+
+
+def server_router(endpoint: str) -> tuple[zmq.Socket, str]:
+    """ROUTER a daemon serves requests on (the request/reply server side).
+
+    Frames bigger than MAX_MESSAGE_BYTES are dropped by ZeroMQ itself.
+    Returns the socket and the endpoint actually bound (port 0 resolved)."""
+    sock = _socket(zmq.ROUTER)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    return sock, _bind(sock, endpoint)
+
+
+def inbox_router(endpoint: str) -> zmq.Socket:
+    """ROUTER a core worker receives one-way messages on (results, requests)."""
+    sock = _socket(zmq.ROUTER)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    _bind(sock, endpoint)
+    return sock
+
+
+def dealer(endpoint: str, identity: bytes | None = None) -> zmq.Socket:
+    """DEALER connected to a ROUTER (client side of request/reply, or one-way)."""
+    sock = _socket(zmq.DEALER)
+    if identity:
+        sock.setsockopt(zmq.IDENTITY, identity)
+    sock.connect(endpoint)
+    return sock
+
+
+def publisher(endpoint: str) -> tuple[zmq.Socket, str]:
+    """PUB of an event stream; returns the socket and the bound endpoint."""
+    sock = _socket(zmq.PUB)
+    return sock, _bind(sock, endpoint)
+
+
+def subscriber(endpoint: str, topics: list[bytes]) -> zmq.Socket:
+    """SUB to an event stream, for the given topic prefixes."""
+    sock = _socket(zmq.SUB)
+    for topic in topics:
+        sock.setsockopt(zmq.SUBSCRIBE, topic)
+    sock.connect(endpoint)
+    return sock
+
+
+def tcp_endpoint(address: str) -> str:
+    """``host:port`` or ``tcp://host:port`` as a ZeroMQ endpoint."""
+    return address if "://" in address else f"tcp://{address}"

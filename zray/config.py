@@ -1,0 +1,56 @@
+"""zray's settings: one typed object with defaults, overridable by environment.
+
+Every field can be set with an environment variable ``ZRAY_<FIELD>`` (upper
+case), e.g. ``ZRAY_NODE_TIMEOUT_S=3``. Daemons receive the driver's settings
+through their environment, so one place decides them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+
+@dataclasses.dataclass
+class Config:
+    #: values up to this size travel inside messages; larger ones go to the store
+    inline_threshold: int = 100 * 1024
+    #: how often a raylet reports to the GCS
+    heartbeat_interval_s: float = 0.5
+    #: a node that has not reported for this long is declared dead
+    node_timeout_s: float = 10.0
+    #: bound on a request to a daemon
+    rpc_timeout_s: float = 30.0
+    #: bound on reaching a cluster at start-up
+    connect_timeout_s: float = 5.0
+    #: default object store size when none is given: this share of memory
+    object_store_fraction: float = 0.3
+    #: cap of the default object store size
+    object_store_max_bytes: int = 20 * 1024 ** 3
+    #: idle workers beyond the node's CPU count are stopped after this long
+    idle_worker_timeout_s: float = 10.0
+    #: the directory under which sessions live
+    temp_dir: str = "/tmp/zray-sessions"
+
+    @classmethod
+    def from_env(cls, environ=None) -> "Config":
+        environ = os.environ if environ is None else environ
+        values = {}
+        for field in dataclasses.fields(cls):
+            raw = environ.get("ZRAY_" + field.name.upper())
+            if raw is None:
+                continue
+            kind = type(field.default)
+            try:
+                values[field.name] = kind(raw)
+            except ValueError:
+                raise ValueError(
+                    f"ZRAY_{field.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ZRAY_* environment variables (for child processes)."""
+        return {"ZRAY_" + f.name.upper(): str(getattr(self, f.name))
+                for f in dataclasses.fields(self)}
+
+
+config = Config.from_env()

@@ -1,0 +1,1 @@
+"""zray.dashboard — planned; see the issues."""

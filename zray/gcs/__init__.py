@@ -1,0 +1,1 @@
+"""The Global Control Store: cluster tables and the event stream."""

@@ -1,0 +1,740 @@
+"""Microbenchmarks for zray, runnable unchanged against Ray for comparison.
+
+This module is self-contained on purpose (stdlib + numpy at import time): it
+must also run as a plain script under an interpreter where zray is not
+installed, e.g.::
+
+    /tmp/rayvenv/bin/python zray/microbenchmark.py --backend ray --json
+
+The backend is imported by name (``importlib.import_module(backend)``) and
+only the public API shared by zray and Ray is used (init, remote, get, put,
+kill, shutdown), so the same code measures both.
+
+Usage::
+
+    python -m zray.microbenchmark [--backend zray|ray] [--rows a,b,...]
+                                  [--duration SECONDS] [--json]
+                                  [--compare-ray [--ray-python PATH]]
+
+Row names follow ``ray microbenchmark``.  Throughput rows warm up, then run
+timed batches until ``--duration`` seconds of timed work have accumulated and
+report operations per second over the whole timed portion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+DEFAULT_DURATION = 2.0
+DEFAULT_ROW_TIMEOUT = 60.0
+NUM_CPUS = 2
+OBJECT_STORE_MEMORY = 2 * 1024**3
+INIT_RUNS = 3
+BATCH = 1000
+PROGRESS_PREFIX = "[microbenchmark] "
+_PROBE_MARKER = "ZRAY_INIT_TO_FIRST_TASK"
+_DEFAULT_RAY_VENV_PYTHON = "/tmp/rayvenv/bin/python"
+_SETTLE_SECONDS = 1.0
+
+# Units where a smaller number is better; for these the comparison ratio is
+# ray/zray instead of zray/ray so that >1x always means "zray is better".
+LOWER_IS_BETTER_UNITS = frozenset({"s", "ms", "us"})
+
+
+# --------------------------------------------------------------------------
+# Backend helpers
+# --------------------------------------------------------------------------
+
+def init_kwargs(backend: str) -> dict:
+    """Keyword arguments for ``backend.init()``; extras only for Ray."""
+    kwargs = {"num_cpus": NUM_CPUS, "object_store_memory": OBJECT_STORE_MEMORY}
+    if _is_ray(backend):
+        kwargs["include_dashboard"] = False
+    return kwargs
+
+
+def _is_ray(backend: str) -> bool:
+    return backend == "ray" or backend.startswith("ray.")
+
+
+def _import_backend(backend: str):
+    if _is_ray(backend):
+        # No phoning home from a benchmark (and no network in sandboxes).
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    return importlib.import_module(backend)
+
+
+def _fmt_exc(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()
+    first = msg[0] if msg else ""
+    if len(first) > 160:
+        first = first[:157] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+class _RowTimeout(Exception):
+    pass
+
+
+class _Alarm:
+    """Raise TimeoutError in the main thread if a row hangs (Unix only)."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.active = (
+            seconds
+            and seconds > 0
+            and hasattr(signal, "SIGALRM")
+            and threading.current_thread() is threading.main_thread()
+        )
+
+    def _handler(self, signum, frame):
+        raise TimeoutError(f"row did not finish within {self.seconds:g}s")
+
+    def __enter__(self):
+        if self.active:
+            self._old = signal.signal(signal.SIGALRM, self._handler)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._old)
+        return False
+
+
+# --------------------------------------------------------------------------
+# Remote definitions (built inside a factory so they pickle by value and the
+# workers never need to import this module)
+# --------------------------------------------------------------------------
+
+def _make_remotes(b):
+    def small():
+        return b"ok"
+
+    def echo(x):
+        return x
+
+    class Actor:
+        def f(self):
+            return b"ok"
+
+    class AsyncActor:
+        async def f(self):
+            return b"ok"
+
+    return {
+        "small": b.remote(small),
+        "echo": b.remote(echo),
+        "Actor": b.remote(Actor),
+        "ConcurrentActor": b.remote(max_concurrency=16)(Actor),
+        "AsyncActor": b.remote(AsyncActor),
+    }
+
+
+# --------------------------------------------------------------------------
+# The benchmark rows
+# --------------------------------------------------------------------------
+
+class _Bench:
+    def __init__(self, b, duration):
+        self.b = b
+        self.duration = float(duration)
+        self.warmup = max(0.1, min(1.0, 0.25 * self.duration))
+        self.r = _make_remotes(b)
+
+    # -- timing helpers ---------------------------------------------------
+    def throughput(self, batch, n, setup=None):
+        """Ops/s of ``batch`` (which performs ``n`` ops).
+
+        ``setup`` (optional) is called untimed before every batch and its
+        result passed to ``batch``.
+        """
+        def once():
+            arg = setup() if setup is not None else None
+            t0 = time.perf_counter()
+            if setup is not None:
+                batch(arg)
+            else:
+                batch()
+            return time.perf_counter() - t0
+
+        warm_end = time.perf_counter() + self.warmup
+        once()
+        while time.perf_counter() < warm_end:
+            once()
+        total, ops = 0.0, 0
+        while total < self.duration:
+            total += once()
+            ops += n
+        return ops / total
+
+    def median_latency_ms(self, fn, max_iters=20000):
+        for _ in range(3):
+            fn()
+        samples = []
+        end = time.perf_counter() + self.duration
+        while len(samples) < 5 or (time.perf_counter() < end and len(samples) < max_iters):
+            t0 = time.perf_counter()
+            v = fn()
+            samples.append(time.perf_counter() - t0)
+            del v
+        return statistics.median(samples) * 1000.0
+
+    def _kill(self, *actors):
+        for a in actors:
+            try:
+                self.b.kill(a)
+            except Exception:
+                pass
+
+    # -- tasks / objects ----------------------------------------------------
+    def single_client_tasks_sync(self):
+        b, small = self.b, self.r["small"]
+        return self.throughput(lambda: b.get(small.remote()), 1)
+
+    def single_client_tasks_async(self):
+        b, small = self.b, self.r["small"]
+        return self.throughput(lambda: b.get([small.remote() for _ in range(BATCH)]), BATCH)
+
+    def single_client_put_calls(self):
+        b = self.b
+        return self.throughput(lambda: b.put(0), 1)
+
+    def single_client_get_calls(self):
+        b = self.b
+        ref = b.put(0)
+        return self.throughput(lambda: b.get(ref), 1)
+
+    def single_client_put_gigabytes(self):
+        b = self.b
+        arr = np.zeros(100 * 1024 * 1024, dtype=np.int64)
+        arr.fill(0)  # fault the pages in: reading untouched zero pages is unrealistically fast
+
+        def put_once():
+            ref = b.put(arr)
+            del ref
+
+        return self.throughput(put_once, 1) * arr.nbytes / 1e9
+
+    def tasks_1mb_arg_echo(self):
+        b, echo = self.b, self.r["echo"]
+        n = 100
+        counter = [0]
+
+        def setup():
+            counter[0] += 1
+            return [np.full(1024 * 1024 // 8, counter[0] * n + i, dtype=np.int64) for i in range(n)]
+
+        def batch(arrs):
+            b.get([echo.remote(a) for a in arrs])
+
+        return self.throughput(batch, n, setup=setup)
+
+    def _get_large_array(self, nbytes):
+        b = self.b
+        arr = np.ones(nbytes // 8, dtype=np.int64)
+        ref = b.put(arr)
+        del arr
+        return self.median_latency_ms(lambda: b.get(ref))
+
+    def get_large_array_1mb(self):
+        return self._get_large_array(1024 * 1024)
+
+    def get_large_array_100mb(self):
+        return self._get_large_array(100 * 1024 * 1024)
+
+    # -- actors ---------------------------------------------------------------
+    def _actor_sync(self, cls_name):
+        b = self.b
+        a = self.r[cls_name].remote()
+        try:
+            return self.throughput(lambda: b.get(a.f.remote()), 1)
+        finally:
+            self._kill(a)
+
+    def _actor_async(self, cls_name):
+        b = self.b
+        a = self.r[cls_name].remote()
+        try:
+            return self.throughput(lambda: b.get([a.f.remote() for _ in range(BATCH)]), BATCH)
+        finally:
+            self._kill(a)
+
+    def actor_calls_sync(self):
+        return self._actor_sync("Actor")
+
+    def actor_calls_async(self):
+        return self._actor_async("Actor")
+
+    def actor_calls_concurrent(self):
+        return self._actor_async("ConcurrentActor")
+
+    def async_actor_calls_sync(self):
+        return self._actor_sync("AsyncActor")
+
+    def async_actor_calls_async(self):
+        return self._actor_async("AsyncActor")
+
+    def n_actor_calls_async(self):
+        b = self.b
+        actors = [self.r["Actor"].remote() for _ in range(4)]
+        try:
+            return self.throughput(
+                lambda: b.get([actors[i % 4].f.remote() for i in range(BATCH)]), BATCH
+            )
+        finally:
+            self._kill(*actors)
+
+    def actor_create_call_kill(self):
+        b, Actor = self.b, self.r["Actor"]
+
+        def once():
+            a = Actor.remote()
+            b.get(a.f.remote())
+            b.kill(a)
+
+        return self.throughput(once, 1)
+
+
+# (name, unit, _Bench method name or None for the subprocess row)
+ROWS = [
+    ("init_to_first_task", "s", None),
+    ("single_client_tasks_sync", "tasks/s", "single_client_tasks_sync"),
+    ("single_client_tasks_async", "tasks/s", "single_client_tasks_async"),
+    ("single_client_put_calls", "calls/s", "single_client_put_calls"),
+    ("single_client_get_calls", "calls/s", "single_client_get_calls"),
+    ("single_client_put_gigabytes", "GB/s", "single_client_put_gigabytes"),
+    ("tasks_1mb_arg_echo", "tasks/s", "tasks_1mb_arg_echo"),
+    ("get_large_array_1mb", "ms", "get_large_array_1mb"),
+    ("get_large_array_100mb", "ms", "get_large_array_100mb"),
+    ("1_1_actor_calls_sync", "calls/s", "actor_calls_sync"),
+    ("1_1_actor_calls_async", "calls/s", "actor_calls_async"),
+    ("1_1_actor_calls_concurrent", "calls/s", "actor_calls_concurrent"),
+    ("1_1_async_actor_calls_sync", "calls/s", "async_actor_calls_sync"),
+    ("1_1_async_actor_calls_async", "calls/s", "async_actor_calls_async"),
+    ("1_n_actor_calls_async", "calls/s", "n_actor_calls_async"),
+    ("actor_create_call_kill", "actors/s", "actor_create_call_kill"),
+]
+ROW_NAMES = [name for name, _, _ in ROWS]
+_UNITS = {name: unit for name, unit, _ in ROWS}
+
+
+def select_rows(spec=None):
+    """Resolve a row selection (comma string or list; prefix match) to names.
+
+    ``None``/empty selects every row.  Raises ValueError on a token that
+    matches no row.  The result keeps the canonical row order.
+    """
+    if spec is None:
+        return list(ROW_NAMES)
+    if isinstance(spec, str):
+        tokens = spec.split(",")
+    else:
+        tokens = list(spec)
+    tokens = [t.strip() for t in tokens if t and t.strip()]
+    if not tokens:
+        return list(ROW_NAMES)
+    chosen = set()
+    unknown = []
+    for tok in tokens:
+        matches = [n for n in ROW_NAMES if n.startswith(tok)]
+        if not matches:
+            unknown.append(tok)
+        chosen.update(matches)
+    if unknown:
+        raise ValueError(
+            f"unknown row(s): {', '.join(unknown)}; available: {', '.join(ROW_NAMES)}"
+        )
+    return [n for n in ROW_NAMES if n in chosen]
+
+
+# --------------------------------------------------------------------------
+# init_to_first_task (fresh subprocess of the same interpreter)
+# --------------------------------------------------------------------------
+
+def _init_probe(backend: str) -> float:
+    """Run inside the fresh subprocess: time init -> first task result."""
+    b = _import_backend(backend)
+
+    def f():
+        return 1
+
+    rf = b.remote(f)
+    kwargs = init_kwargs(backend)
+    t0 = time.perf_counter()
+    b.init(**kwargs)
+    b.get(rf.remote())
+    elapsed = time.perf_counter() - t0
+    print(f"{_PROBE_MARKER} {elapsed!r}", flush=True)
+    b.shutdown()
+    return elapsed
+
+
+def _init_to_first_task(backend: str, runs=INIT_RUNS, timeout=DEFAULT_ROW_TIMEOUT) -> float:
+    cmd = [sys.executable, os.path.abspath(__file__), "--backend", backend, "--_init-probe"]
+    times = []
+    for i in range(runs):
+        if i:
+            time.sleep(_SETTLE_SECONDS)  # let the previous runtime's processes exit
+        # Own session, so a hung probe can be killed together with any
+        # runtime processes it spawned.
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                proc.kill()
+            proc.communicate()
+            raise TimeoutError(f"init probe did not finish within {timeout:g}s") from None
+        value = None
+        for line in stdout.splitlines():
+            if line.startswith(_PROBE_MARKER):
+                value = float(line.split()[1])
+        if value is None:
+            tail = (stderr or stdout).strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(f"init probe exited {proc.returncode}: {tail[0]}")
+        times.append(value)
+    return statistics.median(times)
+
+
+# --------------------------------------------------------------------------
+# run()
+# --------------------------------------------------------------------------
+
+def _row(name, value=None, error=None):
+    d = {"name": name, "value": value, "unit": _UNITS.get(name, "")}
+    if error is not None:
+        d["error"] = error
+    return d
+
+
+def run(backend: str = "zray", rows=None, duration: float = DEFAULT_DURATION,
+        progress=None, row_timeout: float = DEFAULT_ROW_TIMEOUT) -> list:
+    """Run the selected rows on ``backend`` ("zray" or "ray").
+
+    Returns a list of dicts ``{"name", "value", "unit"}``; a failed row has
+    ``value=None`` and an ``"error"`` string ("ExceptionType: message").
+    ``progress``, if given, is called with each result dict as it completes.
+    """
+    names = select_rows(rows)
+    results = []
+
+    def emit(d):
+        results.append(d)
+        if progress is not None:
+            progress(d)
+
+    # Measured first, before this process starts its own runtime.
+    if "init_to_first_task" in names:
+        try:
+            emit(_row("init_to_first_task",
+                      _init_to_first_task(backend, timeout=max(row_timeout, 1.0))))
+        except Exception as e:
+            emit(_row("init_to_first_task", error=_fmt_exc(e)))
+
+    rest = [n for n in names if n != "init_to_first_task"]
+    if not rest:
+        return results
+
+    methods = {name: meth for name, _, meth in ROWS}
+    if "init_to_first_task" in names:
+        time.sleep(_SETTLE_SECONDS)
+    try:
+        b = _import_backend(backend)
+        b.init(**init_kwargs(backend))
+    except Exception as e:
+        err = f"init failed: {_fmt_exc(e)}"
+        for n in rest:
+            emit(_row(n, error=err))
+        return results
+
+    try:
+        try:
+            bench = _Bench(b, duration)
+        except Exception as e:
+            err = f"setup failed: {_fmt_exc(e)}"
+            for n in rest:
+                emit(_row(n, error=err))
+            return results
+        for n in rest:
+            try:
+                with _Alarm(row_timeout):
+                    value = getattr(bench, methods[n])()
+                emit(_row(n, float(value)))
+            except Exception as e:
+                emit(_row(n, error=_fmt_exc(e)))
+    finally:
+        try:
+            b.shutdown()
+        except Exception:
+            pass
+    return results
+
+
+# --------------------------------------------------------------------------
+# Formatting
+# --------------------------------------------------------------------------
+
+def format_value(value) -> str:
+    if value is None:
+        return "n/a"
+    v = float(value)
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    if abs(v) >= 0.01:
+        return f"{v:.3f}"
+    return f"{v:.3g}"
+
+
+def _cell(row) -> str:
+    if row is None:
+        return "-"
+    if row.get("error") is not None or row.get("value") is None:
+        return f"n/a ({row['error']})" if row.get("error") else "n/a"
+    unit = row.get("unit") or ""
+    return f"{format_value(row['value'])} {unit}".rstrip()
+
+
+def ratio(zray_row, ray_row):
+    """zray/ray for throughput rows, ray/zray for lower-is-better rows.
+
+    Returns None if either side is missing, failed or zero.
+    """
+    if not zray_row or not ray_row:
+        return None
+    z, r = zray_row.get("value"), ray_row.get("value")
+    if z is None or r is None or zray_row.get("error") or ray_row.get("error"):
+        return None
+    z, r = float(z), float(r)
+    if z <= 0 or r <= 0:
+        return None
+    unit = zray_row.get("unit") or ray_row.get("unit") or ""
+    return r / z if unit in LOWER_IS_BETTER_UNITS else z / r
+
+
+def _align(table) -> str:
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    lines = []
+    for r in table:
+        cells = [c.ljust(w) for c, w in zip(r, widths)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def format_table(zray_rows, ray_rows=None) -> str:
+    """Render results.
+
+    With only ``zray_rows``: one ``name  value unit`` line per row.
+    With ``ray_rows`` too: columns row, zray, ray, ratio.
+    """
+    if ray_rows is None:
+        if not zray_rows:
+            return ""
+        return _align([[r["name"], _cell(r)] for r in zray_rows])
+
+    ray_by_name = {r["name"]: r for r in ray_rows}
+    zray_by_name = {r["name"]: r for r in zray_rows}
+    order = [r["name"] for r in zray_rows]
+    order += [r["name"] for r in ray_rows if r["name"] not in zray_by_name]
+    table = [["row", "zray", "ray", "ratio"]]
+    for name in order:
+        z, r = zray_by_name.get(name), ray_by_name.get(name)
+        q = ratio(z, r)
+        table.append([name, _cell(z), _cell(r), "n/a" if q is None else f"{q:.2f}x"])
+    header = ("# ratio = zray/ray for throughput rows, ray/zray for time rows "
+              "(s, ms): >1x means zray is better")
+    return header + "\n" + _align(table)
+
+
+# --------------------------------------------------------------------------
+# Ray comparison subprocess
+# --------------------------------------------------------------------------
+
+def find_ray_python(explicit=None):
+    """Interpreter to run the Ray side with, or None if none has Ray."""
+    if explicit:
+        return explicit
+    env = os.environ.get("ZRAY_RAY_PYTHON")
+    if env:
+        return env
+    if os.path.exists(_DEFAULT_RAY_VENV_PYTHON):
+        return _DEFAULT_RAY_VENV_PYTHON
+    try:
+        if importlib.util.find_spec("ray") is not None:
+            return sys.executable
+    except (ImportError, ValueError):
+        pass
+    return None
+
+
+def _parse_json_rows(stdout: str):
+    for line in reversed(stdout.splitlines()):
+        line = line.strip()
+        if line.startswith("["):
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(data, list):
+                return data
+    return None
+
+
+def run_ray_subprocess(python, rows=None, duration=DEFAULT_DURATION,
+                       row_timeout=DEFAULT_ROW_TIMEOUT, forward_progress=True):
+    """Run this file with ``--backend ray --json`` under ``python``."""
+    cmd = [python, os.path.abspath(__file__), "--backend", "ray", "--json",
+           "--duration", repr(float(duration)), "--timeout", repr(float(row_timeout))]
+    if rows:
+        cmd += ["--rows", ",".join(select_rows(rows))]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tail = deque(maxlen=20)
+
+    def pump():
+        for line in proc.stderr:
+            if line.startswith(PROGRESS_PREFIX):
+                if forward_progress:
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
+            else:
+                tail.append(line.rstrip("\n"))
+
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+    stdout = proc.stdout.read()
+    proc.wait()
+    t.join(timeout=5)
+    data = _parse_json_rows(stdout)
+    if data is None:
+        last = tail[-1] if tail else "no output"
+        raise RuntimeError(f"ray run exited {proc.returncode} without results: {last}")
+    return data
+
+
+# --------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="zray microbenchmark",
+        description="Microbenchmarks (row names as in `ray microbenchmark`).",
+    )
+    p.add_argument("--backend", default="zray",
+                   help="module to benchmark: zray (default) or ray")
+    p.add_argument("--rows", default=None,
+                   help="comma-separated rows to run (prefix match); default all. "
+                        "Rows: " + ", ".join(ROW_NAMES))
+    p.add_argument("--duration", type=float, default=DEFAULT_DURATION,
+                   help="timed seconds per throughput row (default %(default)s)")
+    p.add_argument("--json", action="store_true",
+                   help="print the results as one JSON list")
+    p.add_argument("--compare-ray", action="store_true",
+                   help="also run the same rows on Ray in a subprocess and compare")
+    p.add_argument("--ray-python", default=None,
+                   help="interpreter with Ray installed (default: $ZRAY_RAY_PYTHON, "
+                        f"else {_DEFAULT_RAY_VENV_PYTHON} if present, else this one "
+                        "if it can import ray)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_ROW_TIMEOUT,
+                   help="per-row hang timeout in seconds (default %(default)s)")
+    p.add_argument("--_init-probe", dest="init_probe", action="store_true",
+                   help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.duration <= 0:
+        parser.error("--duration must be > 0")
+    try:
+        args.rows = select_rows(args.rows) if args.rows else None
+    except ValueError as e:
+        parser.error(str(e))
+    return args
+
+
+def _progress_printer(label):
+    def show(d):
+        sys.stderr.write(f"{PROGRESS_PREFIX}{label}: {d['name']}  {_cell(d)}\n")
+        sys.stderr.flush()
+    return show
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+
+    if args.init_probe:
+        _init_probe(args.backend)
+        return 0
+
+    results = run(args.backend, rows=args.rows, duration=args.duration,
+                  progress=_progress_printer(args.backend), row_timeout=args.timeout)
+
+    if not args.compare_ray:
+        if args.json:
+            print(json.dumps(results), flush=True)
+        else:
+            print(f"# {args.backend} microbenchmark (duration {args.duration:g}s per row)")
+            print(format_table(results), flush=True)
+        return 0
+
+    ray_python = find_ray_python(args.ray_python)
+    ray_results = None
+    if ray_python is None:
+        print("Ray not found (no --ray-python, $ZRAY_RAY_PYTHON, "
+              f"{_DEFAULT_RAY_VENV_PYTHON}, or importable ray); showing {args.backend} only.")
+    else:
+        try:
+            ray_results = run_ray_subprocess(ray_python, rows=args.rows,
+                                             duration=args.duration,
+                                             row_timeout=args.timeout)
+        except Exception as e:
+            print(f"Ray run with {ray_python} failed ({_fmt_exc(e)}); "
+                  f"showing {args.backend} only.")
+
+    if args.json:
+        print(json.dumps({"zray": results, "ray": ray_results}), flush=True)
+    elif ray_results is None:
+        print(f"# {args.backend} microbenchmark (duration {args.duration:g}s per row)")
+        print(format_table(results), flush=True)
+    else:
+        print(f"# {args.backend} vs ray microbenchmark (duration {args.duration:g}s per row)")
+        print(format_table(results, ray_results), flush=True)
+    return 0
+
+
+def _fix_script_path():
+    """When run as a script, don't let this package's directory shadow
+    top-level modules, and make the sibling package importable if needed."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0] or os.getcwd()) == here:
+        sys.path.pop(0)
+    parent = os.path.dirname(here)
+    if parent not in sys.path:
+        sys.path.append(parent)  # last, so an installed zray still wins
+
+
+if __name__ == "__main__":
+    _fix_script_path()
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Starting and stopping a node's daemons (the GCS on the head, a raylet on
+every node), for ``zray.init()`` and ``zray start``.
+
+Daemons started for a driver die with it (PR_SET_PDEATHSIG); daemons started
+by ``zray start`` run in their own session until ``zray stop``.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+
+from .config import config
+from .session import log_path, session_name, socket_path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class NodeProcesses:
+    """The daemons this process started, and how to stop them."""
+
+    def __init__(self, session_dir: str, detached: bool):
+        self.session_dir = session_dir
+        self.detached = detached
+        self.procs: list[subprocess.Popen] = []
+        self.node_ids: list[bytes] = []
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        env = dict(os.environ, **config.to_env())
+        if self.detached:
+            env.pop("ZRAY_DIE_WITH_PARENT", None)
+        else:
+            env["ZRAY_DIE_WITH_PARENT"] = "1"
+        out = open(log_path(self.session_dir, f"{name}.out"), "ab")
+        proc = subprocess.Popen([sys.executable, "-m", *args], stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=self.detached, close_fds=True)
+        out.close()
+        self.procs.append(proc)
+        return proc
+
+    def start_gcs(self, address: str) -> subprocess.Popen:
+        return self._spawn("gcs", ["zray.gcs", "--address", address,
+                                   "--session-dir", self.session_dir])
+
+    def start_raylet(self, gcs_address: str, node_id: bytes, *, node_ip="127.0.0.1",
+                     num_cpus=None, num_gpus=None, memory=None, resources=None,
+                     object_store_memory=None) -> str:
+        """Start a raylet; returns the endpoint it will serve on."""
+        args = ["zray.raylet", "--gcs-address", gcs_address, "--session-dir", self.session_dir,
+                "--node-id", node_id.hex(), "--node-ip", node_ip]
+        if num_cpus is not None:
+            args += ["--num-cpus", str(num_cpus)]
+        if num_gpus:
+            args += ["--num-gpus", str(num_gpus)]
+        if memory is not None:
+            args += ["--memory", str(int(memory))]
+        if resources:
+            args += ["--resources", json.dumps(resources)]
+        if object_store_memory:
+            args += ["--object-store-memory", str(int(object_store_memory))]
+        self._spawn(f"raylet_{node_id.hex()[:12]}", args)
+        self.node_ids.append(node_id)
+        return socket_path(self.session_dir, f"raylet_{node_id.hex()[:12]}")
+
+    def check_alive(self) -> None:
+        """Raise with the log's tail if a daemon already exited."""
+        for proc in self.procs:
+            if proc.poll() is not None:
+                name = proc.args[2]
+                raise RuntimeError(f"{name} exited with code {proc.returncode} at start-up; "
+                                   f"see the logs in {self.session_dir}/logs")
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Stop the daemons (raylets before the GCS), then remove their leftovers."""
+        deadline = time.monotonic() + timeout
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(max(0.05, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _kill_tree(proc.pid)
+                proc.wait(1)
+        sweep_session(self.session_dir)
+
+
+def _kill_tree(pid: int) -> None:
+    try:
+        parent = psutil.Process(pid)
+        for child in parent.children(recursive=True):
+            child.kill()
+        parent.kill()
+    except psutil.NoSuchProcess:
+        pass
+
+
+def sweep_session(session_dir: str) -> None:
+    """Remove a session's socket files and shared-memory arenas."""
+    for path in glob.glob(os.path.join(session_dir, "sockets", "*")):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    for path in glob.glob(f"/dev/shm/zray_{session_name(session_dir)}_*"):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+ZRAY_MODULES = ("zray.gcs", "zray.raylet", "zray.worker", "zray.dashboard")
+
+
+def zray_processes() -> list[psutil.Process]:
+    """Every zray daemon and worker of this user on this host."""
+    me = os.getpid()
+    uid = os.getuid()
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "uids"]):
+        try:
+            if proc.info["pid"] == me or proc.info["uids"].real != uid:
+                continue
+            cmd = proc.info["cmdline"] or []
+            if len(cmd) >= 3 and cmd[1] == "-m" and cmd[2].startswith(ZRAY_MODULES):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
+            continue
+    return found
+
+
+def stop_all(timeout: float = 5.0) -> int:
+    """``zray stop``: end every zray process of this user here, remove their
+    sockets and shared memory. Returns how many processes were stopped."""
+    procs = zray_processes()
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=2)
+    # workers are the zygote's children: they die with it, but make sure
+    for proc in zray_processes():
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    for session in glob.glob(os.path.join(config.temp_dir, "session_*")):
+        sweep_session(session)
+    uid = os.getuid()
+    for path in glob.glob("/dev/shm/zray_*"):
+        try:
+            if os.stat(path).st_uid == uid:
+                os.unlink(path)
+        except OSError:
+            pass
+    from .session import clear_current_cluster
+    clear_current_cluster()
+    return len(procs)

@@ -1,0 +1,1 @@
+"""The raylet: one per node — worker pool, local scheduling, the object store."""

@@ -1,0 +1,381 @@
+"""The raylet process: one ROUTER for the node's drivers and workers.
+
+It queues tasks by resource shape, hands each to an idle worker of its job
+(workers pull: an idle worker says ``WorkerReady``), serves the node's object
+store, reports to the GCS, and cleans up after processes that die.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import socket
+import time
+
+
+from ..broker import protocol as p
+from ..broker import sockets
+from ..broker.rpc import RpcClient, Sender
+from ..broker.service import Service
+from ..config import config
+from ..session import log_path, session_name, socket_path, spill_dir
+from ..store import Arena, ObjectStore, arena_path
+from ..store.object_table import ObjectExistsError, ObjectStoreFullError
+from .resources import ResourceSet, shape_of
+from .worker_pool import BUSY, WorkerPool, start_zygote
+
+log = logging.getLogger(__name__)
+
+#: cap on workers per CPU (workers blocked in get() do not count)
+WORKERS_PER_CPU = 4
+
+
+class Client:
+    """A driver or worker connected to this raylet."""
+    __slots__ = ("kind", "worker_id", "pid", "job_id", "inbox", "identity")
+
+    def __init__(self, kind, worker_id, pid, job_id, inbox, identity):
+        self.kind, self.worker_id, self.pid = kind, worker_id, pid
+        self.job_id, self.inbox, self.identity = job_id, inbox, identity
+
+
+class Raylet(Service):
+    name = "raylet"
+
+    def __init__(self, gcs_address: str, session_dir: str, node_id: bytes, resources: dict,
+                 object_store_memory: int, node_ip: str = "127.0.0.1", zygote=None):
+        super().__init__()
+        self.node_id = node_id
+        self.node_ip = node_ip
+        self.session_dir = session_dir
+        self.gcs_address = gcs_address
+        self.endpoint = raylet_endpoint(session_dir, node_id)
+        if zygote is None:
+            zygote = start_zygote(self.endpoint, session_dir, node_id.hex(),
+                                  log_path(session_dir, f"zygote_{node_id.hex()[:12]}.err"))
+        self.pool = WorkerPool(zygote)
+        self.arena = Arena.create(arena_path(session_name(session_dir), node_id.hex()),
+                                  object_store_memory)
+        self.store = ObjectStore(self.arena, spill_dir(session_dir, node_id.hex()))
+        self.resources = ResourceSet(resources)
+        self.num_cpus = int(resources.get("CPU", 0))
+        self.queues: dict[tuple, collections.deque] = {}
+        self.infeasible: list = []
+        self.clients: dict[bytes, Client] = {}          # rpc identity -> client
+        self.by_worker_id: dict[bytes, Client] = {}
+        self.object_owner: dict[bytes, bytes] = {}      # object id -> owner worker id
+        self.owned_objects: dict[bytes, set] = {}       # owner worker id -> object ids
+        self.sender = Sender()
+        router, _ = sockets.server_router(self.endpoint)
+        self.serve(router)
+        self.watch(self.pool.fd, lambda fd: self._on_zygote())
+        self.gcs = RpcClient(sockets.tcp_endpoint(gcs_address), config.rpc_timeout_s, "GCS")
+        self._last_report = None
+        self.every(0.1, self.report)
+        self.every(1.0, self.check_clients)
+
+    # ---------------------------------------------------------------- start
+    def start(self) -> None:
+        reply = self.gcs.call(p.RegisterNode(
+            self.node_id, self.endpoint, self.node_ip, socket.gethostname(), os.getpid(),
+            self.resources.total, self.arena.size, self.session_dir),
+            timeout=config.connect_timeout_s)
+        self.pub_address = reply.pub_address
+        for _ in range(max(self.num_cpus, 1)):
+            self.pool.start_worker()
+        log.info("raylet %s serving at %s with %s", self.node_id.hex()[:12], self.endpoint,
+                 self.resources.total)
+
+    # -------------------------------------------------------------- clients
+    def handle_register_client(self, req, msg: p.RegisterClient):
+        client = Client(msg.kind, msg.worker_id, msg.pid, msg.job_id, msg.inbox, req.identity)
+        self.clients[req.identity] = client
+        self.by_worker_id[msg.worker_id] = client
+        worker = self.pool.workers.get(msg.worker_id)
+        if worker is not None:
+            worker.rpc_identity = req.identity
+            worker.inbox = msg.inbox
+        self.reply(req, p.RegisterClientReply(
+            self.node_id, self.arena.path, self.arena.size, self.gcs_address,
+            self.session_dir, self.node_ip))
+
+    def handle_disconnect_client(self, req, msg: p.DisconnectClient):
+        client = self.by_worker_id.get(msg.worker_id)
+        if client is not None:
+            self._client_gone(client, "disconnected")
+
+    def check_clients(self) -> None:
+        """Drivers are not our children: notice their death by pid."""
+        for client in list(self.clients.values()):
+            if client.kind == "driver" and not _pid_alive(client.pid):
+                self._client_gone(client, "died")
+
+    def _client_gone(self, client: Client, how: str) -> None:
+        self.clients.pop(client.identity, None)
+        self.by_worker_id.pop(client.worker_id, None)
+        self.store.release_client(client.identity)
+        self._free_owned_by(client.worker_id)
+        if client.kind == "driver":
+            log.info("driver pid %d %s: ending job %s", client.pid, how, client.job_id.hex())
+            self._drop_tasks_of(client.worker_id)
+            for worker in list(self.pool.workers.values()):
+                if worker.job_id == client.job_id:
+                    self.pool.kill(worker)
+            try:
+                self.gcs.send(p.FinishJob(client.job_id))
+            except Exception:
+                log.exception("could not tell the GCS job %s finished", client.job_id.hex())
+
+    def _drop_tasks_of(self, owner_id: bytes) -> None:
+        for shape, queue in self.queues.items():
+            keep = [s for s in queue if s.owner[1] != owner_id]
+            if len(keep) != len(queue):
+                self.queues[shape] = collections.deque(keep)
+        self.infeasible = [s for s in self.infeasible if s.owner[1] != owner_id]
+
+    # ---------------------------------------------------------------- tasks
+    def handle_submit_task(self, req, msg: p.SubmitTask):
+        spec = p.TaskSpec(*msg.spec)
+        if not self.resources.feasible(spec.resources):
+            self.infeasible.append(spec)
+            text = (f"task {spec.function_name} needs {spec.resources} but this node has "
+                    f"{self.resources.total}; it waits until a node that fits joins")
+            log.warning(text)
+            self.sender.send(spec.owner[0], p.TaskInfeasible(spec.task_id, text))
+            return
+        shape = shape_of(spec.resources)
+        queue = self.queues.get(shape)
+        if queue is None:
+            queue = self.queues[shape] = collections.deque()
+        queue.append(spec)
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Hand queued tasks to idle workers while resources fit."""
+        wanted = 0
+        for shape, queue in self.queues.items():
+            if not queue:
+                continue
+            request = queue[0].resources
+            while queue and self.resources.fits(request):
+                spec = queue[0]
+                worker = self.pool.pop_idle(spec.job_id)
+                if worker is None:
+                    wanted += len(queue)
+                    break
+                queue.popleft()
+                self._assign(worker, spec)
+        if wanted:
+            self._grow(wanted)
+
+    def _assign(self, worker, spec) -> None:
+        worker.state = BUSY
+        worker.task = spec
+        worker.held = dict(spec.resources)
+        worker.cancelled = False
+        self.resources.acquire(worker.held)
+        if not self.send_to(worker.task_identity, p.ExecuteTask(list(spec))):
+            self._worker_died(worker, -1)
+
+    def _grow(self, wanted: int) -> None:
+        starting = self.pool.starting()
+        blocked = sum(1 for w in self.pool.workers.values() if w.blocked)
+        cap = max(self.num_cpus, 1) * WORKERS_PER_CPU + blocked
+        room = cap - self.pool.live()
+        need = min(wanted - starting, room)
+        if need <= 0 and room <= 0 and starting == 0:
+            # full of idle workers bound to other jobs: retire one
+            spec_job = next((q[0].job_id for q in self.queues.values() if q), None)
+            other = self.pool.idle_of_other_jobs(spec_job)
+            if other is not None:
+                self.pool.kill(other)
+        for _ in range(max(0, need)):
+            self.pool.start_worker()
+
+    def handle_worker_ready(self, req, msg: p.WorkerReady):
+        worker = self.pool.workers.get(msg.worker_id)
+        if worker is None:
+            return
+        worker.task_identity = req.identity
+        if worker.task is not None:
+            self.resources.release(worker.held)
+            worker.held = {}
+            worker.blocked = False
+        self.pool.mark_idle(worker)
+        self.dispatch()
+
+    def handle_worker_blocked(self, req, msg: p.WorkerBlocked):
+        worker = self.pool.workers.get(msg.worker_id)
+        if worker is None or worker.task is None or worker.blocked == msg.blocked:
+            return
+        worker.blocked = msg.blocked
+        cpu = {k: v for k, v in worker.task.resources.items() if k == "CPU"}
+        if msg.blocked:
+            self.resources.release(cpu)
+            for k in cpu:
+                worker.held.pop(k, None)
+            self.dispatch()
+        else:
+            self.resources.acquire(cpu)
+            worker.held.update(cpu)
+
+    def handle_cancel_task(self, req, msg: p.CancelTask):
+        for queue in self.queues.values():
+            for spec in queue:
+                if spec.task_id == msg.task_id:
+                    queue.remove(spec)
+                    self.sender.send(spec.owner[0], p.TaskFailed(
+                        spec.task_id, "TaskCancelledError",
+                        f"task {spec.function_name} was cancelled before it ran"))
+                    return
+        for worker in self.pool.workers.values():
+            if worker.task is not None and worker.task.task_id == msg.task_id:
+                if msg.force:
+                    worker.cancelled = True
+                    self.pool.kill(worker)
+                elif worker.inbox:
+                    self.sender.send(worker.inbox, p.CancelRunning(msg.task_id))
+                return
+
+    # -------------------------------------------------------------- workers
+    def _on_zygote(self) -> None:
+        for event in self.pool.read_events():
+            if event[0] == "exited":
+                worker = self.pool.by_pid.get(event[1])
+                if worker is not None:
+                    self._worker_died(worker, event[2])
+            elif event[0] == "zygote-exited":
+                log.error("the zygote exited; no new workers can start")
+                self.unwatch(self.pool.fd)
+
+    def _worker_died(self, worker, code: int) -> None:
+        spec = worker.task
+        self.resources.release(worker.held)
+        worker.held = {}
+        self.pool.remove(worker)
+        client = self.by_worker_id.get(worker.worker_id)
+        if client is not None:
+            self._client_gone(client, "died")
+        if spec is not None:
+            if worker.cancelled:
+                error, text = "TaskCancelledError", f"task {spec.function_name} was cancelled"
+            else:
+                error = "WorkerCrashedError"
+                text = (f"the worker (pid {worker.pid}) running {spec.function_name} died "
+                        f"({_describe_exit(code)})")
+            log.warning(text)
+            self.sender.send(spec.owner[0], p.TaskFailed(spec.task_id, error, text))
+        self.dispatch()
+        if self.pool.live() < self.num_cpus and not any(self.queues.values()):
+            self.pool.start_worker()       # keep the pool warm
+
+    # ---------------------------------------------------------------- store
+    def handle_create_object(self, req, msg: p.CreateObject):
+        try:
+            offset = self.store.create(msg.object_id, msg.size, owner=msg.owner_id)
+        except ObjectStoreFullError as err:
+            self.reply(req, p.CreateObjectReply(-1, str(err)))
+            return
+        except ObjectExistsError:
+            self.reply(req, p.CreateObjectReply(-2, "exists"))
+            return
+        self.object_owner[msg.object_id] = msg.owner_id
+        self.owned_objects.setdefault(msg.owner_id, set()).add(msg.object_id)
+        self.reply(req, p.CreateObjectReply(offset, ""))
+
+    def handle_seal_object(self, req, msg: p.SealObject):
+        self.store.seal(msg.object_id)
+        self.reply(req, p.Ack(True))
+
+    def handle_pin_objects(self, req, msg: p.PinObjects):
+        locations = []
+        for object_id in msg.object_ids:
+            try:
+                loc = self.store.pin(object_id, req.identity)
+            except ObjectStoreFullError as err:
+                log.warning("cannot restore %s: %s", object_id.hex(), err)
+                loc = None
+            locations.append(list(loc) if loc else None)
+        self.reply(req, p.PinObjectsReply(locations))
+
+    def handle_release_objects(self, req, msg: p.ReleaseObjects):
+        for object_id in msg.object_ids:
+            self.store.release(object_id, req.identity)
+
+    def handle_free_objects(self, req, msg: p.FreeObjects):
+        for object_id in msg.object_ids:
+            self.store.free(object_id)
+            owner = self.object_owner.pop(object_id, None)
+            if owner is not None:
+                owned = self.owned_objects.get(owner)
+                if owned:
+                    owned.discard(object_id)
+
+    def _free_owned_by(self, owner_id: bytes) -> None:
+        for object_id in self.owned_objects.pop(owner_id, ()):
+            self.store.free(object_id)
+            self.object_owner.pop(object_id, None)
+
+    def handle_get_store_stats(self, req, msg):
+        self.reply(req, p.Ack(self.store.stats()))
+
+    # ---------------------------------------------------------------- misc
+    def handle_log_lines(self, req, msg: p.LogLines):
+        self.gcs.send(p.PublishLogs(msg.job_id, msg.pid, self.node_ip, msg.lines))
+
+    def handle_ping(self, req, msg):
+        self.reply(req, p.Ack("pong"))
+
+    def report(self) -> None:
+        """Heartbeat to the GCS: at once when usage changed, else every interval."""
+        now = time.monotonic()
+        state = (tuple(sorted(self.resources.available.items())), self.store.stats()["used"])
+        if self._last_report and state == self._last_report[1] \
+                and now - self._last_report[0] < config.heartbeat_interval_s:
+            return
+        self._last_report = (now, state)
+        self.gcs.send(p.Heartbeat(self.node_id, self.resources.available, state[1]))
+
+    def close(self) -> None:
+        try:
+            self.gcs.call(p.UnregisterNode(self.node_id), timeout=0.5)
+        except Exception:
+            pass
+        self.pool.shutdown()
+        self.store.close()
+        self.arena.close()
+        self.arena.unlink()
+        self.sender.close()
+        self.gcs.close()
+        self.router.close(linger=0)
+        try:
+            os.unlink(self.endpoint[len("ipc://"):])
+        except OSError:
+            pass
+
+
+def raylet_endpoint(session_dir: str, node_id: bytes) -> str:
+    return socket_path(session_dir, f"raylet_{node_id.hex()[:12]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+

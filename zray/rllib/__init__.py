@@ -1,0 +1,1 @@
+"""zray.rllib — planned; see the issues."""

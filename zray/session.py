@@ -1,0 +1,72 @@
+"""The session directory: where a cluster's logs, sockets and spill files live.
+
+Layout: ``<temp_dir>/session_<time>_<pid>/{logs,sockets,spill}``, private to
+the user (0700). ``<temp_dir>/current_cluster`` names the address of the
+cluster last started with ``zray start --head`` (used by ``address="auto"``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from .config import config
+
+
+def _private_dir(path: str) -> str:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def new_session_dir() -> str:
+    """Make a fresh session directory and return its path."""
+    root = _private_dir(config.temp_dir)
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    path = os.path.join(root, f"session_{stamp}_{os.getpid()}")
+    for sub in ("logs", "sockets", "spill"):
+        _private_dir(os.path.join(path, sub))
+    return path
+
+
+def session_name(session_dir: str) -> str:
+    return os.path.basename(session_dir.rstrip("/"))
+
+
+def socket_path(session_dir: str, name: str) -> str:
+    return "ipc://" + os.path.join(session_dir, "sockets", name)
+
+
+def log_path(session_dir: str, name: str) -> str:
+    return os.path.join(session_dir, "logs", name)
+
+
+def spill_dir(session_dir: str, node_id_hex: str) -> str:
+    return _private_dir(os.path.join(session_dir, "spill", node_id_hex[:12]))
+
+
+def _current_file() -> str:
+    return os.path.join(config.temp_dir, "current_cluster")
+
+
+def write_current_cluster(gcs_address: str, session_dir: str) -> None:
+    _private_dir(config.temp_dir)
+    tmp = _current_file() + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"gcs_address": gcs_address, "session_dir": session_dir}, f)
+    os.replace(tmp, _current_file())
+
+
+def read_current_cluster() -> dict | None:
+    try:
+        with open(_current_file()) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def clear_current_cluster() -> None:
+    try:
+        os.unlink(_current_file())
+    except FileNotFoundError:
+        pass

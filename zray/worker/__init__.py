@@ -1,0 +1,1 @@
+"""Core worker and the worker process."""

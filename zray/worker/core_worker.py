@@ -1,0 +1,880 @@
+"""The core worker: what a driver or a worker uses to submit tasks, own
+objects, and get values.
+
+Sockets and threads:
+
+* ``raylet`` — an RpcClient (DEALER) to the node's raylet: task submission,
+  store requests. Any thread may use it.
+* ``gcs`` — an RpcClient to the GCS: functions, jobs, KV.
+* ``sender`` — DEALERs to other core workers' inboxes (one-way messages).
+* the inbox — a ROUTER other processes send to (task results, object
+  requests, borrower notices). Only the I/O thread touches it; it stores what
+  arrives and wakes the threads waiting in ``get``/``wait``.
+
+The object table, pending tasks and generator streams are guarded by one lock
+(``self.cond``).
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+
+import zmq
+
+from .. import exceptions as exc
+from ..broker import protocol as p
+from ..broker import sockets
+from ..broker.rpc import RpcClient, Sender
+from ..config import config
+from ..object_ref import ObjectRef, ObjectRefGenerator
+from ..session import socket_path
+from ..store.arena import Arena
+from . import serialization
+from .function_manager import FunctionManager
+from .reference_table import PENDING, READY, ReferenceTable
+
+log = logging.getLogger(__name__)
+
+GEN_DONE_INDEX = 0xFFFFFFFF
+
+
+class PendingTask:
+    """A task this process submitted and has not seen finish."""
+    __slots__ = ("spec", "return_ids", "held", "retries_left", "deps", "cancelled",
+                 "retry_exceptions", "submitted")
+
+    def __init__(self, spec, return_ids, held, retry_exceptions):
+        self.spec = spec
+        self.return_ids = return_ids
+        self.held = held                    # arg object ids counted as "submitted"
+        self.retries_left = spec.max_retries
+        self.deps: set = set()
+        self.cancelled = False
+        self.retry_exceptions = retry_exceptions
+        self.submitted = False
+
+
+class GeneratorState:
+    __slots__ = ("items", "count")
+
+    def __init__(self):
+        self.items: dict[int, bytes] = {}
+        self.count = None
+
+
+class CoreWorker:
+    def __init__(self, mode: str, raylet_endpoint: str, session_dir: str,
+                 job_id: bytes = b"", worker_id: bytes | None = None,
+                 connect_timeout: float | None = None):
+        self.mode = mode
+        self.worker_id = worker_id or os.urandom(16)
+        self.pid = os.getpid()
+        self.session_dir = session_dir
+        self.job_id = job_id
+        self.inbox_endpoint = socket_path(session_dir, f"w_{self.worker_id.hex()[:16]}")
+        self._inbox = sockets.inbox_router(self.inbox_endpoint)
+        self.raylet = RpcClient(raylet_endpoint, config.rpc_timeout_s, "raylet")
+        timeout = config.connect_timeout_s if connect_timeout is None else connect_timeout
+        try:
+            reply = self.raylet.call(
+                p.RegisterClient(mode, self.worker_id, self.pid, job_id, self.inbox_endpoint),
+                timeout=timeout)
+        except TimeoutError:
+            self._close_sockets()
+            raise ConnectionError(
+                f"no raylet answered at {raylet_endpoint} within {timeout:.0f}s") from None
+        self.node_id = reply.node_id
+        self.node_ip = reply.node_ip
+        self.gcs_address = reply.gcs_address
+        self.gcs = RpcClient(sockets.tcp_endpoint(reply.gcs_address), config.rpc_timeout_s,
+                             "GCS")
+        self.arena = Arena.attach(reply.arena_path)
+        self.address = p.Address(self.inbox_endpoint, self.worker_id, self.pid, self.node_id)
+        self.sender = Sender()
+        self.functions = FunctionManager(self.gcs)
+
+        self.cond = threading.Condition(threading.Lock())
+        self.refs = ReferenceTable()
+        self.tasks: dict[bytes, PendingTask] = {}
+        self.waiting_on: dict[bytes, list[bytes]] = {}
+        self.generators: dict[bytes, GeneratorState] = {}
+        self.released_refs: collections.deque = collections.deque()
+        self.released_views: collections.deque = collections.deque()
+        self._deferred: collections.deque = collections.deque()
+        self._views: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._task_counter = itertools.count(1)
+        self._id_prefix = self.worker_id[:8]
+
+        # The task this thread is running (workers), for nesting and context.
+        self.current = threading.local()
+        self.blocked_hook = None            # set by the worker: tell raylet we wait
+        self.log_handler = None             # set by the driver: print worker logs
+        self._subscriber = None
+        self._running = True
+        self._io_thread = threading.Thread(target=self._io_loop, name="zray-io", daemon=True)
+        self._io_thread.start()
+
+    # ------------------------------------------------------------------ ids
+    def new_task_id(self) -> bytes:
+        return self._id_prefix + next(self._task_counter).to_bytes(8, "big")
+
+    @staticmethod
+    def return_id(task_id: bytes, index: int) -> bytes:
+        return task_id + index.to_bytes(4, "big")
+
+    def owns(self, ref: ObjectRef) -> bool:
+        return ref._owner[1] == self.worker_id
+
+    # ------------------------------------------------------------- refs
+    def _new_owned_ref(self, object_id: bytes, ret=None, contained=None) -> ObjectRef:
+        with self.cond:
+            entry = self.refs.add_owned(object_id, ret)
+            entry.local = 1
+            entry.contained = contained or None
+        return ObjectRef(object_id, self.address, self)
+
+    def deserialized_ref(self, object_id: bytes, owner) -> ObjectRef:
+        """A ref that arrived inside a value: count it, and if another
+        process owns it, tell that owner we borrow it."""
+        owner = tuple(owner)
+        with self.cond:
+            if owner[1] == self.worker_id:
+                entry = self.refs.get(object_id)
+                if entry is None:       # freed already; the ref can only fail
+                    return ObjectRef(object_id, owner, None)
+                entry.local += 1
+                return ObjectRef(object_id, owner, self)
+            entry, new = self.refs.add_borrowed(object_id, owner)
+            entry.local += 1
+        if new:
+            self.sender.send(owner[0], p.AddBorrower([object_id], self.worker_id))
+        return ObjectRef(object_id, owner, self)
+
+    def drain_releases(self) -> None:
+        """Apply the refs and views that were garbage collected."""
+        released = self.released_refs
+        freed_stored, give_back = [], {}
+        if released:
+            with self.cond:
+                while released:
+                    try:
+                        object_id = released.popleft()
+                    except IndexError:
+                        break
+                    entry = self.refs.release(object_id, "local")
+                    if entry is not None:
+                        self._forget(object_id, entry, freed_stored, give_back)
+        self._send_frees(freed_stored, give_back)
+        views = self.released_views
+        if views:
+            ids = []
+            while views:
+                try:
+                    ids.append(views.popleft())
+                except IndexError:
+                    break
+            self.raylet.send(p.ReleaseObjects(ids))
+
+    def _forget(self, object_id, entry, freed_stored, give_back) -> None:
+        """An entry lost its last hold (lock held): collect what to tell whom."""
+        if entry.owned:
+            if entry.ret is not None and entry.ret[1] == p.RET_STORED:
+                freed_stored.append(object_id)
+            entry.contained = None
+        else:
+            if entry.ret is not None and entry.ret[1] == p.RET_STORED:
+                pass                    # the owner frees the store copy
+            give_back.setdefault(entry.owner[0], []).append(object_id)
+
+    def _send_frees(self, freed_stored, give_back) -> None:
+        if freed_stored:
+            self.raylet.send(p.FreeObjects(freed_stored))
+        for endpoint, ids in give_back.items():
+            self.sender.send(endpoint, p.RemoveBorrower(ids, self.worker_id))
+
+    def lend(self, refs, borrower_id: bytes) -> None:
+        """Refs inside a value sent to ``borrower_id`` stay alive until it
+        gives them back (it sends RemoveBorrower when it drops them)."""
+        for ref in refs:
+            if self.owns(ref):
+                with self.cond:
+                    entry = self.refs.get(ref._id)
+                    if entry is not None:
+                        if entry.borrowers is None:
+                            entry.borrowers = set()
+                        entry.borrowers.add(borrower_id)
+            elif ref._owner[1] != borrower_id:
+                self.sender.send(ref._owner[0], p.AddBorrower([ref._id], borrower_id))
+
+    def _release_submitted(self, object_ids) -> None:
+        freed_stored, give_back = [], {}
+        with self.cond:
+            for object_id in object_ids:
+                entry = self.refs.release(object_id, "submitted")
+                if entry is not None:
+                    self._forget(object_id, entry, freed_stored, give_back)
+        self._send_frees(freed_stored, give_back)
+
+    # ------------------------------------------------------------- put
+    def put(self, value, _owner_ref_kind: str = "put") -> ObjectRef:
+        if isinstance(value, ObjectRef):
+            raise TypeError("zray.put() of an ObjectRef is not allowed: pass the ref itself")
+        self.drain_releases()
+        ser = serialization.serialize(value)
+        object_id = self.new_task_id() + b"\0\0\0\0"
+        ret = self._ret_of(object_id, ser)
+        return self._new_owned_ref(object_id, ret, ser.contained_refs)
+
+    def _ret_of(self, object_id: bytes, ser, owner_id: bytes | None = None) -> list:
+        """How ``ser`` travels: inline in messages, or written to the store."""
+        if ser.size <= config.inline_threshold:
+            return [object_id, p.RET_INLINE if ser.kind == 0 else p.RET_ERROR, ser.to_bytes()]
+        self.store_put(object_id, ser, owner_id or self.worker_id)
+        return [object_id, p.RET_STORED, [self.node_id, ser.size]]
+
+    def store_put(self, object_id: bytes, ser, owner_id: bytes) -> None:
+        reply = self.raylet.call(p.CreateObject(object_id, ser.size, owner_id))
+        if reply.offset == -2:
+            return                      # a retried task's result that is already there
+        if reply.offset < 0:
+            self.drain_releases()       # our own dead views may be what blocks it
+            reply = self.raylet.call(p.CreateObject(object_id, ser.size, owner_id))
+            if reply.offset < 0:
+                raise exc.ObjectStoreFullError(reply.error)
+        self.arena.write(reply.offset, ser.chunks())
+        self.raylet.call(p.SealObject(object_id))
+
+    # ------------------------------------------------------------- submit
+    def submit_task(self, function_hash: bytes, function_name: str, args, kwargs,
+                    num_returns: int, resources: dict, max_retries: int,
+                    retry_exceptions, kind: int = p.TASK_NORMAL, actor_id: bytes = b"",
+                    method_name: str = "", options: dict | None = None):
+        """Submit a task; returns its ObjectRef(s), or an ObjectRefGenerator."""
+        self.drain_releases()
+        task_id = self.new_task_id()
+        arg_entries, held, deps = self._prepare_args(args, kwargs)
+        streaming = num_returns == p.STREAMING
+        spec = p.TaskSpec(task_id, self.job_id, kind, function_hash, function_name,
+                          arg_entries, list(kwargs), num_returns, resources,
+                          max_retries, bool(retry_exceptions), list(self.address), 0,
+                          actor_id, method_name, options or {})
+        if streaming:
+            return_ids = [self.return_id(task_id, GEN_DONE_INDEX)]
+        else:
+            return_ids = [self.return_id(task_id, i + 1) for i in range(num_returns)]
+        task = PendingTask(spec, return_ids, held, retry_exceptions)
+        with self.cond:
+            refs = []
+            for object_id in return_ids:
+                entry = self.refs.add_owned(object_id)
+                entry.local = 1
+                refs.append(ObjectRef(object_id, self.address, self))
+            if streaming:
+                self.generators[task_id] = GeneratorState()
+            self.tasks[task_id] = task
+            for dep in deps:
+                entry = self.refs.get(dep)
+                if entry is not None and entry.state == PENDING:
+                    task.deps.add(dep)
+                    self.waiting_on.setdefault(dep, []).append(task_id)
+            ready = not task.deps
+        if ready:
+            self._dispatch(task)
+        if streaming:
+            return ObjectRefGenerator(task_id, self, refs[0])
+        return refs[0] if num_returns == 1 else refs
+
+    def _prepare_args(self, args, kwargs):
+        """Arg entries for the spec, the ids the task holds until it ends,
+        and the owned ids it must wait for.
+
+        Small plain values travel inline; large ones (and values holding refs)
+        are put first and passed like refs; refs to our own objects are turned
+        into values or store ids when the task is dispatched."""
+        entries, held, deps, keep = [], [], [], []
+        for index, value in enumerate(itertools.chain(args, kwargs.values())):
+            if not isinstance(value, ObjectRef):
+                try:
+                    ser = serialization.serialize(value)
+                except TypeError as err:
+                    name = (f"argument {index}" if index < len(args) else
+                            f"keyword argument {list(kwargs)[index - len(args)]!r}")
+                    raise TypeError(f"{name} of the task: {err}") from None
+                if ser.size <= config.inline_threshold and not ser.contained_refs:
+                    entries.append([p.ARG_VALUE, ser.to_bytes()])
+                    continue
+                value = self.put_serialized(ser)
+                keep.append(value)
+            entries.append([p.ARG_REF, value._id, list(value._owner)])
+            held.append(value._id)
+            if self.owns(value):
+                deps.append(value._id)
+        with self.cond:
+            for object_id in held:
+                entry = self.refs.get(object_id)
+                if entry is not None:
+                    entry.submitted += 1
+        del keep
+        return entries, held, deps
+
+    def put_serialized(self, ser) -> ObjectRef:
+        object_id = self.new_task_id() + b"\0\0\0\0"
+        ret = self._ret_of(object_id, ser)
+        return self._new_owned_ref(object_id, ret, ser.contained_refs)
+
+    def _dispatch(self, task: PendingTask) -> None:
+        """Resolve the task's owned args to values or store ids, then send it."""
+        error = None
+        with self.cond:
+            args = task.spec.args
+            for i, arg in enumerate(args):
+                if arg[0] == p.ARG_REF and arg[2][1] == self.worker_id:
+                    entry = self.refs.get(arg[1])
+                    if entry is None or entry.ret is None:
+                        error = exc.ObjectLostError(f"argument object {arg[1].hex()} was lost")
+                        break
+                    kind = entry.ret[1]
+                    if kind == p.RET_INLINE:
+                        args[i] = [p.ARG_VALUE, entry.ret[2]]
+                    elif kind == p.RET_STORED:
+                        args[i] = [p.ARG_STORED, arg[1], entry.ret[2][1]]
+                    else:
+                        error = entry.ret[2]       # a failed dependency fails the task
+                        break
+            if error is None:
+                task.submitted = True
+        if error is not None:
+            self._fail_task(task.spec.task_id, error)
+            return
+        self.raylet.send(p.SubmitTask(list(task.spec)))
+
+    # ------------------------------------------------------- task results
+    def _on_task_returned(self, msg: p.TaskReturned) -> None:
+        with self.cond:
+            task = self.tasks.get(msg.task_id)
+            if task is None:
+                self._free_orphans(msg.returns)
+                return
+            if task.retry_exceptions and not task.cancelled and task.retries_left != 0 \
+                    and any(r[1] == p.RET_ERROR for r in msg.returns) \
+                    and self._retryable(task, msg.returns):
+                task.retries_left -= 1
+                spec = task.spec._replace(attempt=task.spec.attempt + 1)
+                task.spec = spec
+                resubmit = True
+            else:
+                resubmit = False
+                del self.tasks[msg.task_id]
+                self._complete(msg.returns, task)
+        if resubmit:
+            self._free_orphans(msg.returns)
+            self.raylet.send(p.SubmitTask(list(task.spec)))
+        else:
+            self._release_submitted(task.held)
+
+    def _retryable(self, task, returns) -> bool:
+        if task.retry_exceptions is True:
+            return True
+        try:
+            err = self._value_of(returns[0], raise_errors=False)
+        except Exception:
+            return False
+        cause = getattr(err, "cause", err)
+        return isinstance(cause, tuple(task.retry_exceptions))
+
+    def _complete(self, returns, task) -> None:
+        """Record results (lock held) and wake whoever waits for them."""
+        for ret in returns:
+            object_id = ret[0]
+            entry = self.refs.get(object_id)
+            if entry is None:
+                self._free_orphans([ret])
+                continue
+            entry.ret = ret
+            entry.state = READY
+            if task.spec.num_returns == p.STREAMING:
+                gen = self.generators.get(task.spec.task_id)
+                if gen is not None:
+                    gen.count = self._stream_count(ret)
+            self._object_ready(object_id, entry)
+        self.cond.notify_all()
+
+    def _stream_count(self, ret) -> int:
+        if ret[1] == p.RET_INLINE:
+            return serialization.deserialize(ret[2])[1]
+        return 0
+
+    def _object_ready(self, object_id: bytes, entry) -> None:
+        """(lock held) Answer remote waiters; dispatch tasks that waited."""
+        if entry.remote_waiters:
+            for endpoint in entry.remote_waiters:
+                self.sender.send(endpoint, p.ObjectValue(object_id, entry.ret))
+            entry.remote_waiters = None
+        waiting = self.waiting_on.pop(object_id, None)
+        if waiting:
+            for task_id in waiting:
+                task = self.tasks.get(task_id)
+                if task is None:
+                    continue
+                task.deps.discard(object_id)
+                if not task.deps:
+                    self._deferred.append(task)     # dispatched outside the lock
+
+    def _run_deferred(self) -> None:
+        while self._deferred:
+            task = self._deferred.popleft()
+            if not task.cancelled:
+                self._dispatch(task)
+
+    def _free_orphans(self, returns) -> None:
+        stored = [r[0] for r in returns if r[1] == p.RET_STORED]
+        if stored:
+            self.raylet.send(p.FreeObjects(stored))
+
+    def _on_task_failed(self, msg: p.TaskFailed) -> None:
+        error_cls = exc.BY_NAME.get(msg.error_type, exc.RaySystemError)
+        error = error_cls(msg.message)
+        with self.cond:
+            task = self.tasks.get(msg.task_id)
+            if task is None:
+                return
+            retry = (msg.error_type == "WorkerCrashedError" and not task.cancelled
+                     and task.retries_left != 0 and task.spec.num_returns != p.STREAMING)
+            if retry:
+                task.retries_left -= 1
+                task.spec = task.spec._replace(attempt=task.spec.attempt + 1)
+        if retry:
+            log.info("retrying task %s after: %s", task.spec.function_name, msg.message)
+            self.raylet.send(p.SubmitTask(list(task.spec)))
+            return
+        self._fail_task(msg.task_id, error)
+
+    def _fail_task(self, task_id: bytes, error) -> None:
+        """Finish a task with ``error`` (an exception or an error blob)."""
+        blob = error if isinstance(error, bytes) else \
+            serialization.serialize(error, serialization.KIND_ERROR).to_bytes()
+        with self.cond:
+            task = self.tasks.pop(task_id, None)
+            if task is None:
+                return
+            for dep in task.deps:
+                waiting = self.waiting_on.get(dep)
+                if waiting and task_id in waiting:
+                    waiting.remove(task_id)
+            if task.spec.num_returns == p.STREAMING:
+                gen = self.generators.get(task_id)
+                if gen is not None:
+                    index = len(gen.items)
+                    item_id = self.return_id(task_id, index + 1)
+                    entry = self.refs.add_owned(item_id, [item_id, p.RET_ERROR, blob])
+                    entry.held = True
+                    gen.items[index] = item_id
+                returns = [[task.return_ids[0], p.RET_INLINE,
+                            serialization.serialize(len(gen.items) if gen else 0).to_bytes()]]
+            else:
+                returns = [[oid, p.RET_ERROR, blob] for oid in task.return_ids]
+            self._complete(returns, task)
+        self._release_submitted(task.held)
+
+    def _on_generator_item(self, msg: p.GeneratorItem) -> None:
+        with self.cond:
+            gen = self.generators.get(msg.task_id)
+            if gen is None or msg.task_id not in self.tasks:
+                self._free_orphans([msg.ret])
+                return
+            entry = self.refs.add_owned(msg.ret[0], msg.ret)
+            entry.held = True
+            gen.items[msg.index] = msg.ret[0]
+            self.cond.notify_all()
+
+    def next_generator_item(self, task_id: bytes, index: int, timeout=None):
+        """The ref of item ``index`` of a stream, or None past its end."""
+        with self.cond:
+            while True:
+                gen = self.generators.get(task_id)
+                if gen is None:
+                    return None
+                object_id = gen.items.get(index)
+                if object_id is not None:
+                    entry = self.refs.get(object_id)
+                    entry.held = False
+                    entry.local += 1
+                    del gen.items[index]
+                    if gen.count is not None and index + 1 >= gen.count:
+                        self.generators.pop(task_id, None)
+                    return ObjectRef(object_id, self.address, self)
+                if gen.count is not None and index >= gen.count:
+                    self.generators.pop(task_id, None)
+                    return None
+                self._wait_locked(None)
+
+    def drop_generator(self, task_id: bytes) -> None:
+        with self.cond:
+            gen = self.generators.pop(task_id, None)
+            if gen is None:
+                return
+            for object_id in gen.items.values():
+                entry = self.refs.get(object_id)
+                if entry is not None:
+                    entry.held = False
+                    entry.local += 1
+                    self.released_refs.append(object_id)
+
+    # ------------------------------------------------------------- get / wait
+    def get(self, refs, timeout=None):
+        single = isinstance(refs, ObjectRef)
+        if single:
+            refs = [refs]
+        elif not isinstance(refs, (list, tuple)):
+            raise TypeError(f"zray.get() takes an ObjectRef or a list of them, "
+                            f"not {type(refs).__name__}")
+        for ref in refs:
+            if not isinstance(ref, ObjectRef):
+                raise TypeError(f"zray.get() takes ObjectRefs, got {type(ref).__name__}: "
+                                f"{ref!r:.60}")
+        self.drain_releases()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        rets = self._wait_for(refs, len(refs), deadline, fetch=True)
+        if rets is None:
+            raise exc.GetTimeoutError(
+                f"get timed out after {timeout}s waiting for {len(refs)} object(s)")
+        values = [self._value_of(ret) for ret in rets]
+        return values[0] if single else values
+
+    def _wait_for(self, refs, num_ready: int, deadline, fetch: bool):
+        """Wait until ``num_ready`` of ``refs`` are ready; their rets, or None
+        on timeout. ``fetch`` asks owners for borrowed values."""
+        requests = []
+        with self.cond:
+            entries = []
+            for ref in refs:
+                entry = self.refs.get(ref._id)
+                if entry is None:
+                    entry = self._entry_for_unknown(ref)
+                elif not entry.owned and entry.state == PENDING and not entry.requested:
+                    entry.requested = True
+                    requests.append(ref)
+                entries.append(entry)
+            blocked = False
+            last_check = time.monotonic()
+            while True:
+                ready = sum(1 for e in entries if e.state == READY)
+                if ready >= num_ready:
+                    break
+                if requests:
+                    self.cond.release()
+                    try:
+                        for ref in requests:
+                            self.sender.send(ref._owner[0],
+                                             p.GetObject(ref._id, self.inbox_endpoint))
+                    finally:
+                        self.cond.acquire()
+                    requests = []
+                    continue
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    if blocked:
+                        self._set_blocked(False)
+                    return None
+                if not blocked and self.blocked_hook is not None:
+                    blocked = True
+                    self._set_blocked(True)
+                if now - last_check > 1.0:
+                    last_check = now
+                    self._check_owners(refs, entries)
+                wait = 1.0 if deadline is None else min(1.0, deadline - now)
+                self.cond.wait(wait)
+            if blocked:
+                self._set_blocked(False)
+            return [e.ret if e.state == READY else None for e in entries]
+
+    def _set_blocked(self, blocked: bool) -> None:
+        self.cond.release()
+        try:
+            self.blocked_hook(blocked)
+        finally:
+            self.cond.acquire()
+
+    def _entry_for_unknown(self, ref):
+        """(lock held) A ref whose entry is gone or never counted here."""
+        if self.owns(ref):
+            blob = serialization.serialize(exc.ObjectLostError(
+                f"object {ref.hex()} was freed: no reference to it was held"),
+                serialization.KIND_ERROR).to_bytes()
+            entry = self.refs.add_owned(ref._id, [ref._id, p.RET_ERROR, blob])
+            self.released_refs.append(ref._id)
+            entry.local = 1
+            return entry
+        entry, _ = self.refs.add_borrowed(ref._id, tuple(ref._owner))
+        entry.local += 1
+        self.released_refs.append(ref._id)
+        if not entry.requested:
+            entry.requested = True
+            self.sender.send(ref._owner[0], p.GetObject(ref._id, self.inbox_endpoint))
+        return entry
+
+    def _check_owners(self, refs, entries) -> None:
+        """(lock held) Fail borrowed objects whose owner process died."""
+        for ref, entry in zip(refs, entries):
+            if entry.owned or entry.state == READY:
+                continue
+            owner = ref._owner
+            if owner[3] == self.node_id and not _pid_alive(owner[2]):
+                blob = serialization.serialize(exc.OwnerDiedError(
+                    f"the owner of object {ref.hex()} (pid {owner[2]}) died"),
+                    serialization.KIND_ERROR).to_bytes()
+                entry.ret = [ref._id, p.RET_ERROR, blob]
+                entry.state = READY
+
+    def wait(self, refs, num_returns: int = 1, timeout=None, fetch_local: bool = True):
+        if isinstance(refs, ObjectRef) or not isinstance(refs, (list, tuple)):
+            raise TypeError("zray.wait() takes a list of ObjectRefs")
+        if len(set(r._id for r in refs)) != len(refs):
+            raise ValueError("zray.wait() got the same ObjectRef twice")
+        if num_returns < 1 or num_returns > len(refs):
+            raise ValueError(f"num_returns must be between 1 and {len(refs)}, "
+                             f"got {num_returns}")
+        self.drain_releases()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        rets = self._wait_for(refs, num_returns, deadline, fetch=True)
+        if rets is None:
+            with self.cond:
+                rets = [self.refs.get(r._id).ret if self.refs.get(r._id) else None
+                        for r in refs]
+        ready, not_ready = [], []
+        for ref, ret in zip(refs, rets):
+            (ready if ret is not None and len(ready) < num_returns else not_ready).append(ref)
+        return ready, not_ready
+
+    def _value_of(self, ret, raise_errors: bool = True):
+        kind = ret[1]
+        if kind == p.RET_STORED:
+            _, value = serialization.deserialize(self._view(ret[0]))
+            return value
+        code, value = serialization.deserialize(ret[2])
+        if kind == p.RET_ERROR or code == serialization.KIND_ERROR:
+            if not raise_errors:
+                return value
+            if isinstance(value, exc.RayTaskError):
+                raise value.as_instanceof_cause()
+            raise value
+        return value
+
+    def _view(self, object_id: bytes):
+        """A read-only view of a stored object, pinned while it lives."""
+        view = self._views.get(object_id)
+        if view is not None:
+            return view
+        loc = self.raylet.call(p.PinObjects([object_id])).locations[0]
+        if loc is None:
+            raise exc.ObjectLostError(f"object {object_id.hex()} is not in the object store")
+        view = self.arena.read_view(loc[0], loc[1])
+        weakref.finalize(view, self.released_views.append, object_id)
+        self._views[object_id] = view
+        return view
+
+    # ------------------------------------------------------------- cancel
+    def cancel(self, ref: ObjectRef, force: bool = False) -> None:
+        task_id = ref._id[:16]
+        with self.cond:
+            task = self.tasks.get(task_id)
+            if task is None:
+                return
+            task.cancelled = True
+            local = not task.submitted
+        if local:
+            self._fail_task(task_id, exc.TaskCancelledError(
+                f"task {task.spec.function_name} was cancelled before it ran"))
+        else:
+            self.raylet.send(p.CancelTask(task_id, force))
+
+    # ------------------------------------------------------------- I/O thread
+    def _io_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._inbox, zmq.POLLIN)
+        sub = None
+        while self._running:
+            if self._subscriber is not None and sub is None:
+                sub = self._subscriber
+                poller.register(sub, zmq.POLLIN)
+            try:
+                events = dict(poller.poll(50))
+            except zmq.ZMQError:
+                break
+            if self._inbox in events:
+                for _ in range(1000):
+                    try:
+                        frames = self._inbox.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    except zmq.ZMQError:
+                        return
+                    self._handle_inbox(frames)
+            if sub is not None and sub in events:
+                self._handle_sub(sub)
+            try:
+                self._run_deferred()
+                self.drain_releases()
+            except Exception:
+                if self._running:
+                    log.exception("core worker background work failed")
+
+    def _handle_inbox(self, frames) -> None:
+        if len(frames) < 3:
+            log.warning("inbox: dropped a message of %d frames", len(frames))
+            return
+        try:
+            msg = p.decode(frames[2].buffer)
+        except p.ProtocolError as err:
+            log.warning("inbox: dropped a message: %s", err)
+            return
+        handler = self._inbox_handlers.get(type(msg))
+        if handler is None:
+            log.warning("inbox: dropped a %s: not served here", type(msg).__name__)
+            return
+        try:
+            handler(self, msg)
+        except Exception:
+            log.exception("inbox: %s failed", type(msg).__name__)
+
+    def _on_get_object(self, msg: p.GetObject) -> None:
+        with self.cond:
+            entry = self.refs.get(msg.object_id)
+            if entry is None or not entry.owned:
+                blob = serialization.serialize(exc.ObjectLostError(
+                    f"object {msg.object_id.hex()} was freed by its owner"),
+                    serialization.KIND_ERROR).to_bytes()
+                ret = [msg.object_id, p.RET_ERROR, blob]
+            elif entry.state == READY:
+                ret = entry.ret
+            else:
+                if entry.remote_waiters is None:
+                    entry.remote_waiters = []
+                entry.remote_waiters.append(msg.reply_to)
+                return
+        self.sender.send(msg.reply_to, p.ObjectValue(msg.object_id, ret))
+
+    def _on_object_value(self, msg: p.ObjectValue) -> None:
+        with self.cond:
+            entry = self.refs.get(msg.object_id)
+            if entry is not None and entry.state == PENDING:
+                entry.ret = msg.ret
+                entry.state = READY
+                self.cond.notify_all()
+
+    def _on_add_borrower(self, msg: p.AddBorrower) -> None:
+        with self.cond:
+            for object_id in msg.object_ids:
+                entry = self.refs.get(object_id)
+                if entry is not None and entry.owned:
+                    if entry.borrowers is None:
+                        entry.borrowers = set()
+                    entry.borrowers.add(msg.borrower)
+
+    def _on_remove_borrower(self, msg: p.RemoveBorrower) -> None:
+        freed_stored, give_back = [], {}
+        with self.cond:
+            for object_id in msg.object_ids:
+                entry = self.refs.remove_borrower(object_id, msg.borrower)
+                if entry is not None:
+                    self._forget(object_id, entry, freed_stored, give_back)
+        self._send_frees(freed_stored, give_back)
+
+    def _on_task_infeasible(self, msg: p.TaskInfeasible) -> None:
+        print(f"zray: warning: {msg.message}", file=sys.stderr)
+
+    def _on_cancel_running(self, msg: p.CancelRunning) -> None:
+        hook = getattr(self, "cancel_hook", None)
+        if hook is not None:
+            hook(msg.task_id)
+
+    _inbox_handlers = {
+        p.TaskReturned: _on_task_returned,
+        p.TaskFailed: _on_task_failed,
+        p.GeneratorItem: _on_generator_item,
+        p.GetObject: _on_get_object,
+        p.ObjectValue: _on_object_value,
+        p.AddBorrower: _on_add_borrower,
+        p.RemoveBorrower: _on_remove_borrower,
+        p.TaskInfeasible: _on_task_infeasible,
+        p.CancelRunning: _on_cancel_running,
+    }
+
+    def subscribe_logs(self, pub_address: str, handler) -> None:
+        """Have the I/O thread pass this job's worker log lines to ``handler``."""
+        self.log_handler = handler
+        self._subscriber = sockets.subscriber(pub_address, [p.log_topic(self.job_id)])
+
+    def _handle_sub(self, sub) -> None:
+        import msgpack
+        for _ in range(1000):
+            try:
+                topic, payload = sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:
+                continue
+            try:
+                pid, ip, lines = msgpack.unpackb(payload, raw=False)
+                if self.log_handler:
+                    self.log_handler(pid, ip, lines)
+            except Exception:
+                log.exception("bad log event")
+
+    # ------------------------------------------------------------- misc
+    def _wait_locked(self, timeout) -> None:
+        self.cond.wait(1.0 if timeout is None else timeout)
+
+    def stats(self) -> dict:
+        with self.cond:
+            return {"objects": len(self.refs), "pending_tasks": len(self.tasks)}
+
+    def shutdown(self) -> None:
+        """Stop the I/O thread and close every socket and mapping."""
+        if not self._running:
+            return
+        try:
+            self.drain_releases()
+            self.raylet.send(p.DisconnectClient(self.worker_id))
+        except Exception:
+            pass
+        self._running = False
+        self._io_thread.join(timeout=2)
+        self._close_sockets()
+        try:
+            self.arena.close()
+        except Exception:
+            pass
+
+    def _close_sockets(self) -> None:
+        for closer in (getattr(self, "sender", None), getattr(self, "raylet", None),
+                       getattr(self, "gcs", None)):
+            if closer is not None:
+                try:
+                    closer.close()
+                except Exception:
+                    pass
+        for sock in (self._inbox, self._subscriber if hasattr(self, "_subscriber") else None):
+            if sock is not None:
+                sock.close(linger=0)
+        path = self.inbox_endpoint[len("ipc://"):]
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,248 @@
+"""The worker process main loop: pull a task from the raylet, run it, send
+its results straight to its owner, ask for the next one.
+
+The main thread owns the task socket (a DEALER to the raylet) and runs user
+code; the core worker's I/O thread serves the inbox meanwhile.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import sys
+import threading
+import traceback
+
+from .. import exceptions as exc
+from ..broker import protocol as p
+from ..broker import sockets
+from . import global_state, serialization
+from .core_worker import GEN_DONE_INDEX, CoreWorker
+
+log = logging.getLogger(__name__)
+
+
+class LogForwarder:
+    """A stdout/stderr that also sends complete lines to the driver's console."""
+
+    def __init__(self, stream, executor):
+        self._stream = stream
+        self._executor = executor
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        self._stream.write(text)
+        if "\n" in text:
+            self._stream.flush()
+            lines = (self._partial + text).split("\n")
+            self._partial = lines.pop()
+            self._executor.forward_lines(lines)
+        else:
+            self._partial += text
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+        if self._partial:
+            self._executor.forward_lines([self._partial])
+            self._partial = ""
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+class Executor:
+    def __init__(self, raylet_endpoint: str, session_dir: str, worker_id: bytes):
+        self.worker_id = worker_id
+        self.cw = CoreWorker("worker", raylet_endpoint, session_dir, worker_id=worker_id)
+        global_state.worker = self.cw
+        self.cw.blocked_hook = self._blocked
+        self.cw.cancel_hook = self._cancel
+        self.task_sock = sockets.dealer(raylet_endpoint)
+        self.jobs: set[bytes] = set()
+        self.current = None
+        self.main_thread = threading.get_ident()
+        sys.stdout = LogForwarder(sys.stdout, self)
+        sys.stderr = LogForwarder(sys.stderr, self)
+
+    # -- the loop ---------------------------------------------------------
+    def run(self) -> int:
+        self._send(p.WorkerReady(self.worker_id, b""))
+        while True:
+            frames = self.task_sock.recv_multipart(copy=False)
+            try:
+                msg = p.decode(frames[1].buffer)
+            except (p.ProtocolError, IndexError) as err:
+                log.warning("dropped a message from the raylet: %s", err)
+                continue
+            if isinstance(msg, p.ExecuteTask):
+                spec = p.TaskSpec(*msg.spec)
+                self.execute(spec)
+                self._send(p.WorkerReady(self.worker_id, spec.task_id))
+
+    def _send(self, message) -> None:
+        self.task_sock.send_multipart([b"", p.encode(message)])
+
+    # -- running a task ---------------------------------------------------
+    def execute(self, spec: p.TaskSpec) -> None:
+        cw = self.cw
+        self._bind_job(spec.job_id)
+        self.current = spec
+        cw.current.task_id = spec.task_id
+        cw.current.spec = spec
+        owner = spec.owner
+        try:
+            try:
+                fn = cw.functions.load(spec.function_hash)
+                args, kwargs = self._resolve_args(spec)
+                if spec.num_returns == p.STREAMING:
+                    self._run_generator(spec, fn, args, kwargs)
+                    return
+                result = fn(*args, **kwargs)
+                del args, kwargs
+                values = self._split_returns(spec, result)
+                returns = []
+                for i, value in enumerate(values):
+                    object_id = cw.return_id(spec.task_id, i + 1)
+                    ser = serialization.serialize(value)
+                    cw.lend(ser.contained_refs, owner[1])
+                    returns.append(cw._ret_of(object_id, ser, owner_id=owner[1]))
+            except BaseException as err:     # noqa: BLE001 — reported to the owner
+                if isinstance(err, (SystemExit,)) and spec.kind == p.TASK_NORMAL:
+                    pass
+                blob = self._error_blob(spec, err)
+                returns = [[cw.return_id(spec.task_id, i + 1), p.RET_ERROR, blob]
+                           for i in range(max(spec.num_returns, 1))]
+                if spec.num_returns == p.STREAMING:
+                    return self._send_stream_error(spec, blob)
+            cw.sender.send(owner[0], p.TaskReturned(spec.task_id, returns))
+        finally:
+            self.current = None
+            cw.current.task_id = None
+            cw.current.spec = None
+            sys.stdout.flush()
+            sys.stderr.flush()
+
+    def _run_generator(self, spec, fn, args, kwargs) -> None:
+        cw = self.cw
+        owner = spec.owner
+        index = 0
+        try:
+            for value in fn(*args, **kwargs):
+                object_id = cw.return_id(spec.task_id, index + 1)
+                ser = serialization.serialize(value)
+                cw.lend(ser.contained_refs, owner[1])
+                ret = cw._ret_of(object_id, ser, owner_id=owner[1])
+                cw.sender.send(owner[0], p.GeneratorItem(spec.task_id, index, ret))
+                index += 1
+        except BaseException as err:     # noqa: BLE001
+            object_id = cw.return_id(spec.task_id, index + 1)
+            ret = [object_id, p.RET_ERROR, self._error_blob(spec, err)]
+            cw.sender.send(owner[0], p.GeneratorItem(spec.task_id, index, ret))
+            index += 1
+        done = cw.return_id(spec.task_id, GEN_DONE_INDEX)
+        cw.sender.send(owner[0], p.TaskReturned(
+            spec.task_id, [[done, p.RET_INLINE, serialization.serialize(index).to_bytes()]]))
+
+    def _send_stream_error(self, spec, blob) -> None:
+        cw = self.cw
+        object_id = cw.return_id(spec.task_id, 1)
+        cw.sender.send(spec.owner[0], p.GeneratorItem(spec.task_id, 0,
+                                                      [object_id, p.RET_ERROR, blob]))
+        done = cw.return_id(spec.task_id, GEN_DONE_INDEX)
+        cw.sender.send(spec.owner[0], p.TaskReturned(
+            spec.task_id, [[done, p.RET_INLINE, serialization.serialize(1).to_bytes()]]))
+
+    @staticmethod
+    def _split_returns(spec, result) -> list:
+        n = spec.num_returns
+        if n == 1:
+            return [result]
+        if n == 0:
+            return []
+        if not isinstance(result, (tuple, list)) or len(result) != n:
+            raise ValueError(f"{spec.function_name} has num_returns={n} but returned "
+                             f"{type(result).__name__} "
+                             f"{'of length ' + str(len(result)) if hasattr(result, '__len__') else ''}")
+        return list(result)
+
+    def _resolve_args(self, spec):
+        cw = self.cw
+        values = []
+        for arg in spec.args:
+            kind = arg[0]
+            if kind == p.ARG_VALUE:
+                values.append(serialization.deserialize(arg[1])[1])
+            elif kind == p.ARG_STORED:
+                values.append(serialization.deserialize(cw._view(arg[1]))[1])
+            else:
+                ref = cw.deserialized_ref(arg[1], arg[2])
+                values.append(cw.get(ref))
+                del ref
+        n_kw = len(spec.kwarg_names)
+        if n_kw:
+            return values[:-n_kw], dict(zip(spec.kwarg_names, values[-n_kw:]))
+        return values, {}
+
+    def _error_blob(self, spec, err: BaseException) -> bytes:
+        if isinstance(err, exc.TaskCancelledError):
+            error = exc.TaskCancelledError(f"task {spec.function_name} was cancelled")
+        elif isinstance(err, exc.RayTaskError):
+            error = err                  # a failed dependency: pass it on unchanged
+        else:
+            tb = traceback.format_exc()
+            error = exc.RayTaskError(spec.function_name, tb, err, os.getpid(), self.cw.node_ip)
+        try:
+            return serialization.serialize(error, serialization.KIND_ERROR).to_bytes()
+        except TypeError:
+            cause = RuntimeError(f"{type(err).__name__}: {err} (the original exception "
+                                 f"could not be serialized)")
+            error = exc.RayTaskError(spec.function_name, traceback.format_exc(), cause,
+                                     os.getpid(), self.cw.node_ip)
+            return serialization.serialize(error, serialization.KIND_ERROR).to_bytes()
+
+    # -- jobs, logs, blocking, cancel -------------------------------------
+    def _bind_job(self, job_id: bytes) -> None:
+        if job_id in self.jobs:
+            return
+        self.jobs.add(job_id)
+        self.cw.job_id = job_id
+        job = self.cw.gcs.call(p.GetJob(job_id)).value
+        if not job:
+            return
+        for path in reversed(job["sys_path"]):
+            if path not in sys.path:
+                sys.path.insert(1, path)
+        if job["cwd"] and job["cwd"] not in sys.path:
+            sys.path.insert(0, job["cwd"])
+        try:
+            os.chdir(job["cwd"])
+        except OSError:
+            pass
+
+    def forward_lines(self, lines: list[str]) -> None:
+        spec = self.current
+        name = spec.function_name if spec else "worker"
+        prefix = f"({name} pid={os.getpid()}) "
+        try:
+            self.cw.raylet.send(p.LogLines(self.cw.job_id, os.getpid(),
+                                           [prefix + line for line in lines]))
+        except Exception:
+            pass
+
+    def _blocked(self, blocked: bool) -> None:
+        if self.current is not None:
+            self.cw.raylet.send(p.WorkerBlocked(self.worker_id, blocked))
+
+    def _cancel(self, task_id: bytes) -> None:
+        spec = self.current
+        if spec is not None and spec.task_id == task_id:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(self.main_thread), ctypes.py_object(exc.TaskCancelledError))
+
+
+def main(raylet_endpoint: str, session_dir: str, worker_id: bytes) -> int:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    executor = Executor(raylet_endpoint, session_dir, worker_id)
+    return executor.run()
