@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import threading
+import uuid
 
 from . import session
 from .broker import protocol as p
@@ -66,7 +67,7 @@ class RuntimeContext:
 
     @property
     def namespace(self) -> str:
-        return _namespace
+        return self._worker.namespace
 
     def get_assigned_resources(self) -> dict:
         spec = getattr(self._worker.current, "spec", None)
@@ -174,6 +175,7 @@ def _local_ips() -> set[str]:
 
 
 def _connect(gcs_address, raylet_endpoint, session_dir, namespace, log_to_driver):
+    namespace = namespace or f"anonymous-{uuid.uuid4().hex[:12]}"
     gcs = RpcClient(sockets.tcp_endpoint(gcs_address), config.rpc_timeout_s, "GCS")
     try:
         job_id, pub_address = gcs.call(p.RegisterJob(
@@ -185,6 +187,7 @@ def _connect(gcs_address, raylet_endpoint, session_dir, namespace, log_to_driver
     finally:
         gcs.close()
     worker = CoreWorker("driver", raylet_endpoint, session_dir, job_id=job_id)
+    worker.namespace = namespace
     if log_to_driver:
         worker.subscribe_logs(pub_address, _print_worker_lines)
     return worker

@@ -122,28 +122,41 @@ class _Alarm:
 # workers never need to import this module)
 # --------------------------------------------------------------------------
 
-def _make_remotes(b):
-    def small():
-        return b"ok"
-
-    def echo(x):
-        return x
-
-    class Actor:
-        def f(self):
+def _make_remote(b, what):
+    """Build one remote function/actor class; each row builds only what it
+    uses, so e.g. missing actor support fails the actor rows only."""
+    if what == "small":
+        def small():
             return b"ok"
+        return b.remote(small)
+    if what == "echo":
+        def echo(x):
+            return x
+        return b.remote(echo)
+    if what in ("Actor", "ConcurrentActor"):
+        class Actor:
+            def f(self):
+                return b"ok"
+        if what == "ConcurrentActor":
+            return b.remote(max_concurrency=16)(Actor)
+        return b.remote(Actor)
+    if what == "AsyncActor":
+        class AsyncActor:
+            async def f(self):
+                return b"ok"
+        return b.remote(AsyncActor)
+    raise KeyError(what)
 
-    class AsyncActor:
-        async def f(self):
-            return b"ok"
 
-    return {
-        "small": b.remote(small),
-        "echo": b.remote(echo),
-        "Actor": b.remote(Actor),
-        "ConcurrentActor": b.remote(max_concurrency=16)(Actor),
-        "AsyncActor": b.remote(AsyncActor),
-    }
+class _LazyRemotes:
+    def __init__(self, b):
+        self._b = b
+        self._cache = {}
+
+    def __getitem__(self, what):
+        if what not in self._cache:
+            self._cache[what] = _make_remote(self._b, what)
+        return self._cache[what]
 
 
 # --------------------------------------------------------------------------
@@ -155,7 +168,7 @@ class _Bench:
         self.b = b
         self.duration = float(duration)
         self.warmup = max(0.1, min(1.0, 0.25 * self.duration))
-        self.r = _make_remotes(b)
+        self.r = _LazyRemotes(b)
 
     # -- timing helpers ---------------------------------------------------
     def throughput(self, batch, n, setup=None):
@@ -467,13 +480,7 @@ def run(backend: str = "zray", rows=None, duration: float = DEFAULT_DURATION,
         return results
 
     try:
-        try:
-            bench = _Bench(b, duration)
-        except Exception as e:
-            err = f"setup failed: {_fmt_exc(e)}"
-            for n in rest:
-                emit(_row(n, error=err))
-            return results
+        bench = _Bench(b, duration)
         for n in rest:
             try:
                 with _Alarm(row_timeout):

@@ -382,12 +382,90 @@ class GetClusterInfo(NamedTuple):
 
 
 # --------------------------------------------------------------------------
+# Actors
+# --------------------------------------------------------------------------
+
+@_declare(70)
+class RegisterActor(NamedTuple):
+    """Create an actor: the GCS records it and schedules its creation task.
+    Replies Ack([created: bool, ActorInfo fields of the existing actor or None])."""
+    actor_id: bytes
+    spec: list                 # the creation TaskSpec
+    name: str
+    namespace: str
+    detached: bool
+    max_restarts: int
+    get_if_exists: bool
+    class_name: str
+    handle_meta: bytes         # what a handle needs (pickled), for get_actor
+
+
+@_declare(71)
+class ActorStarted(NamedTuple):
+    """A worker finished an actor's constructor (error: a serialized error, or b"")."""
+    actor_id: bytes
+    worker_id: bytes
+    address: str               # the actor's ROUTER, where callers send calls
+    node_id: bytes
+    pid: int
+    error: bytes
+
+
+@_declare(72)
+class ReportActorDied(NamedTuple):
+    """The raylet saw an actor's worker exit (intentional: exit_actor())."""
+    actor_id: bytes
+    message: str
+    intentional: bool
+
+
+@_declare(73)
+class WatchActor(NamedTuple):
+    """Send ActorInfo to ``reply_to`` now and at every state change."""
+    actor_id: bytes
+    reply_to: str
+
+
+@_declare(74)
+class ActorInfo(NamedTuple):
+    actor_id: bytes
+    state: str                 # PENDING_CREATION, ALIVE, RESTARTING, DEAD
+    address: str
+    incarnation: int           # how many times it was (re)started
+    death_message: str
+    death_error: bytes         # serialized cause when the constructor raised
+
+
+@_declare(75)
+class KillActor(NamedTuple):
+    actor_id: bytes
+    no_restart: bool
+
+
+@_declare(76)
+class KillActorWorker(NamedTuple):
+    actor_id: bytes
+
+
+@_declare(77)
+class GetNamedActor(NamedTuple):
+    name: str
+    namespace: str
+
+
+@_declare(78)
+class ListActors(NamedTuple):
+    pass
+
+
+# --------------------------------------------------------------------------
 # Pub/sub topics of the GCS event stream
 # --------------------------------------------------------------------------
 
 TOPIC_NODE = b"node"
 TOPIC_JOB = b"job"
 TOPIC_LOG = b"log:"        # followed by the job id
+TOPIC_ACTOR = b"actor"
 
 
 def log_topic(job_id: bytes) -> bytes:

@@ -88,6 +88,15 @@ class Sender:
                 sock = self._socks[endpoint] = sockets.dealer(endpoint)
             sock.send_multipart([b"", payload, *blobs], copy=False)
 
+    def send_many(self, endpoint: str, payloads: list[bytes]) -> None:
+        """Several encoded one-way messages to one peer, in order."""
+        with self._lock:
+            sock = self._socks.get(endpoint)
+            if sock is None:
+                sock = self._socks[endpoint] = sockets.dealer(endpoint)
+            for payload in payloads:
+                sock.send_multipart([b"", payload], copy=False)
+
     def forget(self, endpoint: str) -> None:
         """Close the socket to a peer that went away."""
         with self._lock:

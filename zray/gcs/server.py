@@ -7,8 +7,10 @@ import msgpack
 
 from ..broker import protocol as p
 from ..broker import sockets
+from ..broker.rpc import Sender
 from ..broker.service import Service
 from ..config import config
+from .actor_manager import ALIVE, DEAD, ActorManager
 from .job_manager import JobManager
 from .kv_manager import FUNCTIONS, KVManager
 from .node_manager import NodeManager
@@ -27,6 +29,9 @@ class GcsServer(Service):
         self.nodes = NodeManager(storage, config.node_timeout_s)
         self.jobs = JobManager(storage)
         self.kv = KVManager(storage)
+        self.actors = ActorManager(storage)
+        self.sender = Sender()          # to raylets and to actor watchers' inboxes
+        self.unscheduled: list[bytes] = []   # actors no live node can host yet
         router, self.address = sockets.server_router(sockets.tcp_endpoint(address))
         host = self.address.rsplit(":", 1)[0]
         self.pub, self.pub_address = sockets.publisher(f"{host}:0")
@@ -44,6 +49,11 @@ class GcsServer(Service):
                  msg.resources)
         self.publish(p.TOPIC_NODE, {"event": "added", "node": self.nodes.public(node)})
         self.reply(req, p.RegisterNodeReply(self.pub_address, self.session_dir))
+        waiting, self.unscheduled = self.unscheduled, []
+        for actor_id in waiting:
+            actor = self.actors.get(actor_id)
+            if actor is not None and actor["state"] != DEAD:
+                self._schedule_actor(actor)
 
     def handle_heartbeat(self, req, msg: p.Heartbeat):
         known = self.nodes.heartbeat(msg) is not None
@@ -82,6 +92,9 @@ class GcsServer(Service):
         if job is not None:
             log.info("job %s finished", msg.job_id.hex())
             self.publish(p.TOPIC_JOB, {"event": "finished", "job": job})
+            for actor in self.actors.of_job(msg.job_id):
+                self._kill_actor(actor, no_restart=True,
+                                 reason="its owner (the driver of its job) exited")
         self.reply(req, p.Ack(job is not None))
 
     def handle_get_job(self, req, msg: p.GetJob):
@@ -107,6 +120,114 @@ class GcsServer(Service):
     def handle_kv_keys(self, req, msg: p.KVKeys):
         self.reply(req, p.Ack(self.kv.keys(msg.namespace, msg.prefix)))
 
+    # -- actors -----------------------------------------------------------
+    def handle_register_actor(self, req, msg: p.RegisterActor):
+        if msg.name:
+            existing = self.actors.named(msg.name, msg.namespace)
+            if existing is not None:
+                if msg.get_if_exists:
+                    self.reply(req, p.Ack([False, existing["actor_id"],
+                                           existing["handle_meta"]]))
+                    return
+                self.reply(req, p.ErrorReply(
+                    "ValueError", f"The name {msg.name!r} (namespace={msg.namespace!r}) is "
+                    f"already taken by a live actor; pick another name, or pass "
+                    f"get_if_exists=True to get that actor"))
+                return
+        spec = p.TaskSpec(*msg.spec)
+        actor = self.actors.register(msg, spec.job_id)
+        log.info("actor %s (%s) registered", msg.actor_id.hex()[:12], msg.class_name)
+        self._actor_changed(actor)
+        self._schedule_actor(actor)
+        self.reply(req, p.Ack([True, msg.actor_id, msg.handle_meta]))
+
+    def _schedule_actor(self, actor: dict) -> None:
+        """Send the creation task to the live node with the most free CPU that fits."""
+        spec = p.TaskSpec(*actor["spec"])
+        fits = [n for n in self.nodes.all() if n["alive"] and all(
+            n["resources"].get(k, 0.0) >= v for k, v in spec.resources.items())]
+        if not fits:
+            log.warning("actor %s needs %s: no live node has that; it waits",
+                        actor["actor_id"].hex()[:12], spec.resources)
+            self.unscheduled.append(actor["actor_id"])
+            return
+        node = max(fits, key=lambda n: n["available"].get("CPU", 0.0))
+        spec = spec._replace(attempt=actor["restarts"])
+        self.sender.send(node["address"], p.SubmitTask(list(spec)))
+
+    def handle_actor_started(self, req, msg: p.ActorStarted):
+        actor = self.actors.started(msg)
+        if actor is None:           # killed while it was being created
+            node = self._node_of(msg.node_id)
+            if node is not None:
+                self.sender.send(node["address"], p.KillActorWorker(msg.actor_id))
+        else:
+            log.info("actor %s is %s", msg.actor_id.hex()[:12], actor["state"])
+            self._actor_changed(actor)
+        self.reply(req, p.Ack(True))
+
+    def handle_report_actor_died(self, req, msg: p.ReportActorDied):
+        actor, restart = self.actors.died(msg.actor_id, msg.message, msg.intentional)
+        if actor is None:
+            return
+        log.info("actor %s died (%s); %s", msg.actor_id.hex()[:12], msg.message,
+                 "restarting" if restart else "not restarting")
+        self._actor_changed(actor)
+        if restart:
+            self._schedule_actor(actor)
+
+    def handle_watch_actor(self, req, msg: p.WatchActor):
+        actor = self.actors.get(msg.actor_id)
+        if actor is None:
+            info = p.ActorInfo(msg.actor_id, DEAD, "", 0,
+                               "no such actor in this cluster (was it created in another "
+                               "cluster?)", b"")
+            self.sender.send(msg.reply_to, info)
+            return
+        if actor["state"] != DEAD:
+            self.actors.watchers.setdefault(msg.actor_id, set()).add(msg.reply_to)
+        self.sender.send(msg.reply_to, self.actors.info(actor))
+
+    def handle_kill_actor(self, req, msg: p.KillActor):
+        actor = self.actors.get(msg.actor_id)
+        if actor is not None:
+            self._kill_actor(actor, msg.no_restart, "killed by zray.kill()")
+        self.reply(req, p.Ack(actor is not None))
+
+    def _kill_actor(self, actor: dict, no_restart: bool, reason: str) -> None:
+        if actor["state"] == DEAD:
+            return
+        if no_restart:
+            actor["no_restart"] = True
+        if actor["state"] == ALIVE:
+            node = self._node_of(actor["node_id"])
+            if node is not None and node["alive"]:
+                self.sender.send(node["address"], p.KillActorWorker(actor["actor_id"]))
+                return
+        if no_restart:              # not running: it is dead now
+            actor, _ = self.actors.died(actor["actor_id"], reason, True)
+            if actor is not None:
+                self._actor_changed(actor)
+
+    def _node_of(self, node_id: bytes):
+        return next((n for n in self.nodes.all() if n["node_id"] == node_id), None)
+
+    def _actor_changed(self, actor: dict) -> None:
+        info = self.actors.info(actor)
+        for endpoint in self.actors.watchers.get(actor["actor_id"], ()):
+            self.sender.send(endpoint, info)
+        if actor["state"] == DEAD:
+            self.actors.watchers.pop(actor["actor_id"], None)
+        self.publish(p.TOPIC_ACTOR, {"event": actor["state"], "actor": self.actors.public(actor)})
+
+    def handle_get_named_actor(self, req, msg: p.GetNamedActor):
+        actor = self.actors.named(msg.name, msg.namespace)
+        self.reply(req, p.Ack(None if actor is None else
+                              [actor["actor_id"], actor["handle_meta"]]))
+
+    def handle_list_actors(self, req, msg):
+        self.reply(req, p.Ack([self.actors.public(a) for a in self.actors.all()]))
+
     # -- events -----------------------------------------------------------
     def handle_publish_logs(self, req, msg: p.PublishLogs):
         self.publish(p.log_topic(msg.job_id), [msg.pid, msg.node_ip, msg.lines])
@@ -115,5 +236,6 @@ class GcsServer(Service):
         self.reply(req, p.Ack("pong"))
 
     def close(self) -> None:
+        self.sender.close()
         self.router.close(linger=0)
         self.pub.close(linger=0)

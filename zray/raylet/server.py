@@ -120,7 +120,7 @@ class Raylet(Service):
             log.info("driver pid %d %s: ending job %s", client.pid, how, client.job_id.hex())
             self._drop_tasks_of(client.worker_id)
             for worker in list(self.pool.workers.values()):
-                if worker.job_id == client.job_id:
+                if worker.job_id == client.job_id and not _hosts_detached_actor(worker):
                     self.pool.kill(worker)
             try:
                 self.gcs.send(p.FinishJob(client.job_id))
@@ -220,6 +220,12 @@ class Raylet(Service):
             self.resources.acquire(cpu)
             worker.held.update(cpu)
 
+    def handle_kill_actor_worker(self, req, msg: p.KillActorWorker):
+        for worker in self.pool.workers.values():
+            if worker.task is not None and worker.task.kind == p.TASK_ACTOR_CREATION \
+                    and worker.task.actor_id == msg.actor_id:
+                self.pool.kill(worker)
+
     def handle_cancel_task(self, req, msg: p.CancelTask):
         for queue in self.queues.values():
             for spec in queue:
@@ -257,7 +263,12 @@ class Raylet(Service):
         client = self.by_worker_id.get(worker.worker_id)
         if client is not None:
             self._client_gone(client, "died")
-        if spec is not None:
+        if spec is not None and spec.kind == p.TASK_ACTOR_CREATION:
+            text = (f"the actor's worker (pid {worker.pid}) died ({_describe_exit(code)})"
+                    if code != 0 else "the actor exited")
+            log.info("actor %s: %s", spec.actor_id.hex()[:12], text)
+            self.gcs.send(p.ReportActorDied(spec.actor_id, text, code == 0))
+        elif spec is not None:
             if worker.cancelled:
                 error, text = "TaskCancelledError", f"task {spec.function_name} was cancelled"
             else:
@@ -353,6 +364,12 @@ class Raylet(Service):
             os.unlink(self.endpoint[len("ipc://"):])
         except OSError:
             pass
+
+
+def _hosts_detached_actor(worker) -> bool:
+    spec = worker.task
+    return bool(spec is not None and spec.kind == p.TASK_ACTOR_CREATION
+                and spec.options.get("detached"))
 
 
 def raylet_endpoint(session_dir: str, node_id: bytes) -> str:

@@ -60,6 +60,37 @@ class PendingTask:
         self.submitted = False
 
 
+class ActorState:
+    """What a caller knows of one actor: where it is and the calls it owes."""
+    __slots__ = ("actor_id", "state", "address", "incarnation", "queue", "inflight",
+                 "death_message", "death_blob")
+
+    def __init__(self, actor_id: bytes):
+        self.actor_id = actor_id
+        self.state = "PENDING_CREATION"
+        self.address = ""
+        self.incarnation = 0
+        self.queue: collections.deque = collections.deque()
+        self.inflight: dict[bytes, PendingTask] = {}
+        self.death_message = ""
+        self.death_blob = b""
+
+    def death_error(self, in_flight: bool = False):
+        cause = None
+        if self.death_blob:
+            try:
+                cause = serialization.deserialize(self.death_blob)[1]
+            except Exception:
+                cause = None
+        if cause is not None:
+            text = f"The actor died because of an error raised in its constructor: {cause}"
+        elif in_flight and self.state != "DEAD":
+            text = "The actor died while running this call, and the call has no retries left"
+        else:
+            text = f"The actor died: {self.death_message or 'it is no longer running'}"
+        return exc.ActorDiedError(text, cause)
+
+
 class GeneratorState:
     __slots__ = ("items", "count")
 
@@ -104,6 +135,9 @@ class CoreWorker:
         self.tasks: dict[bytes, PendingTask] = {}
         self.waiting_on: dict[bytes, list[bytes]] = {}
         self.generators: dict[bytes, GeneratorState] = {}
+        self.actors: dict[bytes, ActorState] = {}
+        self.namespace = ""
+        self.actor_id = None                # set in an actor's worker
         self.released_refs: collections.deque = collections.deque()
         self.released_views: collections.deque = collections.deque()
         self._deferred: collections.deque = collections.deque()
@@ -328,31 +362,176 @@ class CoreWorker:
         ret = self._ret_of(object_id, ser)
         return self._new_owned_ref(object_id, ret, ser.contained_refs)
 
+    def _resolve_owned_args(self, task: PendingTask):
+        """(lock held) Turn refs to our own objects into values or store ids.
+        Returns the error to fail the task with (a failed dependency), or None."""
+        args = task.spec.args
+        for i, arg in enumerate(args):
+            if arg[0] == p.ARG_REF and arg[2][1] == self.worker_id:
+                entry = self.refs.get(arg[1])
+                if entry is None or entry.ret is None:
+                    return exc.ObjectLostError(f"argument object {arg[1].hex()} was lost")
+                kind = entry.ret[1]
+                if kind == p.RET_INLINE:
+                    args[i] = [p.ARG_VALUE, entry.ret[2]]
+                elif kind == p.RET_STORED:
+                    args[i] = [p.ARG_STORED, arg[1], entry.ret[2][1]]
+                else:
+                    return entry.ret[2]          # a failed dependency fails the task
+        return None
+
     def _dispatch(self, task: PendingTask) -> None:
-        """Resolve the task's owned args to values or store ids, then send it."""
-        error = None
+        """Send a task whose dependencies are ready to the raylet."""
+        if task.spec.kind == p.TASK_ACTOR_METHOD:
+            self._pump_actor(task.spec.actor_id)
+            return
         with self.cond:
-            args = task.spec.args
-            for i, arg in enumerate(args):
-                if arg[0] == p.ARG_REF and arg[2][1] == self.worker_id:
-                    entry = self.refs.get(arg[1])
-                    if entry is None or entry.ret is None:
-                        error = exc.ObjectLostError(f"argument object {arg[1].hex()} was lost")
-                        break
-                    kind = entry.ret[1]
-                    if kind == p.RET_INLINE:
-                        args[i] = [p.ARG_VALUE, entry.ret[2]]
-                    elif kind == p.RET_STORED:
-                        args[i] = [p.ARG_STORED, arg[1], entry.ret[2][1]]
-                    else:
-                        error = entry.ret[2]       # a failed dependency fails the task
-                        break
+            error = self._resolve_owned_args(task)
             if error is None:
                 task.submitted = True
         if error is not None:
             self._fail_task(task.spec.task_id, error)
             return
         self.raylet.send(p.SubmitTask(list(task.spec)))
+
+    # ------------------------------------------------------------- actors
+    def actor_creation_spec(self, actor_id: bytes, class_hash: bytes, class_name: str,
+                            args, kwargs, resources: dict, options: dict) -> p.TaskSpec:
+        """The task that runs an actor's constructor. Its arguments travel by
+        value (refs resolved now), so the GCS can rerun it on a restart."""
+        entries = []
+        for index, value in enumerate(itertools.chain(args, kwargs.values())):
+            if isinstance(value, ObjectRef):
+                value = self.get(value)
+            try:
+                entries.append([p.ARG_VALUE, serialization.serialize(value).to_bytes()])
+            except TypeError as err:
+                name = (f"argument {index}" if index < len(args) else
+                        f"keyword argument {list(kwargs)[index - len(args)]!r}")
+                raise TypeError(f"{name} of {class_name}(): {err}") from None
+        return p.TaskSpec(self.new_task_id(), self.job_id, p.TASK_ACTOR_CREATION, class_hash,
+                          class_name, entries, list(kwargs), 0, resources, 0, False,
+                          list(self.address), 0, actor_id, "__init__", options)
+
+    def submit_actor_task(self, actor_id: bytes, method_name: str, args, kwargs,
+                          num_returns: int, max_task_retries: int):
+        """Call an actor method: queued per actor, sent in submission order."""
+        self.drain_releases()
+        task_id = self.new_task_id()
+        arg_entries, held, deps = self._prepare_args(args, kwargs)
+        spec = p.TaskSpec(task_id, self.job_id, p.TASK_ACTOR_METHOD, b"", method_name,
+                          arg_entries, list(kwargs), num_returns, {}, max_task_retries,
+                          False, list(self.address), 0, actor_id, method_name, {})
+        streaming = num_returns == p.STREAMING
+        if streaming:
+            return_ids = [self.return_id(task_id, GEN_DONE_INDEX)]
+        else:
+            return_ids = [self.return_id(task_id, i + 1) for i in range(num_returns)]
+        task = PendingTask(spec, return_ids, held, False)
+        watch = False
+        with self.cond:
+            refs = []
+            for object_id in return_ids:
+                entry = self.refs.add_owned(object_id)
+                entry.local = 1
+                refs.append(ObjectRef(object_id, self.address, self))
+            if streaming:
+                self.generators[task_id] = GeneratorState()
+            self.tasks[task_id] = task
+            for dep in deps:
+                entry = self.refs.get(dep)
+                if entry is not None and entry.state == PENDING:
+                    task.deps.add(dep)
+                    self.waiting_on.setdefault(dep, []).append(task_id)
+            actor = self.actors.get(actor_id)
+            if actor is None:
+                actor = self.actors[actor_id] = ActorState(actor_id)
+                watch = True
+            actor.queue.append(task)
+        if watch:
+            self.gcs.send(p.WatchActor(actor_id, self.inbox_endpoint))
+        else:
+            self._pump_actor(actor_id)
+        if streaming:
+            return ObjectRefGenerator(task_id, self, refs[0])
+        return refs[0] if num_returns == 1 else refs
+
+    def _pump_actor(self, actor_id: bytes) -> None:
+        """Send the actor's queued calls, in order, while it is alive and the
+        call at the head has its arguments ready."""
+        sends, fails = [], []
+        with self.cond:
+            actor = self.actors.get(actor_id)
+            if actor is None:
+                return
+            if actor.state == "DEAD":
+                fails = [(t, actor.death_error()) for t in actor.queue]
+                actor.queue.clear()
+            elif actor.state == "ALIVE":
+                queue = actor.queue
+                while queue and not queue[0].deps:
+                    task = queue.popleft()
+                    if task.cancelled:
+                        continue
+                    error = self._resolve_owned_args(task)
+                    if error is not None:
+                        fails.append((task, error))
+                        continue
+                    task.submitted = True
+                    actor.inflight[task.spec.task_id] = task
+                    sends.append(p.encode(p.ExecuteTask(list(task.spec))))
+            address = actor.address
+        if sends:
+            self.sender.send_many(address, sends)
+        for task, error in fails:
+            self._fail_task(task.spec.task_id, error)
+
+    def _on_actor_info(self, msg: p.ActorInfo) -> None:
+        fails, retry = [], False
+        with self.cond:
+            actor = self.actors.get(msg.actor_id)
+            if actor is None:
+                return
+            new_incarnation = msg.state == "ALIVE" and msg.incarnation != actor.incarnation
+            lost = msg.state in ("RESTARTING", "DEAD") or (new_incarnation and actor.incarnation)
+            actor.state = msg.state
+            actor.address = msg.address
+            actor.death_message = msg.death_message
+            actor.death_blob = msg.death_error
+            if msg.state == "ALIVE":
+                actor.incarnation = msg.incarnation
+            if lost and actor.inflight:
+                again = []
+                for task in actor.inflight.values():
+                    if msg.state != "DEAD" and task.retries_left != 0:
+                        task.retries_left -= 1
+                        again.append(task)
+                    else:
+                        fails.append((task, actor.death_error(in_flight=True)))
+                actor.inflight.clear()
+                actor.queue.extendleft(reversed(again))
+                retry = bool(again)
+        for task, error in fails:
+            self._fail_task(task.spec.task_id, error)
+        if msg.state in ("ALIVE", "DEAD") or retry:
+            self._pump_actor(msg.actor_id)
+
+    def await_ref(self, ref: ObjectRef):
+        """An awaitable of the value (for ``await ref`` in async code)."""
+        import asyncio
+        return asyncio.wrap_future(self.future_of(ref))
+
+    def future_of(self, ref: ObjectRef):
+        import concurrent.futures
+        future = concurrent.futures.Future()
+
+        def resolve():
+            try:
+                future.set_result(self.get(ref))
+            except BaseException as err:  # noqa: BLE001 — delivered to the awaiter
+                future.set_exception(err)
+        threading.Thread(target=resolve, daemon=True, name="zray-future").start()
+        return future
 
     # ------------------------------------------------------- task results
     def _on_task_returned(self, msg: p.TaskReturned) -> None:
@@ -371,6 +550,10 @@ class CoreWorker:
             else:
                 resubmit = False
                 del self.tasks[msg.task_id]
+                if task.spec.kind == p.TASK_ACTOR_METHOD:
+                    actor = self.actors.get(task.spec.actor_id)
+                    if actor is not None:
+                        actor.inflight.pop(msg.task_id, None)
                 self._complete(msg.returns, task)
         if resubmit:
             self._free_orphans(msg.returns)
@@ -463,6 +646,12 @@ class CoreWorker:
             task = self.tasks.pop(task_id, None)
             if task is None:
                 return
+            if task.spec.kind == p.TASK_ACTOR_METHOD:
+                actor = self.actors.get(task.spec.actor_id)
+                if actor is not None:
+                    actor.inflight.pop(task_id, None)
+                    if task in actor.queue:
+                        actor.queue.remove(task)
             for dep in task.deps:
                 waiting = self.waiting_on.get(dep)
                 if waiting and task_id in waiting:
@@ -789,6 +978,9 @@ class CoreWorker:
     def _on_task_infeasible(self, msg: p.TaskInfeasible) -> None:
         print(f"zray: warning: {msg.message}", file=sys.stderr)
 
+    def _on_actor_info_msg(self, msg: p.ActorInfo) -> None:
+        self._on_actor_info(msg)
+
     def _on_cancel_running(self, msg: p.CancelRunning) -> None:
         hook = getattr(self, "cancel_hook", None)
         if hook is not None:
@@ -804,6 +996,7 @@ class CoreWorker:
         p.RemoveBorrower: _on_remove_borrower,
         p.TaskInfeasible: _on_task_infeasible,
         p.CancelRunning: _on_cancel_running,
+        p.ActorInfo: _on_actor_info_msg,
     }
 
     def subscribe_logs(self, pub_address: str, handler) -> None:

@@ -15,7 +15,9 @@ import traceback
 
 from .. import exceptions as exc
 from ..broker import protocol as p
+from ..actor import ActorExit
 from ..broker import sockets
+from ..session import socket_path
 from . import global_state, serialization
 from .core_worker import GEN_DONE_INDEX, CoreWorker
 
@@ -85,43 +87,182 @@ class Executor:
 
     # -- running a task ---------------------------------------------------
     def execute(self, spec: p.TaskSpec) -> None:
-        cw = self.cw
+        """Run a task (or an actor's constructor) on this thread."""
         self._bind_job(spec.job_id)
-        self.current = spec
-        cw.current.task_id = spec.task_id
-        cw.current.spec = spec
-        owner = spec.owner
+        if spec.kind == p.TASK_ACTOR_CREATION:
+            self.become_actor(spec)
+            return
+        try:
+            fn = self.cw.functions.load(spec.function_hash)
+        except Exception as err:     # noqa: BLE001 — reported to the owner
+            self._send_returns(spec, self._error_returns(spec, err))
+            return
+        self.run_call(spec, fn)
+
+    def run_call(self, spec: p.TaskSpec, fn) -> None:
+        """Resolve the arguments, call ``fn``, send the results to the owner."""
+        self._enter(spec)
         try:
             try:
-                fn = cw.functions.load(spec.function_hash)
                 args, kwargs = self._resolve_args(spec)
                 if spec.num_returns == p.STREAMING:
                     self._run_generator(spec, fn, args, kwargs)
                     return
                 result = fn(*args, **kwargs)
                 del args, kwargs
-                values = self._split_returns(spec, result)
-                returns = []
-                for i, value in enumerate(values):
-                    object_id = cw.return_id(spec.task_id, i + 1)
-                    ser = serialization.serialize(value)
-                    cw.lend(ser.contained_refs, owner[1])
-                    returns.append(cw._ret_of(object_id, ser, owner_id=owner[1]))
+                returns = self._returns_of(spec, result)
+            except ActorExit:
+                self._send_returns(spec, self._error_returns(spec, exc.ActorDiedError(
+                    "The actor exited by calling exit_actor() in this call")))
+                raise
             except BaseException as err:     # noqa: BLE001 — reported to the owner
-                if isinstance(err, (SystemExit,)) and spec.kind == p.TASK_NORMAL:
-                    pass
-                blob = self._error_blob(spec, err)
-                returns = [[cw.return_id(spec.task_id, i + 1), p.RET_ERROR, blob]
-                           for i in range(max(spec.num_returns, 1))]
                 if spec.num_returns == p.STREAMING:
-                    return self._send_stream_error(spec, blob)
-            cw.sender.send(owner[0], p.TaskReturned(spec.task_id, returns))
+                    return self._send_stream_error(spec, self._error_blob(spec, err))
+                returns = self._error_returns(spec, err)
+            self._send_returns(spec, returns)
         finally:
-            self.current = None
-            cw.current.task_id = None
-            cw.current.spec = None
+            self._leave()
+
+    async def run_call_async(self, spec: p.TaskSpec, fn) -> None:
+        """``run_call`` for an ``async def`` method, on the actor's event loop."""
+        self._enter(spec)
+        try:
+            try:
+                args, kwargs = self._resolve_args(spec)
+                result = await fn(*args, **kwargs)
+                del args, kwargs
+                returns = self._returns_of(spec, result)
+            except ActorExit:
+                self._send_returns(spec, self._error_returns(spec, exc.ActorDiedError(
+                    "The actor exited by calling exit_actor() in this call")))
+                self._exit_actor()
+            except BaseException as err:     # noqa: BLE001 — reported to the owner
+                returns = self._error_returns(spec, err)
+            self._send_returns(spec, returns)
+        finally:
+            self._leave()
+
+    def _enter(self, spec) -> None:
+        self.current = spec
+        self.cw.current.task_id = spec.task_id
+        self.cw.current.spec = spec
+
+    def _leave(self) -> None:
+        self.current = None
+        self.cw.current.task_id = None
+        self.cw.current.spec = None
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+    def _returns_of(self, spec, result) -> list:
+        cw = self.cw
+        owner_id = spec.owner[1]
+        returns = []
+        for i, value in enumerate(self._split_returns(spec, result)):
+            ser = serialization.serialize(value)
+            cw.lend(ser.contained_refs, owner_id)
+            returns.append(cw._ret_of(cw.return_id(spec.task_id, i + 1), ser, owner_id=owner_id))
+        return returns
+
+    def _error_returns(self, spec, err) -> list:
+        blob = self._error_blob(spec, err)
+        return [[self.cw.return_id(spec.task_id, i + 1), p.RET_ERROR, blob]
+                for i in range(max(spec.num_returns, 1))]
+
+    def _send_returns(self, spec, returns) -> None:
+        self.cw.sender.send(spec.owner[0], p.TaskReturned(spec.task_id, returns))
+
+    # -- actors -----------------------------------------------------------
+    def become_actor(self, spec: p.TaskSpec) -> None:
+        """Run the constructor; on success serve the actor's calls until it ends."""
+        cw = self.cw
+        cw.actor_id = spec.actor_id
+        error = b""
+        self._enter(spec)
+        try:
+            cls = cw.functions.load(spec.function_hash)
+            args, kwargs = self._resolve_args(spec)
+            self.instance = cls(*args, **kwargs)
+        except BaseException as err:     # noqa: BLE001 — reported through the GCS
+            error = self._error_blob(spec, err)
+        finally:
+            self._leave()
+        endpoint = socket_path(cw.session_dir, f"a_{spec.actor_id.hex()[:12]}_{os.getpid()}")
+        self.actor_sock = sockets.inbox_router(endpoint) if not error else None
+        cw.gcs.call(p.ActorStarted(spec.actor_id, self.worker_id, endpoint if not error else "",
+                                   cw.node_id, os.getpid(), error))
+        if error:
+            self._exit_actor()
+        self.actor_spec = spec
+        self.serve_actor(spec.options.get("max_concurrency", 1), spec.options.get("is_async"))
+
+    def serve_actor(self, max_concurrency: int, is_async: bool) -> None:
+        """Receive calls on the actor's ROUTER and run them: in order on this
+        thread, on a thread pool, or on an asyncio loop."""
+        submit = self._call_inline
+        if is_async:
+            submit = self._start_event_loop(max_concurrency)
+        elif max_concurrency > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="zray-actor")
+            submit = lambda spec, fn: pool.submit(self._call_guarded, spec, fn)  # noqa: E731
+        sock = self.actor_sock
+        while True:
+            frames = sock.recv_multipart(copy=False)
+            try:
+                msg = p.decode(frames[2].buffer)
+            except (p.ProtocolError, IndexError) as err:
+                log.warning("actor: dropped a message: %s", err)
+                continue
+            if not isinstance(msg, p.ExecuteTask):
+                log.warning("actor: dropped a %s", type(msg).__name__)
+                continue
+            spec = p.TaskSpec(*msg.spec)
+            fn = getattr(self.instance, spec.method_name, None)
+            if fn is None:
+                self._send_returns(spec, self._error_returns(spec, AttributeError(
+                    f"actor has no method {spec.method_name!r}")))
+                continue
+            submit(spec, fn)
+
+    def _call_inline(self, spec, fn) -> None:
+        try:
+            self.run_call(spec, fn)
+        except ActorExit:
+            self._exit_actor()
+
+    def _call_guarded(self, spec, fn) -> None:
+        try:
+            self.run_call(spec, fn)
+        except ActorExit:
+            self._exit_actor()
+        except BaseException:     # noqa: BLE001 — a pool thread must not die silently
+            log.exception("actor call failed")
+
+    def _start_event_loop(self, max_concurrency: int):
+        import asyncio
+        import inspect
+        loop = asyncio.new_event_loop()
+        limit = asyncio.Semaphore(max_concurrency)
+
+        async def bounded(spec, fn):
+            async with limit:
+                if inspect.iscoroutinefunction(fn):
+                    await self.run_call_async(spec, fn)
+                else:
+                    self._call_inline(spec, fn)
+
+        threading.Thread(target=loop.run_forever, name="zray-actor-loop", daemon=True).start()
+        return lambda spec, fn: asyncio.run_coroutine_threadsafe(bounded(spec, fn), loop)
+
+    def _exit_actor(self) -> None:
+        """End this actor's process cleanly (no restart: exit code 0)."""
+        try:
             sys.stdout.flush()
             sys.stderr.flush()
+            self.cw.shutdown()
+        finally:
+            os._exit(0)
 
     def _run_generator(self, spec, fn, args, kwargs) -> None:
         cw = self.cw
@@ -210,6 +351,7 @@ class Executor:
         job = self.cw.gcs.call(p.GetJob(job_id)).value
         if not job:
             return
+        self.cw.namespace = job["namespace"]
         for path in reversed(job["sys_path"]):
             if path not in sys.path:
                 sys.path.insert(1, path)

@@ -1,0 +1,81 @@
+"""Fixtures: one local cluster per test module where tests allow it, fresh
+clusters for start-up and failure tests, and a check that nothing is left."""
+from __future__ import annotations
+
+import glob
+import os
+import time
+
+import psutil
+import pytest
+
+import zray
+from zray.node import zray_processes
+from zray.worker import global_state
+
+STORE_BYTES = 256 * 1024 * 1024
+
+
+def _descendants() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
+    """Poll ``predicate`` until it is truthy; return its value or fail the test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+def assert_nothing_left(session_dir: str | None, timeout: float = 10.0) -> None:
+    """No zray process started by this test process, no arena, no socket file."""
+    wait_for(lambda: not [p for p in zray_processes() if p.pid in _descendants()],
+             timeout)
+    if session_dir:
+        name = os.path.basename(session_dir)
+        assert not glob.glob(f"/dev/shm/zray_{name}_*"), "shared memory left behind"
+        assert not glob.glob(os.path.join(session_dir, "sockets", "*")), "socket files left"
+
+
+def _session_dir() -> str | None:
+    worker = global_state.worker
+    return worker.session_dir if worker else None
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local 2-CPU cluster shared by the tests of one module."""
+    if zray.is_initialized():
+        zray.shutdown()
+    zray.init(num_cpus=2, object_store_memory=STORE_BYTES)
+    session_dir = _session_dir()
+    yield zray
+    zray.shutdown()
+    assert_nothing_left(session_dir)
+
+
+@pytest.fixture
+def start_cluster():
+    """Start a fresh local cluster with the given ``zray.init`` arguments;
+    it is shut down (and checked for leftovers) after the test."""
+    started = []
+
+    def start(**kwargs):
+        if zray.is_initialized():
+            zray.shutdown()
+        kwargs.setdefault("num_cpus", 2)
+        kwargs.setdefault("object_store_memory", STORE_BYTES)
+        ctx = zray.init(**kwargs)
+        started.append(_session_dir())
+        return ctx
+
+    yield start
+    if zray.is_initialized():
+        zray.shutdown()
+    for session_dir in started:
+        assert_nothing_left(session_dir)
