@@ -172,6 +172,26 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_list(args) -> int:
+    address = _resolve_address(args.address)
+    if address is None:
+        print("zray list: no cluster found on this host; pass --address", file=sys.stderr)
+        return 1
+    gcs = RpcClient(sockets.tcp_endpoint(address), config.connect_timeout_s, "GCS")
+    try:
+        actors = gcs.call(p.ListActors()).value
+    except TimeoutError:
+        print(f"zray list: the cluster at {address} did not answer", file=sys.stderr)
+        return 1
+    finally:
+        gcs.close()
+    print(f"{'ACTOR ID':<34}{'CLASS':<24}{'STATE':<18}{'NODE':<14}{'PID':<8}NAME")
+    for a in actors:
+        print(f"{a['actor_id'].hex():<34}{a['class_name'][:23]:<24}{a['state']:<18}"
+              f"{a['node_id'].hex()[:12]:<14}{a['pid'] or '':<8}{a['name']}")
+    return 0
+
+
 def cmd_microbenchmark(argv) -> int:
     from . import microbenchmark
     return microbenchmark.main(argv) or 0
@@ -207,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="nodes, resources and store usage")
     status.add_argument("--address", help="HOST:PORT of the GCS (default: this host's cluster)")
     status.set_defaults(func=cmd_status)
+
+    lst = sub.add_parser("list", help="list cluster state: `zray list actors`")
+    lst.add_argument("what", choices=["actors"])
+    lst.add_argument("--address", help="HOST:PORT of the GCS (default: this host's cluster)")
+    lst.set_defaults(func=cmd_list)
 
     sub.add_parser("microbenchmark", help="measure core operations (see --help)",
                    add_help=False)

@@ -112,8 +112,7 @@ class Executor:
                 del args, kwargs
                 returns = self._returns_of(spec, result)
             except ActorExit:
-                self._send_returns(spec, self._error_returns(spec, exc.ActorDiedError(
-                    "The actor exited by calling exit_actor() in this call")))
+                self._send_returns(spec, self._exited_returns(spec))
                 raise
             except BaseException as err:     # noqa: BLE001 — reported to the owner
                 if spec.num_returns == p.STREAMING:
@@ -133,8 +132,7 @@ class Executor:
                 del args, kwargs
                 returns = self._returns_of(spec, result)
             except ActorExit:
-                self._send_returns(spec, self._error_returns(spec, exc.ActorDiedError(
-                    "The actor exited by calling exit_actor() in this call")))
+                self._send_returns(spec, self._exited_returns(spec))
                 self._exit_actor()
             except BaseException as err:     # noqa: BLE001 — reported to the owner
                 returns = self._error_returns(spec, err)
@@ -165,7 +163,16 @@ class Executor:
         return returns
 
     def _error_returns(self, spec, err) -> list:
+        """Error results: ``err`` wrapped in a RayTaskError unless zray raised it
+        on purpose (a zray error raised outside user code, like exit_actor's)."""
         blob = self._error_blob(spec, err)
+        return [[self.cw.return_id(spec.task_id, i + 1), p.RET_ERROR, blob]
+                for i in range(max(spec.num_returns, 1))]
+
+    def _exited_returns(self, spec) -> list:
+        blob = serialization.serialize(exc.ActorDiedError(
+            "The actor exited by calling exit_actor() in this call"),
+            serialization.KIND_ERROR).to_bytes()
         return [[self.cw.return_id(spec.task_id, i + 1), p.RET_ERROR, blob]
                 for i in range(max(spec.num_returns, 1))]
 
