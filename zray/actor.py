@@ -63,6 +63,11 @@ class ActorClass:
         self.__name__ = cls.__name__
         self.__module__ = cls.__module__
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_exported"] = (None, None)     # the cache holds this process's sockets
+        return state
+
     def __call__(self, *args, **kwargs):
         raise TypeError(f"Actors cannot be instantiated directly. Instead of "
                         f"'{self._name}()', use '{self._name}.remote()'.")

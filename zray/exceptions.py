@@ -51,7 +51,7 @@ class RayTaskError(RayError):
     def as_instanceof_cause(self) -> "RayTaskError":
         cause_cls = type(self.cause) if self.cause is not None else None
         if cause_cls is None or issubclass(RayTaskError, cause_cls) \
-                or isinstance(self.cause, RayError):
+                or isinstance(self.cause, RayTaskError):
             return self
         try:
             dual = _dual_classes.get(cause_cls)

@@ -115,5 +115,10 @@ class RemoteFunction:
             digest, opts["name"] or self._name, args, kwargs, num_returns,
             resource_request(opts), opts["max_retries"], retry)
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_exported"] = (None, None)     # the cache holds this process's sockets
+        return state
+
     def __repr__(self):
         return f"<zray remote function {self._name}>"

@@ -28,14 +28,34 @@ class ProtocolError(ValueError):
 _BY_CODE: dict[int, type] = {}
 
 
+_KINDS = {"bytes": bytes, "str": str, "int": int, "bool": (bool, int), "list": list,
+          "dict": dict, "float": (float, int)}
+
+
+def _typed(cls):
+    """Record each field's expected wire type (from its annotation) on ``cls``."""
+    def kind(annotation):
+        name = getattr(annotation, "__forward_arg__", annotation)
+        return _KINDS.get(name if isinstance(name, str) else getattr(name, "__name__", ""))
+    cls._kinds = tuple(kind(cls.__annotations__.get(name)) for name in cls._fields)
+    return cls
+
+
 def _declare(code: int):
     def wrap(cls):
         if code in _BY_CODE:
             raise RuntimeError(f"message code {code} declared twice")
         cls.CODE = code
-        _BY_CODE[code] = cls
+        _BY_CODE[code] = _typed(cls)
         return cls
     return wrap
+
+
+def _check(cls, values) -> None:
+    for value, kind, name in zip(values, cls._kinds, cls._fields):
+        if kind is not None and not isinstance(value, kind):
+            raise ProtocolError(f"{cls.__name__}.{name} must be "
+                                f"{getattr(kind, '__name__', kind)}, got {type(value).__name__}")
 
 
 # --------------------------------------------------------------------------
@@ -74,6 +94,27 @@ class TaskSpec(NamedTuple):
     actor_id: bytes = b""
     method_name: str = ""
     options: dict = {}
+
+
+_typed(TaskSpec)
+
+
+def task_spec(values) -> TaskSpec:
+    """A TaskSpec from its wire form; ProtocolError if it is malformed."""
+    if not isinstance(values, (list, tuple)):
+        raise ProtocolError("a task spec must be a list")
+    try:
+        spec = TaskSpec(*values)
+    except TypeError:
+        raise ProtocolError(f"a task spec has {len(TaskSpec._fields)} fields at most, "
+                            f"got {len(values)}") from None
+    _check(TaskSpec, spec)
+    for name, amount in spec.resources.items():
+        if not isinstance(name, str) or not isinstance(amount, (int, float)) or amount < 0:
+            raise ProtocolError(f"task resource {name!r}: {amount!r} is not a number >= 0")
+    if len(spec.owner) != 4 or not isinstance(spec.owner[0], str):
+        raise ProtocolError("a task spec's owner must be [endpoint, worker id, pid, node id]")
+    return spec
 
 
 ARG_VALUE, ARG_STORED, ARG_REF = 0, 1, 2
@@ -496,10 +537,12 @@ def decode(payload) -> Any:
     if cls is None:
         raise ProtocolError(f"unknown message code {data[0]}")
     try:
-        return cls(*data[1:])
+        message = cls(*data[1:])
     except TypeError:
         raise ProtocolError(
             f"{cls.__name__} takes {len(cls._fields)} fields, got {len(data) - 1}") from None
+    _check(cls, message)
+    return message
 
 
 def message_types() -> dict[int, type]:

@@ -134,7 +134,7 @@ class GcsServer(Service):
                     f"already taken by a live actor; pick another name, or pass "
                     f"get_if_exists=True to get that actor"))
                 return
-        spec = p.TaskSpec(*msg.spec)
+        spec = p.task_spec(msg.spec)
         actor = self.actors.register(msg, spec.job_id)
         log.info("actor %s (%s) registered", msg.actor_id.hex()[:12], msg.class_name)
         self._actor_changed(actor)
@@ -143,7 +143,7 @@ class GcsServer(Service):
 
     def _schedule_actor(self, actor: dict) -> None:
         """Send the creation task to the live node with the most free CPU that fits."""
-        spec = p.TaskSpec(*actor["spec"])
+        spec = p.task_spec(actor["spec"])
         fits = [n for n in self.nodes.all() if n["alive"] and all(
             n["resources"].get(k, 0.0) >= v for k, v in spec.resources.items())]
         if not fits:

@@ -136,7 +136,7 @@ class Raylet(Service):
 
     # ---------------------------------------------------------------- tasks
     def handle_submit_task(self, req, msg: p.SubmitTask):
-        spec = p.TaskSpec(*msg.spec)
+        spec = p.task_spec(msg.spec)
         if not self.resources.feasible(spec.resources):
             self.infeasible.append(spec)
             text = (f"task {spec.function_name} needs {spec.resources} but this node has "
@@ -227,7 +227,7 @@ class Raylet(Service):
                 self.pool.kill(worker)
 
     def handle_cancel_task(self, req, msg: p.CancelTask):
-        for queue in self.queues.values():
+        for queue in [*self.queues.values(), self.infeasible]:
             for spec in queue:
                 if spec.task_id == msg.task_id:
                     queue.remove(spec)

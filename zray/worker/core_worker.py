@@ -792,10 +792,12 @@ class CoreWorker:
 
     def _entry_for_unknown(self, ref):
         """(lock held) A ref whose entry is gone or never counted here."""
-        if self.owns(ref):
-            blob = serialization.serialize(exc.ObjectLostError(
-                f"object {ref.hex()} was freed: no reference to it was held"),
-                serialization.KIND_ERROR).to_bytes()
+        stale = ref._worker is not None and ref._worker is not self
+        if self.owns(ref) or stale:
+            why = (f"object {ref.hex()} belongs to a zray session that was shut down"
+                   if stale else f"object {ref.hex()} was freed: no reference to it was held")
+            error = exc.OwnerDiedError(why) if stale else exc.ObjectLostError(why)
+            blob = serialization.serialize(error, serialization.KIND_ERROR).to_bytes()
             entry = self.refs.add_owned(ref._id, [ref._id, p.RET_ERROR, blob])
             self.released_refs.append(ref._id)
             entry.local = 1
@@ -814,7 +816,8 @@ class CoreWorker:
             if entry.owned or entry.state == READY:
                 continue
             owner = ref._owner
-            if owner[3] == self.node_id and not _pid_alive(owner[2]):
+            if owner[3] == self.node_id and (not _pid_alive(owner[2]) or (
+                    owner[2] == self.pid and owner[1] != self.worker_id)):
                 blob = serialization.serialize(exc.OwnerDiedError(
                     f"the owner of object {ref.hex()} (pid {owner[2]}) died"),
                     serialization.KIND_ERROR).to_bytes()

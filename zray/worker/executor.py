@@ -6,9 +6,9 @@ code; the core worker's I/O thread serves the inbox meanwhile.
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -64,6 +64,8 @@ class Executor:
         self.jobs: set[bytes] = set()
         self.current = None
         self.main_thread = threading.get_ident()
+        self.cancel_requested = None
+        signal.signal(signal.SIGINT, self._on_sigint)
         sys.stdout = LogForwarder(sys.stdout, self)
         sys.stderr = LogForwarder(sys.stderr, self)
 
@@ -78,7 +80,7 @@ class Executor:
                 log.warning("dropped a message from the raylet: %s", err)
                 continue
             if isinstance(msg, p.ExecuteTask):
-                spec = p.TaskSpec(*msg.spec)
+                spec = p.task_spec(msg.spec)
                 self.execute(spec)
                 self._send(p.WorkerReady(self.worker_id, spec.task_id))
 
@@ -224,7 +226,7 @@ class Executor:
             if not isinstance(msg, p.ExecuteTask):
                 log.warning("actor: dropped a %s", type(msg).__name__)
                 continue
-            spec = p.TaskSpec(*msg.spec)
+            spec = p.task_spec(msg.spec)
             fn = getattr(self.instance, spec.method_name, None)
             if fn is None:
                 self._send_returns(spec, self._error_returns(spec, AttributeError(
@@ -384,10 +386,19 @@ class Executor:
             self.cw.raylet.send(p.WorkerBlocked(self.worker_id, blocked))
 
     def _cancel(self, task_id: bytes) -> None:
+        """(I/O thread) Interrupt the running task if it is ``task_id``: a
+        SIGINT to ourselves, whose handler raises TaskCancelledError in the
+        main thread — even out of a sleep or a blocking call."""
         spec = self.current
         if spec is not None and spec.task_id == task_id:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(self.main_thread), ctypes.py_object(exc.TaskCancelledError))
+            self.cancel_requested = task_id
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def _on_sigint(self, signum, frame) -> None:
+        spec = self.current
+        if spec is not None and self.cancel_requested == spec.task_id:
+            self.cancel_requested = None
+            raise exc.TaskCancelledError(f"task {spec.function_name} was cancelled")
 
 
 def main(raylet_endpoint: str, session_dir: str, worker_id: bytes) -> int:

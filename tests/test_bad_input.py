@@ -1,0 +1,414 @@
+"""Bad input, by design: junk on a daemon's socket is dropped and logged and
+the daemon keeps serving; a request with junk gets an ErrorReply; wrong
+values passed to the API raise clear exceptions at the call.
+
+The junk comes from plain pyzmq DEALER sockets (what any local process
+could do) and, for what a DEALER cannot produce (a frame cut off mid-way, a
+frame announcing more bytes than a daemon accepts), from a raw socket that
+speaks just enough of ZMTP 3.0.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+import time
+
+import msgpack
+import psutil
+import pytest
+import zmq
+
+import zray
+from zray.broker import protocol as p
+from zray.exceptions import RayError
+from zray.worker import global_state
+
+from conftest import wait_for
+
+MiB = 1024 * 1024
+
+
+# --------------------------------------------------------------------------
+# where the daemons are
+# --------------------------------------------------------------------------
+
+def _daemon_pid(module: str) -> int:
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmd = proc.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if len(cmd) >= 3 and cmd[1] == "-m" and cmd[2] == module:
+            return proc.pid
+    pytest.fail(f"no {module} process under this test process")
+
+
+@pytest.fixture(scope="module")
+def daemons(cluster):
+    """name -> (zmq endpoint, pid, log file) of the cluster's GCS and raylet."""
+    worker = global_state.worker
+    logs = os.path.join(worker.session_dir, "logs")
+    raylet_log = os.path.join(logs, f"raylet_{worker.node_id.hex()[:12]}.log")
+    return {
+        "gcs": ("tcp://" + zray.get_runtime_context().gcs_address,
+                _daemon_pid("zray.gcs"), os.path.join(logs, "gcs.log")),
+        "raylet": (worker.raylet.endpoint, _daemon_pid("zray.raylet"), raylet_log),
+    }
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+def dealer(ctx):
+    """Plain DEALER sockets connected to a daemon; closed after the test."""
+    made = []
+
+    def connect(endpoint: str) -> zmq.Socket:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 500)
+        sock.connect(endpoint)
+        made.append(sock)
+        return sock
+
+    yield connect
+    for sock in made:
+        sock.close(linger=0)
+
+
+def assert_still_serving(name: str, daemons) -> None:
+    """The daemon lives, tasks still run and the GCS still answers."""
+    pid = daemons[name][1]
+    assert psutil.pid_exists(pid) and \
+        psutil.Process(pid).status() != psutil.STATUS_ZOMBIE, f"the {name} died"
+
+    @zray.remote
+    def echo(x):
+        return x
+
+    values = list(range(4))
+    assert zray.get([echo.remote(v) for v in values], timeout=20) == values
+    nodes = zray.nodes()
+    assert [n["Alive"] for n in nodes] == [True], nodes
+    assert zray.cluster_resources().get("CPU") == 2.0
+    # and nothing the junk did holds on to a CPU
+    wait_for(lambda: zray.available_resources().get("CPU") == 2.0, timeout=5)
+
+
+def _request(sock: zmq.Socket, payload: bytes, timeout: float = 5.0):
+    """Send a request (8-byte correlation id); return the decoded reply."""
+    corr = os.urandom(8)
+    sock.send_multipart([corr, payload])
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not sock.poll(int(left * 1000)):
+            pytest.fail(f"no reply within {timeout}s: the request was met with silence")
+        frames = sock.recv_multipart()
+        if frames[0] == corr:
+            assert len(frames) >= 2, frames
+            return p.decode(frames[1])
+
+
+# --------------------------------------------------------------------------
+# a raw ZMTP 3.0 peer (NULL mechanism), for frames a DEALER never sends
+# --------------------------------------------------------------------------
+
+class RawZmtp:
+    def __init__(self, endpoint: str, timeout: float = 5.0):
+        if endpoint.startswith("ipc://"):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            self.sock.connect(endpoint[len("ipc://"):])
+        else:
+            host, port = endpoint[len("tcp://"):].rsplit(":", 1)
+            self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        greeting = (b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00")
+                    + b"\x00" + b"\x00" * 31)
+        self.sock.sendall(greeting)
+        peer = self._recv_exactly(64)
+        assert peer[0] == 0xFF and peer[9] == 0x7F, f"not a ZMTP peer: {peer!r}"
+        name, value = b"Socket-Type", b"DEALER"
+        body = (b"\x05READY" + bytes([len(name)]) + name + struct.pack(">I", len(value))
+                + value)
+        self.sock.sendall(b"\x04" + bytes([len(body)]) + body)
+        flags = self._recv_exactly(1)[0]
+        size = self._recv_exactly(1)[0] if not flags & 0x02 else \
+            struct.unpack(">Q", self._recv_exactly(8))[0]
+        assert flags & 0x04 and self._recv_exactly(size)[:6] == b"\x05READY"
+
+    def _recv_exactly(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("the daemon closed the connection")
+            data += chunk
+        return data
+
+    def send_frame(self, data: bytes, more: bool = False, declared: int | None = None):
+        """A message frame; ``declared`` lies about its length."""
+        size = len(data) if declared is None else declared
+        flags = 0x01 if more else 0
+        if size > 255:
+            head = bytes([flags | 0x02]) + struct.pack(">Q", size)
+        else:
+            head = bytes([flags, size])
+        self.sock.sendall(head + data)
+
+    def closed_by_peer(self, timeout: float) -> bool:
+        """True when the daemon drops the connection within ``timeout``."""
+        self.sock.settimeout(timeout)
+        try:
+            while self.sock.recv(4096):
+                pass
+            return True
+        except ConnectionResetError:
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        self.sock.close()
+
+
+# --------------------------------------------------------------------------
+# junk on the wire: dropped, the daemon keeps serving
+# --------------------------------------------------------------------------
+
+def _valid(message) -> bytes:
+    return p.encode(message)
+
+
+JUNK = {
+    "single frame": lambda name: [b"just one frame"],
+    "empty message frames": lambda name: [b"", b""],
+    "random payload": lambda name: [b"", os.urandom(200)],
+    "msgpack that is not a list": lambda name: [b"", msgpack.packb({"code": 16})],
+    "msgpack list without a code": lambda name: [b"", msgpack.packb(["Ping", 1])],
+    "empty list": lambda name: [b"", msgpack.packb([])],
+    "unknown message code": lambda name: [b"", msgpack.packb([9999, b"x", 1])],
+    "negative message code": lambda name: [b"", msgpack.packb([-1])],
+    "known code, too few fields": lambda name: [
+        b"", msgpack.packb([p.KVPut.CODE if name == "gcs" else p.SubmitTask.CODE])],
+    "known code, too many fields": lambda name: [
+        b"", msgpack.packb([p.Ping.CODE, 1, 2, 3])],
+    "known code, fields of the wrong type": lambda name: [
+        b"", msgpack.packb([p.KVGet.CODE, 12, "not bytes"] if name == "gcs"
+                           else [p.SubmitTask.CODE, "not a spec"])],
+    "truncated msgpack payload": lambda name: [
+        b"", _valid(p.KVPut("ns", b"key", b"v" * 100, True))[:20]],
+    "correlation id of 5 bytes": lambda name: [b"12345", _valid(p.Ping())],
+    "message not served by this daemon": lambda name: [
+        b"", _valid(p.WorkerReady(b"w" * 16, b"t" * 16) if name == "gcs"
+                    else p.KVKeys("ns", b""))],
+    "blobs nobody asked for": lambda name: [b"", _valid(p.Ping()), b"x" * 1000, b"y"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(JUNK))
+@pytest.mark.parametrize("name", ["gcs", "raylet"])
+def test_junk_is_dropped_and_daemon_keeps_serving(name, case, daemons, dealer):
+    sock = dealer(daemons[name][0])
+    sock.send_multipart(JUNK[case](name))
+    sock.send_multipart(JUNK[case](name))          # twice: it was not a fluke
+    assert_still_serving(name, daemons)
+
+
+def test_wrongly_typed_task_spec_does_not_break_the_raylet(daemons, dealer):
+    """A SubmitTask of the right shape whose fields are nonsense must be
+    refused, not queued where it would poison scheduling."""
+    spec = ["task", 7, "kind", None, 3.5, "args", {"kw": 1}, "one", "CPU", "r", "e",
+            "owner"]
+    sock = dealer(daemons["raylet"][0])
+    sock.send_multipart([b"", _valid(p.SubmitTask(spec))])
+    spec_right_types = [os.urandom(16), os.urandom(4), p.TASK_NORMAL, os.urandom(20), "junk",
+                        [[p.ARG_VALUE, b"not a serialized value"]], [], 1, {"CPU": 1.0},
+                        0, False, ["ipc:///nonexistent/inbox", os.urandom(16), 1, b""]]
+    sock.send_multipart([b"", _valid(p.SubmitTask(spec_right_types))])
+    assert_still_serving("raylet", daemons)
+
+
+def test_wrongly_typed_node_registration_does_not_break_the_gcs(daemons, dealer):
+    """A RegisterNode whose fields are nonsense must not land in the node
+    table, where it would break every reader of it."""
+    sock = dealer(daemons["gcs"][0])
+    sock.send_multipart([b"", msgpack.packb(
+        [p.RegisterNode.CODE, 1, 2, 3, 4, "pid", "resources", "size", 5])])
+    assert_still_serving("gcs", daemons)
+
+
+@pytest.mark.parametrize("name", ["gcs", "raylet"])
+def test_truncated_multiframe_message_is_dropped(name, daemons):
+    # a first frame that announces more frames, then the peer goes away
+    raw = RawZmtp(daemons[name][0])
+    raw.send_frame(os.urandom(8), more=True)
+    raw.send_frame(_valid(p.Ping())[:1], more=True)
+    raw.close()
+    # a frame cut off in the middle of its bytes
+    raw = RawZmtp(daemons[name][0])
+    raw.send_frame(b"", more=True)
+    raw.send_frame(b"x" * 10, declared=100)
+    raw.close()
+    assert_still_serving(name, daemons)
+
+
+@pytest.mark.parametrize("name", ["gcs", "raylet"])
+def test_frame_over_the_size_limit_is_refused(name, daemons):
+    """A frame announcing more than MAX_MESSAGE_BYTES: the daemon's ROUTER
+    refuses it as soon as it reads the length (MAXMSGSIZE) and drops the
+    connection, instead of buffering half a gigabyte. Only the header and a
+    few bytes are sent."""
+    raw = RawZmtp(daemons[name][0])
+    try:
+        raw.send_frame(b"", more=True)
+        raw.send_frame(b"x" * 4096, declared=p.MAX_MESSAGE_BYTES + 1)
+        assert raw.closed_by_peer(timeout=5), \
+            "the daemon kept reading a frame over MAX_MESSAGE_BYTES (no size limit)"
+    finally:
+        raw.close()
+    # a frame under the limit is not refused on its header alone
+    raw = RawZmtp(daemons[name][0])
+    try:
+        raw.send_frame(b"", more=True)
+        raw.send_frame(b"x" * 4096, declared=64 * MiB)
+        assert not raw.closed_by_peer(timeout=0.5)
+    finally:
+        raw.close()
+    assert_still_serving(name, daemons)
+
+
+# --------------------------------------------------------------------------
+# requests with junk: an ErrorReply, not silence
+# --------------------------------------------------------------------------
+
+BAD_REQUESTS = {
+    "random payload": lambda name: os.urandom(64),
+    "msgpack that is not a list": lambda name: msgpack.packb("hello"),
+    "unknown message code": lambda name: msgpack.packb([9999]),
+    "known code, wrong number of fields": lambda name: msgpack.packb([p.GetNodes.CODE, 1, 2]),
+    "message not served by this daemon": lambda name: _valid(
+        p.WorkerReady(b"w" * 16, b"t" * 16) if name == "gcs" else p.KVKeys("ns", b"")),
+    "known code, fields of the wrong type": lambda name: msgpack.packb(
+        [p.KVPut.CODE, "zray_test", 12, 3, "yes"] if name == "gcs"
+        else [p.PinObjects.CODE, 12]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+@pytest.mark.parametrize("name", ["gcs", "raylet"])
+def test_junk_request_gets_an_error_reply(name, case, daemons, dealer):
+    sock = dealer(daemons[name][0])
+    reply = _request(sock, BAD_REQUESTS[case](name))
+    assert isinstance(reply, p.ErrorReply), reply
+    assert reply.error_type and reply.message
+    # and a good request on the same socket is still answered
+    assert _request(sock, _valid(p.Ping())) == p.Ack("pong")
+
+
+def test_wrongly_typed_kv_put_does_not_poison_the_kv_table(daemons, dealer):
+    """A KVPut whose key is not bytes is refused; it must not land in the
+    table, where it would break every later listing of the namespace."""
+    sock = dealer(daemons["gcs"][0])
+    sock.send_multipart([b"", msgpack.packb([p.KVPut.CODE, "zray_poison", 12, b"v", True])])
+    assert _request(sock, _valid(p.KVPut("zray_poison", b"good", b"v", True))) == p.Ack(True)
+    reply = _request(sock, _valid(p.KVKeys("zray_poison", b"")))
+    assert reply == p.Ack([b"good"]), reply
+
+
+def test_junk_is_logged_with_a_reason(daemons, dealer):
+    for name in ("gcs", "raylet"):
+        sock = dealer(daemons[name][0])
+        sock.send_multipart([b"", msgpack.packb([31337])])
+        log_file = daemons[name][2]
+        wait_for(lambda: "unknown message code 31337" in open(log_file).read(), timeout=5)
+
+
+# --------------------------------------------------------------------------
+# wrong values through the API: clear exceptions at the call
+# --------------------------------------------------------------------------
+
+def test_unserializable_argument_raises_type_error_naming_it(cluster):
+    @zray.remote
+    def take(x=None, y=None):
+        return "ran"
+
+    lock = threading.Lock()
+    with pytest.raises(TypeError) as info:
+        take.remote(lock)
+    text = str(info.value)
+    assert "lock" in text and "argument 0" in text, text
+
+    with pytest.raises(TypeError) as info:
+        take.remote(1, y=[1, lock])
+    text = str(info.value)
+    assert "lock" in text and "'y'" in text, text
+
+    # nothing was submitted, and the cluster goes on
+    assert zray.get(take.remote(1, y=2), timeout=20) == "ran"
+    assert global_state.worker.stats()["pending_tasks"] == 0
+
+
+def test_unserializable_return_value_raises_on_get(cluster):
+    @zray.remote
+    def make_lock():
+        return threading.Lock()
+
+    with pytest.raises(RayError) as info:
+        zray.get(make_lock.remote(), timeout=20)
+    assert "serializ" in str(info.value).lower(), str(info.value)
+
+    @zray.remote
+    def fine():
+        return "ok"
+    assert zray.get(fine.remote(), timeout=20) == "ok"
+
+
+def test_get_of_something_that_is_not_a_ref_raises_type_error(cluster):
+    @zray.remote
+    def one():
+        return 1
+
+    ref = one.remote()
+    for bad in (1, "ref", None, [ref, 1], {"a": ref}):
+        with pytest.raises(TypeError):
+            zray.get(bad, timeout=5)
+    assert zray.get([ref], timeout=20) == [1]
+
+
+def test_put_of_a_ref_raises_type_error(cluster):
+    ref = zray.put(1)
+    with pytest.raises(TypeError):
+        zray.put(ref)
+    assert zray.get(zray.put([ref]), timeout=10) == [ref]   # nested refs are fine
+
+
+def test_invalid_options_raise_value_error(cluster):
+    @zray.remote
+    def f():
+        return 1
+
+    with pytest.raises(ValueError, match="foo"):
+        f.options(foo=1)
+    with pytest.raises(ValueError, match="foo"):
+        zray.remote(foo=1)(lambda: 1)
+    with pytest.raises(ValueError):
+        f.options(num_cpus=-1)
+    with pytest.raises(ValueError):
+        f.options(max_retries="many")
+    with pytest.raises(TypeError):
+        f()                                   # a remote function is not called directly
+    assert zray.get(f.options(num_cpus=1).remote(), timeout=20) == 1
+
+
+def test_wait_and_cancel_reject_non_refs(cluster):
+    with pytest.raises(TypeError):
+        zray.wait(zray.put(1))
+    with pytest.raises(TypeError):
+        zray.cancel("not a ref")
