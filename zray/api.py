@@ -159,8 +159,10 @@ def _find_cluster(address: str) -> tuple[str, str, str]:
         gcs.close()
     local_ips = _local_ips()
     for node in nodes:
-        if node["alive"] and node["node_ip"] in local_ips:
-            return address, node["address"], node["session_dir"]
+        if node["alive"] and node["node_ip"] in local_ips \
+                and os.path.isdir(node["session_dir"]):
+            return address, session.raylet_ipc(node["session_dir"], node["node_id"]), \
+                node["session_dir"]
     raise ConnectionError(f"the cluster at {address} has no live node on this host: "
                           f"run `zray start --address={address}` here first")
 

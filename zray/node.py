@@ -18,7 +18,7 @@ import time
 import psutil
 
 from .config import config
-from .session import log_path, session_name, socket_path
+from .session import log_path, raylet_ipc, session_name
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -72,7 +72,7 @@ class NodeProcesses:
             args += ["--object-store-memory", str(int(object_store_memory))]
         self._spawn(f"raylet_{node_id.hex()[:12]}", args)
         self.node_ids.append(node_id)
-        return socket_path(self.session_dir, f"raylet_{node_id.hex()[:12]}")
+        return raylet_ipc(self.session_dir, node_id)
 
     def check_alive(self) -> None:
         """Raise with the log's tail if a daemon already exited."""

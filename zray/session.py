@@ -37,6 +37,29 @@ def socket_path(session_dir: str, name: str) -> str:
     return "ipc://" + os.path.join(session_dir, "sockets", name)
 
 
+def raylet_ipc(session_dir: str, node_id: bytes) -> str:
+    """The local endpoint of a node's raylet."""
+    return socket_path(session_dir, f"raylet_{node_id.hex()[:12]}")
+
+
+def inbox_ipc(session_dir: str, worker_id: bytes) -> str:
+    """The local endpoint of a core worker's inbox."""
+    return socket_path(session_dir, f"w_{worker_id.hex()[:16]}")
+
+
+def actor_ipc(session_dir: str, worker_id: bytes) -> str:
+    """The local endpoint where an actor's worker takes calls."""
+    return socket_path(session_dir, f"a_{worker_id.hex()[:16]}")
+
+
+def route(address, node_id: bytes, session_dir: str, local=inbox_ipc) -> str:
+    """How to reach ``address`` (endpoint, worker id, pid, node id) from
+    ``node_id``: its local IPC endpoint on the same node, else its TCP one."""
+    if address[3] == node_id:
+        return local(session_dir, address[1])
+    return address[0]
+
+
 def log_path(session_dir: str, name: str) -> str:
     return os.path.join(session_dir, "logs", name)
 

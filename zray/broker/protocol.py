@@ -63,8 +63,10 @@ def _check(cls, values) -> None:
 # --------------------------------------------------------------------------
 
 class Address(NamedTuple):
-    """Where a core worker (driver or worker) can be reached."""
-    endpoint: str      # its inbox ROUTER
+    """Where a core worker (driver or worker) can be reached: from its own
+    node through its IPC inbox (derived from worker_id), from elsewhere at
+    ``endpoint`` (TCP)."""
+    endpoint: str      # its inbox ROUTER, over TCP
     worker_id: bytes
     pid: int
     node_id: bytes
@@ -74,7 +76,8 @@ class TaskSpec(NamedTuple):
     """Everything a worker needs to run a task, and a raylet to schedule it.
 
     ``args`` entries: ``[ARG_VALUE, blob]``, ``[ARG_STORED, object_id, size]``
-    (in the node's store) or ``[ARG_REF, object_id, owner_address]`` (ask the
+    (in the node's store; the raylet appends the offset when it pinned the
+    object for the worker) or ``[ARG_REF, object_id, owner_address]`` (ask the
     owner). The last ``len(kwarg_names)`` entries are keyword arguments.
     ``num_returns == STREAMING`` marks a generator task.
     """
@@ -281,7 +284,7 @@ class GeneratorItem(NamedTuple):
 class GetObject(NamedTuple):
     """Ask an owner for an object; it answers with ObjectValue when ready."""
     object_id: bytes
-    reply_to: str
+    reply_to: list         # the asker's Address
 
 
 @_declare(34)
@@ -320,7 +323,7 @@ class TaskInfeasible(NamedTuple):
 @_declare(50)
 class RegisterNode(NamedTuple):
     node_id: bytes
-    address: str           # the raylet's ROUTER endpoint
+    address: str           # the raylet's ROUTER over TCP (locally: its IPC socket)
     node_ip: str
     hostname: str
     pid: int
@@ -446,7 +449,7 @@ class ActorStarted(NamedTuple):
     """A worker finished an actor's constructor (error: a serialized error, or b"")."""
     actor_id: bytes
     worker_id: bytes
-    address: str               # the actor's ROUTER, where callers send calls
+    address: str               # the actor's ROUTER over TCP (locally: actor_ipc)
     node_id: bytes
     pid: int
     error: bytes
@@ -471,7 +474,7 @@ class WatchActor(NamedTuple):
 class ActorInfo(NamedTuple):
     actor_id: bytes
     state: str                 # PENDING_CREATION, ALIVE, RESTARTING, DEAD
-    address: str
+    address: list              # [tcp endpoint, worker id, pid, node id] when ALIVE
     incarnation: int           # how many times it was (re)started
     death_message: str
     death_error: bytes         # serialized cause when the constructor raised

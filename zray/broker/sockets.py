@@ -51,6 +51,11 @@ def _socket(kind: int) -> zmq.Socket:
     return sock
 
 
+def bind(sock: zmq.Socket, endpoint: str) -> str:
+    """Bind one more endpoint (``tcp://host:0`` picks a free port); returns it."""
+    return _bind(sock, endpoint)
+
+
 def _bind(sock: zmq.Socket, endpoint: str) -> str:
     if endpoint.startswith("ipc://"):
         path = endpoint[len("ipc://"):]

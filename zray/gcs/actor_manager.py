@@ -74,7 +74,9 @@ class ActorManager:
     @staticmethod
     def info(actor: dict):
         from ..broker.protocol import ActorInfo
-        return ActorInfo(actor["actor_id"], actor["state"], actor["address"],
+        address = ([actor["address"], actor["worker_id"], actor["pid"], actor["node_id"]]
+                   if actor["state"] == ALIVE else [])
+        return ActorInfo(actor["actor_id"], actor["state"], address,
                          actor["incarnation"], actor["death_message"], actor["death_error"])
 
     @staticmethod

@@ -179,7 +179,7 @@ class GcsServer(Service):
     def handle_watch_actor(self, req, msg: p.WatchActor):
         actor = self.actors.get(msg.actor_id)
         if actor is None:
-            info = p.ActorInfo(msg.actor_id, DEAD, "", 0,
+            info = p.ActorInfo(msg.actor_id, DEAD, [], 0,
                                "no such actor in this cluster (was it created in another "
                                "cluster?)", b"")
             self.sender.send(msg.reply_to, info)

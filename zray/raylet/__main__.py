@@ -7,7 +7,7 @@ import logging
 import os
 
 from .. import daemon
-from ..session import log_path, socket_path
+from ..session import log_path, raylet_ipc
 from .worker_pool import start_zygote
 
 
@@ -49,7 +49,7 @@ def main(argv=None) -> None:
         daemon.die_with_parent()
     node_id = bytes.fromhex(args.node_id)
     # The zygote warms up (imports) while this process imports and starts.
-    zygote = start_zygote(socket_path(args.session_dir, f"raylet_{args.node_id[:12]}"),
+    zygote = start_zygote(raylet_ipc(args.session_dir, node_id),
                           args.session_dir, args.node_id,
                           log_path(args.session_dir, f"zygote_{args.node_id[:12]}.err"))
     from .server import Raylet

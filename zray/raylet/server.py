@@ -19,7 +19,7 @@ from ..broker import sockets
 from ..broker.rpc import RpcClient, Sender
 from ..broker.service import Service
 from ..config import config
-from ..session import log_path, session_name, socket_path, spill_dir
+from ..session import log_path, raylet_ipc, route, session_name, spill_dir
 from ..store import Arena, ObjectStore, arena_path
 from ..store.object_table import ObjectExistsError, ObjectStoreFullError
 from .resources import ResourceSet, shape_of
@@ -50,7 +50,7 @@ class Raylet(Service):
         self.node_ip = node_ip
         self.session_dir = session_dir
         self.gcs_address = gcs_address
-        self.endpoint = raylet_endpoint(session_dir, node_id)
+        self.endpoint = raylet_ipc(session_dir, node_id)
         if zygote is None:
             zygote = start_zygote(self.endpoint, session_dir, node_id.hex(),
                                   log_path(session_dir, f"zygote_{node_id.hex()[:12]}.err"))
@@ -66,8 +66,11 @@ class Raylet(Service):
         self.by_worker_id: dict[bytes, Client] = {}
         self.object_owner: dict[bytes, bytes] = {}      # object id -> owner worker id
         self.owned_objects: dict[bytes, set] = {}       # owner worker id -> object ids
+        self.pins_waiting_seal: dict[bytes, list] = {}  # object id -> [(req, PinObjects)]
+        self.unsealed: dict[bytes, set] = {}            # writer identity -> object ids
         self.sender = Sender()
         router, _ = sockets.server_router(self.endpoint)
+        self.tcp_endpoint = sockets.bind(router, f"tcp://{node_ip}:0")
         self.serve(router)
         self.watch(self.pool.fd, lambda fd: self._on_zygote())
         self.gcs = RpcClient(sockets.tcp_endpoint(gcs_address), config.rpc_timeout_s, "GCS")
@@ -78,7 +81,7 @@ class Raylet(Service):
     # ---------------------------------------------------------------- start
     def start(self) -> None:
         reply = self.gcs.call(p.RegisterNode(
-            self.node_id, self.endpoint, self.node_ip, socket.gethostname(), os.getpid(),
+            self.node_id, self.tcp_endpoint, self.node_ip, socket.gethostname(), os.getpid(),
             self.resources.total, self.arena.size, self.session_dir),
             timeout=config.connect_timeout_s)
         self.pub_address = reply.pub_address
@@ -88,6 +91,10 @@ class Raylet(Service):
                  self.resources.total)
 
     # -------------------------------------------------------------- clients
+    def endpoint_of(self, address) -> str:
+        """Where to reach the core worker at ``address`` from this node."""
+        return route(address, self.node_id, self.session_dir)
+
     def handle_register_client(self, req, msg: p.RegisterClient):
         client = Client(msg.kind, msg.worker_id, msg.pid, msg.job_id, msg.inbox, req.identity)
         self.clients[req.identity] = client
@@ -115,6 +122,10 @@ class Raylet(Service):
         self.clients.pop(client.identity, None)
         self.by_worker_id.pop(client.worker_id, None)
         self.store.release_client(client.identity)
+        for object_id in self.unsealed.pop(client.identity, ()):
+            self.store.abort(object_id)       # its writer died mid-write
+            for req, msg in self.pins_waiting_seal.pop(object_id, ()):
+                self.handle_pin_objects(req, msg)
         self._free_owned_by(client.worker_id)
         if client.kind == "driver":
             log.info("driver pid %d %s: ending job %s", client.pid, how, client.job_id.hex())
@@ -142,7 +153,7 @@ class Raylet(Service):
             text = (f"task {spec.function_name} needs {spec.resources} but this node has "
                     f"{self.resources.total}; it waits until a node that fits joins")
             log.warning(text)
-            self.sender.send(spec.owner[0], p.TaskInfeasible(spec.task_id, text))
+            self.sender.send(self.endpoint_of(spec.owner), p.TaskInfeasible(spec.task_id, text))
             return
         shape = shape_of(spec.resources)
         queue = self.queues.get(shape)
@@ -171,12 +182,29 @@ class Raylet(Service):
 
     def _assign(self, worker, spec) -> None:
         worker.state = BUSY
+        spec = self._pin_stored_args(spec, worker)
         worker.task = spec
         worker.held = dict(spec.resources)
         worker.cancelled = False
         self.resources.acquire(worker.held)
         if not self.send_to(worker.task_identity, p.ExecuteTask(list(spec))):
             self._worker_died(worker, -1)
+
+    def _pin_stored_args(self, spec, worker):
+        """Pin the task's arguments in the store for the worker and tell it
+        where they are, which saves it a request per argument."""
+        if worker.rpc_identity is None:
+            return spec
+        args = spec.args
+        for i, arg in enumerate(args):
+            if arg[0] == p.ARG_STORED and len(arg) == 3:
+                try:
+                    loc = self.store.pin(arg[1], worker.rpc_identity)
+                except ObjectStoreFullError:
+                    loc = None
+                if loc is not None:
+                    args[i] = [p.ARG_STORED, arg[1], loc[1], loc[0]]
+        return spec
 
     def _grow(self, wanted: int) -> None:
         starting = self.pool.starting()
@@ -231,7 +259,7 @@ class Raylet(Service):
             for spec in queue:
                 if spec.task_id == msg.task_id:
                     queue.remove(spec)
-                    self.sender.send(spec.owner[0], p.TaskFailed(
+                    self.sender.send(self.endpoint_of(spec.owner), p.TaskFailed(
                         spec.task_id, "TaskCancelledError",
                         f"task {spec.function_name} was cancelled before it ran"))
                     return
@@ -276,7 +304,7 @@ class Raylet(Service):
                 text = (f"the worker (pid {worker.pid}) running {spec.function_name} died "
                         f"({_describe_exit(code)})")
             log.warning(text)
-            self.sender.send(spec.owner[0], p.TaskFailed(spec.task_id, error, text))
+            self.sender.send(self.endpoint_of(spec.owner), p.TaskFailed(spec.task_id, error, text))
         self.dispatch()
         if self.pool.live() < self.num_cpus and not any(self.queues.values()):
             self.pool.start_worker()       # keep the pool warm
@@ -291,15 +319,31 @@ class Raylet(Service):
         except ObjectExistsError:
             self.reply(req, p.CreateObjectReply(-2, "exists"))
             return
+        self.unsealed.setdefault(req.identity, set()).add(msg.object_id)
         self.object_owner[msg.object_id] = msg.owner_id
         self.owned_objects.setdefault(msg.owner_id, set()).add(msg.object_id)
         self.reply(req, p.CreateObjectReply(offset, ""))
 
     def handle_seal_object(self, req, msg: p.SealObject):
-        self.store.seal(msg.object_id)
-        self.reply(req, p.Ack(True))
+        """One-way: the object is written. Pins that waited for it are answered."""
+        writing = self.unsealed.get(req.identity)
+        if writing:
+            writing.discard(msg.object_id)
+        try:
+            self.store.seal(msg.object_id)
+        except KeyError:
+            log.warning("seal of unknown object %s dropped", msg.object_id.hex())
+        waiting = self.pins_waiting_seal.pop(msg.object_id, None)
+        for req2, msg2 in waiting or ():
+            self.handle_pin_objects(req2, msg2)
 
     def handle_pin_objects(self, req, msg: p.PinObjects):
+        """Pin objects for the caller; a pin of an object still being written
+        waits for its seal (seals are one-way, so they can arrive later)."""
+        for object_id in msg.object_ids:
+            if self.store.is_being_created(object_id):
+                self.pins_waiting_seal.setdefault(object_id, []).append((req, msg))
+                return
         locations = []
         for object_id in msg.object_ids:
             try:
@@ -370,10 +414,6 @@ def _hosts_detached_actor(worker) -> bool:
     spec = worker.task
     return bool(spec is not None and spec.kind == p.TASK_ACTOR_CREATION
                 and spec.options.get("detached"))
-
-
-def raylet_endpoint(session_dir: str, node_id: bytes) -> str:
-    return socket_path(session_dir, f"raylet_{node_id.hex()[:12]}")
 
 
 def _pid_alive(pid: int) -> bool:

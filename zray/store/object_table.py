@@ -181,6 +181,11 @@ class ObjectStore:
         e = self._objects.get(object_id)
         return e is not None and e.state == SEALED and not e.freed
 
+    def is_being_created(self, object_id: bytes) -> bool:
+        """True while the object is created but not sealed yet."""
+        e = self._objects.get(object_id)
+        return e is not None and e.state != SEALED and not e.freed
+
     def info(self, object_id: bytes) -> dict | None:
         """A snapshot of one object's record, or None if unknown."""
         e = self._objects.get(object_id)

@@ -33,7 +33,7 @@ from ..broker import sockets
 from ..broker.rpc import RpcClient, Sender
 from ..config import config
 from ..object_ref import ObjectRef, ObjectRefGenerator
-from ..session import socket_path
+from ..session import actor_ipc, inbox_ipc, route
 from ..store.arena import Arena
 from . import serialization
 from .function_manager import FunctionManager
@@ -68,7 +68,7 @@ class ActorState:
     def __init__(self, actor_id: bytes):
         self.actor_id = actor_id
         self.state = "PENDING_CREATION"
-        self.address = ""
+        self.address: list = []
         self.incarnation = 0
         self.queue: collections.deque = collections.deque()
         self.inflight: dict[bytes, PendingTask] = {}
@@ -108,7 +108,7 @@ class CoreWorker:
         self.pid = os.getpid()
         self.session_dir = session_dir
         self.job_id = job_id
-        self.inbox_endpoint = socket_path(session_dir, f"w_{self.worker_id.hex()[:16]}")
+        self.inbox_endpoint = inbox_ipc(session_dir, self.worker_id)
         self._inbox = sockets.inbox_router(self.inbox_endpoint)
         self.raylet = RpcClient(raylet_endpoint, config.rpc_timeout_s, "raylet")
         timeout = config.connect_timeout_s if connect_timeout is None else connect_timeout
@@ -126,7 +126,8 @@ class CoreWorker:
         self.gcs = RpcClient(sockets.tcp_endpoint(reply.gcs_address), config.rpc_timeout_s,
                              "GCS")
         self.arena = Arena.attach(reply.arena_path)
-        self.address = p.Address(self.inbox_endpoint, self.worker_id, self.pid, self.node_id)
+        tcp = sockets.bind(self._inbox, f"tcp://{self.node_ip}:0")
+        self.address = p.Address(tcp, self.worker_id, self.pid, self.node_id)
         self.sender = Sender()
         self.functions = FunctionManager(self.gcs)
 
@@ -162,6 +163,13 @@ class CoreWorker:
     def return_id(task_id: bytes, index: int) -> bytes:
         return task_id + index.to_bytes(4, "big")
 
+    def endpoint_of(self, address) -> str:
+        """Where to send to the core worker at ``address`` from here."""
+        return route(address, self.node_id, self.session_dir)
+
+    def actor_endpoint(self, address) -> str:
+        return route(address, self.node_id, self.session_dir, actor_ipc)
+
     def owns(self, ref: ObjectRef) -> bool:
         return ref._owner[1] == self.worker_id
 
@@ -187,7 +195,7 @@ class CoreWorker:
             entry, new = self.refs.add_borrowed(object_id, owner)
             entry.local += 1
         if new:
-            self.sender.send(owner[0], p.AddBorrower([object_id], self.worker_id))
+            self.sender.send(self.endpoint_of(owner), p.AddBorrower([object_id], self.worker_id))
         return ObjectRef(object_id, owner, self)
 
     def drain_releases(self) -> None:
@@ -224,7 +232,7 @@ class CoreWorker:
         else:
             if entry.ret is not None and entry.ret[1] == p.RET_STORED:
                 pass                    # the owner frees the store copy
-            give_back.setdefault(entry.owner[0], []).append(object_id)
+            give_back.setdefault(self.endpoint_of(entry.owner), []).append(object_id)
 
     def _send_frees(self, freed_stored, give_back) -> None:
         if freed_stored:
@@ -244,7 +252,8 @@ class CoreWorker:
                             entry.borrowers = set()
                         entry.borrowers.add(borrower_id)
             elif ref._owner[1] != borrower_id:
-                self.sender.send(ref._owner[0], p.AddBorrower([ref._id], borrower_id))
+                self.sender.send(self.endpoint_of(ref._owner),
+                                 p.AddBorrower([ref._id], borrower_id))
 
     def _release_submitted(self, object_ids) -> None:
         freed_stored, give_back = [], {}
@@ -282,7 +291,7 @@ class CoreWorker:
             if reply.offset < 0:
                 raise exc.ObjectStoreFullError(reply.error)
         self.arena.write(reply.offset, ser.chunks())
-        self.raylet.call(p.SealObject(object_id))
+        self.raylet.send(p.SealObject(object_id))
 
     # ------------------------------------------------------------- submit
     def submit_task(self, function_hash: bytes, function_name: str, args, kwargs,
@@ -449,7 +458,7 @@ class CoreWorker:
                 watch = True
             actor.queue.append(task)
         if watch:
-            self.gcs.send(p.WatchActor(actor_id, self.inbox_endpoint))
+            self.gcs.send(p.WatchActor(actor_id, self.address.endpoint))
         else:
             self._pump_actor(actor_id)
         if streaming:
@@ -482,7 +491,7 @@ class CoreWorker:
                     sends.append(p.encode(p.ExecuteTask(list(task.spec))))
             address = actor.address
         if sends:
-            self.sender.send_many(address, sends)
+            self.sender.send_many(self.actor_endpoint(address), sends)
         for task, error in fails:
             self._fail_task(task.spec.task_id, error)
 
@@ -596,8 +605,8 @@ class CoreWorker:
     def _object_ready(self, object_id: bytes, entry) -> None:
         """(lock held) Answer remote waiters; dispatch tasks that waited."""
         if entry.remote_waiters:
-            for endpoint in entry.remote_waiters:
-                self.sender.send(endpoint, p.ObjectValue(object_id, entry.ret))
+            for address in entry.remote_waiters:
+                self.sender.send(self.endpoint_of(address), p.ObjectValue(object_id, entry.ret))
             entry.remote_waiters = None
         waiting = self.waiting_on.pop(object_id, None)
         if waiting:
@@ -760,8 +769,8 @@ class CoreWorker:
                     self.cond.release()
                     try:
                         for ref in requests:
-                            self.sender.send(ref._owner[0],
-                                             p.GetObject(ref._id, self.inbox_endpoint))
+                            self.sender.send(self.endpoint_of(ref._owner),
+                                             p.GetObject(ref._id, list(self.address)))
                     finally:
                         self.cond.acquire()
                     requests = []
@@ -807,7 +816,8 @@ class CoreWorker:
         self.released_refs.append(ref._id)
         if not entry.requested:
             entry.requested = True
-            self.sender.send(ref._owner[0], p.GetObject(ref._id, self.inbox_endpoint))
+            self.sender.send(self.endpoint_of(ref._owner),
+                             p.GetObject(ref._id, list(self.address)))
         return entry
 
     def _check_owners(self, refs, entries) -> None:
@@ -858,15 +868,19 @@ class CoreWorker:
             raise value
         return value
 
-    def _view(self, object_id: bytes):
-        """A read-only view of a stored object, pinned while it lives."""
+    def _view(self, object_id: bytes, pinned_at=None):
+        """A read-only view of a stored object, pinned while it lives.
+        ``pinned_at`` is ``(offset, size)`` when the raylet pinned it for us."""
         view = self._views.get(object_id)
         if view is not None:
+            if pinned_at is not None:
+                self.released_views.append(object_id)     # one pin is enough
             return view
-        loc = self.raylet.call(p.PinObjects([object_id])).locations[0]
-        if loc is None:
+        if pinned_at is None:
+            pinned_at = self.raylet.call(p.PinObjects([object_id])).locations[0]
+        if pinned_at is None:
             raise exc.ObjectLostError(f"object {object_id.hex()} is not in the object store")
-        view = self.arena.read_view(loc[0], loc[1])
+        view = self.arena.read_view(pinned_at[0], pinned_at[1])
         weakref.finalize(view, self.released_views.append, object_id)
         self._views[object_id] = view
         return view
@@ -950,7 +964,7 @@ class CoreWorker:
                     entry.remote_waiters = []
                 entry.remote_waiters.append(msg.reply_to)
                 return
-        self.sender.send(msg.reply_to, p.ObjectValue(msg.object_id, ret))
+        self.sender.send(self.endpoint_of(msg.reply_to), p.ObjectValue(msg.object_id, ret))
 
     def _on_object_value(self, msg: p.ObjectValue) -> None:
         with self.cond:

@@ -17,7 +17,7 @@ from .. import exceptions as exc
 from ..broker import protocol as p
 from ..actor import ActorExit
 from ..broker import sockets
-from ..session import socket_path
+from ..session import actor_ipc
 from . import global_state, serialization
 from .core_worker import GEN_DONE_INDEX, CoreWorker
 
@@ -179,7 +179,7 @@ class Executor:
                 for i in range(max(spec.num_returns, 1))]
 
     def _send_returns(self, spec, returns) -> None:
-        self.cw.sender.send(spec.owner[0], p.TaskReturned(spec.task_id, returns))
+        self.cw.sender.send(self.cw.endpoint_of(spec.owner), p.TaskReturned(spec.task_id, returns))
 
     # -- actors -----------------------------------------------------------
     def become_actor(self, spec: p.TaskSpec) -> None:
@@ -196,9 +196,11 @@ class Executor:
             error = self._error_blob(spec, err)
         finally:
             self._leave()
-        endpoint = socket_path(cw.session_dir, f"a_{spec.actor_id.hex()[:12]}_{os.getpid()}")
-        self.actor_sock = sockets.inbox_router(endpoint) if not error else None
-        cw.gcs.call(p.ActorStarted(spec.actor_id, self.worker_id, endpoint if not error else "",
+        endpoint = ""
+        if not error:
+            self.actor_sock = sockets.inbox_router(actor_ipc(cw.session_dir, self.worker_id))
+            endpoint = sockets.bind(self.actor_sock, f"tcp://{cw.node_ip}:0")
+        cw.gcs.call(p.ActorStarted(spec.actor_id, self.worker_id, endpoint,
                                    cw.node_id, os.getpid(), error))
         if error:
             self._exit_actor()
@@ -283,24 +285,24 @@ class Executor:
                 ser = serialization.serialize(value)
                 cw.lend(ser.contained_refs, owner[1])
                 ret = cw._ret_of(object_id, ser, owner_id=owner[1])
-                cw.sender.send(owner[0], p.GeneratorItem(spec.task_id, index, ret))
+                cw.sender.send(cw.endpoint_of(owner), p.GeneratorItem(spec.task_id, index, ret))
                 index += 1
         except BaseException as err:     # noqa: BLE001
             object_id = cw.return_id(spec.task_id, index + 1)
             ret = [object_id, p.RET_ERROR, self._error_blob(spec, err)]
-            cw.sender.send(owner[0], p.GeneratorItem(spec.task_id, index, ret))
+            cw.sender.send(cw.endpoint_of(owner), p.GeneratorItem(spec.task_id, index, ret))
             index += 1
         done = cw.return_id(spec.task_id, GEN_DONE_INDEX)
-        cw.sender.send(owner[0], p.TaskReturned(
+        cw.sender.send(cw.endpoint_of(owner), p.TaskReturned(
             spec.task_id, [[done, p.RET_INLINE, serialization.serialize(index).to_bytes()]]))
 
     def _send_stream_error(self, spec, blob) -> None:
         cw = self.cw
         object_id = cw.return_id(spec.task_id, 1)
-        cw.sender.send(spec.owner[0], p.GeneratorItem(spec.task_id, 0,
+        cw.sender.send(cw.endpoint_of(spec.owner), p.GeneratorItem(spec.task_id, 0,
                                                       [object_id, p.RET_ERROR, blob]))
         done = cw.return_id(spec.task_id, GEN_DONE_INDEX)
-        cw.sender.send(spec.owner[0], p.TaskReturned(
+        cw.sender.send(cw.endpoint_of(spec.owner), p.TaskReturned(
             spec.task_id, [[done, p.RET_INLINE, serialization.serialize(1).to_bytes()]]))
 
     @staticmethod
@@ -324,7 +326,8 @@ class Executor:
             if kind == p.ARG_VALUE:
                 values.append(serialization.deserialize(arg[1])[1])
             elif kind == p.ARG_STORED:
-                values.append(serialization.deserialize(cw._view(arg[1]))[1])
+                pinned_at = (arg[3], arg[2]) if len(arg) == 4 else None
+                values.append(serialization.deserialize(cw._view(arg[1], pinned_at))[1])
             else:
                 ref = cw.deserialized_ref(arg[1], arg[2])
                 values.append(cw.get(ref))
