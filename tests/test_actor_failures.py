@@ -8,8 +8,10 @@ temp dir) and drivers as subprocesses.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -306,7 +308,13 @@ def head_cluster():
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs(alive, timeout=5)
+        sessions = [os.path.basename(d) for d in glob.glob(os.path.join(temp_dir, "session_*"))]
+        leftover_shm = [f for name in sessions for f in glob.glob(f"/dev/shm/zray_{name}_*")]
+        for path in leftover_shm:              # only this cluster's arenas
+            os.unlink(path)
+        shutil.rmtree(temp_dir, ignore_errors=True)
         assert not _session_processes(temp_dir), "the head cluster's processes are left"
+        assert not leftover_shm, f"the stopped head cluster left shared memory: {leftover_shm}"
 
 
 def _run_driver(env, code: str, timeout: float = 60) -> dict:

@@ -568,26 +568,29 @@ def test_exit_actor_ends_the_actor(cluster):
     wait_for(lambda: _gone(pid), timeout=10)
 
 
-def test_exit_actor_outside_an_actor_raises(cluster):
-    with pytest.raises(Exception):
+def test_exit_actor_outside_an_actor_raises_type_error(cluster):
+    with pytest.raises(TypeError):
         zray.actor.exit_actor()
 
 
 def test_unserializable_argument_raises_type_error_naming_it_and_actor_lives(cluster):
-    counter = Counter.remote()
-    assert zray.get(counter.incr.remote(), timeout=20) == 1
+    recorder = Recorder.remote()
+    recorder.append.remote("before")
     with pytest.raises(TypeError) as info:
-        counter.incr.remote(by=threading.Lock())
-    assert "by" in str(info.value) and "lock" in str(info.value).lower(), str(info.value)
+        recorder.append.remote(item=threading.Lock())
+    message = str(info.value)
+    assert "item" in message and "lock" in message.lower(), message
 
     def gen():
         yield 1
 
     with pytest.raises(TypeError) as info:
-        counter.incr.remote(gen())
+        recorder.append.remote(gen())
     assert "generator" in str(info.value), str(info.value)
-    assert zray.get(counter.incr.remote(), timeout=20) == 2
-    zray.kill(counter)
+    recorder.append.remote("after")
+    assert zray.get(recorder.items_.remote(), timeout=20) == ["before", "after"], \
+        "a call that could not be sent must not reach the actor; the actor lives on"
+    zray.kill(recorder)
 
 
 def test_get_with_timeout_on_a_busy_actor_raises_get_timeout(cluster):

@@ -12,7 +12,9 @@ import cloudpickle
 from . import exceptions as exc
 from .broker import protocol as p
 from .broker.rpc import RemoteError
-from .remote_function import parse_num_returns, resource_request, validate_options
+from .remote_function import (_strategy_of, parse_num_returns, resource_request,
+                              validate_options)
+from .util.scheduling_strategies import placed_resources, strategy_options
 from .worker.global_state import require_worker
 
 ACTOR_OPTIONS = {
@@ -105,10 +107,12 @@ class ActorClass:
                 "max_task_retries": opts["max_task_retries"]}
         meta_blob = cloudpickle.dumps(meta)
         actor_id = os.urandom(16)
+        strategy = _strategy_of(opts)
         spec = worker.actor_creation_spec(
-            actor_id, digest, self._name, args, kwargs, resource_request(opts),
+            actor_id, digest, self._name, args, kwargs,
+            placed_resources(resource_request(opts), strategy),
             {"max_concurrency": concurrency, "is_async": is_async,
-             "detached": lifetime == "detached"})
+             "detached": lifetime == "detached", **strategy_options(strategy)})
         try:
             created, actor_id, meta_blob = worker.gcs.call(p.RegisterActor(
                 actor_id, list(spec), name, namespace, lifetime == "detached",

@@ -12,10 +12,10 @@ import uuid
 
 from . import session
 from .broker import protocol as p
-from .broker import sockets
+from .broker import security, sockets
 from .broker.rpc import RpcClient
 from .config import config
-from .node import NodeProcesses, free_port
+from .node import NodeProcesses, find_cluster_key, free_port, is_listening
 from .object_ref import ObjectRef
 from .remote_function import RemoteFunction
 from .worker import global_state
@@ -28,6 +28,7 @@ _lock = threading.RLock()
 _local_node: NodeProcesses | None = None
 _namespace = ""
 _atexit_registered = False
+_saved_key_env: dict | None = None      # the key variables before init() set them
 
 
 class RuntimeContext:
@@ -91,7 +92,13 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
     With no ``address`` (and no ``ZRAY_ADDRESS``) a GCS and a raylet start
     here and stop at ``shutdown()`` or exit. ``address="auto"`` joins the
     cluster ``zray start --head`` started on this host; ``"host:port"`` joins
-    the cluster whose GCS listens there."""
+    the cluster whose GCS listens there.
+
+    Every TCP connection is encrypted and authenticated with the cluster key
+    (ZeroMQ CURVE): a local cluster gets a fresh key in
+    ``<session_dir>/cluster.key``; joining uses ``ZRAY_CLUSTER_KEY`` /
+    ``ZRAY_CLUSTER_KEY_FILE`` if set, else the key file this host holds for
+    that cluster (``zray start`` writes one)."""
     global _local_node, _namespace, _atexit_registered
     with _lock:
         if is_initialized():
@@ -111,17 +118,28 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
             session_dir = session.new_session_dir()
             gcs_address = f"127.0.0.1:{free_port()}"
             node = NodeProcesses(session_dir, detached=False)
-            node.start_gcs(gcs_address)
-            raylet_endpoint = node.start_raylet(
-                gcs_address, os.urandom(16), num_cpus=num_cpus, num_gpus=num_gpus,
-                memory=_memory, resources=resources, object_store_memory=object_store_memory)
+            _set_key_env(node.new_cluster_key())
+            try:
+                node.start_gcs(gcs_address)
+                raylet_endpoint = node.start_raylet(
+                    gcs_address, os.urandom(16), num_cpus=num_cpus, num_gpus=num_gpus,
+                    memory=_memory, resources=resources,
+                    object_store_memory=object_store_memory)
+            except BaseException:
+                node.stop()
+                _restore_key_env()
+                raise
             _local_node = node
         else:
             if num_cpus is not None or num_gpus is not None or resources:
                 raise ValueError("When connecting to an existing cluster, num_cpus, num_gpus "
                                  "and resources must not be given: they belong to "
                                  "`zray start`.")
-            gcs_address, raylet_endpoint, session_dir = _find_cluster(address)
+            try:
+                gcs_address, raylet_endpoint, session_dir = _find_cluster(address)
+            except BaseException:
+                _restore_key_env()
+                raise
         try:
             worker = _connect(gcs_address, raylet_endpoint, session_dir, namespace or "",
                               log_to_driver)
@@ -129,6 +147,7 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
             if _local_node is not None:
                 _local_node.stop()
                 _local_node = None
+            _restore_key_env()
             raise
         _namespace = namespace or ""
         global_state.worker = worker
@@ -146,15 +165,23 @@ def _find_cluster(address: str) -> tuple[str, str, str]:
             raise ConnectionError("address='auto' found no running zray cluster on this "
                                   "host: start one with `zray start --head`")
         address = current["gcs_address"]
-    address = address.removeprefix("zray://").removeprefix("ray://")
+        key_source = _use_cluster_key(address, current.get("session_dir"))
+    else:
+        address = address.removeprefix("zray://").removeprefix("ray://")
+        key_source = _use_cluster_key(address)
     gcs = RpcClient(sockets.tcp_endpoint(address), config.rpc_timeout_s, "GCS")
     try:
         nodes = gcs.call(p.GetNodes(), timeout=config.connect_timeout_s).value
     except TimeoutError:
+        if is_listening(address):
+            raise ConnectionError(
+                f"could not reach a zray cluster at {address} within "
+                f"{config.connect_timeout_s:.0f}s: something listens there but did not "
+                f"answer (wrong cluster key? this process used {key_source})") from None
         raise ConnectionError(
             f"could not reach a zray cluster at {address} within "
-            f"{config.connect_timeout_s:.0f}s: is `zray start --head` running there, "
-            f"and is the address right?") from None
+            f"{config.connect_timeout_s:.0f}s: nothing listens there; is `zray start "
+            f"--head` running there, and is the address right?") from None
     finally:
         gcs.close()
     local_ips = _local_ips()
@@ -165,6 +192,56 @@ def _find_cluster(address: str) -> tuple[str, str, str]:
                 node["session_dir"]
     raise ConnectionError(f"the cluster at {address} has no live node on this host: "
                           f"run `zray start --address={address}` here first")
+
+
+def _use_cluster_key(address: str, session_dir: str | None = None) -> str:
+    """Make this process use the key of the cluster at ``address``: the one
+    the environment names, else the key file of ``session_dir`` or the one
+    this host holds for that cluster. Returns where the key came from;
+    ConnectionError when there is none."""
+    try:
+        if security.from_env() is not None:
+            return (f"{security.ENV_KEY}" if os.environ.get(security.ENV_KEY)
+                    else f"{security.ENV_KEY_FILE}={os.environ[security.ENV_KEY_FILE]}")
+        path = security.key_file_in(session_dir) if session_dir else None
+        if not (path and os.path.isfile(path)):
+            path = find_cluster_key(address)
+        if path is None and not is_listening(address):
+            raise ConnectionError(
+                f"could not reach a zray cluster at {address}: nothing listens there; is "
+                f"`zray start --head` running there, and is the address right?")
+        if path is None:
+            raise ConnectionError(
+                f"no cluster key to join the zray cluster at {address}: set "
+                f"{security.ENV_KEY_FILE}=<a copy of the head's "
+                f"<session_dir>/{security.KEY_FILE_NAME}> or {security.ENV_KEY}=<its "
+                f"secret key>")
+        security.load_key_file(path)
+    except security.ClusterKeyError as err:
+        raise ConnectionError(f"cannot use the cluster key to join {address}: {err}") from None
+    _set_key_env(path)
+    return f"the key file {path}"
+
+
+def _set_key_env(path: str) -> None:
+    """Name the cluster key for this process (and what it starts) until
+    shutdown() puts the previous variables back."""
+    global _saved_key_env
+    if _saved_key_env is None:
+        _saved_key_env = {name: os.environ.get(name)
+                          for name in (security.ENV_KEY, security.ENV_KEY_FILE)}
+    os.environ.pop(security.ENV_KEY, None)
+    os.environ[security.ENV_KEY_FILE] = path
+
+
+def _restore_key_env() -> None:
+    global _saved_key_env
+    saved, _saved_key_env = _saved_key_env, None
+    for name, value in (saved or {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _local_ips() -> set[str]:
@@ -185,13 +262,13 @@ def _connect(gcs_address, raylet_endpoint, session_dir, namespace, log_to_driver
             os.getcwd()), timeout=config.connect_timeout_s).value
     except TimeoutError:
         raise ConnectionError(f"the GCS at {gcs_address} did not answer within "
-                              f"{config.connect_timeout_s:.0f}s") from None
+                              f"{config.connect_timeout_s:.0f}s (wrong cluster key?)") from None
     finally:
         gcs.close()
     worker = CoreWorker("driver", raylet_endpoint, session_dir, job_id=job_id)
     worker.namespace = namespace
     if log_to_driver:
-        worker.subscribe_logs(pub_address, _print_worker_lines)
+        worker.subscribe_logs(_print_worker_lines)
     return worker
 
 
@@ -214,6 +291,7 @@ def shutdown() -> None:
             _local_node.stop()
             _local_node = None
         sockets.term()
+        _restore_key_env()
 
 
 def remote(*args, **options):

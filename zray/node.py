@@ -3,6 +3,10 @@ every node), for ``zray.init()`` and ``zray start``.
 
 Daemons started for a driver die with it (PR_SET_PDEATHSIG); daemons started
 by ``zray start`` run in their own session until ``zray stop``.
+
+Every daemon gets the cluster key through its environment
+(``ZRAY_CLUSTER_KEY_FILE`` or ``ZRAY_CLUSTER_KEY``, see broker/security.py);
+workers inherit it from their raylet. No daemon starts without one.
 """
 from __future__ import annotations
 
@@ -17,8 +21,9 @@ import time
 
 import psutil
 
+from .broker import security
 from .config import config
-from .session import log_path, raylet_ipc, session_name
+from .session import log_path, raylet_ipc, read_current_cluster, session_name
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -30,14 +35,30 @@ def free_port(host: str = "127.0.0.1") -> int:
 class NodeProcesses:
     """The daemons this process started, and how to stop them."""
 
-    def __init__(self, session_dir: str, detached: bool):
+    def __init__(self, session_dir: str, detached: bool, cluster_key_file: str | None = None):
+        """``cluster_key_file``: the key the daemons use; None means the one
+        this process's environment names (ZRAY_CLUSTER_KEY / _FILE)."""
         self.session_dir = session_dir
         self.detached = detached
+        self.cluster_key_file = os.path.abspath(cluster_key_file) if cluster_key_file else None
         self.procs: list[subprocess.Popen] = []
         self.node_ids: list[bytes] = []
 
+    def new_cluster_key(self) -> str:
+        """Create a fresh cluster key in the session directory (mode 0600)
+        for the daemons started from now on; returns its path."""
+        self.cluster_key_file = security.create_key_file(security.key_file_in(self.session_dir))
+        return self.cluster_key_file
+
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         env = dict(os.environ, **config.to_env())
+        if self.cluster_key_file:
+            env.pop(security.ENV_KEY, None)
+            env[security.ENV_KEY_FILE] = self.cluster_key_file
+        elif not (env.get(security.ENV_KEY) or env.get(security.ENV_KEY_FILE)):
+            raise RuntimeError(f"no cluster key for the {name} daemon: create one with "
+                               f"NodeProcesses.new_cluster_key() or set "
+                               f"{security.ENV_KEY_FILE} / {security.ENV_KEY}")
         if self.detached:
             env.pop("ZRAY_DIE_WITH_PARENT", None)
         else:
@@ -94,6 +115,60 @@ class NodeProcesses:
                 _kill_tree(proc.pid)
                 proc.wait(1)
         sweep_session(self.session_dir)
+
+
+def find_cluster_key(gcs_address: str) -> str | None:
+    """The key file this host holds for the cluster whose GCS is at
+    ``gcs_address``: that of the cluster ``zray start --head`` recorded here,
+    else the one in the session directory of a GCS of this user running here
+    at that address. None when there is none."""
+    candidates = []
+    current = read_current_cluster()
+    if current and _same_address(current.get("gcs_address", ""), gcs_address):
+        candidates.append(current.get("session_dir", ""))
+    for proc in zray_processes():
+        try:
+            cmd = proc.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if len(cmd) >= 3 and cmd[2] == "zray.gcs" and "--address" in cmd[:-1] \
+                and "--session-dir" in cmd[:-1] \
+                and _same_address(cmd[cmd.index("--address") + 1], gcs_address):
+            candidates.append(cmd[cmd.index("--session-dir") + 1])
+    for session_dir in candidates:
+        path = security.key_file_in(session_dir) if session_dir else ""
+        if path and os.path.isfile(path):
+            return path
+    return None
+
+
+def is_listening(address: str, timeout: float = 1.0) -> bool:
+    """Whether anything accepts TCP connections at ``host:port``."""
+    host, _, port = address.split("://")[-1].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _same_address(a: str, b: str) -> bool:
+    """Whether two ``host:port`` GCS addresses name the same server (equal,
+    or the same port on addresses of this host)."""
+    def split(address: str):
+        host, _, port = address.split("://")[-1].rpartition(":")
+        return host.strip("[]"), port
+    (host_a, port_a), (host_b, port_b) = split(a), split(b)
+    if port_a != port_b or not port_a:
+        return False
+    return host_a == host_b or (_is_local(host_a) and _is_local(host_b))
+
+
+def _is_local(host: str) -> bool:
+    if host in ("localhost", "0.0.0.0", "::", "::1") or host.startswith("127."):
+        return True
+    return any(addr.address == host
+               for addrs in psutil.net_if_addrs().values() for addr in addrs)
 
 
 def _kill_tree(pid: int) -> None:

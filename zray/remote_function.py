@@ -7,6 +7,8 @@ import inspect
 import numbers
 
 from .broker import protocol as p
+from .util.scheduling_strategies import (PlacementGroupSchedulingStrategy, placed_resources,
+                                         strategy_options)
 from .worker.global_state import require_worker
 
 TASK_OPTIONS = {
@@ -66,6 +68,14 @@ def parse_num_returns(value, is_generator: bool) -> int:
     return value
 
 
+def _strategy_of(opts: dict):
+    """The scheduling strategy, including Ray's older ``placement_group=`` option."""
+    if opts.get("placement_group") not in (None, "default"):
+        return PlacementGroupSchedulingStrategy(opts["placement_group"],
+                                                opts.get("placement_group_bundle_index", -1))
+    return opts.get("scheduling_strategy")
+
+
 class RemoteFunction:
     def __init__(self, function, options: dict):
         if not callable(function):
@@ -111,9 +121,11 @@ class RemoteFunction:
         retry = opts["retry_exceptions"]
         if isinstance(retry, (list, tuple)):
             retry = tuple(retry)
+        strategy = _strategy_of(opts)
         return worker.submit_task(
             digest, opts["name"] or self._name, args, kwargs, num_returns,
-            resource_request(opts), opts["max_retries"], retry)
+            placed_resources(resource_request(opts), strategy), opts["max_retries"], retry,
+            options=strategy_options(strategy))
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -10,7 +10,7 @@ import time
 
 from . import session
 from .broker import protocol as p
-from .broker import sockets
+from .broker import security, sockets
 from .broker.rpc import RpcClient
 from .config import config
 
@@ -36,23 +36,35 @@ def cmd_start(args) -> int:
         return 2
     node_ip = args.node_ip_address
     if args.head:
-        session_dir = session.new_session_dir()
+        if args.cluster_key_file:
+            print("zray start: --cluster-key-file is for joining (--address); the head "
+                  "makes a fresh key", file=sys.stderr)
+            return 2
         gcs_address = f"{node_ip}:{args.port}"
-        if _reachable(gcs_address, 0.5):
-            print(f"zray start: a cluster already answers at {gcs_address}; "
-                  f"run `zray stop` first or pick another --port", file=sys.stderr)
+        if _port_in_use(node_ip, args.port):
+            print(f"zray start: something already listens at {gcs_address} (a zray "
+                  f"cluster?); run `zray stop` first or pick another --port",
+                  file=sys.stderr)
             return 1
+        session_dir = session.new_session_dir()
+        key_file = security.create_key_file(security.key_file_in(session_dir))
+        _use_key_file(key_file)
     else:
         gcs_address = args.address.removeprefix("zray://")
+        key_source, error = _use_cluster_key(gcs_address, args.cluster_key_file)
+        if error:
+            print(f"zray start: {error}", file=sys.stderr)
+            return 1
         nodes = _nodes(gcs_address, config.connect_timeout_s)
         if nodes is None:
             print(f"zray start: no zray cluster answered at {gcs_address} within "
-                  f"{config.connect_timeout_s:.0f}s: check the address and that "
-                  f"`zray start --head` runs there", file=sys.stderr)
+                  f"{config.connect_timeout_s:.0f}s: {_why_silent(gcs_address, key_source)}",
+                  file=sys.stderr)
             return 1
         head = next((n for n in nodes if n["alive"]), None)
         session_dir = head["session_dir"] if head and os.path.isdir(head["session_dir"]) \
             else session.new_session_dir()
+    # the daemons get the key this process uses, through their environment
     node = NodeProcesses(session_dir, detached=True)
     if args.head:
         node.start_gcs(gcs_address)
@@ -80,9 +92,15 @@ def cmd_start(args) -> int:
     if args.head:
         session.write_current_cluster(gcs_address, session_dir)
         print(f"zray cluster started at {gcs_address} (session {session_dir})\n"
+              f"  cluster key (secret):  {key_file}\n"
               f"  connect from Python:   zray.init(address=\"auto\")  or  "
               f"zray.init(address=\"{gcs_address}\")\n"
-              f"  add a node:            zray start --address={gcs_address}\n"
+              f"  add a node (this host): zray start --address={gcs_address}\n"
+              f"  add a node elsewhere:  copy the key file there (keep it mode 0600), then\n"
+              f"                         zray start --address={gcs_address} "
+              f"--cluster-key-file=PATH\n"
+              f"                         or set {security.ENV_KEY}=<the 'secret:' value "
+              f"of the key file> (or {security.ENV_KEY_FILE}=PATH)\n"
               f"  stop everything here:  zray stop")
     else:
         print(f"zray node {node_id.hex()[:12]} joined the cluster at {gcs_address}")
@@ -104,8 +122,55 @@ def _block(node) -> int:
     return 0
 
 
-def _reachable(gcs_address: str, timeout: float) -> bool:
-    return _nodes(gcs_address, timeout) is not None
+def _port_in_use(host: str, port: int) -> bool:
+    from .node import is_listening
+    return is_listening(f"{host}:{port}", 0.5)
+
+
+def _why_silent(gcs_address: str, key_source: str) -> str:
+    """Why a cluster did not answer, as far as can be told from here."""
+    from .node import is_listening
+    if is_listening(gcs_address):
+        return (f"something listens there but does not accept this process's key "
+                f"(wrong cluster key? it used {key_source})")
+    return "nothing listens there; check the address and that `zray start --head` runs there"
+
+
+def _use_key_file(path: str) -> None:
+    """This process (and the daemons it starts) use the key in ``path``."""
+    os.environ.pop(security.ENV_KEY, None)
+    os.environ[security.ENV_KEY_FILE] = os.path.abspath(path)
+
+
+def _use_cluster_key(gcs_address: str, key_file: str | None) -> tuple[str, str | None]:
+    """Find the key to reach the cluster at ``gcs_address`` with: ``key_file``,
+    else the environment (ZRAY_CLUSTER_KEY, ZRAY_CLUSTER_KEY_FILE), else the
+    key file this host holds for that cluster. Returns (where the key comes
+    from, None) or (.., an error message)."""
+    from .node import find_cluster_key, is_listening
+    try:
+        if key_file:
+            security.load_key_file(key_file)
+            _use_key_file(key_file)
+            return f"the key file {key_file}", None
+        if security.from_env() is not None:
+            if os.environ.get(security.ENV_KEY):
+                return security.ENV_KEY, None
+            return f"the key file {os.environ[security.ENV_KEY_FILE]}", None
+        found = find_cluster_key(gcs_address)
+        if found is None and not is_listening(gcs_address):
+            return "", (f"the cluster at {gcs_address} did not answer (nothing listens "
+                        f"there): check the address and that `zray start --head` runs there")
+        if found is None:
+            return "", (f"no cluster key for the cluster at {gcs_address}: pass "
+                        f"--cluster-key-file=PATH (a copy of the head's "
+                        f"<session_dir>/{security.KEY_FILE_NAME}, printed by `zray start "
+                        f"--head`) or set {security.ENV_KEY} / {security.ENV_KEY_FILE}")
+        security.load_key_file(found)
+        _use_key_file(found)
+        return f"the key file {found}", None
+    except security.ClusterKeyError as err:
+        return "", f"cannot use the cluster key: {err}"
 
 
 def _nodes(gcs_address: str, timeout: float):
@@ -141,9 +206,14 @@ def cmd_status(args) -> int:
         print("zray status: no cluster found on this host; start one with "
               "`zray start --head` or pass --address", file=sys.stderr)
         return 1
+    key_source, error = _use_cluster_key(address, args.cluster_key_file)
+    if error:
+        print(f"zray status: {error}", file=sys.stderr)
+        return 1
     nodes = _nodes(address, config.connect_timeout_s)
     if nodes is None:
-        print(f"zray status: the cluster at {address} did not answer", file=sys.stderr)
+        print(f"zray status: the cluster at {address} did not answer: "
+              f"{_why_silent(address, key_source)}", file=sys.stderr)
         return 1
     print(f"======== zray cluster at {address} ========")
     alive = [n for n in nodes if n["alive"]]
@@ -177,11 +247,16 @@ def cmd_list(args) -> int:
     if address is None:
         print("zray list: no cluster found on this host; pass --address", file=sys.stderr)
         return 1
+    key_source, error = _use_cluster_key(address, args.cluster_key_file)
+    if error:
+        print(f"zray list: {error}", file=sys.stderr)
+        return 1
     gcs = RpcClient(sockets.tcp_endpoint(address), config.connect_timeout_s, "GCS")
     try:
         actors = gcs.call(p.ListActors()).value
     except TimeoutError:
-        print(f"zray list: the cluster at {address} did not answer", file=sys.stderr)
+        print(f"zray list: the cluster at {address} did not answer: "
+              f"{_why_silent(address, key_source)}", file=sys.stderr)
         return 1
     finally:
         gcs.close()
@@ -207,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "environment variables (see zray/config.py).")
     start.add_argument("--head", action="store_true", help="start the GCS here too")
     start.add_argument("--address", help="HOST:PORT of the head's GCS, to join")
+    start.add_argument("--cluster-key-file",
+                       help="the cluster's key file, to join (a copy of the head's "
+                            "<session_dir>/cluster.key; default: $ZRAY_CLUSTER_KEY, "
+                            "$ZRAY_CLUSTER_KEY_FILE, else this host's key of that cluster)")
     start.add_argument("--port", type=int, default=6380, help="GCS port on the head")
     start.add_argument("--node-ip-address", default="127.0.0.1",
                        help="the address other nodes reach this one at")
@@ -226,11 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="nodes, resources and store usage")
     status.add_argument("--address", help="HOST:PORT of the GCS (default: this host's cluster)")
+    status.add_argument("--cluster-key-file", help="the cluster's key file (default: as for "
+                                                   "`zray start --address`)")
     status.set_defaults(func=cmd_status)
 
     lst = sub.add_parser("list", help="list cluster state: `zray list actors`")
     lst.add_argument("what", choices=["actors"])
     lst.add_argument("--address", help="HOST:PORT of the GCS (default: this host's cluster)")
+    lst.add_argument("--cluster-key-file", help="the cluster's key file (default: as for "
+                                                "`zray start --address`)")
     lst.set_defaults(func=cmd_list)
 
     sub.add_parser("microbenchmark", help="measure core operations (see --help)",

@@ -75,10 +75,10 @@ class Address(NamedTuple):
 class TaskSpec(NamedTuple):
     """Everything a worker needs to run a task, and a raylet to schedule it.
 
-    ``args`` entries: ``[ARG_VALUE, blob]``, ``[ARG_STORED, object_id, size]``
-    (in the node's store; the raylet appends the offset when it pinned the
-    object for the worker) or ``[ARG_REF, object_id, owner_address]`` (ask the
-    owner). The last ``len(kwarg_names)`` entries are keyword arguments.
+    ``args`` entries: ``[ARG_VALUE, blob]``, ``[ARG_STORED, object_id, size,
+    node_id]`` (in the store of that node; the raylet pulls it if needed and
+    appends the offset when it pinned it for the worker) or ``[ARG_REF,
+    object_id, owner_address]`` (ask the owner). The last ``len(kwarg_names)`` entries are keyword arguments.
     ``num_returns == STREAMING`` marks a generator task.
     """
     task_id: bytes
@@ -149,6 +149,7 @@ class RegisterClientReply(NamedTuple):
     gcs_address: str
     session_dir: str
     node_ip: str
+    pub_address: str       # the GCS event stream
 
 
 @_declare(3)
@@ -201,7 +202,10 @@ class SealObject(NamedTuple):
 
 @_declare(11)
 class PinObjects(NamedTuple):
+    """Pin objects in this node's store, pulling each from ``sources[i]``
+    (a node id, or b"" when unknown) first if it is not here."""
     object_ids: list
+    sources: list
 
 
 @_declare(12)
@@ -251,6 +255,23 @@ class GetStoreStats(NamedTuple):
 class DisconnectClient(NamedTuple):
     """A driver or worker leaves: release what it held."""
     worker_id: bytes
+
+
+@_declare(21)
+class FetchChunk(NamedTuple):
+    """Raylet to raylet: send me bytes [offset, offset+length) of an object."""
+    object_id: bytes
+    offset: int
+    length: int
+
+
+@_declare(22)
+class ObjectChunk(NamedTuple):
+    """The answer to FetchChunk; the bytes follow as one extra frame."""
+    object_id: bytes
+    offset: int
+    total_size: int
+    error: str
 
 
 # --------------------------------------------------------------------------
@@ -316,6 +337,14 @@ class TaskInfeasible(NamedTuple):
     message: str
 
 
+@_declare(39)
+class TaskPlaced(NamedTuple):
+    """A raylet took a task from another node: the owner learns where it is,
+    to retry it if that node dies."""
+    task_id: bytes
+    node_id: bytes
+
+
 # --------------------------------------------------------------------------
 # GCS
 # --------------------------------------------------------------------------
@@ -343,6 +372,7 @@ class Heartbeat(NamedTuple):
     node_id: bytes
     available: dict
     store_used: int
+    total: dict            # totals change when placement group bundles are reserved
 
 
 @_declare(53)
@@ -503,6 +533,46 @@ class ListActors(NamedTuple):
 
 
 # --------------------------------------------------------------------------
+# Placement groups
+# --------------------------------------------------------------------------
+
+@_declare(80)
+class CreatePlacementGroup(NamedTuple):
+    pg_id: bytes
+    bundles: list              # [{resource: amount}, ...]
+    strategy: str              # PACK, SPREAD, STRICT_PACK, STRICT_SPREAD
+    name: str
+    job_id: bytes
+    detached: bool
+
+
+@_declare(81)
+class RemovePlacementGroup(NamedTuple):
+    pg_id: bytes
+
+
+@_declare(82)
+class GetPlacementGroups(NamedTuple):
+    """All placement groups (pg_id b"") or one; by name when ``name`` is set."""
+    pg_id: bytes
+    name: str
+
+
+@_declare(83)
+class ReserveBundle(NamedTuple):
+    """GCS to raylet: set aside a bundle's resources for a placement group."""
+    pg_id: bytes
+    index: int
+    resources: dict
+
+
+@_declare(84)
+class ReturnBundle(NamedTuple):
+    pg_id: bytes
+    index: int
+
+
+# --------------------------------------------------------------------------
 # Pub/sub topics of the GCS event stream
 # --------------------------------------------------------------------------
 
@@ -510,6 +580,7 @@ TOPIC_NODE = b"node"
 TOPIC_JOB = b"job"
 TOPIC_LOG = b"log:"        # followed by the job id
 TOPIC_ACTOR = b"actor"
+TOPIC_RESOURCES = b"resources"
 
 
 def log_topic(job_id: bytes) -> bytes:

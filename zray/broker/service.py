@@ -25,13 +25,14 @@ def _snake(name: str) -> str:
 
 
 class Request:
-    """Who sent a message and how to answer it."""
-    __slots__ = ("identity", "corr", "blobs")
+    """Who sent a message, on which socket, and how to answer it."""
+    __slots__ = ("identity", "corr", "blobs", "sock")
 
-    def __init__(self, identity: bytes, corr: bytes, blobs):
+    def __init__(self, identity: bytes, corr: bytes, blobs, sock=None):
         self.identity = identity
         self.corr = corr
         self.blobs = blobs
+        self.sock = sock
 
 
 class Service:
@@ -54,8 +55,10 @@ class Service:
 
     # -- registration -----------------------------------------------------
     def serve(self, router: zmq.Socket) -> None:
-        """Serve requests arriving on ``router``."""
-        self.router = router
+        """Serve requests arriving on ``router`` (the first one served is the
+        default for ``send_to``)."""
+        if self.router is None:
+            self.router = router
         self.watch(router, self._on_router)
 
     def watch(self, sock_or_fd, handler) -> None:
@@ -76,13 +79,14 @@ class Service:
     def reply(self, req: Request, message, blobs=()) -> None:
         if not req.corr:
             return                          # one-way message: nobody waits
-        self.send_to(req.identity, message, req.corr, blobs)
+        self.send_to(req.identity, message, req.corr, blobs, req.sock)
 
-    def send_to(self, identity: bytes, message, corr: bytes = b"", blobs=()) -> bool:
-        """Send on the ROUTER to a connected peer; False if it is gone."""
+    def send_to(self, identity: bytes, message, corr: bytes = b"", blobs=(),
+                sock: zmq.Socket | None = None) -> bool:
+        """Send on a ROUTER to a connected peer; False if it is gone."""
         try:
-            self.router.send_multipart([identity, corr, protocol.encode(message), *blobs],
-                                       copy=False)
+            (sock or self.router).send_multipart(
+                [identity, corr, protocol.encode(message), *blobs], copy=False)
             return True
         except zmq.ZMQError as exc:     # EHOSTUNREACH: the peer disconnected
             log.warning("%s: cannot send %s to %r: %s", self.name,
@@ -96,9 +100,9 @@ class Service:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self.dispatch_frames(frames[0].bytes, frames[1:])
+            self.dispatch_frames(frames[0].bytes, frames[1:], sock)
 
-    def dispatch_frames(self, identity: bytes, frames) -> None:
+    def dispatch_frames(self, identity: bytes, frames, sock=None) -> None:
         """Decode ``[corr, payload, *blobs]`` and call its handler."""
         if len(frames) < 2:
             return self._drop(identity, f"{len(frames)} frame(s), expected at least 2")
@@ -110,10 +114,11 @@ class Service:
         except protocol.ProtocolError as exc:
             self._drop(identity, str(exc))
             if corr:        # a request: tell the sender instead of leaving it waiting
-                self.send_to(identity, protocol.ErrorReply("ProtocolError", str(exc)), corr)
+                self.send_to(identity, protocol.ErrorReply("ProtocolError", str(exc)), corr,
+                             sock=sock)
             return
         handler = self._dispatch.get(msg.CODE)
-        req = Request(identity, corr, frames[2:])
+        req = Request(identity, corr, frames[2:], sock)
         if handler is None:
             self._drop(identity, f"{type(msg).__name__} is not served here")
             self.reply(req, protocol.ErrorReply(

@@ -3,6 +3,12 @@
 All sockets share one ``zmq.Context`` per process (re-made after fork) and the
 same defaults: no linger past a short grace, fast reconnects, high-water marks
 large enough for bursts of tasks, and a size limit on daemon ROUTERs.
+
+Security is decided here, per socket, from the endpoint's scheme: a socket
+bound on ``tcp://`` is a CURVE server, one connecting to ``tcp://`` a CURVE
+client, both with the cluster key (see ``security``); ``ipc://`` sockets stay
+plain, their files being private to the user. A socket is never bound or
+connected on both schemes.
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import threading
 
 import zmq
 
+from . import security
 from .protocol import MAX_MESSAGE_BYTES
 
 _ctx_lock = threading.Lock()
@@ -37,6 +44,7 @@ def term() -> None:
     global _ctx
     with _ctx_lock:
         if _ctx is not None and _ctx_pid == os.getpid():
+            security.stop()         # the ZAP handler's sockets live in this context
             _ctx.destroy(linger=LINGER_MS)
         _ctx = None
 
@@ -51,11 +59,6 @@ def _socket(kind: int) -> zmq.Socket:
     return sock
 
 
-def bind(sock: zmq.Socket, endpoint: str) -> str:
-    """Bind one more endpoint (``tcp://host:0`` picks a free port); returns it."""
-    return _bind(sock, endpoint)
-
-
 def _bind(sock: zmq.Socket, endpoint: str) -> str:
     if endpoint.startswith("ipc://"):
         path = endpoint[len("ipc://"):]
@@ -66,6 +69,8 @@ def _bind(sock: zmq.Socket, endpoint: str) -> str:
             os.umask(old)
         os.chmod(path, 0o600)
         return endpoint
+    if endpoint.startswith("tcp://"):
+        security.configure_server(sock, context())
     if endpoint.endswith(":0"):
         port = sock.bind_to_random_port(endpoint[:-2])
         return f"{endpoint[:-2]}:{port}"
@@ -84,12 +89,12 @@ def server_router(endpoint: str) -> tuple[zmq.Socket, str]:
     return sock, _bind(sock, endpoint)
 
 
-def inbox_router(endpoint: str) -> zmq.Socket:
-    """ROUTER a core worker receives one-way messages on (results, requests)."""
+def inbox_router(endpoint: str) -> tuple[zmq.Socket, str]:
+    """ROUTER a core worker receives one-way messages on (results, requests);
+    returns it and the endpoint bound (port 0 resolved)."""
     sock = _socket(zmq.ROUTER)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-    _bind(sock, endpoint)
-    return sock
+    return sock, _bind(sock, endpoint)
 
 
 def dealer(endpoint: str, identity: bytes | None = None) -> zmq.Socket:
@@ -97,6 +102,8 @@ def dealer(endpoint: str, identity: bytes | None = None) -> zmq.Socket:
     sock = _socket(zmq.DEALER)
     if identity:
         sock.setsockopt(zmq.IDENTITY, identity)
+    if endpoint.startswith("tcp://"):
+        security.configure_client(sock)
     sock.connect(endpoint)
     return sock
 
@@ -112,6 +119,8 @@ def subscriber(endpoint: str, topics: list[bytes]) -> zmq.Socket:
     sock = _socket(zmq.SUB)
     for topic in topics:
         sock.setsockopt(zmq.SUBSCRIBE, topic)
+    if endpoint.startswith("tcp://"):
+        security.configure_client(sock)
     sock.connect(endpoint)
     return sock
 

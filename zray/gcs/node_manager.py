@@ -28,6 +28,7 @@ class NodeManager:
         if node is None or not node["alive"]:
             return None
         node["available"] = dict(msg.available)
+        node["resources"] = dict(msg.total)
         node["store_used"] = msg.store_used
         node["last_heartbeat"] = time.monotonic()
         return node

@@ -14,6 +14,8 @@ from .actor_manager import ALIVE, DEAD, ActorManager
 from .job_manager import JobManager
 from .kv_manager import FUNCTIONS, KVManager
 from .node_manager import NodeManager
+from .placement_group_manager import (CREATED, PENDING, REMOVED, STRATEGIES,
+                                      PlacementGroupManager, place)
 from .storage import InMemoryStorage
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ class GcsServer(Service):
         self.jobs = JobManager(storage)
         self.kv = KVManager(storage)
         self.actors = ActorManager(storage)
+        self.pgs = PlacementGroupManager(storage)
         self.sender = Sender()          # to raylets and to actor watchers' inboxes
         self.unscheduled: list[bytes] = []   # actors no live node can host yet
         router, self.address = sockets.server_router(sockets.tcp_endpoint(address))
@@ -56,8 +59,13 @@ class GcsServer(Service):
                 self._schedule_actor(actor)
 
     def handle_heartbeat(self, req, msg: p.Heartbeat):
-        known = self.nodes.heartbeat(msg) is not None
-        self.reply(req, p.Ack(known))
+        node = self.nodes.heartbeat(msg)
+        if node is not None:
+            self.publish(p.TOPIC_RESOURCES, {"node_id": msg.node_id, "available": msg.available,
+                                            "total": msg.total})
+            if self.pgs.pending():
+                self._place_pending_groups()
+        self.reply(req, p.Ack(node is not None))
 
     def handle_unregister_node(self, req, msg: p.UnregisterNode):
         self._node_down(msg.node_id, "stopped")
@@ -69,10 +77,21 @@ class GcsServer(Service):
 
     def _node_down(self, node_id: bytes, reason: str) -> None:
         node = self.nodes.mark_dead(node_id)
-        if node is not None:
-            log.warning("node %s is dead: %s", node_id.hex()[:12], reason)
-            self.publish(p.TOPIC_NODE, {"event": "removed", "node": self.nodes.public(node),
-                                        "reason": reason})
+        if node is None:
+            return
+        log.warning("node %s is dead: %s", node_id.hex()[:12], reason)
+        self.publish(p.TOPIC_NODE, {"event": "removed", "node": self.nodes.public(node),
+                                    "reason": reason})
+        for pg in self.pgs.on_node(node_id):
+            pg["nodes"] = [None if n == node_id else n for n in pg["nodes"]]
+            pg["state"] = PENDING
+            log.warning("placement group %s lost bundles with node %s; placing them again",
+                        pg["pg_id"].hex()[:12], node_id.hex()[:12])
+        self._place_pending_groups()
+        for actor in self.actors.all():
+            if actor["state"] == ALIVE and actor["node_id"] == node_id:
+                self.handle_report_actor_died(None, p.ReportActorDied(
+                    actor["actor_id"], f"its node {node_id.hex()[:12]} died", False))
 
     def handle_get_nodes(self, req, msg):
         self.reply(req, p.Ack(self.nodes.all()))
@@ -92,6 +111,8 @@ class GcsServer(Service):
         if job is not None:
             log.info("job %s finished", msg.job_id.hex())
             self.publish(p.TOPIC_JOB, {"event": "finished", "job": job})
+            for pg in self.pgs.of_job(msg.job_id):
+                self._remove_group(pg)
             for actor in self.actors.of_job(msg.job_id):
                 self._kill_actor(actor, no_restart=True,
                                  reason="its owner (the driver of its job) exited")
@@ -152,6 +173,22 @@ class GcsServer(Service):
             self.unscheduled.append(actor["actor_id"])
             return
         node = max(fits, key=lambda n: n["available"].get("CPU", 0.0))
+        if spec.options.get("strategy") == "NODE":
+            wanted = [n for n in fits if n["node_id"] == spec.options["node_id"]]
+            if wanted:
+                node = wanted[0]
+            elif not spec.options.get("soft"):
+                actor, _ = self.actors.died(actor["actor_id"], "its node affinity names a node "
+                                            "that is not alive", True)
+                if actor is not None:
+                    self._actor_changed(actor)
+                return
+        elif spec.options.get("strategy") == "SPREAD":
+            counts = {n["node_id"]: 0 for n in fits}
+            for other in self.actors.all():
+                if other["state"] == ALIVE and other["node_id"] in counts:
+                    counts[other["node_id"]] += 1
+            node = min(fits, key=lambda n: counts[n["node_id"]])
         spec = spec._replace(attempt=actor["restarts"])
         self.sender.send(node["address"], p.SubmitTask(list(spec)))
 
@@ -227,6 +264,67 @@ class GcsServer(Service):
 
     def handle_list_actors(self, req, msg):
         self.reply(req, p.Ack([self.actors.public(a) for a in self.actors.all()]))
+
+    # -- placement groups -------------------------------------------------
+    def handle_create_placement_group(self, req, msg: p.CreatePlacementGroup):
+        if msg.strategy not in STRATEGIES:
+            self.reply(req, p.ErrorReply("ValueError", f"strategy must be one of {STRATEGIES}, "
+                                                       f"got {msg.strategy!r}"))
+            return
+        if msg.name and self.pgs.named(msg.name) is not None:
+            self.reply(req, p.ErrorReply("ValueError", f"a placement group named {msg.name!r} "
+                                                       f"already exists"))
+            return
+        self.pgs.create(msg)
+        self._place_pending_groups()
+        self.reply(req, p.Ack(True))
+
+    def _place_pending_groups(self) -> None:
+        """Reserve bundles for groups still waiting, where the nodes now fit them."""
+        for pg in self.pgs.pending():
+            missing = [i for i, n in enumerate(pg["nodes"]) if n is None]
+            free = {n["node_id"]: n["available"] for n in self.nodes.all() if n["alive"]}
+            for i, node_id in enumerate(pg["nodes"]):     # STRICT_* keep their peers' nodes
+                if node_id is not None and pg["strategy"] == "STRICT_SPREAD":
+                    free.pop(node_id, None)
+            bundles = [pg["bundles"][i] for i in missing]
+            placement = place(bundles, pg["strategy"], free)
+            if placement is None:
+                continue
+            for i, node_id in zip(missing, placement):
+                node = self._node_of(node_id)
+                pg["nodes"][i] = node_id
+                for k, v in pg["bundles"][i].items():          # until its next report
+                    node["available"][k] = node["available"].get(k, 0.0) - v
+                self.sender.send(node["address"], p.ReserveBundle(pg["pg_id"], i,
+                                                                  pg["bundles"][i]))
+            pg["state"] = CREATED
+            log.info("placement group %s placed on %s", pg["pg_id"].hex()[:12],
+                     [n.hex()[:12] for n in pg["nodes"]])
+
+    def handle_remove_placement_group(self, req, msg: p.RemovePlacementGroup):
+        pg = self.pgs.get(msg.pg_id)
+        if pg is not None:
+            self._remove_group(pg)
+        self.reply(req, p.Ack(pg is not None))
+
+    def _remove_group(self, pg: dict) -> None:
+        if pg["state"] == REMOVED:
+            return
+        for i, node_id in enumerate(pg["nodes"]):
+            node = self._node_of(node_id) if node_id else None
+            if node is not None and node["alive"]:
+                self.sender.send(node["address"], p.ReturnBundle(pg["pg_id"], i))
+        pg["state"] = REMOVED
+
+    def handle_get_placement_groups(self, req, msg: p.GetPlacementGroups):
+        if msg.name:
+            pgs = [pg for pg in [self.pgs.named(msg.name)] if pg]
+        elif msg.pg_id:
+            pgs = [pg for pg in [self.pgs.get(msg.pg_id)] if pg]
+        else:
+            pgs = self.pgs.all()
+        self.reply(req, p.Ack([self.pgs.public(pg) for pg in pgs]))
 
     # -- events -----------------------------------------------------------
     def handle_publish_logs(self, req, msg: p.PublishLogs):

@@ -29,6 +29,35 @@ class ResourceSet:
             self.available[k] = self.available.get(k, 0.0) + v
 
 
+    def add(self, resources: dict) -> None:
+        """New resources on this node (a placement group bundle's)."""
+        for k, v in resources.items():
+            self.total[k] = self.total.get(k, 0.0) + v
+            self.available[k] = self.available.get(k, 0.0) + v
+
+    def remove(self, resources: dict) -> None:
+        for k, v in resources.items():
+            for table in (self.total, self.available):
+                left = table.get(k, 0.0) - v
+                if left > EPS:
+                    table[k] = left
+                else:
+                    table.pop(k, None)
+
+
+def bundle_resources(pg_hex: str, index: int, bundle: dict) -> dict:
+    """The names a reserved bundle's resources go by (as in Ray): per bundle
+    ``CPU_group_<i>_<pg>``, for the group ``CPU_group_<pg>``, and a marker
+    ``bundle_group_...`` that tasks with no other need ask a little of."""
+    out = {}
+    for name, amount in bundle.items():
+        out[f"{name}_group_{index}_{pg_hex}"] = amount
+        out[f"{name}_group_{pg_hex}"] = amount
+    out[f"bundle_group_{index}_{pg_hex}"] = 1000.0
+    out[f"bundle_group_{pg_hex}"] = 1000.0
+    return out
+
+
 def shape_of(request: dict) -> tuple:
     """A hashable key for a resource request (tasks are queued by shape)."""
     return tuple(sorted(request.items()))

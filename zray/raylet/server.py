@@ -13,6 +13,8 @@ import signal
 import socket
 import time
 
+import zmq
+
 
 from ..broker import protocol as p
 from ..broker import sockets
@@ -22,7 +24,9 @@ from ..config import config
 from ..session import log_path, raylet_ipc, route, session_name, spill_dir
 from ..store import Arena, ObjectStore, arena_path
 from ..store.object_table import ObjectExistsError, ObjectStoreFullError
-from .resources import ResourceSet, shape_of
+from .cluster_view import ClusterView
+from .object_transfer import ObjectTransfer
+from .resources import ResourceSet, bundle_resources, shape_of
 from .worker_pool import BUSY, WorkerPool, start_zygote
 
 log = logging.getLogger(__name__)
@@ -70,10 +74,18 @@ class Raylet(Service):
         self.unsealed: dict[bytes, set] = {}            # writer identity -> object ids
         self.sender = Sender()
         router, _ = sockets.server_router(self.endpoint)
-        self.tcp_endpoint = sockets.bind(router, f"tcp://{node_ip}:0")
-        self.serve(router)
+        self.serve(router)                      # local drivers and workers (IPC)
+        self.peer_router, self.tcp_endpoint = sockets.server_router(f"tcp://{node_ip}:0")
+        self.serve(self.peer_router)            # the GCS and other raylets (TCP)
         self.watch(self.pool.fd, lambda fd: self._on_zygote())
         self.gcs = RpcClient(sockets.tcp_endpoint(gcs_address), config.rpc_timeout_s, "GCS")
+        self.view = ClusterView(node_id)
+        self.transfer = ObjectTransfer(self)
+        self.waiting_args: dict[bytes, list] = {}      # task id -> [spec, missing count]
+        self.bundles: dict[tuple, dict] = {}           # (pg id, index) -> bundle
+        self.warned_infeasible: set[bytes] = set()
+        self.events = None
+        self._heartbeat = None
         self._last_report = None
         self.every(0.1, self.report)
         self.every(1.0, self.check_clients)
@@ -85,6 +97,11 @@ class Raylet(Service):
             self.resources.total, self.arena.size, self.session_dir),
             timeout=config.connect_timeout_s)
         self.pub_address = reply.pub_address
+        self.events = sockets.subscriber(self.pub_address, [p.TOPIC_NODE, p.TOPIC_RESOURCES])
+        self.watch(self.events, self._on_events)
+        self._heartbeat = sockets.dealer(sockets.tcp_endpoint(self.gcs_address))
+        self.watch(self._heartbeat, self._on_heartbeat_reply)
+        self.view.load(self.gcs.call(p.GetNodes()).value)
         for _ in range(max(self.num_cpus, 1)):
             self.pool.start_worker()
         log.info("raylet %s serving at %s with %s", self.node_id.hex()[:12], self.endpoint,
@@ -105,7 +122,7 @@ class Raylet(Service):
             worker.inbox = msg.inbox
         self.reply(req, p.RegisterClientReply(
             self.node_id, self.arena.path, self.arena.size, self.gcs_address,
-            self.session_dir, self.node_ip))
+            self.session_dir, self.node_ip, self.pub_address))
 
     def handle_disconnect_client(self, req, msg: p.DisconnectClient):
         client = self.by_worker_id.get(msg.worker_id)
@@ -148,13 +165,88 @@ class Raylet(Service):
     # ---------------------------------------------------------------- tasks
     def handle_submit_task(self, req, msg: p.SubmitTask):
         spec = p.task_spec(msg.spec)
-        if not self.resources.feasible(spec.resources):
-            self.infeasible.append(spec)
-            text = (f"task {spec.function_name} needs {spec.resources} but this node has "
-                    f"{self.resources.total}; it waits until a node that fits joins")
+        target = self._placement(spec)
+        if target is None:
+            return                          # failed, or parked as infeasible
+        if target != self.node_id:
+            self._forward(spec, target)
+            return
+        self._admit(spec)
+
+    def _placement(self, spec) -> bytes | None:
+        """The node a newly arrived task should run on (this one, or another)."""
+        options = spec.options
+        first_hop = not options.get("spilled")
+        strategy = options.get("strategy")
+        if first_hop and strategy == "SPREAD":
+            return self.view.spread(spec.resources, self.resources.total)
+        if first_hop and strategy == "NODE":
+            node_id = options["node_id"]
+            if node_id == self.node_id or self.view.alive(node_id):
+                return node_id
+            if not options.get("soft"):
+                self.sender.send(self.endpoint_of(spec.owner), p.TaskFailed(
+                    spec.task_id, "TaskUnschedulableError",
+                    f"task {spec.function_name} must run on node {node_id.hex()}, which is "
+                    f"not alive (use soft=True to allow another node)"))
+                return None
+        if self.resources.feasible(spec.resources):
+            return self.node_id
+        other = self.view.feasible(spec.resources)
+        if other is not None:
+            return other.node_id
+        self.infeasible.append(spec)
+        if spec.task_id not in self.warned_infeasible and not any(
+                "_group_" in name for name in spec.resources):   # a placement group pending
+            self.warned_infeasible.add(spec.task_id)
+            text = (f"task {spec.function_name} needs {spec.resources} but no node of the "
+                    f"cluster has that now; it waits until one does")
             log.warning(text)
             self.sender.send(self.endpoint_of(spec.owner), p.TaskInfeasible(spec.task_id, text))
+        return None
+
+    def _forward(self, spec, node_id: bytes) -> None:
+        """Spill a task to another raylet; tell its owner where it went."""
+        options = dict(spec.options)
+        options["spilled"] = options.get("spilled", 0) + 1
+        spec = spec._replace(options=options)
+        address = self.view.address(node_id)
+        if address is None:
+            self._admit(spec)
             return
+        self.sender.send(address, p.SubmitTask(list(spec)))
+        self.sender.send(self.endpoint_of(spec.owner), p.TaskPlaced(spec.task_id, node_id))
+
+    def _admit(self, spec) -> None:
+        """Queue a task that runs here, once its stored arguments are local."""
+        missing = [(arg[1], arg[3]) for arg in spec.args
+                   if arg[0] == p.ARG_STORED and not self.store.contains(arg[1])]
+        if not missing:
+            self._enqueue(spec)
+            return
+        self.waiting_args[spec.task_id] = [spec, len(missing), True]
+        for object_id, source in missing:
+            self.transfer.pull(object_id, source,
+                               lambda ok, task_id=spec.task_id: self._arg_pulled(task_id, ok))
+
+    def _arg_pulled(self, task_id: bytes, ok: bool) -> None:
+        waiting = self.waiting_args.get(task_id)
+        if waiting is None:
+            return
+        waiting[1] -= 1
+        waiting[2] = waiting[2] and ok
+        if waiting[1] > 0:
+            return
+        del self.waiting_args[task_id]
+        spec = waiting[0]
+        if waiting[2]:
+            self._enqueue(spec)
+        else:
+            self.sender.send(self.endpoint_of(spec.owner), p.TaskFailed(
+                spec.task_id, "ObjectLostError",
+                f"an argument of {spec.function_name} could not be fetched from its node"))
+
+    def _enqueue(self, spec) -> None:
         shape = shape_of(spec.resources)
         queue = self.queues.get(shape)
         if queue is None:
@@ -177,8 +269,19 @@ class Raylet(Service):
                     break
                 queue.popleft()
                 self._assign(worker, spec)
+            while queue and not self.resources.fits(request) and self._may_spill(queue[0]):
+                other = self.view.with_room(request)
+                if other is None:
+                    break
+                self._forward(queue.popleft(), other.node_id)
         if wanted:
             self._grow(wanted)
+
+    @staticmethod
+    def _may_spill(spec) -> bool:
+        """Tasks move at most twice, and never actor creations or pinned tasks."""
+        return (spec.kind != p.TASK_ACTOR_CREATION and spec.options.get("spilled", 0) < 2
+                and spec.options.get("strategy") != "NODE")
 
     def _assign(self, worker, spec) -> None:
         worker.state = BUSY
@@ -197,13 +300,13 @@ class Raylet(Service):
             return spec
         args = spec.args
         for i, arg in enumerate(args):
-            if arg[0] == p.ARG_STORED and len(arg) == 3:
+            if arg[0] == p.ARG_STORED and len(arg) == 4:
                 try:
                     loc = self.store.pin(arg[1], worker.rpc_identity)
                 except ObjectStoreFullError:
                     loc = None
                 if loc is not None:
-                    args[i] = [p.ARG_STORED, arg[1], loc[1], loc[0]]
+                    args[i] = [*arg, loc[0]]
         return spec
 
     def _grow(self, wanted: int) -> None:
@@ -248,6 +351,35 @@ class Raylet(Service):
             self.resources.acquire(cpu)
             worker.held.update(cpu)
 
+    def handle_reserve_bundle(self, req, msg: p.ReserveBundle):
+        """Set a bundle's resources aside; they become the group's resources."""
+        key = (msg.pg_id, msg.index)
+        if key in self.bundles:
+            return
+        self.bundles[key] = dict(msg.resources)
+        self.resources.acquire(msg.resources)
+        self.resources.add(bundle_resources(msg.pg_id.hex(), msg.index, msg.resources))
+        log.info("reserved bundle %d of placement group %s: %s", msg.index,
+                 msg.pg_id.hex()[:12], msg.resources)
+        self.report()
+        self._retry_infeasible()
+        self.dispatch()
+
+    def handle_return_bundle(self, req, msg: p.ReturnBundle):
+        bundle = self.bundles.pop((msg.pg_id, msg.index), None)
+        if bundle is None:
+            return
+        self.resources.remove(bundle_resources(msg.pg_id.hex(), msg.index, bundle))
+        self.resources.release(bundle)
+        self.report()
+        self.dispatch()
+
+    def _retry_infeasible(self) -> None:
+        """Parked tasks may fit now (a node joined, a bundle was reserved)."""
+        parked, self.infeasible = self.infeasible, []
+        for spec in parked:
+            self.handle_submit_task(None, p.SubmitTask(list(spec)))
+
     def handle_kill_actor_worker(self, req, msg: p.KillActorWorker):
         for worker in self.pool.workers.values():
             if worker.task is not None and worker.task.kind == p.TASK_ACTOR_CREATION \
@@ -280,8 +412,10 @@ class Raylet(Service):
                 if worker is not None:
                     self._worker_died(worker, event[2])
             elif event[0] == "zygote-exited":
-                log.error("the zygote exited; no new workers can start")
+                log.error("the zygote exited, so no worker can start on this node any more; "
+                          "stopping the raylet (see the zygote's .err log)")
                 self.unwatch(self.pool.fd)
+                self.stop()
 
     def _worker_died(self, worker, code: int) -> None:
         spec = worker.task
@@ -339,10 +473,15 @@ class Raylet(Service):
 
     def handle_pin_objects(self, req, msg: p.PinObjects):
         """Pin objects for the caller; a pin of an object still being written
-        waits for its seal (seals are one-way, so they can arrive later)."""
-        for object_id in msg.object_ids:
+        waits for its seal (seals are one-way, so they can arrive later), and
+        one of an object on another node waits until it is pulled here."""
+        for object_id, source in zip(msg.object_ids, msg.sources):
             if self.store.is_being_created(object_id):
                 self.pins_waiting_seal.setdefault(object_id, []).append((req, msg))
+                return
+            if source and source != self.node_id and not self.store.contains(object_id):
+                self.transfer.pull(object_id, source,
+                                   lambda ok: self._pin_after_pull(req, msg, object_id, ok))
                 return
         locations = []
         for object_id in msg.object_ids:
@@ -353,6 +492,17 @@ class Raylet(Service):
                 loc = None
             locations.append(list(loc) if loc else None)
         self.reply(req, p.PinObjectsReply(locations))
+
+    def _pin_after_pull(self, req, msg, object_id, ok) -> None:
+        if ok:
+            self.handle_pin_objects(req, msg)
+        else:      # answer without pulling again: the source is gone
+            sources = [b"" if oid == object_id else src
+                       for oid, src in zip(msg.object_ids, msg.sources)]
+            self.handle_pin_objects(req, p.PinObjects(msg.object_ids, sources))
+
+    def handle_fetch_chunk(self, req, msg: p.FetchChunk):
+        self.transfer.serve_chunk(req, msg)
 
     def handle_release_objects(self, req, msg: p.ReleaseObjects):
         for object_id in msg.object_ids:
@@ -382,6 +532,58 @@ class Raylet(Service):
     def handle_ping(self, req, msg):
         self.reply(req, p.Ack("pong"))
 
+    def _on_events(self, sock) -> None:
+        import msgpack
+        for _ in range(256):
+            try:
+                topic, payload = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:
+                continue
+            event = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+            if topic == p.TOPIC_RESOURCES:
+                view = self.view.nodes.get(event["node_id"])
+                grew = view is not None and any(
+                    k not in view.total for k in event["total"])
+                self.view.on_resources(event)
+                if grew and self.infeasible:
+                    self._retry_infeasible()
+            elif topic == p.TOPIC_NODE:
+                dead = self.view.on_node_event(event)
+                if dead is not None:
+                    self.transfer.node_died(dead)
+                elif self.infeasible:           # a new node may fit parked tasks
+                    self._retry_infeasible()
+                self.dispatch()
+
+    def _on_heartbeat_reply(self, sock) -> None:
+        for _ in range(64):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                known = p.decode(frames[1]).value
+            except (p.ProtocolError, IndexError, AttributeError):
+                continue
+            if known is False:
+                self._rejoin()
+
+    def _rejoin(self) -> None:
+        """The GCS declared this node dead (it missed heartbeats): its work
+        was moved elsewhere. Start over as a new node."""
+        old = self.node_id
+        self.node_id = os.urandom(16)
+        self.view.me = self.node_id
+        log.warning("the GCS declared node %s dead; rejoining as node %s", old.hex()[:12],
+                    self.node_id.hex()[:12])
+        for worker in list(self.pool.workers.values()):
+            self.pool.kill(worker)
+        self.gcs.call(p.RegisterNode(
+            self.node_id, self.tcp_endpoint, self.node_ip, socket.gethostname(), os.getpid(),
+            self.resources.total, self.arena.size, self.session_dir))
+
     def report(self) -> None:
         """Heartbeat to the GCS: at once when usage changed, else every interval."""
         now = time.monotonic()
@@ -390,7 +592,10 @@ class Raylet(Service):
                 and now - self._last_report[0] < config.heartbeat_interval_s:
             return
         self._last_report = (now, state)
-        self.gcs.send(p.Heartbeat(self.node_id, self.resources.available, state[1]))
+        beat = p.Heartbeat(self.node_id, self.resources.available, state[1],
+                           self.resources.total)
+        if self._heartbeat is not None:
+            self._heartbeat.send_multipart([b"hb" + bytes(6), p.encode(beat)])
 
     def close(self) -> None:
         try:
@@ -401,9 +606,14 @@ class Raylet(Service):
         self.store.close()
         self.arena.close()
         self.arena.unlink()
+        self.transfer.close()
+        for sock in (self.events, self._heartbeat):
+            if sock is not None:
+                sock.close(linger=0)
         self.sender.close()
         self.gcs.close()
         self.router.close(linger=0)
+        self.peer_router.close(linger=0)
         try:
             os.unlink(self.endpoint[len("ipc://"):])
         except OSError:

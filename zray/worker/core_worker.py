@@ -47,7 +47,7 @@ GEN_DONE_INDEX = 0xFFFFFFFF
 class PendingTask:
     """A task this process submitted and has not seen finish."""
     __slots__ = ("spec", "return_ids", "held", "retries_left", "deps", "cancelled",
-                 "retry_exceptions", "submitted")
+                 "retry_exceptions", "submitted", "node")
 
     def __init__(self, spec, return_ids, held, retry_exceptions):
         self.spec = spec
@@ -58,6 +58,7 @@ class PendingTask:
         self.cancelled = False
         self.retry_exceptions = retry_exceptions
         self.submitted = False
+        self.node = b""                     # where it runs, when not on our node
 
 
 class ActorState:
@@ -109,7 +110,8 @@ class CoreWorker:
         self.session_dir = session_dir
         self.job_id = job_id
         self.inbox_endpoint = inbox_ipc(session_dir, self.worker_id)
-        self._inbox = sockets.inbox_router(self.inbox_endpoint)
+        self._inbox, _ = sockets.inbox_router(self.inbox_endpoint)
+        self._inbox_tcp = None
         self.raylet = RpcClient(raylet_endpoint, config.rpc_timeout_s, "raylet")
         timeout = config.connect_timeout_s if connect_timeout is None else connect_timeout
         try:
@@ -126,7 +128,7 @@ class CoreWorker:
         self.gcs = RpcClient(sockets.tcp_endpoint(reply.gcs_address), config.rpc_timeout_s,
                              "GCS")
         self.arena = Arena.attach(reply.arena_path)
-        tcp = sockets.bind(self._inbox, f"tcp://{self.node_ip}:0")
+        self._inbox_tcp, tcp = sockets.inbox_router(f"tcp://{self.node_ip}:0")
         self.address = p.Address(tcp, self.worker_id, self.pid, self.node_id)
         self.sender = Sender()
         self.functions = FunctionManager(self.gcs)
@@ -150,7 +152,10 @@ class CoreWorker:
         self.current = threading.local()
         self.blocked_hook = None            # set by the worker: tell raylet we wait
         self.log_handler = None             # set by the driver: print worker logs
-        self._subscriber = None
+        self.lineage: dict[bytes, PendingTask] = {}   # finished tasks whose results live
+                                                      # on other nodes: how to rebuild them
+        topics = [p.TOPIC_NODE] + ([p.log_topic(job_id)] if mode == "driver" else [])
+        self._subscriber = sockets.subscriber(reply.pub_address, topics)
         self._running = True
         self._io_thread = threading.Thread(target=self._io_loop, name="zray-io", daemon=True)
         self._io_thread.start()
@@ -228,6 +233,8 @@ class CoreWorker:
         if entry.owned:
             if entry.ret is not None and entry.ret[1] == p.RET_STORED:
                 freed_stored.append(object_id)
+                if entry.ret[2][0] != self.node_id:
+                    self.lineage.pop(object_id[:16], None)
             entry.contained = None
         else:
             if entry.ret is not None and entry.ret[1] == p.RET_STORED:
@@ -384,7 +391,7 @@ class CoreWorker:
                 if kind == p.RET_INLINE:
                     args[i] = [p.ARG_VALUE, entry.ret[2]]
                 elif kind == p.RET_STORED:
-                    args[i] = [p.ARG_STORED, arg[1], entry.ret[2][1]]
+                    args[i] = [p.ARG_STORED, arg[1], entry.ret[2][1], entry.ret[2][0]]
                 else:
                     return entry.ret[2]          # a failed dependency fails the task
         return None
@@ -582,6 +589,9 @@ class CoreWorker:
 
     def _complete(self, returns, task) -> None:
         """Record results (lock held) and wake whoever waits for them."""
+        if task.spec.kind == p.TASK_NORMAL and any(
+                r[1] == p.RET_STORED and r[2][0] != self.node_id for r in returns):
+            self.lineage[task.spec.task_id] = task
         for ret in returns:
             object_id = ret[0]
             entry = self.refs.get(object_id)
@@ -857,7 +867,7 @@ class CoreWorker:
     def _value_of(self, ret, raise_errors: bool = True):
         kind = ret[1]
         if kind == p.RET_STORED:
-            _, value = serialization.deserialize(self._view(ret[0]))
+            _, value = serialization.deserialize(self._view(ret[0], source=ret[2][0]))
             return value
         code, value = serialization.deserialize(ret[2])
         if kind == p.RET_ERROR or code == serialization.KIND_ERROR:
@@ -868,7 +878,7 @@ class CoreWorker:
             raise value
         return value
 
-    def _view(self, object_id: bytes, pinned_at=None):
+    def _view(self, object_id: bytes, pinned_at=None, source: bytes = b""):
         """A read-only view of a stored object, pinned while it lives.
         ``pinned_at`` is ``(offset, size)`` when the raylet pinned it for us."""
         view = self._views.get(object_id)
@@ -877,7 +887,7 @@ class CoreWorker:
                 self.released_views.append(object_id)     # one pin is enough
             return view
         if pinned_at is None:
-            pinned_at = self.raylet.call(p.PinObjects([object_id])).locations[0]
+            pinned_at = self.raylet.call(p.PinObjects([object_id], [source])).locations[0]
         if pinned_at is None:
             raise exc.ObjectLostError(f"object {object_id.hex()} is not in the object store")
         view = self.arena.read_view(pinned_at[0], pinned_at[1])
@@ -903,7 +913,9 @@ class CoreWorker:
     # ------------------------------------------------------------- I/O thread
     def _io_loop(self) -> None:
         poller = zmq.Poller()
-        poller.register(self._inbox, zmq.POLLIN)
+        inboxes = (self._inbox, self._inbox_tcp)
+        for inbox in inboxes:
+            poller.register(inbox, zmq.POLLIN)
         sub = None
         while self._running:
             if self._subscriber is not None and sub is None:
@@ -913,10 +925,12 @@ class CoreWorker:
                 events = dict(poller.poll(50))
             except zmq.ZMQError:
                 break
-            if self._inbox in events:
+            for inbox in inboxes:
+                if inbox not in events:
+                    continue
                 for _ in range(1000):
                     try:
-                        frames = self._inbox.recv_multipart(zmq.NOBLOCK, copy=False)
+                        frames = inbox.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
                     except zmq.ZMQError:
@@ -1003,23 +1017,10 @@ class CoreWorker:
         if hook is not None:
             hook(msg.task_id)
 
-    _inbox_handlers = {
-        p.TaskReturned: _on_task_returned,
-        p.TaskFailed: _on_task_failed,
-        p.GeneratorItem: _on_generator_item,
-        p.GetObject: _on_get_object,
-        p.ObjectValue: _on_object_value,
-        p.AddBorrower: _on_add_borrower,
-        p.RemoveBorrower: _on_remove_borrower,
-        p.TaskInfeasible: _on_task_infeasible,
-        p.CancelRunning: _on_cancel_running,
-        p.ActorInfo: _on_actor_info_msg,
-    }
 
-    def subscribe_logs(self, pub_address: str, handler) -> None:
+    def subscribe_logs(self, handler) -> None:
         """Have the I/O thread pass this job's worker log lines to ``handler``."""
         self.log_handler = handler
-        self._subscriber = sockets.subscriber(pub_address, [p.log_topic(self.job_id)])
 
     def _handle_sub(self, sub) -> None:
         import msgpack
@@ -1031,11 +1032,62 @@ class CoreWorker:
             except ValueError:
                 continue
             try:
-                pid, ip, lines = msgpack.unpackb(payload, raw=False)
-                if self.log_handler:
+                event = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+                if topic == p.TOPIC_NODE:
+                    if event["event"] == "removed":
+                        self._node_died(event["node"]["node_id"])
+                elif self.log_handler:
+                    pid, ip, lines = event
                     self.log_handler(pid, ip, lines)
             except Exception:
-                log.exception("bad log event")
+                log.exception("bad event on %r", topic)
+
+    def _on_task_placed(self, msg: p.TaskPlaced) -> None:
+        with self.cond:
+            task = self.tasks.get(msg.task_id)
+            if task is not None:
+                task.node = msg.node_id
+
+    def _node_died(self, node_id: bytes) -> None:
+        """A node died: retry our tasks that ran there, rebuild (or give up
+        on) our objects whose only copy was there."""
+        lost_tasks, rebuild, lost = [], [], []
+        with self.cond:
+            for task_id, task in self.tasks.items():
+                if task.node == node_id:
+                    lost_tasks.append(task_id)
+            for object_id, entry in self.refs.entries.items():
+                if entry.owned and entry.ret is not None and entry.ret[1] == p.RET_STORED \
+                        and entry.ret[2][0] == node_id:
+                    task = self.lineage.get(object_id[:16])
+                    if task is not None and task.retries_left != 0:
+                        rebuild.append(task)
+                    else:
+                        lost.append(object_id)
+            for object_id in lost:
+                entry = self.refs.get(object_id)
+                entry.ret = [object_id, p.RET_ERROR, serialization.serialize(
+                    exc.ObjectLostError(f"object {object_id.hex()} was lost with node "
+                                        f"{node_id.hex()[:12]} and cannot be rebuilt"),
+                    serialization.KIND_ERROR).to_bytes()]
+            for task in {id(t): t for t in rebuild}.values():
+                task.node = b""
+                task.retries_left -= 1
+                task.spec = task.spec._replace(attempt=task.spec.attempt + 1)
+                self.tasks[task.spec.task_id] = task
+                self.lineage.pop(task.spec.task_id, None)
+                for object_id in task.return_ids:
+                    entry = self.refs.get(object_id)
+                    if entry is not None:
+                        entry.ret = None
+                        entry.state = PENDING
+            self.cond.notify_all()
+        for task_id in lost_tasks:
+            self._on_task_failed(p.TaskFailed(task_id, "WorkerCrashedError",
+                                              f"node {node_id.hex()[:12]} died"))
+        for task in {id(t): t for t in rebuild}.values():
+            log.info("rebuilding the results of %s lost with a node", task.spec.function_name)
+            self.raylet.send(p.SubmitTask(list(task.spec)))
 
     # ------------------------------------------------------------- misc
     def _wait_locked(self, timeout) -> None:
@@ -1070,7 +1122,7 @@ class CoreWorker:
                     closer.close()
                 except Exception:
                     pass
-        for sock in (self._inbox, self._subscriber if hasattr(self, "_subscriber") else None):
+        for sock in (self._inbox, self._inbox_tcp, getattr(self, "_subscriber", None)):
             if sock is not None:
                 sock.close(linger=0)
         path = self.inbox_endpoint[len("ipc://"):]
@@ -1079,6 +1131,20 @@ class CoreWorker:
         except OSError:
             pass
 
+
+    _inbox_handlers = {
+        p.TaskReturned: _on_task_returned,
+        p.TaskFailed: _on_task_failed,
+        p.GeneratorItem: _on_generator_item,
+        p.GetObject: _on_get_object,
+        p.ObjectValue: _on_object_value,
+        p.AddBorrower: _on_add_borrower,
+        p.RemoveBorrower: _on_remove_borrower,
+        p.TaskInfeasible: _on_task_infeasible,
+        p.CancelRunning: _on_cancel_running,
+        p.ActorInfo: _on_actor_info_msg,
+        p.TaskPlaced: _on_task_placed,
+    }
 
 def _pid_alive(pid: int) -> bool:
     try:

@@ -13,6 +13,8 @@ import sys
 import threading
 import traceback
 
+import zmq
+
 from .. import exceptions as exc
 from ..broker import protocol as p
 from ..actor import ActorExit
@@ -198,13 +200,15 @@ class Executor:
             self._leave()
         endpoint = ""
         if not error:
-            self.actor_sock = sockets.inbox_router(actor_ipc(cw.session_dir, self.worker_id))
-            endpoint = sockets.bind(self.actor_sock, f"tcp://{cw.node_ip}:0")
+            self.actor_socks = [sockets.inbox_router(actor_ipc(cw.session_dir, self.worker_id))[0]]
+            sock, endpoint = sockets.inbox_router(f"tcp://{cw.node_ip}:0")
+            self.actor_socks.append(sock)
         cw.gcs.call(p.ActorStarted(spec.actor_id, self.worker_id, endpoint,
                                    cw.node_id, os.getpid(), error))
         if error:
             self._exit_actor()
         self.actor_spec = spec
+        self._turn = 0
         self.serve_actor(spec.options.get("max_concurrency", 1), spec.options.get("is_async"))
 
     def serve_actor(self, max_concurrency: int, is_async: bool) -> None:
@@ -217,8 +221,16 @@ class Executor:
             from concurrent.futures import ThreadPoolExecutor
             pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="zray-actor")
             submit = lambda spec, fn: pool.submit(self._call_guarded, spec, fn)  # noqa: E731
-        sock = self.actor_sock
+        poller = zmq.Poller()
+        for sock in self.actor_socks:
+            poller.register(sock, zmq.POLLIN)
         while True:
+            ready = poller.poll()
+            if len(ready) == 1:
+                sock = ready[0][0]
+            else:                        # both have calls: take turns
+                sock = ready[self._turn % len(ready)][0]
+                self._turn += 1
             frames = sock.recv_multipart(copy=False)
             try:
                 msg = p.decode(frames[2].buffer)
@@ -326,8 +338,9 @@ class Executor:
             if kind == p.ARG_VALUE:
                 values.append(serialization.deserialize(arg[1])[1])
             elif kind == p.ARG_STORED:
-                pinned_at = (arg[3], arg[2]) if len(arg) == 4 else None
-                values.append(serialization.deserialize(cw._view(arg[1], pinned_at))[1])
+                pinned_at = (arg[4], arg[2]) if len(arg) == 5 else None
+                view = cw._view(arg[1], pinned_at, source=arg[3])
+                values.append(serialization.deserialize(view)[1])
             else:
                 ref = cw.deserialized_ref(arg[1], arg[2])
                 values.append(cw.get(ref))

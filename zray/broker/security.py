@@ -1,0 +1,436 @@
+"""Transport security of the zray fabric: ZeroMQ CURVE with one cluster key.
+
+Every TCP connection between zray processes is authenticated and encrypted
+with CURVE; local IPC endpoints stay plain (they are 0600 files in the 0700
+session directory). The cluster has ONE secret: a CURVE keypair. Every peer
+uses it both as its server key and as its client key, so
+
+* a server (a socket bound on ``tcp://``) sets ``curve_server`` and the
+  cluster secret key;
+* a client (a socket connecting to ``tcp://``) sets ``curve_serverkey`` to
+  the cluster public key and its own keypair to the cluster keypair;
+* a ZAP handler in every process that serves on TCP accepts only clients whose
+  public key is the cluster public key, i.e. who hold the cluster secret
+  (CURVE makes the client prove it has the secret half of the key it shows).
+
+A peer without the key is refused: a plain (NULL) peer or one that does not
+know the cluster public key fails the handshake, one with its own keypair is
+refused by the ZAP handler. Either way the server logs the refusal (with a
+rate limit, since ZeroMQ peers retry) and keeps serving; the peer gets no
+answer at all.
+
+The key file (``<session_dir>/cluster.key``, mode 0600) holds both halves as
+z85 text::
+
+    public: <40 characters>
+    secret: <40 characters>
+
+A file holding just the secret key (one line of 40 characters) is accepted
+too. A process finds its key in the environment (:func:`current`):
+``ZRAY_CLUSTER_KEY`` (the secret key text itself) or else
+``ZRAY_CLUSTER_KEY_FILE`` (the path of a key file). With neither, security is
+off and sockets stay plain: only this module's own tests rely on that;
+``zray.init()`` and ``zray start`` always provide a key to the processes they
+start and refuse to join a cluster without one.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+from typing import NamedTuple
+
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import parse_monitor_message
+
+log = logging.getLogger(__name__)
+
+ENV_KEY = "ZRAY_CLUSTER_KEY"
+ENV_KEY_FILE = "ZRAY_CLUSTER_KEY_FILE"
+KEY_FILE_NAME = "cluster.key"
+ZAP_DOMAIN = "zray"
+
+#: a refusal from the same peer, for the same reason, is logged at most this often
+REFUSAL_LOG_INTERVAL_S = 30.0
+
+
+class ClusterKeyError(ValueError):
+    """A cluster key that cannot be used (missing file, malformed text)."""
+
+
+class ClusterKey(NamedTuple):
+    """The cluster's CURVE keypair, both halves as 40-byte z85 text."""
+    public: bytes
+    secret: bytes
+
+    def __repr__(self) -> str:                 # never print the secret by accident
+        return f"ClusterKey(public={self.public.decode()!r}, secret=<hidden>)"
+
+
+# ---------------------------------------------------------------------------
+# keys and key files
+# ---------------------------------------------------------------------------
+
+def generate() -> ClusterKey:
+    """A fresh cluster keypair."""
+    public, secret = zmq.curve_keypair()
+    return ClusterKey(public, secret)
+
+
+def from_secret(secret: str | bytes) -> ClusterKey:
+    """The keypair whose secret half is ``secret`` (z85 text, 40 characters)."""
+    raw = secret.strip().encode() if isinstance(secret, str) else secret.strip()
+    if len(raw) != 40:
+        raise ClusterKeyError(f"a cluster key is 40 characters of z85 text, got {len(raw)}")
+    try:
+        public = zmq.curve_public(raw)
+    except (zmq.ZMQError, ValueError) as err:
+        raise ClusterKeyError(f"not a valid z85 cluster key: {err}") from None
+    return ClusterKey(public, raw)
+
+
+def key_file_in(session_dir: str) -> str:
+    """Where a session keeps its cluster key."""
+    return os.path.join(session_dir, KEY_FILE_NAME)
+
+
+def create_key_file(path: str) -> str:
+    """Write a fresh cluster keypair to ``path`` (mode 0600); returns the path."""
+    key = generate()
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, b"public: " + key.public + b"\nsecret: " + key.secret + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return path
+
+
+def load_key_file(path: str) -> ClusterKey:
+    """The keypair in a key file (both halves, or just the secret)."""
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            text = f.read(4096)
+    except OSError as err:
+        raise ClusterKeyError(f"cannot read the cluster key file {path}: "
+                              f"{err.strerror or err}") from None
+    if mode & 0o077:
+        log.warning("the cluster key file %s is readable by others (mode %o): "
+                    "chmod 600 it", path, mode & 0o777)
+    fields = {}
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        name, sep, value = line.partition(b":")
+        if sep and name.strip() in (b"public", b"secret"):
+            fields[name.strip().decode()] = value.strip()
+    if "secret" not in fields:
+        if len(lines) == 1 and len(lines[0]) == 40:
+            fields["secret"] = lines[0]           # just the secret key, as in ZRAY_CLUSTER_KEY
+        else:
+            raise ClusterKeyError(f"{path} is not a zray cluster key file "
+                                  f"(no 'secret:' line)")
+    try:
+        key = from_secret(fields["secret"])
+    except ClusterKeyError as err:
+        raise ClusterKeyError(f"{path}: {err}") from None
+    if "public" in fields and fields["public"] != key.public:
+        raise ClusterKeyError(f"{path}: the public key does not belong to the secret key")
+    return key
+
+
+def from_env(environ=None) -> ClusterKey | None:
+    """The key named by ``ZRAY_CLUSTER_KEY`` (preferred) or
+    ``ZRAY_CLUSTER_KEY_FILE``; None when neither is set."""
+    environ = os.environ if environ is None else environ
+    text = environ.get(ENV_KEY)
+    if text:
+        try:
+            return from_secret(text)
+        except ClusterKeyError as err:
+            raise ClusterKeyError(f"{ENV_KEY}: {err}") from None
+    path = environ.get(ENV_KEY_FILE)
+    if path:
+        return load_key_file(path)
+    return None
+
+
+_key_lock = threading.Lock()
+_key_cache: tuple = ((None, None), None)      # ((ZRAY_CLUSTER_KEY, ..._FILE), key)
+
+
+def current() -> ClusterKey | None:
+    """This process's cluster key, from the environment (read once, and again
+    only if those variables change); None means security is off."""
+    global _key_cache
+    sig = (os.environ.get(ENV_KEY), os.environ.get(ENV_KEY_FILE))
+    cached_sig, key = _key_cache
+    if cached_sig == sig:
+        return key
+    with _key_lock:
+        if _key_cache[0] != sig:
+            _key_cache = (sig, from_env())
+        return _key_cache[1]
+
+
+# ---------------------------------------------------------------------------
+# socket options
+# ---------------------------------------------------------------------------
+
+def configure_client(sock: zmq.Socket, key: ClusterKey | None = None) -> None:
+    """Make ``sock`` a CURVE client with the cluster keypair (before connect)."""
+    key = key or current()
+    if key is None:
+        return
+    sock.curve_serverkey = key.public
+    sock.curve_publickey = key.public
+    sock.curve_secretkey = key.secret
+
+
+def configure_server(sock: zmq.Socket, ctx: zmq.Context, key: ClusterKey | None = None) -> None:
+    """Make ``sock`` a CURVE server guarded by this process's ZAP handler
+    (before bind). ``ctx`` must be the context ``sock`` was made in."""
+    key = key or current()
+    if key is None:
+        return
+    guard = _guard_for(ctx)
+    guard.allow(key.public)
+    sock.curve_server = True
+    sock.curve_secretkey = key.secret
+    sock.zap_domain = ZAP_DOMAIN.encode()
+    guard.watch(sock)
+
+
+# ---------------------------------------------------------------------------
+# the guard: ZAP handler and handshake-failure monitor of one process
+# ---------------------------------------------------------------------------
+
+class _Refusals:
+    """Log refused peers, at most once per REFUSAL_LOG_INTERVAL_S per
+    (where, peer, reason): a refused ZeroMQ peer retries every 100 ms."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._seen: dict[tuple, list] = {}
+
+    def note(self, where: str, peer: str, reason: str) -> None:
+        now = time.monotonic()
+        key = (where, peer, reason)
+        with self._lock:
+            entry = self._seen.get(key)
+            if entry is not None and now - entry[0] < REFUSAL_LOG_INTERVAL_S:
+                entry[1] += 1
+                return
+            if len(self._seen) > 1000:
+                self._seen.clear()
+            self._seen[key] = [now, 0]
+        more = f" ({entry[1]} more refusals since the last report)" if entry and entry[1] else ""
+        log.warning("security: refused a connection%s from %s: %s%s",
+                    f" to {where}" if where else "", peer, reason, more)
+
+
+_refusals = _Refusals()
+
+
+class _ClusterKeyProvider:
+    """Credentials provider of the ZAP handler: the cluster public keys."""
+
+    def __init__(self, auth: "_Authenticator"):
+        self.auth = auth
+        self.allowed: set[bytes] = set()
+
+    def callback(self, domain: str, client_key: bytes) -> bool:
+        if client_key in self.allowed:
+            return True
+        _refusals.note("", self.auth.peer or "unknown peer",
+                       f"client key {client_key[:8].decode(errors='replace')}... is not the "
+                       f"cluster key (the peer lacks the cluster secret)")
+        return False
+
+
+class _Authenticator(ThreadAuthenticator):
+    """ThreadAuthenticator that remembers the peer address of the request
+    being handled, so that refusals can name it."""
+
+    peer: str | None = None
+
+    async def handle_zap_message(self, msg):
+        self.peer = msg[3].decode(errors="replace") if len(msg) > 3 else None
+        try:
+            await super().handle_zap_message(msg)
+        finally:
+            self.peer = None
+
+
+_FAILED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+_MONITOR_EVENTS = (zmq.EVENT_LISTENING | zmq.EVENT_ACCEPTED | _FAILED
+                   | zmq.EVENT_MONITOR_STOPPED)
+
+_PROTOCOL_REASONS = {
+    zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        "not a CURVE peer (no cluster key: plain ZeroMQ or security off)",
+    zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+        "CURVE handshake failed (the peer uses a different cluster key)",
+}
+
+
+def _failure_reason(event: int, value: int) -> str:
+    if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:      # value is an errno
+        return (f"the CURVE handshake did not complete ({os.strerror(value)}; a peer "
+                f"without the cluster key?)")
+    return _PROTOCOL_REASONS.get(value, f"CURVE handshake failed (ZMTP error {value:#x})")
+
+
+class _Watcher(threading.Thread):
+    """Logs handshakes that fail before ZAP is asked (a plain peer, or a peer
+    with another cluster key), from the monitors of the CURVE server sockets."""
+
+    def __init__(self, ctx: zmq.Context):
+        super().__init__(name="zray-security-watch", daemon=True)
+        self.ctx = ctx
+        self._lock = threading.Lock()
+        self._pending: list[zmq.Socket] = []
+        endpoint = f"inproc://zray-security-watch-{id(self)}"
+        self._pipe = ctx.socket(zmq.PAIR)
+        self._pipe.linger = 0
+        self._pipe.bind(endpoint)
+        self._thread_pipe = ctx.socket(zmq.PAIR)
+        self._thread_pipe.linger = 0
+        self._thread_pipe.connect(endpoint)
+
+    def add(self, monitor: zmq.Socket) -> None:
+        """Hand a monitor socket over to the thread (from the binding thread)."""
+        with self._lock:
+            self._pending.append(monitor)
+            self._pipe.send(b"ADD")
+
+    def stop(self) -> None:
+        with self._lock:
+            self._pipe.send(b"STOP")
+        self.join(2)
+        self._pipe.close(linger=0)
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._thread_pipe, zmq.POLLIN)
+        monitors: dict[zmq.Socket, list] = {}     # monitor -> [endpoint, last accepted peer]
+        try:
+            while True:
+                for sock, _ in poller.poll():
+                    if sock is self._thread_pipe:
+                        if self._thread_pipe.recv() == b"STOP":
+                            return
+                        with self._lock:
+                            pending, self._pending = self._pending, []
+                        for monitor in pending:
+                            monitors[monitor] = ["", None]
+                            poller.register(monitor, zmq.POLLIN)
+                        continue
+                    state = monitors.get(sock)
+                    if state is None:
+                        continue
+                    try:
+                        event = parse_monitor_message(sock.recv_multipart(zmq.NOBLOCK))
+                    except zmq.Again:
+                        continue
+                    if event["event"] == zmq.EVENT_MONITOR_STOPPED:
+                        poller.unregister(sock)
+                        monitors.pop(sock, None)
+                        sock.close(linger=0)
+                    elif event["event"] == zmq.EVENT_LISTENING:
+                        state[0] = event["endpoint"].decode(errors="replace")
+                    elif event["event"] == zmq.EVENT_ACCEPTED:
+                        state[1] = _peer_of(event["value"], state[0])
+                    elif event["event"] & _FAILED:
+                        reason = _failure_reason(event["event"], event["value"])
+                        _refusals.note(state[0], state[1] or "unknown peer", reason)
+                        state[1] = None
+        except Exception:                          # the context went away under us
+            log.debug("security watcher stopped", exc_info=True)
+        finally:
+            for monitor in monitors:
+                monitor.close(linger=0)
+            self._thread_pipe.close(linger=0)
+
+
+def _peer_of(fd: int, where: str) -> str | None:
+    """The remote host of the connection accepted on ``fd``, if it is
+    still open and still a connection of the listener at ``where`` (fds are
+    reused, so a closed one may already be another socket). Best effort: only
+    for log lines."""
+    try:
+        dup = os.dup(fd)
+    except OSError:
+        return None
+    try:
+        with socket.socket(fileno=dup) as s:
+            local, peer = s.getsockname(), s.getpeername()
+    except OSError:
+        return None
+    if not where.endswith(f":{local[1]}"):
+        return None
+    return peer[0]
+
+
+class _Guard:
+    """ZAP handler and watcher of this process's context, started lazily."""
+
+    def __init__(self, ctx: zmq.Context):
+        self.ctx = ctx
+        self.pid = os.getpid()
+        self.auth = _Authenticator(ctx, log=logging.getLogger(__name__ + ".zap"))
+        self.provider = _ClusterKeyProvider(self.auth)
+        self.auth.start()
+        self.auth.configure_curve_callback(ZAP_DOMAIN, self.provider)
+        self.watcher = _Watcher(ctx)
+        self.watcher.start()
+
+    def allow(self, public: bytes) -> None:
+        self.provider.allowed.add(public)
+
+    def watch(self, sock: zmq.Socket) -> None:
+        """Log the handshakes that fail on ``sock`` (call before binding it)."""
+        addr = f"inproc://zray-monitor-{os.getpid()}-{next(_monitor_ids)}"
+        self.watcher.add(sock.get_monitor_socket(_MONITOR_EVENTS, addr))
+
+    def stop(self) -> None:
+        self.watcher.stop()
+        self.auth.stop()
+
+
+_monitor_ids = itertools.count()
+_guard_lock = threading.Lock()
+_guard: _Guard | None = None
+
+
+def _guard_for(ctx: zmq.Context) -> _Guard:
+    """This process's guard on ``ctx``: started on first use, and started
+    afresh in a forked child (threads are not inherited) or on a new context."""
+    global _guard
+    with _guard_lock:
+        if _guard is None or _guard.pid != os.getpid() or _guard.ctx is not ctx:
+            if _guard is not None and _guard.pid == os.getpid():
+                try:
+                    _guard.stop()
+                except Exception:           # its context is already gone
+                    pass
+            _guard = _Guard(ctx)        # an inherited guard is dropped, never touched
+        return _guard
+
+
+def stop() -> None:
+    """Stop this process's ZAP handler and watcher (before its context ends)."""
+    global _guard
+    with _guard_lock:
+        guard, _guard = _guard, None
+    if guard is not None and guard.pid == os.getpid():
+        try:
+            guard.stop()
+        except zmq.ZMQError:
+            pass
