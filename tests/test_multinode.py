@@ -146,8 +146,9 @@ class TestScheduling:
 
     def test_node_affinity_hard(self, three):
         for nid in three.ids:
-            assert zray.get([where.options(**on(nid)).remote() for _ in range(2)],
-                            timeout=30) == [nid, nid]
+            got = zray.get([where.options(**on(nid)).remote() for _ in range(2)], timeout=30)
+            assert got == [nid, nid], (f"pinned to {nid} (driver on {three.driver_node}), "
+                                       f"ran on {got}")
 
     def test_custom_resource_routes_task(self, three):
         @zray.remote(num_cpus=0, resources={"special": 1})
@@ -202,7 +203,7 @@ class TestScheduling:
             arr = zray.get(boxed[0])
             return zray.get_runtime_context().get_node_id(), int(arr.sum()), len(arr)
 
-        n = 12 * MB // 8
+        n = 40 * MB // 8
         ref = make.options(**on(producer)).remote(n)
         ready, _ = zray.wait([ref], timeout=60)       # made, not fetched
         assert ready

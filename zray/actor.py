@@ -197,7 +197,10 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     With ``no_restart=False`` it restarts if it has restarts left."""
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"zray.kill() takes an actor handle, got {type(actor).__name__}")
-    actor._worker().gcs.call(p.KillActor(actor._actor_id, no_restart))
+    worker = actor._worker()
+    worker.gcs.call(p.KillActor(actor._actor_id, no_restart))
+    if no_restart:        # calls made after kill() returns must not reach it
+        worker.actor_killed(actor._actor_id)
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:

@@ -13,6 +13,7 @@ from . import session
 from .broker import protocol as p
 from .broker import sockets
 from .broker.rpc import RpcClient
+from .broker.security import ENV_KEY, ENV_KEY_FILE
 
 from .node import NodeProcesses, free_port
 
@@ -38,6 +39,11 @@ class Cluster:
                  head_node_args: dict | None = None, shutdown_at_exit: bool = True):
         self.session_dir = session.new_session_dir()
         self._procs = NodeProcesses(self.session_dir, detached=False)
+        # The cluster's key (<session_dir>/cluster.key): this process uses it
+        # to talk to the cluster until shutdown().
+        self._saved_key_env = {k: os.environ.get(k) for k in (ENV_KEY, ENV_KEY_FILE)}
+        os.environ.pop(ENV_KEY, None)
+        os.environ[ENV_KEY_FILE] = self._procs.new_cluster_key()
         self.gcs_address: str | None = None
         self.head_node: ClusterNode | None = None
         self.worker_nodes: list[ClusterNode] = []
@@ -123,6 +129,11 @@ class Cluster:
         if zray.is_initialized():
             zray.shutdown()
         self._procs.stop()
+        for name, value in self._saved_key_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 

@@ -342,6 +342,7 @@ ROWS = [
     ("1_1_async_actor_calls_async", "calls/s", "async_actor_calls_async"),
     ("1_n_actor_calls_async", "calls/s", "n_actor_calls_async"),
     ("actor_create_call_kill", "actors/s", "actor_create_call_kill"),
+    ("transfer_500mb_between_nodes", "GB/s", None),
 ]
 ROW_NAMES = [name for name, _, _ in ROWS]
 _UNITS = {name: unit for name, unit, _ in ROWS}
@@ -398,8 +399,58 @@ def _init_probe(backend: str) -> float:
     return elapsed
 
 
+TRANSFER_BYTES = 500 * 1024 * 1024
+
+
+def _transfer_probe(backend: str) -> float:
+    """Run inside a fresh subprocess: a two-node Cluster; a task pinned to
+    the second node makes a 500 MB array; time the driver's get of it (the
+    array moves to the head node). Median GB/s of three transfers."""
+    import importlib
+    import numpy as np
+    b = _import_backend(backend)
+    cluster_utils = importlib.import_module(f"{backend}.cluster_utils")
+    strategies = importlib.import_module(f"{backend}.util.scheduling_strategies")
+    store = 1300 * 1024 * 1024
+    cluster = cluster_utils.Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": store})
+    try:
+        node = cluster.add_node(num_cpus=1, object_store_memory=store)
+        cluster.wait_for_nodes()
+        b.init(address=cluster.address)
+
+        def make():
+            return np.ones(TRANSFER_BYTES // 8)
+
+        make_there = b.remote(make).options(
+            scheduling_strategy=strategies.NodeAffinitySchedulingStrategy(node.node_id,
+                                                                          soft=False))
+        rates = []
+        for _ in range(3):
+            ref = make_there.remote()
+            b.wait([ref], fetch_local=False)    # made, but not moved yet
+            t0 = time.perf_counter()
+            arr = b.get(ref)
+            rates.append(TRANSFER_BYTES / (time.perf_counter() - t0) / 1e9)
+            assert arr[-1] == 1.0
+            del arr, ref
+        value = statistics.median(rates)
+        print(f"{_PROBE_MARKER} {value!r}", flush=True)
+        return value
+    finally:
+        try:
+            b.shutdown()
+        finally:
+            cluster.shutdown()
+
+
 def _init_to_first_task(backend: str, runs=INIT_RUNS, timeout=DEFAULT_ROW_TIMEOUT) -> float:
-    cmd = [sys.executable, os.path.abspath(__file__), "--backend", backend, "--_init-probe"]
+    return _probe(backend, "--_init-probe", runs, timeout)
+
+
+def _probe(backend: str, flag: str, runs: int, timeout: float) -> float:
+    """Median of ``runs`` fresh subprocesses of this file run with ``flag``."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--backend", backend, flag]
     times = []
     for i in range(runs):
         if i:
@@ -416,14 +467,14 @@ def _init_to_first_task(backend: str, runs=INIT_RUNS, timeout=DEFAULT_ROW_TIMEOU
             except OSError:
                 proc.kill()
             proc.communicate()
-            raise TimeoutError(f"init probe did not finish within {timeout:g}s") from None
+            raise TimeoutError(f"{flag} probe did not finish within {timeout:g}s") from None
         value = None
         for line in stdout.splitlines():
             if line.startswith(_PROBE_MARKER):
                 value = float(line.split()[1])
         if value is None:
             tail = (stderr or stdout).strip().splitlines()[-1:] or ["no output"]
-            raise RuntimeError(f"init probe exited {proc.returncode}: {tail[0]}")
+            raise RuntimeError(f"{flag} probe exited {proc.returncode}: {tail[0]}")
         times.append(value)
     return statistics.median(times)
 
@@ -463,7 +514,13 @@ def run(backend: str = "zray", rows=None, duration: float = DEFAULT_DURATION,
         except Exception as e:
             emit(_row("init_to_first_task", error=_fmt_exc(e)))
 
-    rest = [n for n in names if n != "init_to_first_task"]
+    rest = [n for n in names if n not in ("init_to_first_task", "transfer_500mb_between_nodes")]
+    if "transfer_500mb_between_nodes" in names:
+        try:
+            emit(_row("transfer_500mb_between_nodes",
+                      _probe(backend, "--_transfer-probe", 1, max(row_timeout, 120.0))))
+        except Exception as e:
+            emit(_row("transfer_500mb_between_nodes", error=_fmt_exc(e)))
     if not rest:
         return results
 
@@ -666,6 +723,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-row hang timeout in seconds (default %(default)s)")
     p.add_argument("--_init-probe", dest="init_probe", action="store_true",
                    help=argparse.SUPPRESS)
+    p.add_argument("--_transfer-probe", dest="transfer_probe", action="store_true",
+                   help=argparse.SUPPRESS)
     return p
 
 
@@ -693,6 +752,9 @@ def main(argv=None) -> int:
 
     if args.init_probe:
         _init_probe(args.backend)
+        return 0
+    if args.transfer_probe:
+        _transfer_probe(args.backend)
         return 0
 
     results = run(args.backend, rows=args.rows, duration=args.duration,

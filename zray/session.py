@@ -23,7 +23,7 @@ def new_session_dir() -> str:
     """Make a fresh session directory and return its path."""
     root = _private_dir(config.temp_dir)
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    path = os.path.join(root, f"session_{stamp}_{os.getpid()}")
+    path = _private_dir(os.path.join(root, f"session_{stamp}_{os.getpid()}"))
     for sub in ("logs", "sockets", "spill"):
         _private_dir(os.path.join(path, sub))
     return path

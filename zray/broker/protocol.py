@@ -257,23 +257,6 @@ class DisconnectClient(NamedTuple):
     worker_id: bytes
 
 
-@_declare(21)
-class FetchChunk(NamedTuple):
-    """Raylet to raylet: send me bytes [offset, offset+length) of an object."""
-    object_id: bytes
-    offset: int
-    length: int
-
-
-@_declare(22)
-class ObjectChunk(NamedTuple):
-    """The answer to FetchChunk; the bytes follow as one extra frame."""
-    object_id: bytes
-    offset: int
-    total_size: int
-    error: str
-
-
 # --------------------------------------------------------------------------
 # Core worker <-> core worker (one-way, into the peer's inbox ROUTER)
 # --------------------------------------------------------------------------
@@ -353,6 +336,7 @@ class TaskPlaced(NamedTuple):
 class RegisterNode(NamedTuple):
     node_id: bytes
     address: str           # the raylet's ROUTER over TCP (locally: its IPC socket)
+    data_address: str      # its object-transfer link (sealed frames, see object_transfer)
     node_ip: str
     hostname: str
     pid: int

@@ -125,6 +125,27 @@ def subscriber(endpoint: str, topics: list[bytes]) -> zmq.Socket:
     return sock
 
 
+def data_router(endpoint: str) -> tuple[zmq.Socket, str]:
+    """ROUTER of the object-transfer link: plain TCP on purpose — every frame
+    on it is sealed with AES-GCM (security.DataSeal), which moves bulk bytes
+    several times faster than CURVE."""
+    sock = _socket(zmq.ROUTER)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    if endpoint.endswith(":0"):
+        port = sock.bind_to_random_port(endpoint[:-2])
+        return sock, f"{endpoint[:-2]}:{port}"
+    sock.bind(endpoint)
+    return sock, endpoint
+
+
+def data_dealer(endpoint: str) -> zmq.Socket:
+    """DEALER of the object-transfer link (plain TCP, sealed frames)."""
+    sock = _socket(zmq.DEALER)
+    sock.connect(endpoint)
+    return sock
+
+
 def tcp_endpoint(address: str) -> str:
     """``host:port`` or ``tcp://host:port`` as a ZeroMQ endpoint."""
     return address if "://" in address else f"tcp://{address}"

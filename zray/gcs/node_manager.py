@@ -13,7 +13,8 @@ class NodeManager:
 
     def register(self, msg) -> dict:
         node = {
-            "node_id": msg.node_id, "address": msg.address, "node_ip": msg.node_ip,
+            "node_id": msg.node_id, "address": msg.address, "data_address": msg.data_address,
+            "node_ip": msg.node_ip,
             "hostname": msg.hostname, "pid": msg.pid, "resources": dict(msg.resources),
             "available": dict(msg.resources), "arena_size": msg.arena_size,
             "store_used": 0, "alive": True, "start_time": time.time(),

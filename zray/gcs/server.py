@@ -240,8 +240,9 @@ class GcsServer(Service):
             node = self._node_of(actor["node_id"])
             if node is not None and node["alive"]:
                 self.sender.send(node["address"], p.KillActorWorker(actor["actor_id"]))
-                return
-        if no_restart:              # not running: it is dead now
+                if not no_restart:
+                    return          # its death report decides the restart
+        if no_restart:              # dead now, whether or not its process has exited
             actor, _ = self.actors.died(actor["actor_id"], reason, True)
             if actor is not None:
                 self._actor_changed(actor)

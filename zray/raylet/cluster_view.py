@@ -9,11 +9,13 @@ EPS = 1e-9
 
 
 class NodeView:
-    __slots__ = ("node_id", "address", "total", "available", "alive")
+    __slots__ = ("node_id", "address", "data_address", "total", "available", "alive")
 
-    def __init__(self, node_id: bytes, address: str, total: dict, available: dict, alive: bool):
+    def __init__(self, node_id: bytes, address: str, data_address: str, total: dict,
+                 available: dict, alive: bool):
         self.node_id = node_id
         self.address = address
+        self.data_address = data_address
         self.total = dict(total)
         self.available = dict(available)
         self.alive = alive
@@ -31,15 +33,15 @@ class ClusterView:
 
     def load(self, nodes: list[dict]) -> None:
         for n in nodes:
-            self.nodes[n["node_id"]] = NodeView(n["node_id"], n["address"], n["resources"],
-                                                n["available"], n["alive"])
+            self.nodes[n["node_id"]] = NodeView(n["node_id"], n["address"], n["data_address"],
+                                                n["resources"], n["available"], n["alive"])
 
     def on_node_event(self, event: dict) -> bytes | None:
         """Apply an added/removed event; returns the id of a node that died."""
         n = event["node"]
         if event["event"] == "added":
-            self.nodes[n["node_id"]] = NodeView(n["node_id"], n["address"], n["resources"],
-                                                n["available"], True)
+            self.nodes[n["node_id"]] = NodeView(n["node_id"], n["address"], n["data_address"],
+                                                n["resources"], n["available"], True)
             return None
         view = self.nodes.get(n["node_id"])
         if view is not None:
@@ -59,6 +61,10 @@ class ClusterView:
     def address(self, node_id: bytes) -> str | None:
         view = self.nodes.get(node_id)
         return view.address if view is not None and view.alive else None
+
+    def data_address(self, node_id: bytes) -> str | None:
+        view = self.nodes.get(node_id)
+        return view.data_address if view is not None and view.alive else None
 
     def _others(self):
         return [v for v in self.nodes.values() if v.alive and v.node_id != self.me]

@@ -80,7 +80,7 @@ class Raylet(Service):
         self.watch(self.pool.fd, lambda fd: self._on_zygote())
         self.gcs = RpcClient(sockets.tcp_endpoint(gcs_address), config.rpc_timeout_s, "GCS")
         self.view = ClusterView(node_id)
-        self.transfer = ObjectTransfer(self)
+        self.transfer = ObjectTransfer(self, node_ip)
         self.waiting_args: dict[bytes, list] = {}      # task id -> [spec, missing count]
         self.bundles: dict[tuple, dict] = {}           # (pg id, index) -> bundle
         self.warned_infeasible: set[bytes] = set()
@@ -93,9 +93,9 @@ class Raylet(Service):
     # ---------------------------------------------------------------- start
     def start(self) -> None:
         reply = self.gcs.call(p.RegisterNode(
-            self.node_id, self.tcp_endpoint, self.node_ip, socket.gethostname(), os.getpid(),
-            self.resources.total, self.arena.size, self.session_dir),
-            timeout=config.connect_timeout_s)
+            self.node_id, self.tcp_endpoint, self.transfer.endpoint, self.node_ip,
+            socket.gethostname(), os.getpid(), self.resources.total, self.arena.size,
+            self.session_dir), timeout=config.connect_timeout_s)
         self.pub_address = reply.pub_address
         self.events = sockets.subscriber(self.pub_address, [p.TOPIC_NODE, p.TOPIC_RESOURCES])
         self.watch(self.events, self._on_events)
@@ -501,9 +501,6 @@ class Raylet(Service):
                        for oid, src in zip(msg.object_ids, msg.sources)]
             self.handle_pin_objects(req, p.PinObjects(msg.object_ids, sources))
 
-    def handle_fetch_chunk(self, req, msg: p.FetchChunk):
-        self.transfer.serve_chunk(req, msg)
-
     def handle_release_objects(self, req, msg: p.ReleaseObjects):
         for object_id in msg.object_ids:
             self.store.release(object_id, req.identity)
@@ -581,8 +578,9 @@ class Raylet(Service):
         for worker in list(self.pool.workers.values()):
             self.pool.kill(worker)
         self.gcs.call(p.RegisterNode(
-            self.node_id, self.tcp_endpoint, self.node_ip, socket.gethostname(), os.getpid(),
-            self.resources.total, self.arena.size, self.session_dir))
+            self.node_id, self.tcp_endpoint, self.transfer.endpoint, self.node_ip,
+            socket.gethostname(), os.getpid(), self.resources.total, self.arena.size,
+            self.session_dir))
 
     def report(self) -> None:
         """Heartbeat to the GCS: at once when usage changed, else every interval."""

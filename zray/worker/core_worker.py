@@ -507,7 +507,11 @@ class CoreWorker:
         with self.cond:
             actor = self.actors.get(msg.actor_id)
             if actor is None:
-                return
+                if msg.state != "DEAD":
+                    return
+                actor = self.actors[msg.actor_id] = ActorState(msg.actor_id)
+            if actor.state == "DEAD":
+                return                  # dead is final
             new_incarnation = msg.state == "ALIVE" and msg.incarnation != actor.incarnation
             lost = msg.state in ("RESTARTING", "DEAD") or (new_incarnation and actor.incarnation)
             actor.state = msg.state
@@ -531,6 +535,10 @@ class CoreWorker:
             self._fail_task(task.spec.task_id, error)
         if msg.state in ("ALIVE", "DEAD") or retry:
             self._pump_actor(msg.actor_id)
+
+    def actor_killed(self, actor_id: bytes) -> None:
+        """We killed this actor: fail its calls now, whatever the GCS says later."""
+        self._on_actor_info(p.ActorInfo(actor_id, "DEAD", [], 0, "killed by zray.kill()", b""))
 
     def await_ref(self, ref: ObjectRef):
         """An awaitable of the value (for ``await ref`` in async code)."""
