@@ -55,6 +55,7 @@ def test_row_names_and_units():
         "1_1_async_actor_calls_async": "calls/s",
         "1_n_actor_calls_async": "calls/s",
         "actor_create_call_kill": "actors/s",
+        "transfer_500mb_between_nodes": "GB/s",
     }
     assert mb._UNITS == expected
     assert len(set(mb.ROW_NAMES)) == len(mb.ROW_NAMES)
