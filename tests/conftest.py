@@ -3,6 +3,7 @@ clusters for start-up and failure tests, and a check that nothing is left."""
 from __future__ import annotations
 
 import glob
+import threading
 import os
 import time
 
@@ -30,6 +31,25 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout}s: {predicate}")
         time.sleep(interval)
+
+
+def call_bounded(fn, timeout: float):
+    """Run ``fn()`` in a thread; return ("ok", value) / ("raised", exc), or
+    fail the test when it does not finish within ``timeout`` (a hang)."""
+    out = []
+
+    def run():
+        try:
+            out.append(("ok", fn()))
+        except BaseException as exc:    # noqa: BLE001 — handed to the test
+            out.append(("raised", exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not out:
+        pytest.fail(f"call did not return within {timeout}s (it hangs)")
+    return out[0]
 
 
 def assert_nothing_left(session_dir: str | None, timeout: float = 10.0) -> None:

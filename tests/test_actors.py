@@ -20,7 +20,7 @@ import pytest
 import zray
 from zray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayError
 
-from conftest import wait_for
+from conftest import wait_for, call_bounded as _call_bounded
 
 
 # --------------------------------------------------------------------------
@@ -168,25 +168,6 @@ class Caller:
 
 def _gcs_address() -> str:
     return zray.get_runtime_context().gcs_address
-
-
-def _call_bounded(fn, timeout: float):
-    """Run ``fn()`` in a thread; return ("ok", value) / ("raised", exc), or
-    fail the test when it does not finish within ``timeout`` (a hang)."""
-    out = []
-
-    def run():
-        try:
-            out.append(("ok", fn()))
-        except BaseException as exc:    # noqa: BLE001 — handed to the test
-            out.append(("raised", exc))
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not out:
-        pytest.fail(f"call did not return within {timeout}s (it hangs)")
-    return out[0]
 
 
 def _gone(pid: int) -> bool:

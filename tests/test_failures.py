@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import psutil
@@ -24,7 +23,7 @@ from zray.exceptions import GetTimeoutError, RayError, TaskCancelledError, Worke
 from zray.node import free_port
 from zray.worker import global_state
 
-from conftest import assert_nothing_left, wait_for
+from conftest import assert_nothing_left, wait_for, call_bounded as _call_bounded
 
 
 # --------------------------------------------------------------------------
@@ -76,25 +75,6 @@ def _square_all(n=4):
     def square(x):
         return x * x
     return zray.get([square.remote(i) for i in range(n)], timeout=20)
-
-
-def _call_bounded(fn, timeout: float):
-    """Run ``fn()`` in a thread; return ("ok", value) / ("raised", exc), or
-    fail the test when it does not finish within ``timeout`` (a hang)."""
-    out = []
-
-    def run():
-        try:
-            out.append(("ok", fn()))
-        except BaseException as exc:    # noqa: BLE001 — handed to the test
-            out.append(("raised", exc))
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not out:
-        pytest.fail(f"call did not return within {timeout}s (it hangs)")
-    return out[0]
 
 
 # --------------------------------------------------------------------------

@@ -320,25 +320,32 @@ class CoreWorker:
             return_ids = [self.return_id(task_id, i + 1) for i in range(num_returns)]
         task = PendingTask(spec, return_ids, held, retry_exceptions)
         with self.cond:
-            refs = []
-            for object_id in return_ids:
-                entry = self.refs.add_owned(object_id)
-                entry.local = 1
-                refs.append(ObjectRef(object_id, self.address, self))
-            if streaming:
-                self.generators[task_id] = GeneratorState()
-            self.tasks[task_id] = task
-            for dep in deps:
-                entry = self.refs.get(dep)
-                if entry is not None and entry.state == PENDING:
-                    task.deps.add(dep)
-                    self.waiting_on.setdefault(dep, []).append(task_id)
+            refs = self._register(task, deps)
             ready = not task.deps
         if ready:
             self._dispatch(task)
         if streaming:
             return ObjectRefGenerator(task_id, self, refs[0])
         return refs[0] if num_returns == 1 else refs
+
+    def _register(self, task: PendingTask, deps) -> list:
+        """(lock held) Record a submitted task: an owned entry and a ref per
+        return, its stream if it streams, and the dependencies it waits for."""
+        refs = []
+        for object_id in task.return_ids:
+            entry = self.refs.add_owned(object_id)
+            entry.local = 1
+            refs.append(ObjectRef(object_id, self.address, self))
+        task_id = task.spec.task_id
+        if task.spec.num_returns == p.STREAMING:
+            self.generators[task_id] = GeneratorState()
+        self.tasks[task_id] = task
+        for dep in deps:
+            entry = self.refs.get(dep)
+            if entry is not None and entry.state == PENDING:
+                task.deps.add(dep)
+                self.waiting_on.setdefault(dep, []).append(task_id)
+        return refs
 
     def _prepare_args(self, args, kwargs):
         """Arg entries for the spec, the ids the task holds until it ends,
@@ -446,19 +453,7 @@ class CoreWorker:
         task = PendingTask(spec, return_ids, held, False)
         watch = False
         with self.cond:
-            refs = []
-            for object_id in return_ids:
-                entry = self.refs.add_owned(object_id)
-                entry.local = 1
-                refs.append(ObjectRef(object_id, self.address, self))
-            if streaming:
-                self.generators[task_id] = GeneratorState()
-            self.tasks[task_id] = task
-            for dep in deps:
-                entry = self.refs.get(dep)
-                if entry is not None and entry.state == PENDING:
-                    task.deps.add(dep)
-                    self.waiting_on.setdefault(dep, []).append(task_id)
+            refs = self._register(task, deps)
             actor = self.actors.get(actor_id)
             if actor is None:
                 actor = self.actors[actor_id] = ActorState(actor_id)
