@@ -51,7 +51,7 @@ class NodeProcesses:
         return self.cluster_key_file
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
-        env = dict(os.environ, **config.to_env())
+        env = {**config.to_env(), **os.environ}     # what the environment says wins
         if self.cluster_key_file:
             env.pop(security.ENV_KEY, None)
             env[security.ENV_KEY_FILE] = self.cluster_key_file

@@ -162,7 +162,7 @@ class ObjectTransfer:
         if pull.next < pull.size:
             self._request(pull, link, pull.next, CHUNK_BYTES)
         if pull.received >= pull.size:
-            store.seal(object_id)
+            self.raylet.seal(object_id)
             self._send_request(link, b"", ["release", object_id])
             log.info("pulled %s (%d bytes) in %.3fs", object_id.hex()[:12], pull.size,
                      time.monotonic() - pull.started)
@@ -172,6 +172,8 @@ class ObjectTransfer:
         self.pulls.pop(pull.object_id, None)
         if not ok and pull.offset >= 0:
             self.raylet.store.abort(pull.object_id)
+            for req, msg in self.raylet.pins_waiting_seal.pop(pull.object_id, ()):
+                self.raylet.handle_pin_objects(req, msg)      # answered: not here
         for callback in pull.done:
             callback(ok)
 

@@ -463,13 +463,17 @@ class Raylet(Service):
         writing = self.unsealed.get(req.identity)
         if writing:
             writing.discard(msg.object_id)
+        self.seal(msg.object_id)
+
+    def seal(self, object_id: bytes) -> None:
+        """An object is complete (written by a client, or pulled): seal it and
+        answer the pins that waited for it."""
         try:
-            self.store.seal(msg.object_id)
+            self.store.seal(object_id)
         except KeyError:
-            log.warning("seal of unknown object %s dropped", msg.object_id.hex())
-        waiting = self.pins_waiting_seal.pop(msg.object_id, None)
-        for req2, msg2 in waiting or ():
-            self.handle_pin_objects(req2, msg2)
+            log.warning("seal of unknown object %s dropped", object_id.hex())
+        for req, msg in self.pins_waiting_seal.pop(object_id, ()):
+            self.handle_pin_objects(req, msg)
 
     def handle_pin_objects(self, req, msg: p.PinObjects):
         """Pin objects for the caller; a pin of an object still being written
