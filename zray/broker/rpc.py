@@ -15,6 +15,8 @@ import zmq
 
 from . import protocol, sockets
 
+_MORE = int(zmq.SNDMORE)
+
 
 class RemoteError(RuntimeError):
     """The server answered a request with an error."""
@@ -46,13 +48,13 @@ class RpcClient:
         wait_ms = int(1000 * (self.timeout if timeout is None else timeout))
         with self._lock:
             corr = next(self._ids).to_bytes(8, "little")
-            self._sock.send_multipart([corr, protocol.encode(message), *blobs], copy=False)
+            sockets.send_frames(self._sock, [corr, protocol.encode(message), *blobs])
             while True:
                 if not self._sock.poll(wait_ms):
                     raise TimeoutError(
                         f"no answer from the {self.name} at {self.endpoint} within "
                         f"{wait_ms / 1000:.1f}s to {type(message).__name__}")
-                frames = self._sock.recv_multipart(copy=False)
+                frames = sockets.recv_frames(self._sock)
                 if len(frames) >= 2 and frames[0].bytes == corr:
                     break          # else: a late answer to an earlier request
         reply = protocol.decode(frames[1].buffer)
@@ -65,7 +67,7 @@ class RpcClient:
     def send(self, message, blobs=()) -> None:
         """One-way message: no answer is expected."""
         with self._lock:
-            self._sock.send_multipart([b"", protocol.encode(message), *blobs], copy=False)
+            sockets.send_frames(self._sock, [b"", protocol.encode(message), *blobs])
 
     def close(self) -> None:
         with self._lock:
@@ -86,7 +88,7 @@ class Sender:
             sock = self._socks.get(endpoint)
             if sock is None:
                 sock = self._socks[endpoint] = sockets.dealer(endpoint)
-            sock.send_multipart([b"", payload, *blobs], copy=False)
+            sockets.send_frames(sock, [b"", payload, *blobs])
 
     def send_many(self, endpoint: str, payloads: list[bytes]) -> None:
         """Several encoded one-way messages to one peer, in order."""
@@ -95,7 +97,8 @@ class Sender:
             if sock is None:
                 sock = self._socks[endpoint] = sockets.dealer(endpoint)
             for payload in payloads:
-                sock.send_multipart([b"", payload], copy=False)
+                sock.send(b"", _MORE)
+                sock.send(payload, 0)
 
     def forget(self, endpoint: str) -> None:
         """Close the socket to a peer that went away."""

@@ -14,7 +14,7 @@ import time
 
 import zmq
 
-from . import protocol
+from . import protocol, sockets
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,8 @@ class Service:
                 sock: zmq.Socket | None = None) -> bool:
         """Send on a ROUTER to a connected peer; False if it is gone."""
         try:
-            (sock or self.router).send_multipart(
-                [identity, corr, protocol.encode(message), *blobs], copy=False)
+            sockets.send_frames(sock or self.router,
+                                [identity, corr, protocol.encode(message), *blobs])
             return True
         except zmq.ZMQError as exc:     # EHOSTUNREACH: the peer disconnected
             log.warning("%s: cannot send %s to %r: %s", self.name,
@@ -97,7 +97,7 @@ class Service:
     def _on_router(self, sock: zmq.Socket) -> None:
         for _ in range(1000):                # drain a burst, then let timers run
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = sockets.recv_frames(sock, zmq.NOBLOCK)
             except zmq.Again:
                 return
             self.dispatch_frames(frames[0].bytes, frames[1:], sock)

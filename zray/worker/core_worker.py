@@ -131,6 +131,7 @@ class CoreWorker:
         self._inbox_tcp, tcp = sockets.inbox_router(f"tcp://{self.node_ip}:0")
         self.address = p.Address(tcp, self.worker_id, self.pid, self.node_id)
         self.sender = Sender()
+        self._routes: dict = {}
         self.functions = FunctionManager(self.gcs)
 
         self.cond = threading.Condition(threading.Lock())
@@ -170,10 +171,19 @@ class CoreWorker:
 
     def endpoint_of(self, address) -> str:
         """Where to send to the core worker at ``address`` from here."""
-        return route(address, self.node_id, self.session_dir)
+        key = (address[1], address[3])
+        endpoint = self._routes.get(key)
+        if endpoint is None:
+            endpoint = self._routes[key] = route(address, self.node_id, self.session_dir)
+        return endpoint
 
     def actor_endpoint(self, address) -> str:
-        return route(address, self.node_id, self.session_dir, actor_ipc)
+        key = (address[1], address[3], "actor")
+        endpoint = self._routes.get(key)
+        if endpoint is None:
+            endpoint = self._routes[key] = route(address, self.node_id, self.session_dir,
+                                                 actor_ipc)
+        return endpoint
 
     def owns(self, ref: ObjectRef) -> bool:
         return ref._owner[1] == self.worker_id
@@ -933,7 +943,7 @@ class CoreWorker:
                     continue
                 for _ in range(1000):
                     try:
-                        frames = inbox.recv_multipart(zmq.NOBLOCK, copy=False)
+                        frames = sockets.recv_frames(inbox, zmq.NOBLOCK)
                     except zmq.Again:
                         break
                     except zmq.ZMQError:

@@ -75,7 +75,7 @@ class Executor:
     def run(self) -> int:
         self._send(p.WorkerReady(self.worker_id, b""))
         while True:
-            frames = self.task_sock.recv_multipart(copy=False)
+            frames = sockets.recv_frames(self.task_sock)
             try:
                 msg = p.decode(frames[1].buffer)
             except (p.ProtocolError, IndexError) as err:
@@ -87,7 +87,7 @@ class Executor:
                 self._send(p.WorkerReady(self.worker_id, spec.task_id))
 
     def _send(self, message) -> None:
-        self.task_sock.send_multipart([b"", p.encode(message)])
+        sockets.send_frames(self.task_sock, [b"", p.encode(message)])
 
     # -- running a task ---------------------------------------------------
     def execute(self, spec: p.TaskSpec) -> None:
@@ -231,7 +231,7 @@ class Executor:
             else:                        # both have calls: take turns
                 sock = ready[self._turn % len(ready)][0]
                 self._turn += 1
-            frames = sock.recv_multipart(copy=False)
+            frames = sockets.recv_frames(sock)
             try:
                 msg = p.decode(frames[2].buffer)
             except (p.ProtocolError, IndexError) as err:
