@@ -20,6 +20,11 @@ class ResourceSet:
                 return False
         return True
 
+    def slots(self, request: dict) -> int:
+        """How many tasks asking ``request`` fit in what is free now."""
+        counts = [int((self.available.get(k, 0.0) + EPS) // v) for k, v in request.items() if v]
+        return min(counts) if counts else 1 << 30
+
     def acquire(self, request: dict) -> None:
         for k, v in request.items():
             self.available[k] = self.available.get(k, 0.0) - v

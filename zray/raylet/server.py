@@ -27,7 +27,7 @@ from ..store.object_table import ObjectExistsError, ObjectStoreFullError
 from .cluster_view import ClusterView
 from .object_transfer import ObjectTransfer
 from .resources import ResourceSet, bundle_resources, shape_of
-from .worker_pool import BUSY, WorkerPool, start_zygote
+from .worker_pool import BUSY, IDLE, WorkerPool, start_zygote
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +130,18 @@ class Raylet(Service):
             self._client_gone(client, "disconnected")
 
     def check_clients(self) -> None:
-        """Drivers are not our children: notice their death by pid."""
+        """Drivers are not our children: notice their death by pid. Stop
+        workers idle for long beyond the node's CPU count."""
         for client in list(self.clients.values()):
             if client.kind == "driver" and not _pid_alive(client.pid):
                 self._client_gone(client, "died")
+        idle = sorted((w for w in self.pool.workers.values() if w.state == IDLE),
+                      key=lambda w: w.idle_since)
+        surplus = len(idle) - max(self.num_cpus, 1)
+        limit = time.monotonic() - config.idle_worker_timeout_s
+        for worker in idle[:max(0, surplus)]:
+            if worker.idle_since < limit:
+                self.pool.kill(worker)
 
     def _client_gone(self, client: Client, how: str) -> None:
         self.clients.pop(client.identity, None)
@@ -265,7 +273,7 @@ class Raylet(Service):
                 spec = queue[0]
                 worker = self.pool.pop_idle(spec.job_id)
                 if worker is None:
-                    wanted += len(queue)
+                    wanted += min(len(queue), self.resources.slots(request))
                     break
                 queue.popleft()
                 self._assign(worker, spec)
