@@ -158,6 +158,8 @@ class CoreWorker:
         topics = [p.TOPIC_NODE] + ([p.log_topic(job_id)] if mode == "driver" else [])
         self._subscriber = sockets.subscriber(reply.pub_address, topics)
         self._running = True
+        self._wake_pending = False
+        self._io_ident = None
         self._io_thread = threading.Thread(target=self._io_loop, name="zray-io", daemon=True)
         self._io_thread.start()
 
@@ -618,7 +620,15 @@ class CoreWorker:
                 if gen is not None:
                     gen.count = self._stream_count(ret)
             self._object_ready(object_id, entry)
-        self.cond.notify_all()
+        self._wake()
+
+    def _wake(self) -> None:
+        """(lock held) Wake the threads waiting for objects. The I/O thread
+        wakes them once per batch of messages instead (see _io_loop)."""
+        if threading.get_ident() == self._io_ident:
+            self._wake_pending = True
+        else:
+            self.cond.notify_all()
 
     def _stream_count(self, ret) -> int:
         if ret[1] == p.RET_INLINE:
@@ -712,7 +722,7 @@ class CoreWorker:
             entry = self.refs.add_owned(msg.ret[0], msg.ret)
             entry.held = True
             gen.items[msg.index] = msg.ret[0]
-            self.cond.notify_all()
+            self._wake()
 
     def next_generator_item(self, task_id: bytes, index: int, timeout=None):
         """The ref of item ``index`` of a stream, or None past its end."""
@@ -784,9 +794,11 @@ class CoreWorker:
                 entries.append(entry)
             blocked = False
             last_check = time.monotonic()
+            pending = [e for e in entries if e.state != READY]
             while True:
-                ready = sum(1 for e in entries if e.state == READY)
-                if ready >= num_ready:
+                if pending:
+                    pending = [e for e in pending if e.state != READY]
+                if len(entries) - len(pending) >= num_ready:
                     break
                 if requests:
                     self.cond.release()
@@ -925,6 +937,7 @@ class CoreWorker:
 
     # ------------------------------------------------------------- I/O thread
     def _io_loop(self) -> None:
+        self._io_ident = threading.get_ident()
         poller = zmq.Poller()
         inboxes = (self._inbox, self._inbox_tcp)
         for inbox in inboxes:
@@ -949,6 +962,10 @@ class CoreWorker:
                     except zmq.ZMQError:
                         return
                     self._handle_inbox(frames)
+            if self._wake_pending:
+                self._wake_pending = False
+                with self.cond:
+                    self.cond.notify_all()
             if sub is not None and sub in events:
                 self._handle_sub(sub)
             try:
@@ -999,7 +1016,7 @@ class CoreWorker:
             if entry is not None and entry.state == PENDING:
                 entry.ret = msg.ret
                 entry.state = READY
-                self.cond.notify_all()
+                self._wake()
 
     def _on_add_borrower(self, msg: p.AddBorrower) -> None:
         with self.cond:
