@@ -558,6 +558,8 @@ class Raylet(Service):
                 self.view.on_resources(event)
                 if grew and self.infeasible:
                     self._retry_infeasible()
+                if any(self.queues.values()):
+                    self.dispatch()          # work queued here may fit there now
             elif topic == p.TOPIC_NODE:
                 dead = self.view.on_node_event(event)
                 if dead is not None:

@@ -140,6 +140,7 @@ class CoreWorker:
         self.waiting_on: dict[bytes, list[bytes]] = {}
         self.generators: dict[bytes, GeneratorState] = {}
         self.actors: dict[bytes, ActorState] = {}
+        self.dead_nodes: set[bytes] = set()
         self.namespace = ""
         self.actor_id = None                # set in an actor's worker
         self.released_refs: collections.deque = collections.deque()
@@ -1073,16 +1074,24 @@ class CoreWorker:
                 log.exception("bad event on %r", topic)
 
     def _on_task_placed(self, msg: p.TaskPlaced) -> None:
+        resubmit = None
         with self.cond:
             task = self.tasks.get(msg.task_id)
             if task is not None:
                 task.node = msg.node_id
+                if msg.node_id in self.dead_nodes:
+                    # a raylet that had not heard of the death yet sent it there
+                    task.node = b""
+                    resubmit = task
+        if resubmit is not None:
+            self.raylet.send(p.SubmitTask(list(resubmit.spec)))
 
     def _node_died(self, node_id: bytes) -> None:
         """A node died: retry our tasks that ran there, rebuild (or give up
         on) our objects whose only copy was there."""
         lost_tasks, rebuild, lost = [], [], []
         with self.cond:
+            self.dead_nodes.add(node_id)
             for task_id, task in self.tasks.items():
                 if task.node == node_id:
                     lost_tasks.append(task_id)
