@@ -3,8 +3,8 @@ node, each in its own network namespace joined by a veth pair, with
 addresses from the benchmarking range 198.18.0.0/15 only.
 
 Each "host" is a network namespace plus its own PID and mount namespaces,
-with a private /tmp and /dev/shm: the two nodes share no files and no shared
-memory, so an object that reaches the driver on host A from a task on host B
+with a private /dev/shm and session directory: the two nodes share no zray
+files and no shared memory, so an object that reaches the driver on host A from a task on host B
 crossed the wire. Because each host has its own PID namespace, ``zray stop``
 run on a host ends only that host's zray processes, never those of zray runs
 elsewhere on this machine.
@@ -30,10 +30,12 @@ from zray.node import zray_processes
 PORT = 6381
 CMD_TIMEOUT = 90
 
-# PID 1 of a host: a private /tmp and /dev/shm, then reap orphans until killed.
+# PID 1 of a host: a private /dev/shm and a private directory for zray's
+# session files (argv[1]), then reap orphans until killed. /tmp itself stays
+# shared: the checkout or virtualenv zray runs from may live there.
 HOST_INIT = textwrap.dedent("""
     import os, signal, subprocess, sys, time
-    for target in ("/tmp", "/dev/shm"):
+    for target in ("/dev/shm", sys.argv[1]):
         subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", target],
                        check=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -98,14 +100,16 @@ class Host:
     def __init__(self, netns: str, ip: str):
         self.netns = netns
         self.ip = ip
+        self.private_dir = f"/var/tmp/{netns}"          # a tmpfs of its own, inside
         self.holder: subprocess.Popen | None = None    # `unshare`, parent of init
         self.init_pid: int | None = None                # PID 1 of the host (host's pid)
 
     def boot(self) -> None:
+        os.makedirs(self.private_dir, exist_ok=True)
         self.holder = subprocess.Popen(
             ["ip", "netns", "exec", self.netns, "unshare", "--pid", "--fork",
              "--kill-child", "--mount-proc", "--propagation", "private",
-             sys.executable, "-c", HOST_INIT],
+             sys.executable, "-c", HOST_INIT, self.private_dir],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True)
         line = self.holder.stdout.readline()
@@ -193,16 +197,17 @@ def two_hosts():
     finally:
         for host in (a, b):
             host.halt()
+            shutil.rmtree(host.private_dir, ignore_errors=True)
         for name in created:
             subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
 
 
-def _host_env() -> dict:
+def _host_env(host) -> dict:
     """The environment for commands on a host: its own session root, no
     cluster address or key inherited from this process."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("ZRAY_") and k not in ("RAY_ADDRESS",)}
-    env["ZRAY_TEMP_DIR"] = "/tmp/zray"       # the host's private /tmp
+    env["ZRAY_TEMP_DIR"] = f"{host.private_dir}/zray"     # private to the host
     return env
 
 
@@ -213,7 +218,8 @@ def _zray() -> list[str]:
 
 def test_two_hosts_run_a_task_and_move_an_object(two_hosts):
     a, b = two_hosts
-    env = _host_env()
+    env, env_b = _host_env(a), _host_env(b)
+    key_b = f"{b.private_dir}/keys/cluster.key"
     if shutil.which("ping"):            # the link works
         _check(a.run("ping", "-c", "1", "-W", "2", b.ip, env=env), "ping from A to B")
     stopped = False
@@ -226,19 +232,19 @@ def test_two_hosts_run_a_task_and_move_an_object(two_hosts):
         assert key, f"`zray start --head` did not print where the cluster key is:\n{out}"
         # copy the head's key to host B, as an operator would (mode 0600)
         secret = _check(a.run("cat", key.group(1), env=env), "reading the key on A")
-        _check(b.run("sh", "-c", "umask 077 && mkdir -p /tmp/keys && "
-                                 "cat > /tmp/keys/cluster.key",
-                     env=env, input=secret), "writing the key on B")
+        _check(b.run("sh", "-c", f"umask 077 && mkdir -p {os.path.dirname(key_b)} && "
+                                 f"cat > {key_b}",
+                     env=env_b, input=secret), "writing the key on B")
         _check(b.run(*_zray(), "start", f"--address={a.ip}:{PORT}", "--node-ip-address",
                      b.ip, "--num-cpus", "1", "--object-store-memory",
-                     str(128 * 1024 * 1024), "--cluster-key-file", "/tmp/keys/cluster.key",
-                     env=env), "zray start --address on host B")
+                     str(128 * 1024 * 1024), "--cluster-key-file", key_b,
+                     env=env_b), "zray start --address on host B")
 
         out = a.run(sys.executable, "-", a.ip, b.ip, str(PORT), env=env, input=DRIVER)
         assert out.returncode == 0 and out.stdout.strip().endswith("OK"), \
             f"driver on host A failed (exit {out.returncode}):\n{out.stdout}\n{out.stderr}"
     finally:
-        results = [a.run(*_zray(), "stop", env=env), b.run(*_zray(), "stop", env=env)]
+        results = [a.run(*_zray(), "stop", env=env), b.run(*_zray(), "stop", env=env_b)]
         stopped = True
     for host, res in zip((a, b), results):
         _check(res, f"zray stop on host {host.netns}")
