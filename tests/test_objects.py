@@ -336,3 +336,18 @@ def test_object_larger_than_the_store_raises_object_store_full_error(start_clust
     # The store still works afterwards.
     arr = np.arange(MiB)
     assert np.array_equal(zray.get(zray.put(arr), timeout=GET_TIMEOUT), arr)
+
+
+def test_dropping_a_partly_read_stream_frees_its_unread_items(cluster):
+    @cluster.remote
+    def stream(n):
+        for _ in range(n):
+            yield np.ones(1_000_000)          # 8 MB each: in the store
+
+    baseline = store_used()
+    for _ in range(3):
+        items = stream.remote(8)
+        first = cluster.get(next(items))
+        assert first.shape == (1_000_000,)
+        del first, items                     # seven items never read
+    wait_for(lambda: store_used() == baseline, timeout=15)

@@ -103,6 +103,12 @@ class ObjectRefGenerator:
         self._index += 1
         return ref
 
+    def __del__(self):
+        try:
+            self._worker.released_generators.append(self._task_id)
+        except Exception:
+            pass
+
     def completed(self) -> ObjectRef:
         """A ref that is ready when the generator has finished."""
         return self._done_ref

@@ -145,6 +145,7 @@ class CoreWorker:
         self.actor_id = None                # set in an actor's worker
         self.released_refs: collections.deque = collections.deque()
         self.released_views: collections.deque = collections.deque()
+        self.released_generators: collections.deque = collections.deque()
         self._deferred: collections.deque = collections.deque()
         self._views: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._task_counter = itertools.count(1)
@@ -217,7 +218,12 @@ class CoreWorker:
         return ObjectRef(object_id, owner, self)
 
     def drain_releases(self) -> None:
-        """Apply the refs and views that were garbage collected."""
+        """Apply the refs, views and streams that were garbage collected."""
+        while self.released_generators:
+            try:
+                self.drop_generator(self.released_generators.popleft())
+            except IndexError:
+                break
         released = self.released_refs
         freed_stored, give_back = [], {}
         if released:
