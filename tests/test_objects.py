@@ -303,6 +303,21 @@ def test_a_view_pins_its_object_after_the_ref_is_dropped(cluster):
 # ------------------------------------------- own-cluster tests (kept last:
 # start_cluster ends the module's shared cluster)
 
+def test_dropping_a_partly_read_stream_frees_its_unread_items(cluster):
+    @cluster.remote
+    def stream(n):
+        for _ in range(n):
+            yield np.ones(1_000_000)          # 8 MB each: in the store
+
+    baseline = store_used()
+    for _ in range(3):
+        items = stream.remote(8)
+        first = cluster.get(next(items))
+        assert first.shape == (1_000_000,)
+        del first, items                     # seven items never read
+    wait_for(lambda: store_used() == baseline, timeout=15)
+
+
 def test_holding_refs_to_1_5x_the_store_spills_and_every_value_comes_back(start_cluster):
     start_cluster(object_store_memory=64 * MiB)
     n = 8 * MiB // 8
@@ -337,17 +352,3 @@ def test_object_larger_than_the_store_raises_object_store_full_error(start_clust
     arr = np.arange(MiB)
     assert np.array_equal(zray.get(zray.put(arr), timeout=GET_TIMEOUT), arr)
 
-
-def test_dropping_a_partly_read_stream_frees_its_unread_items(cluster):
-    @cluster.remote
-    def stream(n):
-        for _ in range(n):
-            yield np.ones(1_000_000)          # 8 MB each: in the store
-
-    baseline = store_used()
-    for _ in range(3):
-        items = stream.remote(8)
-        first = cluster.get(next(items))
-        assert first.shape == (1_000_000,)
-        del first, items                     # seven items never read
-    wait_for(lambda: store_used() == baseline, timeout=15)
