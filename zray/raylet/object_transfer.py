@@ -72,12 +72,18 @@ class ObjectTransfer:
 
     def __init__(self, raylet, node_ip: str):
         self.raylet = raylet
-        self.seal = security.data_seal() or _Plain()
+        self._seal = None                 # made at first use (imports cryptography)
         self.pulls: dict[bytes, Pull] = {}
         self.links: dict[bytes, zmq.Socket] = {}
         self.server, self.endpoint = sockets.data_router(f"tcp://{node_ip}:0")
         raylet.watch(self.server, self._on_request)
         self._last_refusal = 0.0
+
+    @property
+    def seal(self):
+        if self._seal is None:
+            self._seal = security.data_seal() or _Plain()
+        return self._seal
 
     # -- pulling ----------------------------------------------------------
     def pull(self, object_id: bytes, source: bytes, on_done) -> None:
