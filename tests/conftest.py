@@ -52,6 +52,14 @@ def call_bounded(fn, timeout: float):
     return out[0]
 
 
+def process_gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting to be reaped counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def assert_nothing_left(session_dir: str | None, timeout: float = 10.0) -> None:
     """No zray process started by this test process, no arena, no socket file."""
     wait_for(lambda: not [p for p in zray_processes() if p.pid in _descendants()],

@@ -25,7 +25,7 @@ import pytest
 import zray
 from zray.exceptions import ActorDiedError, RayActorError
 
-from conftest import wait_for
+from conftest import wait_for, process_gone as _gone
 
 HEAD_PORT = 6393
 HEAD_ADDRESS = f"127.0.0.1:{HEAD_PORT}"
@@ -35,12 +35,6 @@ HEAD_ADDRESS = f"127.0.0.1:{HEAD_PORT}"
 # helpers
 # --------------------------------------------------------------------------
 
-def _gone(pid: int) -> bool:
-    """The process has exited (a zombie waiting to be reaped counts as gone)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def _read_pid(path) -> int | None:

@@ -23,19 +23,13 @@ from zray.exceptions import GetTimeoutError, RayError, TaskCancelledError, Worke
 from zray.node import free_port
 from zray.worker import global_state
 
-from conftest import assert_nothing_left, wait_for, call_bounded as _call_bounded
+from conftest import assert_nothing_left, wait_for, call_bounded as _call_bounded, process_gone as _gone
 
 
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
 
-def _gone(pid: int) -> bool:
-    """The process has exited (a zombie waiting to be reaped counts as gone)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def _read_pid(path) -> int | None:
