@@ -26,7 +26,6 @@ log = logging.getLogger("zray")
 
 _lock = threading.RLock()
 _local_node: NodeProcesses | None = None
-_namespace = ""
 _atexit_registered = False
 _saved_key_env: dict | None = None      # the key variables before init() set them
 
@@ -99,7 +98,7 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
     ``<session_dir>/cluster.key``; joining uses ``ZRAY_CLUSTER_KEY`` /
     ``ZRAY_CLUSTER_KEY_FILE`` if set, else the key file this host holds for
     that cluster (``zray start`` writes one)."""
-    global _local_node, _namespace, _atexit_registered
+    global _local_node, _atexit_registered
     with _lock:
         if is_initialized():
             if ignore_reinit_error:
@@ -149,7 +148,6 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
                 _local_node = None
             _restore_key_env()
             raise
-        _namespace = namespace or ""
         global_state.worker = worker
         if not _atexit_registered:
             atexit.register(shutdown)

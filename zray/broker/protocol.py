@@ -571,6 +571,19 @@ def log_topic(job_id: bytes) -> bytes:
     return TOPIC_LOG + job_id.hex().encode()
 
 
+def encode_event(event) -> bytes:
+    """The payload of an event on the GCS stream (after its topic frame)."""
+    return _packb(event)
+
+
+def decode_event(payload):
+    """An event from the GCS stream; ProtocolError if it is not msgpack."""
+    try:
+        return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several types for junk
+        raise ProtocolError(f"event is not msgpack: {exc}") from None
+
+
 # --------------------------------------------------------------------------
 # Encoding
 # --------------------------------------------------------------------------

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import logging
 
-import msgpack
-
 from ..broker import protocol as p
 from ..broker import sockets
 from ..broker.rpc import Sender
@@ -43,7 +41,7 @@ class GcsServer(Service):
         log.info("GCS serving at %s, events at %s", self.address, self.pub_address)
 
     def publish(self, topic: bytes, event) -> None:
-        self.pub.send_multipart([topic, msgpack.packb(event, use_bin_type=True)])
+        self.pub.send_multipart([topic, p.encode_event(event)])
 
     # -- nodes ------------------------------------------------------------
     def handle_register_node(self, req, msg: p.RegisterNode):

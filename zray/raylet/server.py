@@ -542,7 +542,6 @@ class Raylet(Service):
         self.reply(req, p.Ack("pong"))
 
     def _on_events(self, sock) -> None:
-        import msgpack
         for _ in range(256):
             try:
                 topic, payload = sock.recv_multipart(zmq.NOBLOCK)
@@ -550,7 +549,11 @@ class Raylet(Service):
                 return
             except ValueError:
                 continue
-            event = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+            try:
+                event = p.decode_event(payload)
+            except p.ProtocolError as err:
+                log.warning("dropped an event on %r: %s", topic, err)
+                continue
             if topic == p.TOPIC_RESOURCES:
                 view = self.view.nodes.get(event["node_id"])
                 grew = view is not None and any(

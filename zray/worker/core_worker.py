@@ -237,14 +237,11 @@ class CoreWorker(ActorCalls, Streams):
         self._send_frees(freed_stored, give_back)
 
     # ------------------------------------------------------------- put
-    def put(self, value, _owner_ref_kind: str = "put") -> ObjectRef:
+    def put(self, value) -> ObjectRef:
         if isinstance(value, ObjectRef):
             raise TypeError("zray.put() of an ObjectRef is not allowed: pass the ref itself")
         self.drain_releases()
-        ser = serialization.serialize(value)
-        object_id = self.new_task_id() + b"\0\0\0\0"
-        ret = self._ret_of(object_id, ser)
-        return self._new_owned_ref(object_id, ret, ser.contained_refs)
+        return self.put_serialized(serialization.serialize(value))
 
     def _ret_of(self, object_id: bytes, ser, owner_id: bytes | None = None) -> list:
         """How ``ser`` travels: inline in messages, or written to the store."""
@@ -337,11 +334,12 @@ class CoreWorker(ActorCalls, Streams):
             held.append(value._id)
             if self.owns(value):
                 deps.append(value._id)
-        with self.cond:
-            for object_id in held:
-                entry = self.refs.get(object_id)
-                if entry is not None:
-                    entry.submitted += 1
+        if held:
+            with self.cond:
+                for object_id in held:
+                    entry = self.refs.get(object_id)
+                    if entry is not None:
+                        entry.submitted += 1
         del keep
         return entries, held, deps
 
@@ -844,7 +842,6 @@ class CoreWorker(ActorCalls, Streams):
         self.log_handler = handler
 
     def _handle_sub(self, sub) -> None:
-        import msgpack
         for _ in range(1000):
             try:
                 topic, payload = sub.recv_multipart(zmq.NOBLOCK)
@@ -853,7 +850,7 @@ class CoreWorker(ActorCalls, Streams):
             except ValueError:
                 continue
             try:
-                event = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+                event = p.decode_event(payload)
                 if topic == p.TOPIC_NODE:
                     if event["event"] == "removed":
                         self._node_died(event["node"]["node_id"])

@@ -325,9 +325,10 @@ class Executor:
         if n == 0:
             return []
         if not isinstance(result, (tuple, list)) or len(result) != n:
-            raise ValueError(f"{spec.function_name} has num_returns={n} but returned "
-                             f"{type(result).__name__} "
-                             f"{'of length ' + str(len(result)) if hasattr(result, '__len__') else ''}")
+            got = (f"a {type(result).__name__} of length {len(result)}"
+                   if isinstance(result, (tuple, list)) else type(result).__name__)
+            raise ValueError(f"{spec.function_name} has num_returns={n} but returned {got}; "
+                             f"return a tuple of {n} values")
         return list(result)
 
     def _resolve_args(self, spec):
