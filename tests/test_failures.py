@@ -198,8 +198,10 @@ def test_sigkilled_driver_leaves_no_process_and_no_shared_memory(tmp_path):
         proc.wait(timeout=10)
 
         wait_for(lambda: all(_gone(p.pid) for p in started), timeout=15)
-        # the raylet gets SIGTERM (PDEATHSIG) and unlinks its arena on the way out
+        # the raylet gets SIGTERM (PDEATHSIG) and unlinks its arena on the way out,
+        # and the socket files of the driver and workers that could not remove theirs
         wait_for(lambda: not glob.glob(f"/dev/shm/zray_{session}_*"), timeout=5)
+        wait_for(lambda: not glob.glob(os.path.join(session_dir, "sockets", "*")), timeout=5)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -21,7 +21,8 @@ from ..broker import sockets
 from ..broker.rpc import RpcClient, Sender
 from ..broker.service import Service
 from ..config import config
-from ..session import log_path, raylet_ipc, route, session_name, spill_dir
+from ..session import (actor_ipc, inbox_ipc, log_path, raylet_ipc, route, session_name,
+                       spill_dir)
 from ..store import Arena, ObjectStore, arena_path
 from ..store.object_table import ObjectExistsError, ObjectStoreFullError
 from .cluster_view import ClusterView
@@ -143,7 +144,18 @@ class Raylet(Service):
             if worker.idle_since < limit:
                 self.pool.kill(worker)
 
+    def _remove_sockets_of(self, worker_id: bytes) -> None:
+        """Socket files of a process that cannot remove them itself (killed)."""
+        for path in (inbox_ipc(self.session_dir, worker_id),
+                     actor_ipc(self.session_dir, worker_id)):
+            try:
+                os.unlink(path[len("ipc://"):])
+            except OSError:
+                pass
+
     def _client_gone(self, client: Client, how: str) -> None:
+        if how == "died":
+            self._remove_sockets_of(client.worker_id)
         self.clients.pop(client.identity, None)
         self.by_worker_id.pop(client.worker_id, None)
         self.store.release_client(client.identity)
@@ -430,6 +442,7 @@ class Raylet(Service):
         self.resources.release(worker.held)
         worker.held = {}
         self.pool.remove(worker)
+        self._remove_sockets_of(worker.worker_id)
         client = self.by_worker_id.get(worker.worker_id)
         if client is not None:
             self._client_gone(client, "died")
@@ -618,6 +631,8 @@ class Raylet(Service):
         except Exception:
             pass
         self.pool.shutdown()
+        for worker_id in [*self.pool.workers, *(c.worker_id for c in self.clients.values())]:
+            self._remove_sockets_of(worker_id)    # killed workers, dead drivers
         self.store.close()
         self.arena.close()
         self.arena.unlink()
