@@ -52,6 +52,14 @@ def call_bounded(fn, timeout: float):
     return out[0]
 
 
+def cmdline(proc: psutil.Process) -> list[str]:
+    """The process's command line; empty once it has exited (zombies included)."""
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
+
+
 def process_gone(pid: int) -> bool:
     """The process has exited (a zombie waiting to be reaped counts as gone)."""
     try:

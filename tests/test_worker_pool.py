@@ -8,15 +8,15 @@ import pytest
 
 import zray
 
-from conftest import wait_for
+from conftest import cmdline, wait_for
 
 
 def _workers() -> int:
     """Live worker processes of this test's cluster (children of the zygote)."""
     zygotes = [p for p in psutil.Process().children(recursive=True)
-               if "zray.worker.zygote" in " ".join(p.cmdline()) and p.ppid() != 1
-               and "zray.raylet" in " ".join(psutil.Process(p.ppid()).cmdline())]
-    return sum(1 for z in zygotes for c in z.children() if c.status() != psutil.STATUS_ZOMBIE)
+               if "zray.worker.zygote" in " ".join(cmdline(p)) and p.ppid() != 1
+               and "zray.raylet" in " ".join(cmdline(psutil.Process(p.ppid())))]
+    return sum(1 for z in zygotes for c in z.children() if cmdline(c))
 
 
 @pytest.fixture
