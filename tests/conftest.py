@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 import zray
-from zray.node import zray_processes
+from zray.node import command_line as cmdline, zray_processes  # noqa: F401
 from zray.worker import global_state
 
 STORE_BYTES = 256 * 1024 * 1024
@@ -50,14 +50,6 @@ def call_bounded(fn, timeout: float):
     if not out:
         pytest.fail(f"call did not return within {timeout}s (it hangs)")
     return out[0]
-
-
-def cmdline(proc: psutil.Process) -> list[str]:
-    """The process's command line; empty once it has exited (zombies included)."""
-    try:
-        return proc.cmdline()
-    except psutil.Error:
-        return []
 
 
 def process_gone(pid: int) -> bool:

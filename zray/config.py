@@ -30,6 +30,9 @@ class Config:
     idle_worker_timeout_s: float = 10.0
     #: the directory under which sessions live
     temp_dir: str = "/tmp/zray-sessions"
+    #: how a driver starts its local daemons: "fork" (of the driver, when it
+    #: runs a single thread; else spawned) or "spawn" (fresh interpreters)
+    start_method: str = "fork"
 
     @classmethod
     def from_env(cls, environ=None) -> "Config":
@@ -46,6 +49,12 @@ class Config:
                 raise ValueError(
                     f"ZRAY_{field.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
         return cls(**values)
+
+    def reload(self, environ=None) -> None:
+        """Take the settings ``environ`` (default: this process's) says now."""
+        fresh = Config.from_env(environ)
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(fresh, field.name))
 
     def to_env(self) -> dict[str, str]:
         """These settings as ZRAY_* environment variables (for child processes)."""

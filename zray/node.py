@@ -16,13 +16,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import psutil
 
 from .broker import security
 from .config import config
+from .launcher import STDOUT, launch
 from .session import log_path, raylet_ipc, read_current_cluster, session_name
 
 
@@ -41,7 +41,7 @@ class NodeProcesses:
         self.session_dir = session_dir
         self.detached = detached
         self.cluster_key_file = os.path.abspath(cluster_key_file) if cluster_key_file else None
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list = []      # subprocess.Popen or launcher.ForkedProcess
         self.node_ids: list[bytes] = []
 
     def new_cluster_key(self) -> str:
@@ -50,7 +50,7 @@ class NodeProcesses:
         self.cluster_key_file = security.create_key_file(security.key_file_in(self.session_dir))
         return self.cluster_key_file
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str]):
         env = {**config.to_env(), **os.environ}     # what the environment says wins
         if self.cluster_key_file:
             env.pop(security.ENV_KEY, None)
@@ -63,15 +63,17 @@ class NodeProcesses:
             env.pop("ZRAY_DIE_WITH_PARENT", None)
         else:
             env["ZRAY_DIE_WITH_PARENT"] = "1"
-        out = open(log_path(self.session_dir, f"{name}.out"), "ab")
-        proc = subprocess.Popen([sys.executable, "-m", *args], stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=self.detached, close_fds=True)
-        out.close()
+        out = os.open(log_path(self.session_dir, f"{name}.out"),
+                      os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            proc = launch(args, env=env, stdout=out, stderr=STDOUT,
+                          dies_with_parent=not self.detached, new_session=self.detached)
+        finally:
+            os.close(out)
         self.procs.append(proc)
         return proc
 
-    def start_gcs(self, address: str) -> subprocess.Popen:
+    def start_gcs(self, address: str):
         return self._spawn("gcs", ["zray.gcs", "--address", address,
                                    "--session-dir", self.session_dir])
 
@@ -127,10 +129,7 @@ def find_cluster_key(gcs_address: str) -> str | None:
     if current and _same_address(current.get("gcs_address", ""), gcs_address):
         candidates.append(current.get("session_dir", ""))
     for proc in zray_processes():
-        try:
-            cmd = proc.cmdline()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
+        cmd = command_line(proc)
         if len(cmd) >= 3 and cmd[2] == "zray.gcs" and "--address" in cmd[:-1] \
                 and "--session-dir" in cmd[:-1] \
                 and _same_address(cmd[cmd.index("--address") + 1], gcs_address):
@@ -198,16 +197,29 @@ def sweep_session(session_dir: str) -> None:
 ZRAY_MODULES = ("zray.gcs", "zray.raylet", "zray.worker", "zray.dashboard")
 
 
+def command_line(proc: psutil.Process) -> list[str]:
+    """``proc``'s arguments (empty once it is gone), as it was started: a
+    forked zray process (see launcher.py) shows the ``python -m`` command
+    line it stands for, padded with empty strings that this drops."""
+    try:
+        cmd = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+    while cmd and not cmd[-1]:
+        cmd.pop()
+    return cmd
+
+
 def zray_processes() -> list[psutil.Process]:
     """Every zray daemon and worker of this user on this host."""
     me = os.getpid()
     uid = os.getuid()
     found = []
-    for proc in psutil.process_iter(["pid", "cmdline", "uids"]):
+    for proc in psutil.process_iter(["pid", "uids"]):
         try:
             if proc.info["pid"] == me or proc.info["uids"].real != uid:
                 continue
-            cmd = proc.info["cmdline"] or []
+            cmd = command_line(proc)
             if len(cmd) >= 3 and cmd[1] == "-m" and cmd[2].startswith(ZRAY_MODULES):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):

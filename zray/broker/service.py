@@ -9,6 +9,7 @@ raises — is logged with a reason and dropped; the loop keeps serving.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 
@@ -52,6 +53,11 @@ class Service:
         self.router: zmq.Socket | None = None
         self.running = True
         self.dropped = 0
+        # stop() (often from a signal handler) writes here to end a poll at once
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.watch(self._wake_r, lambda fd: self._drain_wakeups())
 
     # -- registration -----------------------------------------------------
     def serve(self, router: zmq.Socket) -> None:
@@ -152,4 +158,24 @@ class Service:
                     handler(sock)
 
     def stop(self) -> None:
+        """End ``run()`` now (safe to call from a signal handler)."""
         self.running = False
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:         # full (a wakeup is pending anyway) or closed
+            pass
+
+    def _drain_wakeups(self) -> None:
+        try:
+            os.read(self._wake_r, 4096)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Release what ``Service`` holds (subclasses close their sockets first)."""
+        self.unwatch(self._wake_r)
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

@@ -38,7 +38,8 @@ class GcsServer(Service):
         self.pub, self.pub_address = sockets.publisher(f"{host}:0")
         self.serve(router)
         self.every(config.heartbeat_interval_s, self.check_node_health)
-        log.info("GCS serving at %s, events at %s", self.address, self.pub_address)
+        log.info("GCS serving at %s, events at %s; a node silent for %ss is dead",
+                 self.address, self.pub_address, config.node_timeout_s)
 
     def publish(self, topic: bytes, event) -> None:
         self.pub.send_multipart([topic, p.encode_event(event)])
@@ -336,3 +337,4 @@ class GcsServer(Service):
         self.sender.close()
         self.router.close(linger=0)
         self.pub.close(linger=0)
+        super().close()

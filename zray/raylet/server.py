@@ -648,6 +648,7 @@ class Raylet(Service):
             os.unlink(self.endpoint[len("ipc://"):])
         except OSError:
             pass
+        super().close()
 
 
 def _hosts_detached_actor(worker) -> bool:

@@ -1,8 +1,9 @@
 """The node's workers: started in milliseconds by forking a pre-warmed zygote,
 handed out by job, and accounted for until they exit.
 
-The zygote (``python -m zray.worker.zygote``) imports zray and its heavy
-dependencies once, then forks a worker per request. It reports each child's
+The zygote (``python -m zray.worker.zygote``, forked from the raylet where
+it can be) imports zray and its heavy dependencies once, then forks a worker
+per request. It reports each child's
 start and exit on its stdout, so the raylet learns of a dead worker at once.
 """
 from __future__ import annotations
@@ -11,8 +12,9 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
+
+from ..launcher import PIPE, launch
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,8 @@ class WorkerInfo:
 
 
 class WorkerPool:
-    def __init__(self, zygote: subprocess.Popen):
+    def __init__(self, zygote):
+        """``zygote``: the fork server's process handle, from start_zygote()."""
         self.workers: dict[bytes, WorkerInfo] = {}
         self.by_pid: dict[int, WorkerInfo] = {}
         self.idle: dict = {}                 # job id (or None) -> [WorkerInfo]
@@ -143,16 +146,13 @@ class WorkerPool:
             self.zygote.wait(timeout=2)
 
 
-def start_zygote(raylet_endpoint: str, session_dir: str, node_id_hex: str,
-                 log_file: str) -> subprocess.Popen:
+def start_zygote(raylet_endpoint: str, session_dir: str, node_id_hex: str, log_file: str):
     """Start the fork server (first thing a raylet does: it warms up meanwhile)."""
     env = dict(os.environ, ZRAY_DIE_WITH_PARENT="1")
-    err = open(log_file, "ab")
+    err = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        return subprocess.Popen(
-            [sys.executable, "-m", "zray.worker.zygote", "--raylet", raylet_endpoint,
-             "--session-dir", session_dir, "--node-id", node_id_hex],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env,
-            close_fds=True)
+        return launch(["zray.worker.zygote", "--raylet", raylet_endpoint,
+                       "--session-dir", session_dir, "--node-id", node_id_hex],
+                      env=env, stdin=PIPE, stdout=PIPE, stderr=err, dies_with_parent=True)
     finally:
-        err.close()
+        os.close(err)

@@ -57,6 +57,7 @@ def _child(args, worker_id_hex: str, wake_r: int, wake_w: int) -> None:
         from .. import daemon
         from ..session import log_path
         daemon.die_with_parent(signal.SIGKILL)
+        daemon.set_process_name("zray.worker")
         out = os.open(log_path(args.session_dir, f"worker_{worker_id_hex[:12]}_{os.getpid()}.log"),
                       os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(out, 1)

@@ -1,0 +1,237 @@
+"""Starting zray's own processes: ``python -m <module> <args>``, or, where it
+is safe, a fork of this already-warm interpreter that runs the same module.
+
+A fork is ready in milliseconds, where a fresh interpreter spends a few
+hundred milliseconds of CPU importing zmq, numpy and zray. Either way the
+process carries the same command line (``ps``, ``zray status`` and
+``zray stop`` cannot tell them apart), the same environment and the same
+standard streams, and the caller gets the same ``Popen``-like handle.
+
+A process is forked only when it dies with this one (it never outlives the
+files and sockets it inherits) and this process runs a single thread (a lock
+held by another thread would stay held in the child for ever); else, and
+whenever ``ZRAY_START_METHOD=spawn``, it is spawned. The child ends with
+``os._exit``, so nothing of its parent (atexit hooks, buffered output) runs
+twice.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import importlib
+import io
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+from . import daemon
+from .config import config
+
+PIPE = subprocess.PIPE
+DEVNULL = subprocess.DEVNULL
+STDOUT = subprocess.STDOUT
+
+
+def launch(args: list[str], *, env: dict[str, str], stdin=DEVNULL, stdout=DEVNULL,
+           stderr=STDOUT, dies_with_parent: bool, new_session: bool = False):
+    """Start ``python -m args[0] args[1:]``; returns a ``subprocess.Popen``
+    or a ``ForkedProcess`` (same methods). ``stdin``/``stdout`` may be
+    ``PIPE`` (then ``.stdin``/``.stdout`` are binary file objects),
+    ``DEVNULL`` or a file descriptor; ``stderr`` a descriptor or ``STDOUT``."""
+    if dies_with_parent and may_fork():
+        return _fork(args, env, stdin, stdout, stderr, new_session)
+    return subprocess.Popen([sys.executable, "-m", *args], stdin=stdin, stdout=stdout,
+                            stderr=stderr, env=env, start_new_session=new_session,
+                            close_fds=True)
+
+
+def may_fork() -> bool:
+    """Forking is allowed here now: wanted, and only one thread runs."""
+    if config.start_method not in ("fork", "spawn"):
+        raise ValueError(f"ZRAY_START_METHOD={config.start_method!r}: use 'fork' or 'spawn'")
+    return config.start_method == "fork" and threading.active_count() == 1
+
+
+class ForkedProcess:
+    """The parent's handle on a forked child: the ``subprocess.Popen``
+    methods zray uses (``poll``, ``wait``, ``send_signal``, ``terminate``,
+    ``kill``, ``pid``, ``args``, ``returncode``, ``stdin``, ``stdout``)."""
+
+    def __init__(self, pid: int, args: list[str], stdin=None, stdout=None):
+        self.pid = pid
+        self.args = args
+        self.stdin = stdin
+        self.stdout = stdout
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:       # reaped elsewhere
+                self.returncode = 0
+                return 0
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _fork(args, env, stdin, stdout, stderr, new_session) -> ForkedProcess:
+    argv = [sys.executable, "-m", *args]
+    pipes = {}
+    if stdin == PIPE:
+        pipes[0] = os.pipe()
+    if stdout == PIPE:
+        pipes[1] = os.pipe()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()              # else the child would write it again
+        except (AttributeError, ValueError, OSError):
+            pass
+    gc.freeze()                         # the child never collects what it inherits
+    try:
+        pid = os.fork()
+    except BaseException:
+        gc.unfreeze()
+        raise
+    if pid == 0:
+        code = 1
+        try:
+            read_end, write_end = pipes.get(0, (None, None))
+            child_stdin = read_end if stdin == PIPE else stdin
+            read_end, write_end = pipes.get(1, (None, None))
+            child_stdout = write_end if stdout == PIPE else stdout
+            _become(argv, env, child_stdin, child_stdout, stderr, new_session, pipes)
+            code = _run(args)
+        except BaseException:           # noqa: BLE001 — reported, then exit
+            traceback.print_exc()
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (ValueError, OSError):
+                    pass
+            os._exit(code)
+    gc.unfreeze()
+    parent_stdin = parent_stdout = None
+    if 0 in pipes:
+        os.close(pipes[0][0])
+        parent_stdin = open(pipes[0][1], "wb", buffering=0)
+    if 1 in pipes:
+        os.close(pipes[1][1])
+        parent_stdout = open(pipes[1][0], "rb", buffering=0)
+    return ForkedProcess(pid, argv, parent_stdin, parent_stdout)
+
+
+def _become(argv, env, stdin, stdout, stderr, new_session, pipes) -> None:
+    """In the child: the streams, environment, signals and name a freshly
+    spawned ``python -m`` would have."""
+    if new_session:
+        os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull if stdin in (None, DEVNULL) else stdin, 0)
+    os.dup2(devnull if stdout in (None, DEVNULL) else stdout, 1)
+    os.dup2(1 if stderr == STDOUT else devnull if stderr == DEVNULL else stderr, 2)
+    os.close(devnull)
+    for read_end, write_end in pipes.values():
+        os.close(read_end)
+        os.close(write_end)
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(io.FileIO(1, "w", closefd=False),
+                                                   line_buffering=True)
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.FileIO(2, "w", closefd=False),
+                                                   line_buffering=True)
+    signal.set_wakeup_fd(-1)
+    for sig in signal.valid_signals():
+        try:
+            if callable(signal.getsignal(sig)):
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.environ.clear()
+    os.environ.update(env)
+    config.reload()
+    logging.getLogger("zray").setLevel(logging.NOTSET)
+    sys.argv = argv[2:]
+    _set_command_line(argv)
+
+
+def _set_command_line(argv: list[str]) -> None:
+    """Show ``argv`` as this process's command line (``/proc/<pid>/cmdline``,
+    ``ps``) and its module as its name: rewrite the memory the kernel reads
+    the command line from, the inherited argument strings and, when those
+    are too short, the inherited environment strings after them (unused
+    once the environment was replaced, which is checked)."""
+    daemon.set_process_name(argv[2])
+    libc = ctypes.CDLL(None)
+    with open("/proc/self/stat", "rb") as f:
+        stat = f.read()
+    # fields 48..51 of /proc/<pid>/stat (see proc(5)); fields[0] is field 3
+    fields = stat[stat.rindex(b")") + 2:].split()
+    arg_start, arg_end, env_start, env_end = (int(x) for x in fields[45:49])
+    as_argv = b"\0".join(a.encode() for a in argv) + b"\0"
+    if len(as_argv) <= arg_end - arg_start:
+        data = as_argv.ljust(arg_end - arg_start, b"\0")
+    else:
+        # Longer than the original arguments: one string, spaces between the
+        # arguments, ending in a NUL (how the kernel and psutil read a
+        # rewritten command line), over the environment strings if free.
+        end = env_end if env_start == arg_end and not _environ_uses(
+            libc, env_start, env_end) else arg_end
+        data = b" ".join(a.encode() for a in argv)[:end - arg_start - 1] + b"\0"
+    ctypes.memmove(arg_start, data, len(data))
+
+
+def _environ_uses(libc, start: int, end: int) -> bool:
+    """Some C environment string still lies in [start, end)."""
+    environ = ctypes.POINTER(ctypes.c_void_p).in_dll(libc, "environ")
+    i = 0
+    while environ[i]:
+        if start <= environ[i] < end:
+            return True
+        i += 1
+    return False
+
+
+def _run(args: list[str]) -> int:
+    """Run the module's ``main(argv)``; its exit code."""
+    module = importlib.import_module(args[0])
+    if not hasattr(module, "main"):
+        module = importlib.import_module(args[0] + ".__main__")
+    try:
+        module.main(args[1:])
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+    return 0
