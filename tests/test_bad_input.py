@@ -26,7 +26,7 @@ from zray.broker import security
 from zray.exceptions import RayError
 from zray.worker import global_state
 
-from conftest import wait_for
+from conftest import cmdline, wait_for
 
 MiB = 1024 * 1024
 
@@ -37,10 +37,7 @@ MiB = 1024 * 1024
 
 def _daemon_pid(module: str) -> int:
     for proc in psutil.Process().children(recursive=True):
-        try:
-            cmd = proc.cmdline()
-        except psutil.NoSuchProcess:
-            continue
+        cmd = cmdline(proc)
         if len(cmd) >= 3 and cmd[1] == "-m" and cmd[2] == module:
             return proc.pid
     pytest.fail(f"no {module} process under this test process")

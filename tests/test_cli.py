@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 import zray
-from zray.node import free_port, zray_processes
+from zray.node import command_line, free_port, zray_processes
 
 PORT = 6391
 ZRAY = [sys.executable, "-m", "zray.scripts"]
@@ -73,11 +73,8 @@ def _ours(env) -> list[psutil.Process]:
     root = env["ZRAY_TEMP_DIR"]
     found = []
     for proc in zray_processes():
-        try:
-            if any(root in arg for arg in proc.cmdline()):
-                found.append(proc)
-        except psutil.NoSuchProcess:
-            continue
+        if any(root in arg for arg in command_line(proc)):
+            found.append(proc)
     return found
 
 
@@ -163,7 +160,7 @@ def test_stop_ends_every_zray_process_and_leaves_no_shared_memory(env, head):
     session = os.path.basename(session_dir)
     before = zray_processes()
     ours = _ours(env)
-    modules = " ".join(" ".join(p.cmdline()) for p in ours)
+    modules = " ".join(" ".join(command_line(p)) for p in ours)
     for module in ("zray.gcs", "zray.raylet", "zray.worker"):
         assert f"-m {module}" in modules, f"no {module} process after zray start: {modules}"
     assert glob.glob(f"/dev/shm/zray_{session}_*"), "the head's arena should exist"
@@ -177,7 +174,7 @@ def test_stop_ends_every_zray_process_and_leaves_no_shared_memory(env, head):
     for proc in zray_processes():          # every `-m zray.` process of this user
         try:
             if proc.create_time() <= stop_started:
-                survivors.append(" ".join(proc.cmdline()))
+                survivors.append(" ".join(command_line(proc)))
         except psutil.NoSuchProcess:
             continue
     assert not survivors, f"`zray stop` left: {survivors}"

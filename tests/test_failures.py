@@ -23,7 +23,7 @@ from zray.exceptions import GetTimeoutError, RayError, TaskCancelledError, Worke
 from zray.node import free_port
 from zray.worker import global_state
 
-from conftest import assert_nothing_left, wait_for, call_bounded as _call_bounded, process_gone as _gone
+from conftest import assert_nothing_left, cmdline, wait_for, call_bounded as _call_bounded, process_gone as _gone
 
 
 # --------------------------------------------------------------------------
@@ -186,7 +186,7 @@ def test_sigkilled_driver_leaves_no_process_and_no_shared_memory(tmp_path):
         tag, session_dir, worker_pid = _read_line(proc, timeout=60).split()
         assert tag == "READY"
         started = psutil.Process(proc.pid).children(recursive=True)
-        cmdlines = [" ".join(p.cmdline()) for p in started]
+        cmdlines = [" ".join(cmdline(p)) for p in started]
         for module in ("zray.gcs", "zray.raylet", "zray.worker"):
             assert any(f"-m {module}" in c for c in cmdlines), \
                 f"the driver should have started a {module} process: {cmdlines}"

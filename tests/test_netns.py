@@ -25,7 +25,7 @@ import time
 import psutil
 import pytest
 
-from zray.node import zray_processes
+from zray.node import command_line, zray_processes
 
 PORT = 6381
 CMD_TIMEOUT = 90
@@ -135,7 +135,7 @@ class Host:
             inside = {p.pid for p in psutil.Process(self.init_pid).children(recursive=True)}
         except psutil.NoSuchProcess:
             return []
-        return [" ".join(p.cmdline()[:3]) for p in zray_processes() if p.pid in inside]
+        return [" ".join(command_line(p)[:3]) for p in zray_processes() if p.pid in inside]
 
     def halt(self) -> None:
         """Kill the host's PID 1, which takes every process of the host with it."""
@@ -255,6 +255,6 @@ def test_two_hosts_run_a_task_and_move_an_object(two_hosts):
     assert not a.zray_left(), f"zray processes left on host A: {a.zray_left()}"
     assert not b.zray_left(), f"zray processes left on host B: {b.zray_left()}"
     for host in (a, b):
-        inside = host.run(sys.executable, "-c", "from zray.node import zray_processes; "
+        inside = host.run(sys.executable, "-c", "from zray.node import command_line, zray_processes; "
                                                 "print(len(zray_processes()))", env=env)
         assert _check(inside, "listing zray processes").strip() == "0"
