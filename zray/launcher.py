@@ -111,6 +111,18 @@ def _fork(args, env, stdin, stdout, stderr, new_session) -> ForkedProcess:
         pipes[0] = os.pipe()
     if stdout == PIPE:
         pipes[1] = os.pipe()
+    try:
+        return _fork_with(args, argv, env, stdin, stdout, stderr, new_session, pipes)
+    except BaseException:
+        for fd in (fd for pair in pipes.values() for fd in pair):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        raise
+
+
+def _fork_with(args, argv, env, stdin, stdout, stderr, new_session, pipes) -> ForkedProcess:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()              # else the child would write it again
@@ -125,12 +137,12 @@ def _fork(args, env, stdin, stdout, stderr, new_session) -> ForkedProcess:
     if pid == 0:
         code = 1
         try:
-            read_end, write_end = pipes.get(0, (None, None))
-            child_stdin = read_end if stdin == PIPE else stdin
-            read_end, write_end = pipes.get(1, (None, None))
-            child_stdout = write_end if stdout == PIPE else stdout
+            child_stdin = pipes[0][0] if stdin == PIPE else stdin
+            child_stdout = pipes[1][1] if stdout == PIPE else stdout
             _become(argv, env, child_stdin, child_stdout, stderr, new_session, pipes)
             code = _run(args)
+            from .broker import sockets
+            sockets.term()              # what the interpreter's exit does for a spawned one
         except BaseException:           # noqa: BLE001 — reported, then exit
             traceback.print_exc()
         finally:
