@@ -1,6 +1,7 @@
-"""How ``zray.init()`` starts its local daemons: forked from the driver when
-it runs a single thread (ready in milliseconds), spawned otherwise or when
-``ZRAY_START_METHOD=spawn``; either way they carry the ``python -m zray.X``
+"""How ``zray.init()`` starts its local daemons: the GCS and raylet forked
+from the driver when it runs a single thread (ready in milliseconds), spawned
+otherwise or when ``ZRAY_START_METHOD=spawn``; workers always from a fresh
+interpreter; either way they carry the ``python -m zray.X``
 command line ``ps`` and ``zray stop`` rely on, and nothing of the driver
 (buffered output, its thread's locks) is repeated or inherited wrongly."""
 import json
@@ -10,6 +11,8 @@ import sys
 import textwrap
 
 import pytest
+
+import zray
 
 from conftest import assert_nothing_left
 
@@ -32,7 +35,12 @@ DRIVER = textwrap.dedent("""
     def square(x):
         return x * x
 
+    @zray.remote
+    def inherited():
+        return "_decimal" in sys.modules
+
     assert zray.get([square.remote(i) for i in range(4)], timeout=30) == [0, 1, 4, 9]
+    worker_inherited = zray.get(inherited.remote(), timeout=30)
     mine = {p.pid for p in psutil.Process().children(recursive=True)}
     daemons = {}
     for proc in zray_processes():
@@ -43,6 +51,7 @@ DRIVER = textwrap.dedent("""
                                "forked": "_decimal" in maps}
     from zray.worker import global_state
     print("RESULT", json.dumps({"daemons": daemons, "driver": os.getpid(),
+                                "worker_inherited": worker_inherited,
                                 "session_dir": global_state.worker.session_dir}))
     zray.shutdown()
 """)
@@ -82,8 +91,12 @@ def test_daemons_are_forked_and_carry_their_command_lines(tmp_path, argv_length)
     args = ["x" * 3000] if argv_length == "long" else []
     stdout, result = _run(tmp_path, *args)
     _check_command_lines(result)
-    for module in ("zray.gcs", "zray.raylet", "zray.worker.zygote"):
+    for module in ("zray.gcs", "zray.raylet"):
         assert result["daemons"][module]["forked"], f"{module} was not forked from the driver"
+    # workers never start from the driver's image (its modules, CUDA or
+    # OpenMP state, random seeds): their zygote is a fresh interpreter
+    assert not result["daemons"]["zray.worker.zygote"]["forked"]
+    assert result["worker_inherited"] is False
     assert result["daemons"]["zray.gcs"]["name"] == "zray.gcs"
     assert result["daemons"]["zray.raylet"]["name"] == "zray.raylet"
     _check_printed_once(stdout, result)
@@ -124,3 +137,21 @@ def test_unknown_start_method_is_a_clear_error(tmp_path):
     assert proc.returncode != 0
     assert "ZRAY_START_METHOD='vfork'" in proc.stderr and "'spawn'" in proc.stderr, \
         proc.stderr[-2000:]
+
+
+def test_sessions_started_within_a_second_are_distinct(start_cluster):
+    """Fast start and stop: back-to-back sessions of one process get their own
+    directory and cluster key, and each runs tasks."""
+    from zray.worker import global_state
+
+    @zray.remote
+    def one():
+        return 1
+
+    seen = []
+    for _ in range(3):
+        start_cluster(num_cpus=1)
+        seen.append(global_state.worker.session_dir)
+        assert zray.get(one.remote(), timeout=30) == 1
+        zray.shutdown()
+    assert len(set(seen)) == 3, seen

@@ -7,12 +7,19 @@ process carries the same command line (``ps``, ``zray status`` and
 ``zray stop`` cannot tell them apart), the same environment and the same
 standard streams, and the caller gets the same ``Popen``-like handle.
 
-A process is forked only when it dies with this one (it never outlives the
-files and sockets it inherits) and this process runs a single thread (a lock
-held by another thread would stay held in the child for ever); else, and
-whenever ``ZRAY_START_METHOD=spawn``, it is spawned. The child ends with
-``os._exit``, so nothing of its parent (atexit hooks, buffered output) runs
-twice.
+A process is forked only when
+
+* it dies with this one (it never outlives the files and sockets it inherits);
+* this process runs a single thread (a lock held by another thread would stay
+  held in the child for ever);
+* this process was not forked itself: a driver's local GCS and raylet are
+  forks of the driver, but the raylet's zygote, whose children run user
+  code, is a fresh interpreter, so workers never start from a driver's image
+  (its modules, CUDA or OpenMP state, random generators' seeds);
+* ``ZRAY_START_METHOD`` is not ``spawn``.
+
+Otherwise it is spawned. A forked child ends with ``os._exit``, so nothing of
+its parent (atexit hooks, buffered output) runs twice.
 """
 from __future__ import annotations
 
@@ -50,11 +57,16 @@ def launch(args: list[str], *, env: dict[str, str], stdin=DEVNULL, stdout=DEVNUL
                             close_fds=True)
 
 
+_forked = False      # this process is a fork (it then never forks another)
+
+
 def may_fork() -> bool:
-    """Forking is allowed here now: wanted, and only one thread runs."""
+    """Forking is allowed here now: wanted, only one thread runs, and this
+    process was not forked itself (its image is its parent's, say a driver's
+    with its modules, CUDA or OpenMP state, which workers must not inherit)."""
     if config.start_method not in ("fork", "spawn"):
         raise ValueError(f"ZRAY_START_METHOD={config.start_method!r}: use 'fork' or 'spawn'")
-    return config.start_method == "fork" and threading.active_count() == 1
+    return config.start_method == "fork" and not _forked and threading.active_count() == 1
 
 
 class ForkedProcess:
@@ -166,6 +178,8 @@ def _fork_with(args, argv, env, stdin, stdout, stderr, new_session, pipes) -> Fo
 def _become(argv, env, stdin, stdout, stderr, new_session, pipes) -> None:
     """In the child: the streams, environment, signals and name a freshly
     spawned ``python -m`` would have."""
+    global _forked
+    _forked = True
     if new_session:
         os.setsid()
     devnull = os.open(os.devnull, os.O_RDWR)

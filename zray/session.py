@@ -20,10 +20,19 @@ def _private_dir(path: str) -> str:
 
 
 def new_session_dir() -> str:
-    """Make a fresh session directory and return its path."""
+    """Make a fresh session directory (never one that exists: a process may
+    start several sessions within a second) and return its path."""
     root = _private_dir(config.temp_dir)
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    path = _private_dir(os.path.join(root, f"session_{stamp}_{os.getpid()}"))
+    base = os.path.join(root, f"session_{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}")
+    path, n = base, 1
+    while True:
+        try:
+            os.mkdir(path, 0o700)
+            break
+        except FileExistsError:
+            n += 1
+            path = f"{base}_{n}"
+    _private_dir(path)
     for sub in ("logs", "sockets", "spill"):
         _private_dir(os.path.join(path, sub))
     return path

@@ -40,13 +40,13 @@ import logging
 import hashlib
 import os
 import socket
+import struct
 import threading
 import time
 from typing import NamedTuple
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
-from zmq.utils.monitor import parse_monitor_message
+import zmq.utils.z85
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ ENV_KEY = "ZRAY_CLUSTER_KEY"
 ENV_KEY_FILE = "ZRAY_CLUSTER_KEY_FILE"
 KEY_FILE_NAME = "cluster.key"
 ZAP_DOMAIN = "zray"
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"     # where libzmq asks (RFC 27)
 
 #: a refusal from the same peer, for the same reason, is logged at most this often
 REFUSAL_LOG_INTERVAL_S = 30.0
@@ -245,34 +246,32 @@ class _Refusals:
 _refusals = _Refusals()
 
 
-class _ClusterKeyProvider:
-    """Credentials provider of the ZAP handler: the cluster public keys."""
+def _zap_reply(request: list[bytes], allowed: set[bytes]) -> list[bytes]:
+    """The answer to a ZAP request (ZeroMQ RFC 27): 200 for a CURVE client in
+    our domain showing an allowed public key, 400 for anything else."""
+    if len(request) < 6:
+        _refusals.note("", None, "malformed ZAP request")
+        return [b"1.0", request[1] if len(request) > 1 else b"", b"400",
+                b"malformed request", b"", b""]
+    version, request_id, domain, address, _identity, mechanism, *credentials = request
+    peer = address.decode(errors="replace") or None
+    if version != b"1.0" or domain != ZAP_DOMAIN.encode() or mechanism != b"CURVE" \
+            or len(credentials) != 1:
+        reason = f"not a zray CURVE client (domain {domain!r}, mechanism {mechanism!r})"
+    else:
+        shown = zmq.utils.z85.encode(credentials[0]) if len(credentials[0]) == 32 else b"?"
+        if shown in allowed:                    # allowed keys are z85 text
+            return [b"1.0", request_id, b"200", b"OK", b"", b""]
+        reason = (f"client key {shown[:8].decode()}... is not the cluster key "
+                  f"(the peer lacks the cluster secret)")
+    _refusals.note("", peer, reason)
+    return [b"1.0", request_id, b"400", reason.encode()[:255], b"", b""]
 
-    def __init__(self, auth: "_Authenticator"):
-        self.auth = auth
-        self.allowed: set[bytes] = set()
 
-    def callback(self, domain: str, client_key: bytes) -> bool:
-        if client_key in self.allowed:
-            return True
-        _refusals.note("", self.auth.peer,
-                       f"client key {client_key[:8].decode(errors='replace')}... is not the "
-                       f"cluster key (the peer lacks the cluster secret)")
-        return False
-
-
-class _Authenticator(ThreadAuthenticator):
-    """ThreadAuthenticator that remembers the peer address of the request
-    being handled, so that refusals can name it."""
-
-    peer: str | None = None
-
-    async def handle_zap_message(self, msg):
-        self.peer = msg[3].decode(errors="replace") if len(msg) > 3 else None
-        try:
-            await super().handle_zap_message(msg)
-        finally:
-            self.peer = None
+def _monitor_event(frames: list[bytes]) -> dict:
+    """A socket monitor message: event (uint16), value (uint32), endpoint."""
+    event, value = struct.unpack("=Hi", frames[0][:6])
+    return {"event": event, "value": value, "endpoint": frames[1] if len(frames) > 1 else b""}
 
 
 _FAILED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -294,16 +293,24 @@ def _failure_reason(event: int, value: int) -> str:
     return _PROTOCOL_REASONS.get(value, f"CURVE handshake failed (ZMTP error {value:#x})")
 
 
-class _Watcher(threading.Thread):
-    """Logs handshakes that fail before ZAP is asked (a plain peer, or a peer
-    with another cluster key), from the monitors of the CURVE server sockets."""
+class _Guard(threading.Thread):
+    """This process's ZAP handler (it admits clients holding the cluster
+    key) and the logger of handshakes that fail before ZAP is asked (a plain
+    peer, or a peer with another cluster key), read from the monitors of the
+    CURVE server sockets. One thread, started on first use."""
 
     def __init__(self, ctx: zmq.Context):
-        super().__init__(name="zray-security-watch", daemon=True)
+        super().__init__(name="zray-security", daemon=True)
         self.ctx = ctx
+        self.pid = os.getpid()
+        self.allowed: set[bytes] = set()
         self._lock = threading.Lock()
         self._pending: list[zmq.Socket] = []
-        endpoint = f"inproc://zray-security-watch-{id(self)}"
+        # bound here, before any CURVE server socket binds; used by the thread
+        self._zap = ctx.socket(zmq.REP)
+        self._zap.linger = 0
+        self._zap.bind(ZAP_ENDPOINT)
+        endpoint = f"inproc://zray-security-{id(self)}"
         self._pipe = ctx.socket(zmq.PAIR)
         self._pipe.linger = 0
         self._pipe.bind(endpoint)
@@ -311,7 +318,15 @@ class _Watcher(threading.Thread):
         self._thread_pipe.linger = 0
         self._thread_pipe.connect(endpoint)
 
-    def add(self, monitor: zmq.Socket) -> None:
+    def allow(self, public: bytes) -> None:
+        self.allowed.add(public)
+
+    def watch(self, sock: zmq.Socket) -> None:
+        """Log the handshakes that fail on ``sock`` (call before binding it)."""
+        addr = f"inproc://zray-monitor-{os.getpid()}-{next(_monitor_ids)}"
+        self._add(sock.get_monitor_socket(_MONITOR_EVENTS, addr))
+
+    def _add(self, monitor: zmq.Socket) -> None:
         """Hand a monitor socket over to the thread (from the binding thread)."""
         with self._lock:
             try:
@@ -333,10 +348,15 @@ class _Watcher(threading.Thread):
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self._thread_pipe, zmq.POLLIN)
+        poller.register(self._zap, zmq.POLLIN)
         monitors: dict[zmq.Socket, list] = {}     # monitor -> [endpoint, last accepted peer]
         try:
             while True:
                 for sock, _ in poller.poll():
+                    if sock is self._zap:
+                        self._zap.send_multipart(_zap_reply(self._zap.recv_multipart(),
+                                                            self.allowed))
+                        continue
                     if sock is self._thread_pipe:
                         if self._thread_pipe.recv() == b"STOP":
                             return
@@ -350,7 +370,7 @@ class _Watcher(threading.Thread):
                     if state is None:
                         continue
                     try:
-                        event = parse_monitor_message(sock.recv_multipart(zmq.NOBLOCK))
+                        event = _monitor_event(sock.recv_multipart(zmq.NOBLOCK))
                     except zmq.Again:
                         continue
                     if event["event"] == zmq.EVENT_MONITOR_STOPPED:
@@ -366,11 +386,12 @@ class _Watcher(threading.Thread):
                         _refusals.note(state[0], state[1], reason)
                         state[1] = None
         except Exception:                          # the context went away under us
-            log.debug("security watcher stopped", exc_info=True)
+            log.debug("security thread stopped", exc_info=True)
         finally:
             for monitor in monitors:
                 monitor.close(linger=0)
             self._thread_pipe.close(linger=0)
+            self._zap.close(linger=0)
 
 
 def _peer_of(fd: int, where: str) -> str | None:
@@ -392,33 +413,6 @@ def _peer_of(fd: int, where: str) -> str | None:
     return peer[0]
 
 
-class _Guard:
-    """ZAP handler and watcher of this process's context, started lazily."""
-
-    def __init__(self, ctx: zmq.Context):
-        self.ctx = ctx
-        self.pid = os.getpid()
-        self.auth = _Authenticator(ctx, log=logging.getLogger(__name__ + ".zap"))
-        self.provider = _ClusterKeyProvider(self.auth)
-        self.auth.start()
-        self.auth.thread.name = "zray-security-zap"
-        self.auth.configure_curve_callback(ZAP_DOMAIN, self.provider)
-        self.watcher = _Watcher(ctx)
-        self.watcher.start()
-
-    def allow(self, public: bytes) -> None:
-        self.provider.allowed.add(public)
-
-    def watch(self, sock: zmq.Socket) -> None:
-        """Log the handshakes that fail on ``sock`` (call before binding it)."""
-        addr = f"inproc://zray-monitor-{os.getpid()}-{next(_monitor_ids)}"
-        self.watcher.add(sock.get_monitor_socket(_MONITOR_EVENTS, addr))
-
-    def stop(self) -> None:
-        self.watcher.stop()
-        self.auth.stop()
-
-
 _monitor_ids = itertools.count()
 _guard_lock = threading.Lock()
 _guard: _Guard | None = None
@@ -436,11 +430,12 @@ def _guard_for(ctx: zmq.Context) -> _Guard:
                 except Exception:           # its context is already gone
                     pass
             _guard = _Guard(ctx)        # an inherited guard is dropped, never touched
+            _guard.start()
         return _guard
 
 
 def stop() -> None:
-    """Stop this process's ZAP handler and watcher (before its context ends)."""
+    """Stop this process's security thread (before its context ends)."""
     global _guard
     with _guard_lock:
         guard, _guard = _guard, None

@@ -1,9 +1,10 @@
 """The node's workers: started in milliseconds by forking a pre-warmed zygote,
 handed out by job, and accounted for until they exit.
 
-The zygote (``python -m zray.worker.zygote``, forked from the raylet where
-it can be) imports zray and its heavy dependencies once, then forks a worker
-per request. It reports each child's
+The zygote (``python -m zray.worker.zygote``: forked from a raylet that
+``zray start`` spawned, a fresh interpreter under a raylet forked from a
+driver; see launcher.py) imports zray and its heavy dependencies once, then
+forks a worker per request. It reports each child's
 start and exit on its stdout, so the raylet learns of a dead worker at once.
 """
 from __future__ import annotations
