@@ -36,7 +36,6 @@ import threading
 import time
 import traceback
 
-from . import daemon
 from .config import config
 
 PIPE = subprocess.PIPE
@@ -213,11 +212,10 @@ def _become(argv, env, stdin, stdout, stderr, new_session, pipes) -> None:
 
 def _set_command_line(argv: list[str]) -> None:
     """Show ``argv`` as this process's command line (``/proc/<pid>/cmdline``,
-    ``ps``) and its module as its name: rewrite the memory the kernel reads
+    ``ps``): rewrite the memory the kernel reads
     the command line from, the inherited argument strings and, when those
     are too short, the inherited environment strings after them (unused
     once the environment was replaced, which is checked)."""
-    daemon.set_process_name(argv[2])
     libc = ctypes.CDLL(None)
     with open("/proc/self/stat", "rb") as f:
         stat = f.read()

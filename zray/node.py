@@ -195,6 +195,8 @@ def sweep_session(session_dir: str) -> None:
 
 
 ZRAY_MODULES = ("zray.gcs", "zray.raylet", "zray.worker", "zray.dashboard")
+#: the names (``ps -e``, ``top``) zray's processes give themselves
+PROCESS_NAMES = ("zray.gcs", "zray.raylet", "zray.zygote", "zray.worker")
 
 
 def command_line(proc: psutil.Process) -> list[str]:
@@ -211,13 +213,17 @@ def command_line(proc: psutil.Process) -> list[str]:
 
 
 def zray_processes() -> list[psutil.Process]:
-    """Every zray daemon and worker of this user on this host."""
+    """Every zray daemon and worker of this user on this host, known by the
+    name it gave itself or by its ``python -m zray.*`` command line."""
     me = os.getpid()
     uid = os.getuid()
     found = []
     for proc in psutil.process_iter(["pid", "uids"]):
         try:
             if proc.info["pid"] == me or proc.info["uids"].real != uid:
+                continue
+            if proc.name().startswith(PROCESS_NAMES):
+                found.append(proc)
                 continue
             cmd = command_line(proc)
             if len(cmd) >= 3 and cmd[1] == "-m" and cmd[2].startswith(ZRAY_MODULES):

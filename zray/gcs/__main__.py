@@ -16,6 +16,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if daemon.parent_watch_requested():
         daemon.die_with_parent()
+    daemon.set_process_name("zray.gcs")
     daemon.setup_logging(log_path(args.session_dir, "gcs.log"))
     server = GcsServer(args.address, args.session_dir)
     daemon.on_terminate(server.stop)

@@ -53,6 +53,7 @@ def main(argv=None) -> None:
                           args.session_dir, args.node_id,
                           log_path(args.session_dir, f"zygote_{args.node_id[:12]}.err"))
     from .server import Raylet
+    daemon.set_process_name("zray.raylet")
     daemon.setup_logging(log_path(args.session_dir, f"raylet_{args.node_id[:12]}.log"))
     store = args.object_store_memory or default_object_store_memory()
     resources = node_resources(args.num_cpus, args.num_gpus, args.memory,

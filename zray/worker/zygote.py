@@ -95,6 +95,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     from .. import daemon
     daemon.die_with_parent(signal.SIGKILL)
+    daemon.set_process_name("zray.zygote")
     # Everything a worker needs, imported once before any fork.
     import cloudpickle  # noqa: F401
     import msgpack  # noqa: F401
