@@ -155,3 +155,30 @@ def test_sessions_started_within_a_second_are_distinct(start_cluster):
         assert zray.get(one.remote(), timeout=30) == 1
         zray.shutdown()
     assert len(set(seen)) == 3, seen
+
+
+def test_a_driver_with_closed_standard_streams_runs_tasks(tmp_path):
+    """Daemon managers may start a driver with stdin/stdout closed: the
+    cluster still starts, tasks run, their prints go nowhere quietly."""
+    script = tmp_path / "closed.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys
+        os.close(0)
+        os.close(1)
+        import zray
+        zray.init(num_cpus=1)
+
+        @zray.remote
+        def f():
+            print("hello from a task")
+            return 2
+
+        sys.stderr.write(f"result {zray.get(f.remote(), timeout=30)}\\n")
+        zray.shutdown()
+    """))
+    env = {k: v for k, v in os.environ.items() if k not in ("ZRAY_ADDRESS", "RAY_ADDRESS")}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=env, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "result 2" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]

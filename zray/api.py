@@ -271,10 +271,15 @@ def _connect(gcs_address, raylet_endpoint, session_dir, namespace, log_to_driver
 
 
 def _print_worker_lines(pid, ip, lines) -> None:
+    """Workers' output on this driver's stdout (dropped when that is closed:
+    the lines stay in the workers' log files)."""
     out = sys.stdout
-    for line in lines:
-        out.write(line + "\n")
-    out.flush()
+    try:
+        for line in lines:
+            out.write(line + "\n")
+        out.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def shutdown() -> None:

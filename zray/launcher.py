@@ -24,6 +24,7 @@ its parent (atexit hooks, buffered output) runs twice.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import gc
 import importlib
 import io
@@ -182,13 +183,17 @@ def _become(argv, env, stdin, stdout, stderr, new_session, pipes) -> None:
     if new_session:
         os.setsid()
     devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull if stdin in (None, DEVNULL) else stdin, 0)
-    os.dup2(devnull if stdout in (None, DEVNULL) else stdout, 1)
-    os.dup2(1 if stderr == STDOUT else devnull if stderr == DEVNULL else stderr, 2)
-    os.close(devnull)
-    for read_end, write_end in pipes.values():
-        os.close(read_end)
-        os.close(write_end)
+    in_fd = devnull if stdin in (None, DEVNULL) else stdin
+    out_fd = devnull if stdout in (None, DEVNULL) else stdout
+    err_fd = out_fd if stderr == STDOUT else devnull if stderr == DEVNULL else stderr
+    # copies above 0..2 first, so no dup2 overwrites a source still to be used
+    # (a parent with closed standard streams hands out 0..2 for new files)
+    copies = [fcntl.fcntl(fd, fcntl.F_DUPFD, 3) for fd in (in_fd, out_fd, err_fd)]
+    for target, fd in enumerate(copies):
+        os.dup2(fd, target)
+    for fd in {devnull, *copies, *(fd for pair in pipes.values() for fd in pair)}:
+        if fd > 2:
+            os.close(fd)
     sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
     sys.stdout = sys.__stdout__ = io.TextIOWrapper(io.FileIO(1, "w", closefd=False),
                                                    line_buffering=True)
