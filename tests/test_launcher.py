@@ -4,6 +4,7 @@ otherwise or when ``ZRAY_START_METHOD=spawn``; workers always from a fresh
 interpreter; either way they carry the ``python -m zray.X``
 command line ``ps`` and ``zray stop`` rely on, and nothing of the driver
 (buffered output, its thread's locks) is repeated or inherited wrongly."""
+import fnmatch
 import json
 import os
 import subprocess
@@ -155,6 +156,12 @@ def test_sessions_started_within_a_second_are_distinct(start_cluster):
         assert zray.get(one.remote(), timeout=30) == 1
         zray.shutdown()
     assert len(set(seen)) == 3, seen
+    # one session's sweep (/dev/shm/zray_<session>_*) never takes another's arena
+    names = [os.path.basename(d) for d in seen]
+    for a in names:
+        for b in names:
+            if a != b:
+                assert not fnmatch.fnmatch(f"zray_{b}_0123456789ab", f"zray_{a}_*"), (a, b)
 
 
 def test_a_driver_with_closed_standard_streams_runs_tasks(tmp_path):
@@ -182,3 +189,29 @@ def test_a_driver_with_closed_standard_streams_runs_tasks(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "result 2" in proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_the_daemons_do_not_hold_the_drivers_files_open(tmp_path):
+    """A pipe the driver opened before init() is not kept open by its forked
+    daemons: closing it gives the reader its end of file."""
+    script = tmp_path / "pipe.py"
+    script.write_text(textwrap.dedent("""
+        import subprocess, sys
+        import zray
+        reader = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                                  stdin=subprocess.PIPE)
+        zray.init(num_cpus=1)
+        reader.stdin.close()
+        try:
+            reader.wait(timeout=10)
+            print("EOF seen")
+        except subprocess.TimeoutExpired:
+            reader.kill()
+            print("reader still waiting: a daemon holds the pipe")
+        zray.shutdown()
+    """))
+    env = {k: v for k, v in os.environ.items() if k not in ("ZRAY_ADDRESS", "RAY_ADDRESS")}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=env, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "EOF seen" in proc.stdout, proc.stdout + proc.stderr[-2000:]

@@ -135,23 +135,27 @@ def _fork(args, env, stdin, stdout, stderr, new_session) -> ForkedProcess:
 
 
 def _fork_with(args, argv, env, stdin, stdout, stderr, new_session, pipes) -> ForkedProcess:
-    for stream in (sys.stdout, sys.stderr):
+    for stream in {sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__}:
         try:
             stream.flush()              # else the child would write it again
         except (AttributeError, ValueError, OSError):
             pass
-    gc.freeze()                         # the child never collects what it inherits
+    parent = os.getpid()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()                        # no collection between here and the child's freeze
     try:
         pid = os.fork()
-    except BaseException:
-        gc.unfreeze()
-        raise
+    finally:
+        if gc_was_enabled and os.getpid() == parent:
+            gc.enable()
     if pid == 0:
+        gc.freeze()                     # the child never collects what it inherits
+        gc.enable()
         code = 1
         try:
             child_stdin = pipes[0][0] if stdin == PIPE else stdin
             child_stdout = pipes[1][1] if stdout == PIPE else stdout
-            _become(argv, env, child_stdin, child_stdout, stderr, new_session, pipes)
+            _become(argv, env, child_stdin, child_stdout, stderr, new_session, pipes, parent)
             code = _run(args)
             from .broker import sockets
             sockets.term()              # what the interpreter's exit does for a spawned one
@@ -164,7 +168,6 @@ def _fork_with(args, argv, env, stdin, stdout, stderr, new_session, pipes) -> Fo
                 except (ValueError, OSError):
                     pass
             os._exit(code)
-    gc.unfreeze()
     parent_stdin = parent_stdout = None
     if 0 in pipes:
         os.close(pipes[0][0])
@@ -175,11 +178,19 @@ def _fork_with(args, argv, env, stdin, stdout, stderr, new_session, pipes) -> Fo
     return ForkedProcess(pid, argv, parent_stdin, parent_stdout)
 
 
-def _become(argv, env, stdin, stdout, stderr, new_session, pipes) -> None:
-    """In the child: the streams, environment, signals and name a freshly
-    spawned ``python -m`` would have."""
-    global _forked
+_inherited_streams: tuple = ()   # the parent's stream objects, kept so none is freed
+
+
+def _become(argv, env, stdin, stdout, stderr, new_session, pipes, parent) -> None:
+    """In the child: the streams, descriptors, environment, signals and
+    command line a freshly spawned ``python -m`` would have."""
+    global _forked, _inherited_streams
     _forked = True
+    if env.get("ZRAY_DIE_WITH_PARENT") == "1":
+        from . import daemon
+        daemon.die_with_parent()
+        if os.getppid() != parent:      # it died before that took effect
+            os._exit(1)
     if new_session:
         os.setsid()
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -194,6 +205,9 @@ def _become(argv, env, stdin, stdout, stderr, new_session, pipes) -> None:
     for fd in {devnull, *copies, *(fd for pair in pipes.values() for fd in pair)}:
         if fd > 2:
             os.close(fd)
+    _release_inherited_descriptors()
+    _inherited_streams = (sys.stdin, sys.stdout, sys.stderr,
+                          sys.__stdin__, sys.__stdout__, sys.__stderr__)
     sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
     sys.stdout = sys.__stdout__ = io.TextIOWrapper(io.FileIO(1, "w", closefd=False),
                                                    line_buffering=True)
@@ -207,12 +221,41 @@ def _become(argv, env, stdin, stdout, stderr, new_session, pipes) -> None:
         except (OSError, ValueError):
             pass
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.settrace(None)
+    sys.setprofile(None)
+    logging.disable(logging.NOTSET)
     os.environ.clear()
     os.environ.update(env)
     config.reload()
     logging.getLogger("zray").setLevel(logging.NOTSET)
     sys.argv = argv[2:]
-    _set_command_line(argv)
+    try:
+        _set_command_line(argv)
+    except Exception:                   # cosmetic: the process runs without it
+        pass
+
+
+def _release_inherited_descriptors() -> None:
+    """What exec would close: every descriptor above 2 marked close-on-exec
+    (Python opens all its files and sockets so) is pointed at /dev/null, so
+    the parent's pipes, sockets and locks are released here. The numbers stay
+    taken, so an inherited object that closes its descriptor later cannot
+    close one this process opened since."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for fd in fds:
+            if fd > 2 and fd != devnull:
+                try:
+                    if fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC:
+                        os.dup2(devnull, fd, inheritable=False)
+                except OSError:         # the directory's own descriptor, gone now
+                    pass
+    finally:
+        os.close(devnull)
 
 
 def _set_command_line(argv: list[str]) -> None:
@@ -227,6 +270,11 @@ def _set_command_line(argv: list[str]) -> None:
     # fields 48..51 of /proc/<pid>/stat (see proc(5)); fields[0] is field 3
     fields = stat[stat.rindex(b")") + 2:].split()
     arg_start, arg_end, env_start, env_end = (int(x) for x in fields[45:49])
+    if not 0 < arg_start < arg_end <= env_start <= env_end:
+        return
+    with open("/proc/self/cmdline", "rb") as f:
+        if ctypes.string_at(arg_start, arg_end - arg_start) != f.read():
+            return                      # not the memory the kernel shows: leave it
     as_argv = b"\0".join(a.encode() for a in argv) + b"\0"
     if len(as_argv) <= arg_end - arg_start:
         data = as_argv.ljust(arg_end - arg_start, b"\0")

@@ -31,7 +31,7 @@ def new_session_dir() -> str:
             break
         except FileExistsError:
             n += 1
-            path = f"{base}_{n}"
+            path = f"{base}-{n}"      # not "_": arena names are <session>_<node>
     _private_dir(path)
     for sub in ("logs", "sockets", "spill"):
         _private_dir(os.path.join(path, sub))

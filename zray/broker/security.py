@@ -206,6 +206,7 @@ def configure_server(sock: zmq.Socket, ctx: zmq.Context, key: ClusterKey | None 
     sock.curve_server = True
     sock.curve_secretkey = key.secret
     sock.zap_domain = ZAP_DOMAIN.encode()
+    sock.zap_enforce_domain = True      # no ZAP handler answering: refuse, never admit
     guard.watch(sock)
 
 
@@ -352,11 +353,11 @@ class _Guard(threading.Thread):
         monitors: dict[zmq.Socket, list] = {}     # monitor -> [endpoint, last accepted peer]
         try:
             while True:
-                for sock, _ in poller.poll():
-                    if sock is self._zap:
-                        self._zap.send_multipart(_zap_reply(self._zap.recv_multipart(),
-                                                            self.allowed))
-                        continue
+                try:
+                    events = poller.poll()
+                except zmq.ZMQError:                # the context went away under us
+                    return
+                for sock, _ in events:
                     if sock is self._thread_pipe:
                         if self._thread_pipe.recv() == b"STOP":
                             return
@@ -366,32 +367,43 @@ class _Guard(threading.Thread):
                             monitors[monitor] = ["", None]
                             poller.register(monitor, zmq.POLLIN)
                         continue
-                    state = monitors.get(sock)
-                    if state is None:
-                        continue
-                    try:
-                        event = _monitor_event(sock.recv_multipart(zmq.NOBLOCK))
-                    except zmq.Again:
-                        continue
-                    if event["event"] == zmq.EVENT_MONITOR_STOPPED:
-                        poller.unregister(sock)
-                        monitors.pop(sock, None)
-                        sock.close(linger=0)
-                    elif event["event"] == zmq.EVENT_LISTENING:
-                        state[0] = event["endpoint"].decode(errors="replace")
-                    elif event["event"] == zmq.EVENT_ACCEPTED:
-                        state[1] = _peer_of(event["value"], state[0])
-                    elif event["event"] & _FAILED:
-                        reason = _failure_reason(event["event"], event["value"])
-                        _refusals.note(state[0], state[1], reason)
-                        state[1] = None
-        except Exception:                          # the context went away under us
-            log.debug("security thread stopped", exc_info=True)
+                    try:                            # one bad message never stops the thread
+                        if sock is self._zap:
+                            self._zap.send_multipart(_zap_reply(self._zap.recv_multipart(),
+                                                                self.allowed))
+                        elif sock in monitors:
+                            self._on_monitor(sock, monitors, poller)
+                    except zmq.ZMQError as exc:
+                        if exc.errno == zmq.ETERM:
+                            return
+                        log.warning("security thread: %s", exc)
+                    except Exception:
+                        log.exception("security thread: a message failed")
         finally:
             for monitor in monitors:
                 monitor.close(linger=0)
             self._thread_pipe.close(linger=0)
             self._zap.close(linger=0)
+
+    @staticmethod
+    def _on_monitor(sock, monitors: dict, poller) -> None:
+        state = monitors[sock]
+        try:
+            event = _monitor_event(sock.recv_multipart(zmq.NOBLOCK))
+        except zmq.Again:
+            return
+        if event["event"] == zmq.EVENT_MONITOR_STOPPED:
+            poller.unregister(sock)
+            monitors.pop(sock, None)
+            sock.close(linger=0)
+        elif event["event"] == zmq.EVENT_LISTENING:
+            state[0] = event["endpoint"].decode(errors="replace")
+        elif event["event"] == zmq.EVENT_ACCEPTED:
+            state[1] = _peer_of(event["value"], state[0])
+        elif event["event"] & _FAILED:
+            reason = _failure_reason(event["event"], event["value"])
+            _refusals.note(state[0], state[1], reason)
+            state[1] = None
 
 
 def _peer_of(fd: int, where: str) -> str | None:

@@ -161,8 +161,9 @@ class Service:
         """End ``run()`` now (safe to call from a signal handler)."""
         self.running = False
         try:
-            os.write(self._wake_w, b"x")
-        except OSError:         # full (a wakeup is pending anyway) or closed
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"x")
+        except OSError:         # full: a wakeup is pending anyway
             pass
 
     def _drain_wakeups(self) -> None:
@@ -174,8 +175,7 @@ class Service:
     def close(self) -> None:
         """Release what ``Service`` holds (subclasses close their sockets first)."""
         self.unwatch(self._wake_r)
-        for fd in (self._wake_r, self._wake_w):
-            try:
+        fds, (self._wake_r, self._wake_w) = (self._wake_r, self._wake_w), (-1, -1)
+        for fd in fds:
+            if fd >= 0:
                 os.close(fd)
-            except OSError:
-                pass
