@@ -12,6 +12,7 @@ connected on both schemes.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
@@ -19,6 +20,8 @@ import zmq
 
 from . import security
 from .protocol import MAX_MESSAGE_BYTES
+
+log = logging.getLogger(__name__)
 
 _ctx_lock = threading.Lock()
 _ctx: zmq.Context | None = None
@@ -168,6 +171,27 @@ def recv_frames(sock: zmq.Socket, flags: int = 0) -> list:
     while sock.getsockopt(_RCVMORE):
         frames.append(sock.recv(0, copy=False))
     return frames
+
+
+def recv_events(sock: zmq.Socket, limit: int):
+    """Yield the ``(topic, event)`` pairs waiting on a SUB socket (at most
+    ``limit``), decoded; malformed ones are logged and dropped."""
+    from .protocol import ProtocolError, decode_event
+    for _ in range(limit):
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        if len(frames) != 2:
+            log.warning("dropped an event of %d frames", len(frames))
+            continue
+        topic, payload = frames
+        try:
+            event = decode_event(payload)
+        except ProtocolError as err:
+            log.warning("dropped an event on %r: %s", topic, err)
+            continue
+        yield topic, event
 
 
 def tcp_endpoint(address: str) -> str:

@@ -555,18 +555,7 @@ class Raylet(Service):
         self.reply(req, p.Ack("pong"))
 
     def _on_events(self, sock) -> None:
-        for _ in range(256):
-            try:
-                topic, payload = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except ValueError:
-                continue
-            try:
-                event = p.decode_event(payload)
-            except p.ProtocolError as err:
-                log.warning("dropped an event on %r: %s", topic, err)
-                continue
+        for topic, event in sockets.recv_events(sock, 256):
             if topic == p.TOPIC_RESOURCES:
                 view = self.view.nodes.get(event["node_id"])
                 grew = view is not None and any(

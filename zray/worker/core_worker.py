@@ -842,15 +842,8 @@ class CoreWorker(ActorCalls, Streams):
         self.log_handler = handler
 
     def _handle_sub(self, sub) -> None:
-        for _ in range(1000):
+        for topic, event in sockets.recv_events(sub, 1000):
             try:
-                topic, payload = sub.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except ValueError:
-                continue
-            try:
-                event = p.decode_event(payload)
                 if topic == p.TOPIC_NODE:
                     if event["event"] == "removed":
                         self._node_died(event["node"]["node_id"])
