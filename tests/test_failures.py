@@ -263,7 +263,8 @@ def test_shutdown_leaves_no_process_socket_or_shared_memory(start_cluster):
     assert_nothing_left(session_dir)
 
 
-def test_ref_after_shutdown_gives_a_clear_error_not_a_hang(start_cluster):
+def _ref_of_a_finished_session(start_cluster):
+    """The ref of a task that finished in a session that has since shut down."""
     start_cluster()
 
     @zray.remote
@@ -273,6 +274,11 @@ def test_ref_after_shutdown_gives_a_clear_error_not_a_hang(start_cluster):
     ref = one.remote()
     assert zray.get(ref, timeout=20) == 1
     zray.shutdown()
+    return ref
+
+
+def test_ref_after_shutdown_gives_a_clear_error_not_a_hang(start_cluster):
+    ref = _ref_of_a_finished_session(start_cluster)
 
     outcome, error = _call_bounded(lambda: zray.get(ref, timeout=5), timeout=10)
     assert outcome == "raised", f"get after shutdown returned {error!r}"
@@ -283,15 +289,7 @@ def test_ref_after_shutdown_gives_a_clear_error_not_a_hang(start_cluster):
 
 
 def test_ref_from_an_earlier_session_errors_in_a_new_one(start_cluster):
-    start_cluster()
-
-    @zray.remote
-    def one():
-        return 1
-
-    ref = one.remote()
-    assert zray.get(ref, timeout=20) == 1
-    zray.shutdown()
+    ref = _ref_of_a_finished_session(start_cluster)
     start_cluster()
 
     # its owner (the old core worker) is gone: an error, neither a value nor a hang
