@@ -3,16 +3,23 @@ clusters for start-up and failure tests, and a check that nothing is left."""
 from __future__ import annotations
 
 import glob
-import threading
 import os
+import shutil
+import tempfile
+import threading
 import time
 
 import psutil
 import pytest
 
-import zray
-from zray.node import command_line as cmdline, zray_processes  # noqa: F401
-from zray.worker import global_state
+# Every session directory this run makes lives under one private directory,
+# removed when the run ends (set before zray reads its settings).
+_SESSIONS_ROOT = tempfile.mkdtemp(prefix="zray-tests-")
+os.environ["ZRAY_TEMP_DIR"] = _SESSIONS_ROOT
+
+import zray  # noqa: E402
+from zray.node import command_line as cmdline, zray_processes  # noqa: F401,E402
+from zray.worker import global_state  # noqa: E402
 
 STORE_BYTES = 256 * 1024 * 1024
 
@@ -107,3 +114,9 @@ def start_cluster():
         zray.shutdown()
     for session_dir in started:
         assert_nothing_left(session_dir)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the run's session directories (their processes are stopped by
+    the fixtures that started them)."""
+    shutil.rmtree(_SESSIONS_ROOT, ignore_errors=True)

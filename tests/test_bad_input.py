@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -23,6 +25,7 @@ import zmq
 import zray
 from zray.broker import protocol as p
 from zray.broker import security
+from zray.broker.rpc import NoAnswerError, RpcClient
 from zray.exceptions import RayError
 from zray.worker import global_state
 
@@ -415,3 +418,167 @@ def test_wait_and_cancel_reject_non_refs(cluster):
         zray.wait(zray.put(1))
     with pytest.raises(TypeError):
         zray.cancel("not a ref")
+
+
+# --------------------------------------------------------------------------
+# "wrong cluster key?" only when the CURVE handshake really failed for a key
+# --------------------------------------------------------------------------
+
+class _Listener:
+    """A TCP service on loopback: silent, or one that speaks first (SSH)."""
+
+    def __init__(self, banner: bytes = b""):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.banner = banner
+        self.conns = []
+        self.running = True
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        self.endpoint = "tcp://127.0.0.1:%d" % self.sock.getsockname()[1]
+
+    def _serve(self):
+        while self.running:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if self.banner:
+                conn.sendall(self.banner)
+            self.conns.append(conn)
+
+    def close(self):
+        self.running = False
+        self.thread.join(2)
+        for conn in self.conns:
+            conn.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def curve_server(ctx):
+    """A ZeroMQ CURVE ROUTER on loopback with the given keypair that never
+    answers; returns its endpoint."""
+    made = []
+
+    def start(key: security.ClusterKey) -> str:
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.curve_server = True
+        sock.curve_secretkey = key.secret
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        made.append(sock)
+        return f"tcp://127.0.0.1:{port}"
+
+    yield start
+    for sock in made:
+        sock.close(linger=0)
+
+
+def _no_answer(endpoint: str, timeout: float = 1.5) -> NoAnswerError:
+    client = RpcClient(endpoint, timeout, "GCS")
+    try:
+        with pytest.raises(NoAnswerError) as info:
+            client.call(p.Ping())
+    finally:
+        client.close()
+    return info.value
+
+
+def test_a_server_with_another_cluster_key_is_reported_as_a_wrong_key(cluster, curve_server):
+    err = _no_answer(curve_server(security.generate()))
+    assert err.wrong_key, str(err)
+    assert "wrong cluster key?" in str(err) and "another cluster key" in str(err), str(err)
+
+
+@pytest.mark.parametrize("server", ["silent TCP service", "SSH banner",
+                                    "zray key accepted, no answer"])
+def test_a_server_that_does_not_answer_is_a_timeout_not_a_key_problem(cluster, curve_server,
+                                                                       server):
+    listener = None
+    if server == "zray key accepted, no answer":
+        endpoint = curve_server(security.current())
+    else:
+        listener = _Listener(b"SSH-2.0-OpenSSH_9.6\r\n" if server == "SSH banner" else b"")
+        endpoint = listener.endpoint
+    try:
+        started = time.monotonic()
+        err = _no_answer(endpoint)
+        assert time.monotonic() - started < 5
+    finally:
+        if listener is not None:
+            listener.close()
+    text = str(err)
+    assert not err.wrong_key and "wrong cluster key" not in text, text
+    assert f"at {endpoint} within 1.5s" in text, text
+
+
+def test_driver_joining_an_address_that_does_not_answer_is_told_so(cluster, tmp_path):
+    """zray.init(address=...) of a silent service, with a key in hand: a
+    timeout that says so, not a guess at the key."""
+    listener = _Listener()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ZRAY_", "RAY_"))}
+        env.update(ZRAY_CLUSTER_KEY=security.generate().secret.decode(),
+                   ZRAY_TEMP_DIR=str(tmp_path), ZRAY_CONNECT_TIMEOUT_S="2")
+        code = (f"import zray\ntry:\n    zray.init(address={listener.endpoint[6:]!r})\n"
+                f"except ConnectionError as err:\n    print('ERROR', err)\n")
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=60, stdin=subprocess.DEVNULL)
+    finally:
+        listener.close()
+    assert out.returncode == 0, out.stderr
+    assert "ERROR" in out.stdout and "did not answer within 2s" in out.stdout, out.stdout
+    assert "wrong cluster key" not in out.stdout, out.stdout
+
+
+# --------------------------------------------------------------------------
+# every field is checked against its kind when a message is decoded
+# --------------------------------------------------------------------------
+
+_NODE = os.urandom(16)
+_OWNER = ["tcp://127.0.0.1:5000", os.urandom(16), 123, os.urandom(16)]
+_SPEC = list(p.TaskSpec(os.urandom(16), b"\0\0\0\1", p.TASK_NORMAL, os.urandom(16), "f",
+                        [[p.ARG_VALUE, b"x"]], [], 1, {"CPU": 1.0}, 3, False, _OWNER))
+_GOOD = {
+    "RegisterNode": p.RegisterNode(_NODE, "ipc:///tmp/s/raylet", "tcp://10.0.0.1:7000",
+                                   "10.0.0.1", "host", 42, {"CPU": 2, "GPU": 0.5}, 1 << 30,
+                                   "/tmp/s"),
+    "Heartbeat": p.Heartbeat(_NODE, {"CPU": -1.0}, 0, {"CPU": 2.0}),
+    "WatchActor": p.WatchActor(os.urandom(16), "tcp://[::1]:6000"),
+    "PinObjects": p.PinObjects([os.urandom(20)], [b""], [0]),
+    "GetObject": p.GetObject(os.urandom(20), _OWNER),
+    "SubmitTask": p.SubmitTask(_SPEC),
+    "RegisterJob": p.RegisterJob(1, [], "ns", ["/a"], "/"),
+}
+_BAD_FIELDS = [
+    ("RegisterNode", "resources", {"CPU": "x"}), ("RegisterNode", "resources", {"CPU": -1}),
+    ("RegisterNode", "resources", {"CPU": float("nan")}), ("RegisterNode", "resources", {1: 2}),
+    ("RegisterNode", "resources", {"CPU": float("inf")}), ("RegisterNode", "pid", -5),
+    ("RegisterNode", "address", "nowhere"), ("RegisterNode", "data_address", "tcp://h:70000"),
+    ("Heartbeat", "node_id", b"abc"), ("Heartbeat", "available", {"CPU": "x"}),
+    ("WatchActor", "reply_to", "tcp://*:0"), ("WatchActor", "reply_to", "tcp://h:0"),
+    ("WatchActor", "actor_id", b""), ("PinObjects", "object_ids", [b"short"]),
+    ("PinObjects", "sources", [b"x" * 3]), ("GetObject", "reply_to", ["tcp://h:1", b"w", 1, b"n"]),
+    ("SubmitTask", "spec", _SPEC[:11] + [["tcp://*:0", b"w" * 16, 1, b"n" * 16]]),
+    ("SubmitTask", "spec", _SPEC[:8] + [{"CPU": "one"}] + _SPEC[9:]),
+    ("RegisterJob", "sys_path", [1]),
+]
+
+
+def test_well_formed_messages_decode_to_themselves():
+    for message in _GOOD.values():
+        assert p.decode(p.encode(message)) == message
+
+
+@pytest.mark.parametrize("name,field,value", _BAD_FIELDS,
+                         ids=[f"{n}.{f}={v!r:.30}" for n, f, v in _BAD_FIELDS])
+def test_a_field_not_of_its_kind_is_refused_naming_it(name, field, value):
+    message = _GOOD[name]._replace(**{field: value})
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode(msgpack.packb([message.CODE, *message], use_bin_type=True))
+    assert f"{name}.{field}" in str(info.value), str(info.value)

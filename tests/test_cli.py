@@ -111,6 +111,11 @@ def test_start_head_then_status_lists_one_alive_node(env, head):
     assert len(re.findall(r"\bALIVE\b", text)) == 1, text
     assert re.search(r"^\s*CPU\s+0\s*/\s*1\s*$", text, re.M), text
 
+    # it listens on loopback only, so it says how to let other hosts join
+    # instead of printing a join command no other host could use
+    assert "--node-ip-address" in started and "loopback" in started, started
+    assert f"--address={address} --cluster-key-file" not in started, started
+
     # a second head on the same port is refused, and the first keeps running
     again = zray_cli(env, "start", "--head", "--port", str(PORT), timeout=30)
     assert again.returncode != 0
@@ -233,3 +238,12 @@ def test_start_help_shows_the_flags(env):
     for flag in ("--head", "--address", "--port", "--num-cpus", "--num-gpus", "--resources",
                  "--object-store-memory", "--block"):
         assert flag in out.stdout, f"{flag} missing from `zray start --help`"
+
+
+def test_status_into_a_closed_pipe_ends_quietly(env, head):
+    """`zray status | head -1`: the reader goes away before status writes."""
+    proc = subprocess.Popen([*ZRAY, "status"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    proc.stdout.close()          # like `head` exiting before status prints
+    _, err = proc.communicate(timeout=60)
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()

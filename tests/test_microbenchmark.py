@@ -55,6 +55,8 @@ def test_row_names_and_units():
         "1_1_async_actor_calls_async": "calls/s",
         "1_n_actor_calls_async": "calls/s",
         "actor_create_call_kill": "actors/s",
+        "task_events_absorbed": "tasks/s",
+        "task_events_gcs_growth_past_bound": "MB",
         "transfer_500mb_between_nodes": "GB/s",
     }
     assert mb._UNITS == expected

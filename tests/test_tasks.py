@@ -346,7 +346,30 @@ def test_generator_error_mid_stream_surfaces_after_the_last_good_item(cluster):
         zray.get(refs[2], timeout=GET_TIMEOUT)
 
 
+def test_dynamic_num_returns_get_gives_a_generator_of_every_yielded_ref(cluster):
+    ref = count_up.options(num_returns="dynamic").remote(4)
+    refs = zray.get(ref, timeout=GET_TIMEOUT)
+    assert isinstance(refs, zray.DynamicObjectRefGenerator)
+    assert len(refs) == 4
+    assert [zray.get(r, timeout=GET_TIMEOUT) for r in refs] == [0, 1, 4, 9]
+    mixed = zray.get([count_up.options(num_returns="dynamic").remote(2), zray.put("x")],
+                     timeout=GET_TIMEOUT)
+    assert [zray.get(r, timeout=GET_TIMEOUT) for r in mixed[0]] == [0, 1] and mixed[1] == "x"
+
+
+def test_dynamic_num_returns_error_is_in_the_ref_after_the_good_items(cluster):
+    refs = list(zray.get(fail_after.options(num_returns="dynamic").remote(1),
+                         timeout=GET_TIMEOUT))
+    assert zray.get(refs[0], timeout=GET_TIMEOUT) == 0
+    with pytest.raises(MyError, match="stream broke after 1 items"):
+        zray.get(refs[1], timeout=GET_TIMEOUT)
+
+
 # ------------------------------------------------------------- get and wait
+
+def test_wait_on_no_refs_returns_two_empty_lists(cluster):
+    assert zray.wait([]) == ([], [])
+    assert zray.wait([], num_returns=0, timeout=0) == ([], [])
 
 def test_get_with_timeout_raises_get_timeout_error_which_is_a_timeout_error(cluster):
     ref = sleep_then.remote(30)

@@ -12,8 +12,10 @@ _EXPORTS = {
     "available_resources": "api", "cancel": "api", "cluster_resources": "api", "get": "api",
     "get_runtime_context": "api", "init": "api", "is_initialized": "api", "nodes": "api",
     "put": "api", "remote": "api", "shutdown": "api", "wait": "api",
+    "timeline": "util.timeline",
     "kill": "actor", "get_actor": "actor", "method": "actor",
     "ObjectRef": "object_ref", "ObjectRefGenerator": "object_ref",
+    "DynamicObjectRefGenerator": "object_ref",
     "exceptions": None, "util": None, "actor": None, "cluster_utils": None,
 }
 

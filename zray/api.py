@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import uuid
 
 from . import session
@@ -16,7 +17,7 @@ from .broker import security, sockets
 from .broker.rpc import RpcClient
 from .config import config
 from .node import NodeProcesses, find_cluster_key, free_port, is_listening
-from .object_ref import ObjectRef
+from .object_ref import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator
 from .remote_function import RemoteFunction
 from .worker import global_state
 from .worker.core_worker import CoreWorker
@@ -85,7 +86,7 @@ def is_initialized() -> bool:
 def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=None,
          object_store_memory=None, namespace=None, ignore_reinit_error=False,
          logging_level=logging.INFO, log_to_driver=True, include_dashboard=None,
-         _memory=None, **unused):
+         dashboard_host="127.0.0.1", dashboard_port=None, _memory=None, **unused):
     """Connect this process to a cluster, starting a local one if needed.
 
     With no ``address`` (and no ``ZRAY_ADDRESS``) a GCS and a raylet start
@@ -97,7 +98,12 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
     (ZeroMQ CURVE): a local cluster gets a fresh key in
     ``<session_dir>/cluster.key``; joining uses ``ZRAY_CLUSTER_KEY`` /
     ``ZRAY_CLUSTER_KEY_FILE`` if set, else the key file this host holds for
-    that cluster (``zray start`` writes one)."""
+    that cluster (``zray start`` writes one).
+
+    A local cluster also starts the dashboard (``include_dashboard`` None or
+    True; False: not) on ``dashboard_host:dashboard_port`` (default
+    127.0.0.1:8265, or a free port when that one is taken), without waiting
+    for it; its URL is printed, its token is in ``<session_dir>/dashboard.token``."""
     global _local_node, _atexit_registered
     with _lock:
         if is_initialized():
@@ -124,6 +130,8 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
                     gcs_address, os.urandom(16), num_cpus=num_cpus, num_gpus=num_gpus,
                     memory=_memory, resources=resources,
                     object_store_memory=object_store_memory)
+                dashboard = _start_dashboard(node, gcs_address, include_dashboard,
+                                             dashboard_host, dashboard_port)
             except BaseException:
                 node.stop()
                 _restore_key_env()
@@ -149,10 +157,30 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
             _restore_key_env()
             raise
         global_state.worker = worker
+        if address is None and dashboard is not None:
+            try:            # on stderr, as Ray logs it; a closed stream: not shown
+                print(f"zray: dashboard at {dashboard.url} (token in {dashboard.token_file})",
+                      file=sys.stderr)
+            except (OSError, ValueError, AttributeError):
+                log.debug("dashboard at %s (stderr closed)", dashboard.url)
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
         return RuntimeContext(worker)
+
+
+#: a local cluster's dashboard server starts this long after init(), so the
+#: driver's first tasks have the CPU first
+_DASHBOARD_START_DELAY_S = 1.0
+
+
+def _start_dashboard(node, gcs_address, include, host, port):
+    """Start the local cluster's dashboard unless ``include`` is False."""
+    if include is False:
+        return None
+    from .dashboard import launch as dashboard_launch
+    return dashboard_launch.start(node, gcs_address, host=host, port=port,
+                                  start_delay=_DASHBOARD_START_DELAY_S)
 
 
 def _find_cluster(address: str) -> tuple[str, str, str]:
@@ -170,12 +198,16 @@ def _find_cluster(address: str) -> tuple[str, str, str]:
     gcs = RpcClient(sockets.tcp_endpoint(address), config.rpc_timeout_s, "GCS")
     try:
         nodes = gcs.call(p.GetNodes(), timeout=config.connect_timeout_s).value
-    except TimeoutError:
+    except TimeoutError as err:
+        if getattr(err, "wrong_key", False):        # the CURVE handshake failed for a key
+            raise ConnectionError(
+                f"could not join the zray cluster at {address}: {err.reason} (wrong cluster "
+                f"key? this process used {key_source})") from None
         if is_listening(address):
             raise ConnectionError(
-                f"could not reach a zray cluster at {address} within "
-                f"{config.connect_timeout_s:.0f}s: something listens there but did not "
-                f"answer (wrong cluster key? this process used {key_source})") from None
+                f"could not reach a zray cluster at {address}: it did not answer within "
+                f"{config.connect_timeout_s:.0f}s ({getattr(err, 'reason', 'no answer')})"
+            ) from None
         raise ConnectionError(
             f"could not reach a zray cluster at {address} within "
             f"{config.connect_timeout_s:.0f}s: nothing listens there; is `zray start "
@@ -258,9 +290,12 @@ def _connect(gcs_address, raylet_endpoint, session_dir, namespace, log_to_driver
         job_id, pub_address = gcs.call(p.RegisterJob(
             os.getpid(), [], namespace, [path for path in sys.path if path],
             os.getcwd()), timeout=config.connect_timeout_s).value
-    except TimeoutError:
+    except TimeoutError as err:
         raise ConnectionError(f"the GCS at {gcs_address} did not answer within "
-                              f"{config.connect_timeout_s:.0f}s (wrong cluster key?)") from None
+                              f"{config.connect_timeout_s:.0f}s: "
+                              f"{getattr(err, 'reason', 'no answer came')}"
+                              f"{' (wrong cluster key?)' if getattr(err, 'wrong_key', False) else ''}"
+                              ) from None
     finally:
         gcs.close()
     worker = CoreWorker("driver", raylet_endpoint, session_dir, job_id=job_id)
@@ -316,8 +351,24 @@ def _make_remote(target, options):
 
 
 def get(object_refs, *, timeout: float | None = None):
-    """The value(s) of ObjectRef(s); raises the task's error if it failed."""
-    return require_worker().get(object_refs, timeout)
+    """The value(s) of ObjectRef(s); raises the task's error if it failed.
+    A generator task's result (``num_returns="dynamic"``) comes back, once
+    the task has finished, as a DynamicObjectRefGenerator of its refs."""
+    worker = require_worker()
+    if isinstance(object_refs, ObjectRefGenerator):
+        return _finished_generator(worker, object_refs, timeout)
+    if isinstance(object_refs, list) and any(isinstance(ref, ObjectRefGenerator)
+                                             for ref in object_refs):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return [get(ref, timeout=None if deadline is None
+                    else max(0.0, deadline - time.monotonic()))
+                for ref in object_refs]
+    return worker.get(object_refs, timeout)
+
+
+def _finished_generator(worker, generator: ObjectRefGenerator, timeout):
+    worker.get(generator.completed(), timeout)    # raises the task's error
+    return DynamicObjectRefGenerator(list(generator))
 
 
 def put(value) -> ObjectRef:
@@ -327,7 +378,10 @@ def put(value) -> ObjectRef:
 
 def wait(object_refs, *, num_returns: int = 1, timeout: float | None = None,
          fetch_local: bool = True):
-    """``(ready, not_ready)`` once ``num_returns`` refs are ready or time is up."""
+    """``(ready, not_ready)`` once ``num_returns`` refs are ready or time is up
+    (``([], [])`` for no refs, as Ray)."""
+    if not object_refs:
+        return [], []
     return require_worker().wait(list(object_refs) if not isinstance(object_refs, list)
                                  else object_refs, num_returns, timeout, fetch_local)
 

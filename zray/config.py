@@ -28,11 +28,22 @@ class Config:
     object_store_max_bytes: int = 20 * 1024 ** 3
     #: idle workers beyond the node's CPU count are stopped after this long
     idle_worker_timeout_s: float = 10.0
-    #: the directory under which sessions live
-    temp_dir: str = "/tmp/zray-sessions"
+    #: a put or task result that finds the store full of pinned objects and
+    #: objects being written retries after this long, doubling up to 1 s ...
+    object_store_full_delay_ms: int = 10
+    #: ... until this much time has passed; then it raises ObjectStoreFullError
+    #: (an object larger than the whole store raises at once)
+    object_store_full_timeout_s: float = 10.0
+    #: the directory under which sessions live (per user: users never share one)
+    temp_dir: str = f"/tmp/zray-{os.getuid()}"
     #: how a driver starts its local daemons: "fork" (of the driver, when it
     #: runs a single thread; else spawned) or "spawn" (fresh interpreters)
     start_method: str = "fork"
+    #: how often each core worker sends the task state changes it saw to the
+    #: GCS (for the dashboard, `zray timeline`); 0 turns task events off
+    task_events_report_interval_ms: int = 1000
+    #: task rows the GCS keeps; the oldest are dropped (and counted) past it
+    task_events_max: int = 100_000
 
     @classmethod
     def from_env(cls, environ=None) -> "Config":

@@ -8,7 +8,8 @@
     ├── ObjectLostError
     │   └── OwnerDiedError
     ├── ObjectStoreFullError
-    ├── RaySystemError
+    ├── RaySystemError          zray itself failed
+    │   └── NodeDiedError       the node this process relies on died
     └── RayActorError
         └── ActorDiedError
 """
@@ -21,6 +22,24 @@ class RayError(Exception):
 
 class RaySystemError(RayError):
     """zray itself failed (a daemon is unreachable, a protocol error, ...)."""
+
+
+class NodeDiedError(RaySystemError):
+    """A node died: for a driver or worker, the raylet of its own node.
+
+    Every call that needs that node (``get``/``wait`` of objects not yet in
+    hand, task and actor submissions, ``put``) raises it from then on; the
+    process can only ``shutdown()`` and ``init()`` again. ``node_id`` (hex)
+    and ``raylet_pid`` name what died, when known."""
+
+    def __init__(self, message: str = "the node died", node_id: str = "",
+                 raylet_pid: int = 0):
+        super().__init__(message)
+        self.node_id = node_id
+        self.raylet_pid = raylet_pid
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.node_id, self.raylet_pid))
 
 
 class RayTaskError(RayError):
@@ -102,7 +121,14 @@ class OwnerDiedError(ObjectLostError):
 
 
 class ObjectStoreFullError(RayError, MemoryError):
-    """The object store is full and nothing could be evicted or spilled."""
+    """The object store is full and nothing could be evicted or spilled.
+
+    Raised by ``put`` (or a task storing its result) at once for an object
+    larger than the whole store, else when the store stayed full of pinned
+    and half-written objects for ``object_store_full_timeout_s``. The message
+    says how much is pinned and by whom (which driver or worker, running
+    which task, holding which objects): drop those ObjectRefs and the arrays
+    or views obtained from them, or raise ``object_store_memory``."""
 
 
 class RayActorError(RayError):
@@ -127,6 +153,6 @@ class CrossLanguageError(RayError):
 
 #: names a daemon may send in a TaskFailed message
 BY_NAME = {cls.__name__: cls for cls in (
-    RayError, RaySystemError, GetTimeoutError, TaskCancelledError, WorkerCrashedError,
-    ObjectLostError, OwnerDiedError, ObjectStoreFullError, RayActorError, ActorDiedError,
-    ActorUnavailableError)}
+    RayError, RaySystemError, NodeDiedError, GetTimeoutError, TaskCancelledError,
+    WorkerCrashedError, ObjectLostError, OwnerDiedError, ObjectStoreFullError, RayActorError,
+    ActorDiedError, ActorUnavailableError)}

@@ -51,7 +51,7 @@ _SETTLE_SECONDS = 1.0
 
 # Units where a smaller number is better; for these the comparison ratio is
 # ray/zray instead of zray/ray so that >1x always means "zray is better".
-LOWER_IS_BETTER_UNITS = frozenset({"s", "ms", "us"})
+LOWER_IS_BETTER_UNITS = frozenset({"s", "ms", "us", "MB"})
 
 
 # --------------------------------------------------------------------------
@@ -323,6 +323,92 @@ class _Bench:
 
         return self.throughput(once, 1)
 
+    # -- task events (zray only) ------------------------------------------------
+    ABSORB_TASKS = 100_000       # fill the table (100,000 rows by default), then as many again
+
+    def task_events_absorbed(self):
+        """Tasks/s of task events (an owner's and an executor's each) the GCS takes in."""
+        return self._absorb()[0]
+
+    def task_events_gcs_growth(self):
+        """MB the GCS grew by while the last 50,000 of 100,000 more tasks'
+        events came in after its table (100,000 rows by default) was full
+        (the first 50,000 warm its allocator up): ~0 when bounded."""
+        return self._absorb()[1]
+
+    def _absorb(self):
+        if getattr(self.b, "__name__", "") != "zray":
+            raise NotImplementedError("a zray-only row")
+        cached = getattr(self, "_absorb_result", None)
+        if cached is None:
+            cached = self._absorb_result = _absorb_task_events(self.ABSORB_TASKS)
+        return cached
+
+
+def _absorb_task_events(tasks: int):
+    """Send synthetic task events to this driver's GCS as fast as it takes
+    them: ``tasks`` to fill its table, then half as many twice; returns
+    (tasks/s absorbed, GCS growth in MB during the last phase)."""
+    import psutil
+    from zray.broker import protocol as p
+    from zray.broker import sockets
+    from zray.worker import global_state
+    worker = global_state.worker
+    gcs_proc = next(c for c in psutil.Process().children(recursive=True)
+                    if c.name().startswith("zray.gcs"))
+    prefix = os.urandom(8)
+    owner_info = {"name": "synthetic_task", "type": 0, "job_id": worker.job_id,
+                  "required_resources": {"CPU": 1.0}}
+    executor_info = {"name": "synthetic_task", "type": 0, "job_id": worker.job_id}
+    per_batch = 1000
+
+    def batches(first, count):
+        """Per task what a core worker sends for a task that waited for a
+        worker (the owner's PENDING_NODE_ASSIGNMENT) and ran (its executor's
+        FINISHED with its start): the most a task costs, short of failing."""
+        out = []
+        for start in range(first, first + count, per_batch):
+            now = time.time()
+            owner, executor = [], []
+            for i in range(start, start + per_batch):
+                task_id = prefix + i.to_bytes(8, "big")
+                owner.append((task_id, 0, p.TS_PENDING_NODE_ASSIGNMENT, now, owner_info))
+                executor.append((task_id, 0, p.TS_FINISHED, now + 0.002, executor_info,
+                                 now + 0.001))
+            out.append(p.encode(p.AddTaskEvents(worker.worker_id, worker.node_id, 1,
+                                                owner, 0)))
+            out.append(p.encode(p.AddTaskEvents(os.urandom(16), worker.node_id, 2,
+                                                executor, 0)))
+        return out
+
+    def last_absorbed(last_id):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            rows = worker.gcs.call(p.GetTaskEvents(1, {})).events
+            if rows and rows[-1]["task_id"] == last_id.hex() \
+                    and rows[-1]["state"] == "FINISHED":
+                return
+            time.sleep(0.005)
+        raise TimeoutError("the GCS did not take the task events in 120 s")
+
+    sock = sockets.dealer(sockets.tcp_endpoint(worker.gcs_address))
+    try:
+        elapsed, rss, first = 0.0, [], 0
+        for count in (tasks, tasks // 2, tasks // 2):
+            payloads = batches(first, count)
+            first += count
+            last_id = prefix + (first - 1).to_bytes(8, "big")
+            t0 = time.perf_counter()
+            for payload in payloads:
+                sock.send_multipart([b"", payload])
+            last_absorbed(last_id)
+            elapsed += time.perf_counter() - t0
+            rss.append(gcs_proc.memory_info().rss)
+            del payloads
+    finally:
+        sock.close(linger=0)
+    return first / elapsed, (rss[2] - rss[1]) / 1e6
+
 
 # (name, unit, _Bench method name or None for the subprocess row)
 ROWS = [
@@ -342,6 +428,8 @@ ROWS = [
     ("1_1_async_actor_calls_async", "calls/s", "async_actor_calls_async"),
     ("1_n_actor_calls_async", "calls/s", "n_actor_calls_async"),
     ("actor_create_call_kill", "actors/s", "actor_create_call_kill"),
+    ("task_events_absorbed", "tasks/s", "task_events_absorbed"),
+    ("task_events_gcs_growth_past_bound", "MB", "task_events_gcs_growth"),
     ("transfer_500mb_between_nodes", "GB/s", None),
 ]
 ROW_NAMES = [name for name, _, _ in ROWS]
@@ -554,6 +642,71 @@ def run(backend: str = "zray", rows=None, duration: float = DEFAULT_DURATION,
 
 
 # --------------------------------------------------------------------------
+# Task-event reporting: its cost on the core rows (zray only)
+# --------------------------------------------------------------------------
+
+#: rows the overhead comparison runs by default (the core operations)
+OVERHEAD_ROWS = [n for n in ROW_NAMES if n not in (
+    "transfer_500mb_between_nodes", "task_events_absorbed",
+    "task_events_gcs_growth_past_bound")]
+
+
+def _use_task_events(on: bool) -> None:
+    """Turn zray's task-event reporting on or off for the next init (and its
+    subprocesses)."""
+    os.environ["ZRAY_TASK_EVENTS_REPORT_INTERVAL_MS"] = "1000" if on else "0"
+    importlib.import_module("zray.config").config.reload()
+
+
+def task_events_overhead(rows=None, duration: float = DEFAULT_DURATION, repeats: int = 2,
+                         progress=None, row_timeout: float = DEFAULT_ROW_TIMEOUT) -> list:
+    """Run ``rows`` on zray with task-event reporting off and on, alternating
+    ``repeats`` times; the best value of each. Returns dicts {"name", "unit",
+    "off", "on", "cost_pct"} (cost_pct > 0: reporting made the row worse)."""
+    names = select_rows(rows) if rows else list(OVERHEAD_ROWS)
+    best: dict = {"off": {}, "on": {}}
+    previous = os.environ.get("ZRAY_TASK_EVENTS_REPORT_INTERVAL_MS")
+    try:
+        for _ in range(repeats):
+            for mode in ("off", "on"):
+                _use_task_events(mode == "on")
+                for row in run("zray", rows=names, duration=duration, row_timeout=row_timeout,
+                               progress=progress):
+                    if row.get("value") is None:
+                        continue
+                    lower = row["unit"] in LOWER_IS_BETTER_UNITS
+                    old = best[mode].get(row["name"])
+                    if old is None or (row["value"] < old if lower else row["value"] > old):
+                        best[mode][row["name"]] = row["value"]
+    finally:
+        if previous is None:
+            os.environ.pop("ZRAY_TASK_EVENTS_REPORT_INTERVAL_MS", None)
+        else:
+            os.environ["ZRAY_TASK_EVENTS_REPORT_INTERVAL_MS"] = previous
+        importlib.import_module("zray.config").config.reload()
+    out = []
+    for name in names:
+        off, on = best["off"].get(name), best["on"].get(name)
+        cost = None
+        if off and on:
+            lower = _UNITS[name] in LOWER_IS_BETTER_UNITS
+            cost = ((on - off) / off if lower else (off - on) / off) * 100
+        out.append({"name": name, "unit": _UNITS[name], "off": off, "on": on,
+                    "cost_pct": cost})
+    return out
+
+
+def format_overhead(rows) -> str:
+    table = [["row", "events off", "events on", "cost"]]
+    for r in rows:
+        table.append([r["name"], _cell({"value": r["off"], "unit": r["unit"]}),
+                      _cell({"value": r["on"], "unit": r["unit"]}),
+                      "n/a" if r["cost_pct"] is None else f"{r['cost_pct']:+.1f}%"])
+    return ("# task-event reporting on vs off (best of each; cost > 0: slower with "
+            "reporting)\n" + _align(table))
+
+
+# --------------------------------------------------------------------------
 # Formatting
 # --------------------------------------------------------------------------
 
@@ -721,6 +874,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "if it can import ray)")
     p.add_argument("--timeout", type=float, default=DEFAULT_ROW_TIMEOUT,
                    help="per-row hang timeout in seconds (default %(default)s)")
+    p.add_argument("--task-events-overhead", action="store_true",
+                   help="run the core rows (or --rows) with task-event reporting off and "
+                        "on, alternating, and show what reporting costs (zray only)")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="runs of each mode for --task-events-overhead (default %(default)s)")
     p.add_argument("--_init-probe", dest="init_probe", action="store_true",
                    help=argparse.SUPPRESS)
     p.add_argument("--_transfer-probe", dest="transfer_probe", action="store_true",
@@ -755,6 +913,12 @@ def main(argv=None) -> int:
         return 0
     if args.transfer_probe:
         _transfer_probe(args.backend)
+        return 0
+
+    if args.task_events_overhead:
+        rows = task_events_overhead(args.rows, args.duration, max(1, args.repeats),
+                                    _progress_printer("zray"), args.timeout)
+        print(json.dumps(rows) if args.json else format_overhead(rows), flush=True)
         return 0
 
     results = run(args.backend, rows=args.rows, duration=args.duration,

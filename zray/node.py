@@ -23,7 +23,8 @@ import psutil
 from .broker import security
 from .config import config
 from .launcher import STDOUT, launch
-from .session import log_path, raylet_ipc, read_current_cluster, session_name
+from .session import (check_trusted, log_path, raylet_ipc, read_current_cluster,
+                      session_name)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -97,6 +98,11 @@ class NodeProcesses:
         self.node_ids.append(node_id)
         return raylet_ipc(self.session_dir, node_id)
 
+    def start_dashboard(self, args: list[str]):
+        """Start the dashboard daemon (``args``: ``["zray.dashboard", ...]``, see
+        zray/dashboard/launch.py); stopped first by ``stop()``."""
+        return self._spawn("dashboard", args)
+
     def check_alive(self) -> None:
         """Raise with the log's tail if a daemon already exited."""
         for proc in self.procs:
@@ -137,6 +143,7 @@ def find_cluster_key(gcs_address: str) -> str | None:
     for session_dir in candidates:
         path = security.key_file_in(session_dir) if session_dir else ""
         if path and os.path.isfile(path):
+            check_trusted(session_dir, "the session directory")
             return path
     return None
 
@@ -196,7 +203,7 @@ def sweep_session(session_dir: str) -> None:
 
 ZRAY_MODULES = ("zray.gcs", "zray.raylet", "zray.worker", "zray.dashboard")
 #: the names (``ps -e``, ``top``) zray's processes give themselves
-PROCESS_NAMES = ("zray.gcs", "zray.raylet", "zray.zygote", "zray.worker")
+PROCESS_NAMES = ("zray.gcs", "zray.raylet", "zray.zygote", "zray.worker", "zray.dashboard")
 
 
 def command_line(proc: psutil.Process) -> list[str]:

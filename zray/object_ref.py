@@ -115,3 +115,20 @@ class ObjectRefGenerator:
 
     def __repr__(self):
         return f"ObjectRefGenerator({self._task_id.hex()})"
+
+
+class DynamicObjectRefGenerator:
+    """What ``get`` returns for a generator task (``num_returns="dynamic"``):
+    the refs of every value it yielded, in order, once it has finished."""
+
+    def __init__(self, refs: list):
+        self._refs = list(refs)
+
+    def __iter__(self):
+        return iter(self._refs)
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __repr__(self):
+        return f"DynamicObjectRefGenerator({len(self._refs)} refs)"

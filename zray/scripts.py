@@ -41,6 +41,10 @@ def cmd_start(args) -> int:
                   "makes a fresh key", file=sys.stderr)
             return 2
         gcs_address = f"{node_ip}:{args.port}"
+        error = _check_dashboard_flags(args)
+        if error:
+            print(f"zray start: {error}", file=sys.stderr)
+            return 2
         if _port_in_use(node_ip, args.port):
             print(f"zray start: something already listens at {gcs_address} (a zray "
                   f"cluster?); run `zray stop` first or pick another --port",
@@ -91,22 +95,76 @@ def cmd_start(args) -> int:
         return 1
     if args.head:
         session.write_current_cluster(gcs_address, session_dir)
+        print(_start_dashboard(args, node, gcs_address), end="")
         print(f"zray cluster started at {gcs_address} (session {session_dir})\n"
               f"  cluster key (secret):  {key_file}\n"
               f"  connect from Python:   zray.init(address=\"auto\")  or  "
               f"zray.init(address=\"{gcs_address}\")\n"
               f"  add a node (this host): zray start --address={gcs_address}\n"
-              f"  add a node elsewhere:  copy the key file there (keep it mode 0600), then\n"
-              f"                         zray start --address={gcs_address} "
-              f"--cluster-key-file=PATH\n"
-              f"                         or set {security.ENV_KEY}=<the 'secret:' value "
-              f"of the key file> (or {security.ENV_KEY_FILE}=PATH)\n"
+              + _join_elsewhere_hint(gcs_address, node_ip) +
               f"  stop everything here:  zray stop")
     else:
         print(f"zray node {node_id.hex()[:12]} joined the cluster at {gcs_address}")
     if args.block:
         return _block(node)
     return 0
+
+
+def _check_dashboard_flags(args) -> str | None:
+    """Why the --dashboard-* flags cannot work (None when they can)."""
+    if not args.include_dashboard:
+        return None
+    from .dashboard import launch
+    from .dashboard import token_file as auth
+    if args.dashboard_token_file:
+        try:
+            auth.read_token_file(args.dashboard_token_file)
+        except auth.TokenError as err:
+            return str(err)
+    if args.dashboard_port is not None and not launch.port_free(args.dashboard_host,
+                                                                args.dashboard_port):
+        return (f"--dashboard-port {args.dashboard_port}: something already listens at "
+                f"{args.dashboard_host}:{args.dashboard_port}; pick another port")
+    return None
+
+
+def _start_dashboard(args, node, gcs_address: str) -> str:
+    """Start the head's dashboard (unless --include-dashboard=false); what to print."""
+    if not args.include_dashboard:
+        return ""
+    from .dashboard import launch
+    from .dashboard import token_file as auth
+    allowed = [h for h in (args.dashboard_allowed_hosts or "").split(",") if h.strip()]
+    info = launch.start(node, gcs_address, host=args.dashboard_host,
+                        port=args.dashboard_port, token_file=args.dashboard_token_file,
+                        allowed_hosts=allowed)
+    shown = "" if args.dashboard_token_file or os.environ.get(auth.ENV_TOKEN) else \
+        f"  dashboard token:       {auth.read_token_file(info.token_file)}  (shown once)\n"
+    return (f"  dashboard:             {info.url}  (token file {info.token_file})\n" + shown)
+
+
+def _bool_flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _join_elsewhere_hint(gcs_address: str, node_ip: str) -> str:
+    """How another host joins: the command when the head listens on an
+    address others can reach, else how to restart the head so they can."""
+    if node_ip.startswith("127.") or node_ip in ("localhost", "::1"):
+        return ("  add a node elsewhere:  this head listens on loopback only; to let other "
+                "hosts join,\n"
+                "                         restart it with --node-ip-address=<this host's "
+                "IP on their network>\n")
+    return (f"  add a node elsewhere:  copy the key file there (keep it mode 0600), then\n"
+            f"                         zray start --address={gcs_address} "
+            f"--node-ip-address=THAT_HOST_IP --cluster-key-file=PATH\n"
+            f"                         or set {security.ENV_KEY}=<the 'secret:' value "
+            f"of the key file> (or {security.ENV_KEY_FILE}=PATH)\n")
 
 
 def _block(node) -> int:
@@ -129,10 +187,13 @@ def _port_in_use(host: str, port: int) -> bool:
 
 def _why_silent(gcs_address: str, key_source: str) -> str:
     """Why a cluster did not answer, as far as can be told from here."""
+    from .broker.rpc import diagnose
     from .node import is_listening
     if is_listening(gcs_address):
-        return (f"something listens there but does not accept this process's key "
-                f"(wrong cluster key? it used {key_source})")
+        reason, wrong_key = diagnose(sockets.tcp_endpoint(gcs_address))
+        if wrong_key:           # the CURVE handshake really failed for a key
+            return f"{reason} (wrong cluster key? it used {key_source})"
+        return reason
     return "nothing listens there; check the address and that `zray start --head` runs there"
 
 
@@ -200,6 +261,21 @@ def _resolve_address(address: str | None) -> str | None:
     return current["gcs_address"] if current else None
 
 
+def _orphan_raylets(gcs_address: str) -> str:
+    """What still runs here of the cluster at ``gcs_address`` (for status)."""
+    from .node import _same_address, command_line, zray_processes
+    count = 0
+    for proc in zray_processes():
+        cmd = command_line(proc)
+        if "zray.raylet" in cmd[:3] and "--gcs-address" in cmd[:-1] \
+                and _same_address(cmd[cmd.index("--gcs-address") + 1], gcs_address):
+            count += 1
+    if not count:
+        return ""
+    return (f" {count} raylet(s) of that cluster still run on this host, serving the drivers "
+            f"already connected to them; `zray stop` ends them.")
+
+
 def cmd_status(args) -> int:
     address = _resolve_address(args.address)
     if address is None:
@@ -210,10 +286,14 @@ def cmd_status(args) -> int:
     if error:
         print(f"zray status: {error}", file=sys.stderr)
         return 1
-    nodes = _nodes(address, config.connect_timeout_s)
+    from .node import is_listening
+    nodes = _nodes(address, config.connect_timeout_s) if is_listening(address) else None
     if nodes is None:
-        print(f"zray status: the cluster at {address} did not answer: "
-              f"{_why_silent(address, key_source)}", file=sys.stderr)
+        why = (_why_silent(address, key_source) if is_listening(address) else
+               "nothing listens there: the GCS is not running (it died or was stopped), or "
+               "the address is wrong")
+        print(f"zray status: the GCS at {address} is unreachable: {why}."
+              f"{_orphan_raylets(address)}", file=sys.stderr)
         return 1
     print(f"======== zray cluster at {address} ========")
     alive = [n for n in nodes if n["alive"]]
@@ -251,6 +331,8 @@ def cmd_list(args) -> int:
     if error:
         print(f"zray list: {error}", file=sys.stderr)
         return 1
+    if args.what != "actors" or args.filter or args.format == "json":
+        return _print_state(args, address, key_source)
     gcs = RpcClient(sockets.tcp_endpoint(address), config.connect_timeout_s, "GCS")
     try:
         actors = gcs.call(p.ListActors()).value
@@ -267,9 +349,241 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_timeline(args) -> int:
+    """Write the cluster's task timeline as Chrome trace JSON (Perfetto opens it)."""
+    from .util.timeline import chrome_trace, fetch_rows
+    address = _resolve_address(args.address)
+    if address is None:
+        print("zray timeline: no cluster found on this host; pass --address", file=sys.stderr)
+        return 1
+    key_source, error = _use_cluster_key(address, args.cluster_key_file)
+    if error:
+        print(f"zray timeline: {error}", file=sys.stderr)
+        return 1
+    gcs = RpcClient(sockets.tcp_endpoint(address), config.connect_timeout_s, "GCS")
+    try:
+        gcs.call(p.Ping())                  # a cluster that is not there fails fast
+        trace = chrome_trace(fetch_rows(gcs, timeout=config.rpc_timeout_s))
+    except TimeoutError:
+        print(f"zray timeline: the cluster at {address} did not answer: "
+              f"{_why_silent(address, key_source)}", file=sys.stderr)
+        return 1
+    finally:
+        gcs.close()
+    path = args.output or os.path.join(
+        "/tmp", f"zray-timeline-{time.strftime('%Y-%m-%d_%H-%M-%S')}.json")
+    try:
+        with open(path, "w") as f:
+            json.dump(trace, f)
+    except OSError as err:
+        print(f"zray timeline: cannot write {path}: {err}; pick another --output",
+              file=sys.stderr)
+        return 1
+    tasks = sum(1 for e in trace if e["ph"] == "X")
+    print(f"Trace file written to {path} ({tasks} task(s)); open it at "
+          f"https://ui.perfetto.dev or chrome://tracing")
+    return 0
+
+
+def _state_filters(texts) -> list:
+    """``--filter key=value`` / ``key!=value`` as State API filters."""
+    out = []
+    for text in texts or []:
+        key, sep, value = text.partition("!=") if "!=" in text else text.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--filter {text!r}: write KEY=VALUE or KEY!=VALUE")
+        out.append((key.strip(), "!=" if sep == "!=" else "=", value.strip()))
+    return out
+
+
+def _print_state(args, address: str, key_source: str) -> int:
+    """``zray list <what>``: the State API rows, as a table or JSON."""
+    from .dashboard import rows
+    try:
+        filters = _state_filters(args.filter)
+    except ValueError as err:
+        print(f"zray list: {err}", file=sys.stderr)
+        return 2
+    gcs = RpcClient(sockets.tcp_endpoint(address), config.connect_timeout_s, "GCS")
+    try:
+        data = rows.list_state(gcs, args.what, filters, args.limit)
+    except rows.StateError as err:
+        print(f"zray list: {err}", file=sys.stderr)
+        return 2
+    except TimeoutError:
+        print(f"zray list: the cluster at {address} did not answer: "
+              f"{_why_silent(address, key_source)}", file=sys.stderr)
+        return 1
+    finally:
+        gcs.close()
+    if args.format == "json":
+        print(json.dumps(data["result"], indent=2, default=str))
+        return 0
+    columns = _STATE_COLUMNS[args.what.replace("-", "_")]
+    table = [[_cell(row.get(c)) for c in columns] for row in data["result"]]
+    widths = [max([len(c)] + [len(r[i]) for r in table]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for r in table:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    if data["num_filtered"] > data["num_after_truncation"]:
+        print(f"({data['num_after_truncation']} shown; more match: raise --limit)")
+    return 0
+
+
+_STATE_COLUMNS = {
+    "nodes": ["node_id", "node_ip", "state", "is_head_node", "resources_total"],
+    "actors": ["actor_id", "class_name", "state", "name", "pid", "node_id"],
+    "tasks": ["task_id", "func_or_class_name", "state", "type", "node_id", "worker_pid",
+              "error_type"],
+    "jobs": ["submission_id", "job_id", "type", "status", "entrypoint"],
+    "placement_groups": ["placement_group_id", "name", "state", "strategy"],
+    "objects": ["node_id", "ip", "object_store_used_bytes", "object_store_spilled_bytes",
+                "object_store_capacity_bytes", "disk_used_bytes"],
+    "workers": ["worker_id", "is_alive", "node_id", "pid", "actor_id"],
+}
+
+
+def _cell(value) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{v:g}" if isinstance(v, float) else f"{k}:{v}"
+                        for k, v in value.items() if not str(k).startswith("node:"))
+    text = "" if value is None else str(value)
+    return text[:60]
+
+
+def cmd_summary(args) -> int:
+    """``zray summary tasks``: per function, the number of tasks in each state."""
+    from .dashboard import rows
+    address = _resolve_address(args.address)
+    if address is None:
+        print("zray summary: no cluster found on this host; pass --address", file=sys.stderr)
+        return 1
+    key_source, error = _use_cluster_key(address, args.cluster_key_file)
+    if error:
+        print(f"zray summary: {error}", file=sys.stderr)
+        return 1
+    gcs = RpcClient(sockets.tcp_endpoint(address), config.connect_timeout_s, "GCS")
+    try:
+        tasks, dropped = rows.task_rows(gcs)
+    except TimeoutError:
+        print(f"zray summary: the cluster at {address} did not answer: "
+              f"{_why_silent(address, key_source)}", file=sys.stderr)
+        return 1
+    finally:
+        gcs.close()
+    summary = rows.summarize_tasks(tasks)
+    print(f"======== Tasks summary: {summary['total_tasks']} task(s) ========")
+    width = max([len("FUNC_OR_CLASS_NAME")] + [len(n) for n in summary["summary"]])
+    print(f"{'FUNC_OR_CLASS_NAME':<{width}}  {'TYPE':<20}STATE_COUNTS")
+    for name, entry in sorted(summary["summary"].items()):
+        counts = ", ".join(f"{s}: {n}" for s, n in sorted(entry["state_counts"].items()))
+        print(f"{name:<{width}}  {entry['type'] or '':<20}{counts}")
+    if dropped:
+        print(f"({dropped} task events were dropped by the GCS's bounded table)")
+    return 0
+
+
+def cmd_job(args) -> int:
+    """``zray job submit|status|logs|stop|list|delete``, through the dashboard."""
+    from .dashboard.sdk import JobClient, JobClientError
+    try:
+        client = JobClient(args.address, token_file=args.token_file)
+        return _JOB_COMMANDS[args.job_command](client, args)
+    except JobClientError as err:
+        print(f"zray job: {err}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as err:
+        print(f"zray job: {err}", file=sys.stderr)
+        return 1
+
+
+def _job_submit(client, args) -> int:
+    entrypoint = " ".join(args.entrypoint).strip()
+    if entrypoint.startswith("-- "):
+        entrypoint = entrypoint[3:]
+    if not entrypoint:
+        print("zray job submit: give the entrypoint after --, e.g. "
+              "`zray job submit -- python run.py`", file=sys.stderr)
+        return 2
+    runtime_env = json.loads(args.runtime_env_json) if args.runtime_env_json else {}
+    sid = client.submit_job(entrypoint=entrypoint, submission_id=args.submission_id,
+                            runtime_env=runtime_env, working_dir=args.working_dir)
+    print(f"Job '{sid}' submitted successfully")
+    if args.no_wait:
+        print(f"  zray job status {sid}\n  zray job logs --follow {sid}\n"
+              f"  zray job stop {sid}")
+        return 0
+    return _follow(client, sid)
+
+
+def _follow(client, sid: str) -> int:
+    """Print the job's logs as they grow until it ends; 0 if it SUCCEEDED."""
+    shown = 0
+    while True:
+        status = client.get_job_status(sid)
+        logs = client.get_job_logs(sid)
+        if len(logs) > shown:
+            sys.stdout.write(logs[shown:])
+            sys.stdout.flush()
+            shown = len(logs)
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            print(f"Job '{sid}' {status}")
+            return 0 if status == "SUCCEEDED" else 1
+        time.sleep(0.5)
+
+
+def _job_status(client, args) -> int:
+    info = client.get_job_info(args.job_id)
+    print(f"Job '{args.job_id}': {info['status']}")
+    if info.get("message"):
+        print(f"  {info['message']}")
+    return 0
+
+
+def _job_logs(client, args) -> int:
+    if args.follow:
+        return _follow(client, args.job_id)
+    sys.stdout.write(client.get_job_logs(args.job_id))
+    return 0
+
+
+def _job_stop(client, args) -> int:
+    stopped = client.stop_job(args.job_id)
+    print(f"Job '{args.job_id}': " + ("stop requested" if stopped else "already ended"))
+    if stopped and not args.no_wait:
+        while client.get_job_status(args.job_id) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+            time.sleep(0.2)
+        print(f"Job '{args.job_id}': {client.get_job_status(args.job_id)}")
+    return 0
+
+
+def _job_list(client, args) -> int:
+    jobs = client.list_jobs()
+    print(f"{'SUBMISSION ID':<36}{'JOB ID':<10}{'TYPE':<12}{'STATUS':<11}ENTRYPOINT")
+    for j in jobs:
+        print(f"{j.get('submission_id') or '':<36}{j.get('job_id') or '':<10}{j['type']:<12}"
+              f"{j['status']:<11}{(j.get('entrypoint') or '')[:60]}")
+    return 0
+
+
+def _job_delete(client, args) -> int:
+    client.delete_job(args.job_id)
+    print(f"Job '{args.job_id}' deleted")
+    return 0
+
+
+_JOB_COMMANDS = {"submit": _job_submit, "status": _job_status, "logs": _job_logs,
+                 "stop": _job_stop, "list": _job_list, "delete": _job_delete}
+
+
 def cmd_microbenchmark(argv) -> int:
     from . import microbenchmark
     return microbenchmark.main(argv) or 0
+
+
+def cmd_rllib(argv) -> int:
+    from .rllib import cli      # torch and gymnasium load only for this command
+    return cli.main(argv) or 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,6 +608,19 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--resources", help='custom resources as JSON, e.g. \'{"disk": 2}\'')
     start.add_argument("--object-store-memory", type=int,
                        help="bytes of shared memory for objects (default: 30%% of memory)")
+    start.add_argument("--include-dashboard", type=_bool_flag, default=True,
+                       metavar="{true,false}", help="start the dashboard on the head "
+                                                    "(default true)")
+    start.add_argument("--dashboard-host", default="127.0.0.1",
+                       help="address the dashboard binds (default loopback)")
+    start.add_argument("--dashboard-port", type=int, default=None,
+                       help="default 8265 (a free port when 8265 is taken)")
+    start.add_argument("--dashboard-token-file",
+                       help="file (mode 0600) holding the dashboard token (default: a fresh "
+                            "token in <session_dir>/dashboard.token, or $ZRAY_DASHBOARD_TOKEN)")
+    start.add_argument("--dashboard-allowed-hosts", default="",
+                       help="comma-separated host names browsers may use to reach the "
+                            "dashboard, besides its bind address and localhost")
     start.add_argument("--block", action="store_true",
                        help="stay in the foreground; stop the node on Ctrl-C")
     start.set_defaults(func=cmd_start)
@@ -310,23 +637,85 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     lst = sub.add_parser("list", help="list cluster state: `zray list actors`")
-    lst.add_argument("what", choices=["actors"])
+    lst.add_argument("what", choices=["nodes", "actors", "tasks", "jobs", "placement-groups",
+                                      "objects", "workers"])
+    lst.add_argument("--filter", action="append", metavar="KEY=VALUE",
+                     help="keep rows whose KEY equals VALUE (KEY!=VALUE: differs); repeatable")
+    lst.add_argument("--limit", type=int, default=100, help="at most this many rows")
+    lst.add_argument("--format", choices=["table", "json"], default="table")
     lst.add_argument("--address", help="HOST:PORT of the GCS (default: this host's cluster)")
     lst.add_argument("--cluster-key-file", help="the cluster's key file (default: as for "
                                                 "`zray start --address`)")
     lst.set_defaults(func=cmd_list)
 
+    summary = sub.add_parser("summary", help="summaries: `zray summary tasks`")
+    summary.add_argument("what", choices=["tasks"])
+    summary.add_argument("--address", help="HOST:PORT of the GCS (default: this host's "
+                                           "cluster)")
+    summary.add_argument("--cluster-key-file", help="the cluster's key file")
+    summary.set_defaults(func=cmd_summary)
+
+    job = sub.add_parser("job", help="submit and manage jobs through the dashboard")
+    job.add_argument("--address", help="the dashboard, http://HOST:PORT (default: "
+                                       "$ZRAY_DASHBOARD_ADDRESS, else this host's cluster's)")
+    job.add_argument("--token-file", help="the dashboard token's file (default: "
+                                          "$ZRAY_DASHBOARD_TOKEN, else this host's cluster's)")
+    jobs = job.add_subparsers(dest="job_command", required=True)
+    submit = jobs.add_parser("submit", help="run an entrypoint as a job: "
+                                            "`zray job submit -- python run.py`")
+    submit.add_argument("--submission-id")
+    submit.add_argument("--working-dir", help="a local directory, uploaded as the job's "
+                                              "working directory")
+    submit.add_argument("--runtime-env-json", help='e.g. \'{"env_vars": {"A": "1"}}\'')
+    submit.add_argument("--no-wait", action="store_true",
+                        help="return at once instead of following the logs")
+    submit.add_argument("entrypoint", nargs=argparse.REMAINDER)
+    for name, text in (("status", "the job's status"), ("delete", "forget a finished job")):
+        one = jobs.add_parser(name, help=text)
+        one.add_argument("job_id")
+    logs = jobs.add_parser("logs", help="the job's output")
+    logs.add_argument("job_id")
+    logs.add_argument("-f", "--follow", action="store_true", help="until the job ends")
+    stop = jobs.add_parser("stop", help="stop a running job (SIGTERM, then SIGKILL)")
+    stop.add_argument("job_id")
+    stop.add_argument("--no-wait", action="store_true")
+    jobs.add_parser("list", help="every job")
+    job.set_defaults(func=cmd_job)
+
+    timeline = sub.add_parser("timeline", help="write the task timeline as Chrome trace JSON")
+    timeline.add_argument("--address", help="HOST:PORT of the GCS (default: this host's "
+                                            "cluster)")
+    timeline.add_argument("--cluster-key-file", help="the cluster's key file (default: as for "
+                                                     "`zray start --address`)")
+    timeline.add_argument("--output", help="where to write it (default: "
+                                           "/tmp/zray-timeline-<date>.json)")
+    timeline.set_defaults(func=cmd_timeline)
+
     sub.add_parser("microbenchmark", help="measure core operations (see --help)",
+                   add_help=False)
+    sub.add_parser("rllib", help="reinforcement learning: `zray rllib train --algo PPO ...`",
                    add_help=False)
     return ap
 
 
 def main(argv=None) -> int:
+    """The ``zray`` command; returns its exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "microbenchmark":
-        return cmd_microbenchmark(argv[1:])
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        if argv and argv[0] == "microbenchmark":
+            return cmd_microbenchmark(argv[1:])
+        if argv and argv[0] == "rllib":
+            return cmd_rllib(argv[1:])
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except session.UnsafePathError as err:
+        print(f"zray: {err}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # whoever read our output has gone (`zray status | head`): stop quietly,
+        # and keep the interpreter's final flush from raising again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

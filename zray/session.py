@@ -3,6 +3,11 @@
 Layout: ``<temp_dir>/session_<time>_<pid>/{logs,sockets,spill}``, private to
 the user (0700). ``<temp_dir>/current_cluster`` names the address of the
 cluster last started with ``zray start --head`` (used by ``address="auto"``).
+
+The default temp dir is per user (``/tmp/zray-<uid>``), so users of one host
+never share it. zray never uses a directory, nor follows a pointer file, that
+another user could have planted: each must belong to this user (or root) and
+be writable by no one else, else ``UnsafePathError`` says which and why.
 """
 from __future__ import annotations
 
@@ -13,9 +18,50 @@ import time
 from .config import config
 
 
+class UnsafePathError(PermissionError):
+    """A session path belongs to another user or is open to others."""
+
+
+def untrusted_reason(path: str, st: os.stat_result | None = None) -> str | None:
+    """Why ``path`` must not be trusted by this user's processes (owned by
+    someone other than this user or root, or writable by group or others);
+    None when it may be trusted."""
+    st = st or os.lstat(path)
+    if st.st_uid not in (os.getuid(), 0):
+        return f"it belongs to uid {st.st_uid}, not to you (uid {os.getuid()})"
+    if st.st_mode & 0o022:
+        return f"it is writable by other users (mode {st.st_mode & 0o777:o})"
+    return None
+
+
+def check_trusted(path: str, what: str) -> None:
+    """Raise UnsafePathError unless ``path`` may be trusted (see untrusted_reason)."""
+    reason = untrusted_reason(path)
+    if reason:
+        raise UnsafePathError(f"refusing to use {what} {path}: {reason}; another user may "
+                              f"have made it. Remove it, or set ZRAY_TEMP_DIR to a "
+                              f"directory of your own")
+
+
 def _private_dir(path: str) -> str:
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    os.chmod(path, 0o700)
+    """Make ``path`` (mode 0700) or check that the existing one is a real
+    directory of this user, and make it private."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as err:
+        raise UnsafePathError(f"cannot create the zray directory {path}: "
+                              f"{err.strerror or err}; set ZRAY_TEMP_DIR to a directory "
+                              f"you may write") from None
+    st = os.lstat(path)
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise UnsafePathError(f"refusing to use {path}: it is not a plain directory "
+                              f"(a symlink?); remove it or set ZRAY_TEMP_DIR")
+    if st.st_uid != os.getuid():
+        raise UnsafePathError(f"refusing to use {path}: it belongs to uid {st.st_uid}, "
+                              f"not to you (uid {os.getuid()}); set ZRAY_TEMP_DIR to a "
+                              f"directory of your own")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
     return path
 
 
@@ -90,11 +136,28 @@ def write_current_cluster(gcs_address: str, session_dir: str) -> None:
 
 
 def read_current_cluster() -> dict | None:
+    """The cluster ``zray start --head`` recorded here, or None. Raises
+    UnsafePathError when the record, or its directory, could have been
+    written by another user."""
+    path = _current_file()
     try:
-        with open(_current_file()) as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
         return None
+    with os.fdopen(fd) as f:
+        check_trusted(config.temp_dir, "the zray temp directory")
+        reason = untrusted_reason(path, os.fstat(f.fileno()))
+        if reason:
+            raise UnsafePathError(f"refusing to follow {path}: {reason}; another user may "
+                                  f"have made it. Remove it, or give the cluster's "
+                                  f"address explicitly")
+        try:
+            current = json.load(f)
+        except ValueError:
+            return None
+    if not isinstance(current, dict) or not isinstance(current.get("gcs_address"), str):
+        return None
+    return current
 
 
 def clear_current_cluster() -> None:

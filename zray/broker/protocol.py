@@ -9,10 +9,15 @@ A message travels as ZeroMQ frames ``[corr, payload, *blobs]``:
 
 Each record below is a ``NamedTuple`` whose ``CODE`` names it on the wire.
 ``decode`` raises ``ProtocolError`` for anything that is not a well-formed
-message, so a daemon can log it and keep serving.
+message — including a field that is not of the kind its annotation names
+(an id of the wrong length, a resource amount that is not a number >= 0, an
+address that does not parse; see "Field kinds") — so a daemon can log it and
+keep serving, and no handler ever sees such a value.
 """
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, NamedTuple
 
 import msgpack
@@ -28,16 +33,161 @@ class ProtocolError(ValueError):
 _BY_CODE: dict[int, type] = {}
 
 
-_KINDS = {"bytes": bytes, "str": str, "int": int, "bool": (bool, int), "list": list,
-          "dict": dict, "float": (float, int)}
+# --------------------------------------------------------------------------
+# Field kinds: a record's annotation names what its field holds, and
+# ``decode`` checks every field against it, so no handler ever sees a value
+# of the wrong type, an id of the wrong length, a resource amount that is not
+# a number, or an address that does not parse.
+# --------------------------------------------------------------------------
+
+NodeId = WorkerId = TaskId = ActorId = PgId = FunctionHash = bytes   # 16 bytes
+OptId = bytes           # b"" (none) or 16 bytes
+ObjectId = bytes        # 20 bytes: a task id and a 4-byte index
+JobId = bytes           # 4 bytes, or b"" (a worker not yet bound to a job)
+Count = int             # an integer >= 0 (sizes, indexes)
+Pid = int               # a process id: 0 <= pid < 2**31
+Endpoint = str          # "tcp://host:port" or "ipc://path"
+OptEndpoint = str       # an Endpoint or ""
+Resources = dict        # {name: finite number >= 0}
+ResourceLevels = dict   # {name: finite number} (free amounts dip below 0 when lent)
+ResourceList = list     # [Resources, ...]
+ObjectIds = list        # [ObjectId, ...]
+OptIds = list           # [b"" or a 16-byte id, ...]
+Strings = list          # [str, ...]
+PeerAddress = list      # an Address as a list: [Endpoint, WorkerId, pid, NodeId]
+OptPeerAddress = list   # a PeerAddress or []
+TaskSpecFields = list   # a TaskSpec as a list (see task_spec)
+
+_ENDPOINT = re.compile(r"tcp://(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}\Z"
+                       r"|ipc://[^\0]{1,4000}\Z")
+_isfinite = math.isfinite
+_NUMBER = (int, float)
+
+
+def _bad(what: str, value) -> ProtocolError:
+    text = repr(value)
+    return ProtocolError(f"{what}, got {text[:80]}{'...' if len(text) > 80 else ''}")
+
+
+def _id_check(*sizes: int):
+    def check(value: bytes) -> None:
+        if len(value) not in sizes:
+            raise _bad(f"must be an id of {' or '.join(map(str, sizes))} bytes", value)
+    return check
+
+
+def _count(value: int) -> None:
+    if value < 0 or value > 1 << 62:
+        raise _bad("must be an integer >= 0", value)
+
+
+_good_endpoints: dict[str, None] = {}     # endpoints seen valid (peers repeat them)
+
+
+def _pid(value: int) -> None:
+    if not 0 <= value < 1 << 31:
+        raise _bad("must be a process id (0 <= pid < 2**31)", value)
+
+
+def _endpoint(value: str) -> None:
+    if value in _good_endpoints:
+        return
+    if _ENDPOINT.match(value) is None or (value[0] == "t" and not
+                                          0 < int(value.rpartition(":")[2]) < 65536):
+        raise _bad("must be an endpoint tcp://host:port (port 1-65535) or ipc://path", value)
+    if len(_good_endpoints) >= 4096:
+        _good_endpoints.clear()
+    _good_endpoints[value] = None
+
+
+def _opt_endpoint(value: str) -> None:
+    if value:
+        _endpoint(value)
+
+
+def _resources(value: dict, low: float | None = 0.0) -> None:
+    for name, amount in value.items():
+        if type(name) is not str or type(amount) not in _NUMBER or not _isfinite(amount) \
+                or (low is not None and amount < low):
+            raise ProtocolError(
+                f"resource {str(name)[:40]!r}: {str(amount)[:40]!r} is not a finite number"
+                f"{' >= 0' if low is not None else ''} named by a str")
+
+
+def _resource_levels(value: dict) -> None:
+    _resources(value, None)
+
+
+def _resource_list(value: list) -> None:
+    for item in value:
+        if type(item) is not dict:
+            raise _bad("must be a list of {resource: amount} maps", item)
+        _resources(item)
+
+
+def _list_of(kind, check=None, what=""):
+    def check_list(value: list) -> None:
+        for item in value:
+            if not isinstance(item, kind):
+                raise _bad(f"must be a list of {what}", item)
+            if check is not None:
+                check(item)
+    return check_list
+
+
+def _peer_address(value: list) -> None:
+    if len(value) != 4 or type(value[0]) is not str or type(value[1]) is not bytes \
+            or type(value[2]) is not int or type(value[3]) is not bytes:
+        raise _bad("must be an address [endpoint, worker id, pid, node id]", value)
+    if value[0] not in _good_endpoints:
+        _endpoint(value[0])
+    if len(value[1]) != 16 or len(value[3]) != 16 or not 0 <= value[2] < 1 << 31:
+        raise _bad("must be an address [endpoint, worker id (16 bytes), pid, "
+                   "node id (16 bytes)]", value)
+
+
+def _opt_peer_address(value: list) -> None:
+    if value:
+        _peer_address(value)
+
+
+def _task_spec_fields(value: list) -> None:
+    task_spec(value)
+
+
+_KINDS = {   # annotation -> (wire types, extra check or None)
+    "bytes": (bytes, None), "str": (str, None), "int": (int, None),
+    "bool": ((bool, int), None), "list": (list, None), "dict": (dict, None),
+    "float": ((float, int), None),
+    "NodeId": (bytes, _id_check(16)), "WorkerId": (bytes, _id_check(16)),
+    "TaskId": (bytes, _id_check(16)), "ActorId": (bytes, _id_check(16)),
+    "PgId": (bytes, _id_check(16)), "FunctionHash": (bytes, _id_check(16)),
+    "OptId": (bytes, _id_check(0, 16)), "ObjectId": (bytes, _id_check(20)),
+    "JobId": (bytes, _id_check(0, 4)), "Count": (int, _count), "Pid": (int, _pid),
+    "Endpoint": (str, _endpoint), "OptEndpoint": (str, _opt_endpoint),
+    "Resources": (dict, _resources), "ResourceLevels": (dict, _resource_levels),
+    "ResourceList": (list, _resource_list),
+    "ObjectIds": (list, _list_of(bytes, _id_check(20), "object ids (20 bytes)")),
+    "OptIds": (list, _list_of(bytes, _id_check(0, 16), "ids (16 bytes) or b''")),
+    "Strings": (list, _list_of(str, None, "str")),
+    "PeerAddress": (list, _peer_address), "OptPeerAddress": (list, _opt_peer_address),
+    "TaskSpecFields": (list, _task_spec_fields),
+}
 
 
 def _typed(cls):
-    """Record each field's expected wire type (from its annotation) on ``cls``."""
-    def kind(annotation):
-        name = getattr(annotation, "__forward_arg__", annotation)
-        return _KINDS.get(name if isinstance(name, str) else getattr(name, "__name__", ""))
-    cls._kinds = tuple(kind(cls.__annotations__.get(name)) for name in cls._fields)
+    """Compile each field's kind (from its annotation) into ``cls._checks``:
+    ``(index, field name, wire types, extra check or None)``."""
+    checks = []
+    for index, name in enumerate(cls._fields):
+        annotation = cls.__annotations__.get(name)
+        annotation = getattr(annotation, "__forward_arg__", annotation)
+        if not isinstance(annotation, str):
+            annotation = getattr(annotation, "__name__", "")
+        kind = _KINDS.get(annotation)
+        if kind is not None:
+            checks.append((index, name, kind[0], kind[1]))
+    cls._checks = tuple(checks)
     return cls
 
 
@@ -52,10 +202,21 @@ def _declare(code: int):
 
 
 def _check(cls, values) -> None:
-    for value, kind, name in zip(values, cls._kinds, cls._fields):
-        if kind is not None and not isinstance(value, kind):
+    """ProtocolError naming the first field of ``values`` that is not of its kind."""
+    size = len(values)
+    for index, name, types, extra in cls._checks:
+        if index >= size:
+            return
+        value = values[index]
+        if not isinstance(value, types):
             raise ProtocolError(f"{cls.__name__}.{name} must be "
-                                f"{getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+                                f"{getattr(types, '__name__', None) or types[0].__name__}, "
+                                f"got {type(value).__name__}")
+        if extra is not None:
+            try:
+                extra(value)
+            except ProtocolError as exc:
+                raise ProtocolError(f"{cls.__name__}.{name} {exc}") from None
 
 
 # --------------------------------------------------------------------------
@@ -81,20 +242,20 @@ class TaskSpec(NamedTuple):
     object_id, owner_address]`` (ask the owner). The last ``len(kwarg_names)`` entries are keyword arguments.
     ``num_returns == STREAMING`` marks a generator task.
     """
-    task_id: bytes
-    job_id: bytes
+    task_id: TaskId
+    job_id: JobId
     kind: int                 # TASK_NORMAL, TASK_ACTOR_CREATION, TASK_ACTOR_METHOD
     function_hash: bytes
     function_name: str
     args: list
-    kwarg_names: list
+    kwarg_names: Strings
     num_returns: int
-    resources: dict
+    resources: Resources
     max_retries: int
     retry_exceptions: bool
-    owner: list               # Address as a list
-    attempt: int = 0
-    actor_id: bytes = b""
+    owner: PeerAddress        # Address as a list
+    attempt: Count = 0
+    actor_id: OptId = b""
     method_name: str = ""
     options: dict = {}
 
@@ -103,7 +264,12 @@ _typed(TaskSpec)
 
 
 def task_spec(values) -> TaskSpec:
-    """A TaskSpec from its wire form; ProtocolError if it is malformed."""
+    """A TaskSpec from its wire form; ProtocolError if it is malformed (its
+    fields are checked against their kinds, as in ``decode``)."""
+    global _last_spec
+    last = _last_spec
+    if last[0] is values:       # checked already, as a field of the message just decoded
+        return last[1]
     if not isinstance(values, (list, tuple)):
         raise ProtocolError("a task spec must be a list")
     try:
@@ -112,12 +278,30 @@ def task_spec(values) -> TaskSpec:
         raise ProtocolError(f"a task spec has {len(TaskSpec._fields)} fields at most, "
                             f"got {len(values)}") from None
     _check(TaskSpec, spec)
-    for name, amount in spec.resources.items():
-        if not isinstance(name, str) or not isinstance(amount, (int, float)) or amount < 0:
-            raise ProtocolError(f"task resource {name!r}: {amount!r} is not a number >= 0")
-    if len(spec.owner) != 4 or not isinstance(spec.owner[0], str):
-        raise ProtocolError("a task spec's owner must be [endpoint, worker id, pid, node id]")
+    if spec.kind not in (0, 1, 2):
+        raise ProtocolError(f"TaskSpec.kind must be 0, 1 or 2, got {spec.kind}")
+    for arg in spec.args:
+        if type(arg) is not list or not arg or type(arg[0]) is not int:
+            raise _bad("TaskSpec.args must be a list of [ARG_*, ...] entries", arg)
+    options = spec.options
+    if options:
+        for key, types in _OPTION_TYPES:
+            if key in options and not isinstance(options[key], types):
+                raise _bad(f"TaskSpec.options[{key!r}] must be "
+                           f"{getattr(types, '__name__', None) or types[0].__name__}",
+                           options[key])
+        if options.get("strategy") == "NODE" and "node_id" not in options:
+            raise ProtocolError("TaskSpec.options: strategy NODE needs a node_id")
+    _last_spec = (values, spec)
     return spec
+
+
+_last_spec: tuple = (None, None)     # (wire list, TaskSpec) of the last spec checked
+
+#: the kinds of the task options daemons read (others pass through unchecked)
+_OPTION_TYPES = (("strategy", str), ("node_id", bytes), ("soft", (bool, int)),
+                 ("spilled", int), ("max_concurrency", int), ("is_async", (bool, int)),
+                 ("detached", (bool, int)))
 
 
 ARG_VALUE, ARG_STORED, ARG_REF = 0, 1, 2
@@ -135,99 +319,116 @@ RET_INLINE, RET_STORED, RET_ERROR = 0, 1, 2
 @_declare(1)
 class RegisterClient(NamedTuple):
     kind: str          # "driver" | "worker"
-    worker_id: bytes
-    pid: int
-    job_id: bytes
-    inbox: str
+    worker_id: WorkerId
+    pid: Pid
+    job_id: JobId
+    inbox: Endpoint
 
 
 @_declare(2)
 class RegisterClientReply(NamedTuple):
-    node_id: bytes
+    node_id: NodeId
     arena_path: str
-    arena_size: int
+    arena_size: Count
     gcs_address: str
     session_dir: str
     node_ip: str
-    pub_address: str       # the GCS event stream
+    pub_address: Endpoint       # the GCS event stream
+    raylet_pid: int = 0    # so a local client can tell at once when its raylet died
 
 
 @_declare(3)
 class SubmitTask(NamedTuple):
-    spec: list
+    spec: TaskSpecFields
 
 
 @_declare(4)
 class CancelTask(NamedTuple):
-    task_id: bytes
+    task_id: TaskId
     force: bool
 
 
 @_declare(5)
 class WorkerReady(NamedTuple):
     """An idle worker asks for work; carries the task it just finished."""
-    worker_id: bytes
-    finished_task_id: bytes
+    worker_id: WorkerId
+    finished_task_id: OptId
 
 
 @_declare(6)
 class ExecuteTask(NamedTuple):
-    spec: list
+    spec: TaskSpecFields
 
 
 @_declare(7)
 class WorkerBlocked(NamedTuple):
     """The worker waits in get(): its CPU may be lent to other tasks."""
-    worker_id: bytes
+    worker_id: WorkerId
     blocked: bool
 
 
 @_declare(8)
 class CreateObject(NamedTuple):
-    object_id: bytes
-    size: int
-    owner_id: bytes        # worker id of the object's owner
+    object_id: ObjectId
+    size: Count
+    owner_id: WorkerId        # worker id of the object's owner
+
+
+#: CreateObjectReply.offset when no object was created
+CREATE_FULL = -1          # the store is full of pinned/unsealed objects now: retry later
+CREATE_EXISTS = -2        # the object is already there (a retried task's result)
+CREATE_NEVER_FITS = -3    # the object is larger than the whole store
 
 
 @_declare(9)
 class CreateObjectReply(NamedTuple):
-    offset: int          # -1 on failure
+    offset: int          # where to write, or a CREATE_* code (< 0)
     error: str
 
 
 @_declare(10)
 class SealObject(NamedTuple):
-    object_id: bytes
+    object_id: ObjectId
 
 
 @_declare(11)
 class PinObjects(NamedTuple):
     """Pin objects in this node's store, pulling each from ``sources[i]``
-    (a node id, or b"" when unknown) first if it is not here."""
-    object_ids: list
-    sources: list
+    (a node id, or b"" when unknown) first if it is not here. ``sizes[i]``
+    is its size in bytes when the caller knows it, else 0."""
+    object_ids: ObjectIds
+    sources: OptIds
+    sizes: list
 
 
 @_declare(12)
 class PinObjectsReply(NamedTuple):
-    locations: list      # per id: [offset, size] or None
+    """Per id, ``locations[i]`` is ``[offset, size]`` (pinned in the arena)
+    or None; then ``spilled[i]`` is ``[path, size]`` when the object is only
+    on disk and the store is too full of pinned objects to restore it (read
+    the file instead; ask again if it vanished), and ``full[i]`` says why,
+    when it is on another node and this store is too full of pinned objects
+    to take it now (ask again later); else it is not to be had (lost)."""
+    locations: list
+    spilled: list
+    full: Strings
 
 
 @_declare(13)
 class ReleaseObjects(NamedTuple):
-    object_ids: list
+    object_ids: ObjectIds
 
 
 @_declare(14)
 class FreeObjects(NamedTuple):
-    object_ids: list
+    object_ids: ObjectIds
 
 
 @_declare(15)
 class LogLines(NamedTuple):
-    job_id: bytes
-    pid: int
-    lines: list
+    job_id: JobId
+    pid: Pid
+    lines: Strings
 
 
 @_declare(16)
@@ -265,58 +466,58 @@ class DisconnectClient(NamedTuple):
 class TaskReturned(NamedTuple):
     """Results of a finished task: ``returns`` is a list of
     ``[object_id, RET_*, payload]`` (blob, ``[node_id, size]``, or error blob)."""
-    task_id: bytes
+    task_id: TaskId
     returns: list
 
 
 @_declare(31)
 class TaskFailed(NamedTuple):
     """The task could not run to completion (worker died, cancelled, ...)."""
-    task_id: bytes
+    task_id: TaskId
     error_type: str
     message: str
 
 
 @_declare(32)
 class GeneratorItem(NamedTuple):
-    task_id: bytes
-    index: int
+    task_id: TaskId
+    index: Count
     ret: list              # [object_id, RET_*, payload]
 
 
 @_declare(33)
 class GetObject(NamedTuple):
     """Ask an owner for an object; it answers with ObjectValue when ready."""
-    object_id: bytes
-    reply_to: list         # the asker's Address
+    object_id: ObjectId
+    reply_to: PeerAddress         # the asker's Address
 
 
 @_declare(34)
 class ObjectValue(NamedTuple):
-    object_id: bytes
+    object_id: ObjectId
     ret: list              # [object_id, RET_*, payload]
 
 
 @_declare(35)
 class AddBorrower(NamedTuple):
-    object_ids: list
-    borrower: bytes
+    object_ids: ObjectIds
+    borrower: WorkerId
 
 
 @_declare(36)
 class RemoveBorrower(NamedTuple):
-    object_ids: list
-    borrower: bytes
+    object_ids: ObjectIds
+    borrower: WorkerId
 
 
 @_declare(37)
 class CancelRunning(NamedTuple):
-    task_id: bytes
+    task_id: TaskId
 
 
 @_declare(38)
 class TaskInfeasible(NamedTuple):
-    task_id: bytes
+    task_id: TaskId
     message: str
 
 
@@ -324,8 +525,8 @@ class TaskInfeasible(NamedTuple):
 class TaskPlaced(NamedTuple):
     """A raylet took a task from another node: the owner learns where it is,
     to retry it if that node dies."""
-    task_id: bytes
-    node_id: bytes
+    task_id: TaskId
+    node_id: NodeId
 
 
 # --------------------------------------------------------------------------
@@ -334,14 +535,14 @@ class TaskPlaced(NamedTuple):
 
 @_declare(50)
 class RegisterNode(NamedTuple):
-    node_id: bytes
-    address: str           # the raylet's ROUTER over TCP (locally: its IPC socket)
-    data_address: str      # its object-transfer link (sealed frames, see object_transfer)
+    node_id: NodeId
+    address: Endpoint           # the raylet's ROUTER over TCP (locally: its IPC socket)
+    data_address: Endpoint      # its object-transfer link (sealed frames, see object_transfer)
     node_ip: str
     hostname: str
-    pid: int
-    resources: dict
-    arena_size: int
+    pid: Pid
+    resources: Resources
+    arena_size: Count
     session_dir: str
 
 
@@ -353,45 +554,49 @@ class RegisterNodeReply(NamedTuple):
 
 @_declare(52)
 class Heartbeat(NamedTuple):
-    node_id: bytes
-    available: dict
-    store_used: int
-    total: dict            # totals change when placement group bundles are reserved
+    node_id: NodeId
+    available: ResourceLevels
+    store_used: Count
+    total: Resources            # totals change when placement group bundles are reserved
+    #: node usage sampled every few seconds (see raylet ``node_stats``): cpu_percent,
+    #: mem_used, mem_total, disk_used, disk_total, store_used, store_spilled,
+    #: store_capacity, num_workers, time
+    stats: dict = {}
 
 
 @_declare(53)
 class UnregisterNode(NamedTuple):
-    node_id: bytes
+    node_id: NodeId
 
 
 @_declare(54)
 class RegisterJob(NamedTuple):
-    driver_pid: int
-    driver_address: list
+    driver_pid: Pid
+    driver_address: OptPeerAddress
     namespace: str
-    sys_path: list
+    sys_path: Strings
     cwd: str
 
 
 @_declare(55)
 class FinishJob(NamedTuple):
-    job_id: bytes
+    job_id: JobId
 
 
 @_declare(56)
 class GetJob(NamedTuple):
-    job_id: bytes
+    job_id: JobId
 
 
 @_declare(57)
 class ExportFunction(NamedTuple):
-    function_hash: bytes
+    function_hash: FunctionHash
     blob: bytes
 
 
 @_declare(58)
 class GetFunction(NamedTuple):
-    function_hash: bytes
+    function_hash: FunctionHash
 
 
 @_declare(59)
@@ -427,10 +632,10 @@ class GetNodes(NamedTuple):
 
 @_declare(64)
 class PublishLogs(NamedTuple):
-    job_id: bytes
-    pid: int
+    job_id: JobId
+    pid: Pid
     node_ip: str
-    lines: list
+    lines: Strings
 
 
 @_declare(65)
@@ -447,8 +652,8 @@ class GetClusterInfo(NamedTuple):
 class RegisterActor(NamedTuple):
     """Create an actor: the GCS records it and schedules its creation task.
     Replies Ack([created: bool, ActorInfo fields of the existing actor or None])."""
-    actor_id: bytes
-    spec: list                 # the creation TaskSpec
+    actor_id: ActorId
+    spec: TaskSpecFields                 # the creation TaskSpec
     name: str
     namespace: str
     detached: bool
@@ -461,18 +666,18 @@ class RegisterActor(NamedTuple):
 @_declare(71)
 class ActorStarted(NamedTuple):
     """A worker finished an actor's constructor (error: a serialized error, or b"")."""
-    actor_id: bytes
-    worker_id: bytes
-    address: str               # the actor's ROUTER over TCP (locally: actor_ipc)
-    node_id: bytes
-    pid: int
+    actor_id: ActorId
+    worker_id: WorkerId
+    address: OptEndpoint               # the actor's ROUTER over TCP (locally: actor_ipc)
+    node_id: NodeId
+    pid: Pid
     error: bytes
 
 
 @_declare(72)
 class ReportActorDied(NamedTuple):
     """The raylet saw an actor's worker exit (intentional: exit_actor())."""
-    actor_id: bytes
+    actor_id: ActorId
     message: str
     intentional: bool
 
@@ -480,29 +685,29 @@ class ReportActorDied(NamedTuple):
 @_declare(73)
 class WatchActor(NamedTuple):
     """Send ActorInfo to ``reply_to`` now and at every state change."""
-    actor_id: bytes
-    reply_to: str
+    actor_id: ActorId
+    reply_to: Endpoint
 
 
 @_declare(74)
 class ActorInfo(NamedTuple):
-    actor_id: bytes
+    actor_id: ActorId
     state: str                 # PENDING_CREATION, ALIVE, RESTARTING, DEAD
-    address: list              # [tcp endpoint, worker id, pid, node id] when ALIVE
-    incarnation: int           # how many times it was (re)started
+    address: OptPeerAddress              # [tcp endpoint, worker id, pid, node id] when ALIVE
+    incarnation: Count           # how many times it was (re)started
     death_message: str
     death_error: bytes         # serialized cause when the constructor raised
 
 
 @_declare(75)
 class KillActor(NamedTuple):
-    actor_id: bytes
+    actor_id: ActorId
     no_restart: bool
 
 
 @_declare(76)
 class KillActorWorker(NamedTuple):
-    actor_id: bytes
+    actor_id: ActorId
 
 
 @_declare(77)
@@ -522,38 +727,157 @@ class ListActors(NamedTuple):
 
 @_declare(80)
 class CreatePlacementGroup(NamedTuple):
-    pg_id: bytes
-    bundles: list              # [{resource: amount}, ...]
+    pg_id: PgId
+    bundles: ResourceList              # [{resource: amount}, ...]
     strategy: str              # PACK, SPREAD, STRICT_PACK, STRICT_SPREAD
     name: str
-    job_id: bytes
+    job_id: JobId
     detached: bool
 
 
 @_declare(81)
 class RemovePlacementGroup(NamedTuple):
-    pg_id: bytes
+    pg_id: PgId
 
 
 @_declare(82)
 class GetPlacementGroups(NamedTuple):
     """All placement groups (pg_id b"") or one; by name when ``name`` is set."""
-    pg_id: bytes
+    pg_id: OptId
     name: str
 
 
 @_declare(83)
 class ReserveBundle(NamedTuple):
     """GCS to raylet: set aside a bundle's resources for a placement group."""
-    pg_id: bytes
-    index: int
-    resources: dict
+    pg_id: PgId
+    index: Count
+    resources: Resources
 
 
 @_declare(84)
 class ReturnBundle(NamedTuple):
-    pg_id: bytes
-    index: int
+    pg_id: PgId
+    index: Count
+
+
+# --------------------------------------------------------------------------
+# Task events and user metrics (what the dashboard shows)
+# --------------------------------------------------------------------------
+
+#: Task states as Ray names them; a state travels as its index here.
+TASK_STATES = ("PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER",
+               "RUNNING", "FINISHED", "FAILED")
+(TS_PENDING_ARGS_AVAIL, TS_PENDING_NODE_ASSIGNMENT, TS_SUBMITTED_TO_WORKER, TS_RUNNING,
+ TS_FINISHED, TS_FAILED) = range(6)
+
+
+class TaskEvent(NamedTuple):
+    """One state change of a task, as a list inside ``AddTaskEvents.events``.
+    ``info`` (a dict or None) is what the reporter knows of the task: name,
+    job_id, actor_id, type (TASK_*), required_resources, parent_task_id on
+    the owner's first event; error_type, error_message on FAILED; an
+    executor's name (``Class.method`` for an actor call), type, job_id,
+    actor_id. An executor reports a task that ran once, at its end, with
+    ``start_s``: the time it started RUNNING."""
+    task_id: bytes
+    attempt: int
+    state: int                 # index in TASK_STATES
+    time_s: float              # wall clock of the change
+    info: Any = None
+    start_s: Any = None        # float: a FINISHED/FAILED that also says when RUNNING began
+
+
+@_declare(100)
+class AddTaskEvents(NamedTuple):
+    """One-way, core worker to GCS, at most about once a second: the task
+    state changes it saw since its last batch, and how many it dropped."""
+    worker_id: bytes
+    node_id: bytes
+    pid: int
+    events: list               # [TaskEvent as a list, ...]
+    dropped: int
+
+
+@_declare(101)
+class GetTaskEvents(NamedTuple):
+    """The task table, one row per task: the ``limit`` most recently created
+    rows (all when ``limit`` <= 0) whose fields equal ``filters``."""
+    limit: int = 100
+    filters: dict = {}
+
+
+@_declare(102)
+class TaskEventsReply(NamedTuple):
+    """Rows (dicts with Ray's field names, see gcs.task_event_manager),
+    oldest first; ``dropped``: rows evicted by the bound plus events lost on
+    the way."""
+    events: list
+    dropped: int
+
+
+@_declare(103)
+class ReportMetrics(NamedTuple):
+    """One-way, core worker to GCS: the current values of every user metric
+    of that process (counters and histograms cumulative)."""
+    worker_id: bytes
+    metrics: list              # [{"name", "description", "type", "tag_keys", ...}]
+
+
+@_declare(104)
+class GetMetrics(NamedTuple):
+    pass
+
+
+@_declare(105)
+class MetricsReply(NamedTuple):
+    """User metrics summed over processes: dicts {"name", "description",
+    "type" ("counter"|"gauge"|"histogram"), "tag_keys", "samples":
+    [{"tags": {...}, "value": ...}]}; a histogram adds "boundaries" and its
+    sample values are {"buckets": [count per bucket, the last one +Inf],
+    "sum", "count"}."""
+    metrics: list
+
+
+# --------------------------------------------------------------------------
+# The object-transfer link (zray/raylet/object_transfer.py): a puller's
+# DEALER logged in to a source raylet's data port. These records travel
+# sealed with AES-GCM (security.DataSeal), never to the ROUTERs above:
+#   request  [corr, nonce, seal(encode(DataFetch | DataRelease),
+#                               aad=b"request" + login id)]
+#   answer   [corr, header, nonce, seal(chunk, aad=header + login id)],
+#            header = encode(DataChunk)
+# --------------------------------------------------------------------------
+
+#: Largest frame the data port reads (requests are ~100 bytes); a bigger one
+#: drops the connection before it is buffered.
+DATA_REQUEST_MAX_BYTES = 4096
+
+
+@_declare(90)
+class DataFetch(NamedTuple):
+    """Puller to source: send ``length`` bytes of ``object_id`` from
+    ``offset``. The fetch at offset 0 pins the object for the connection."""
+    seq: Count              # strictly increasing per connection (replays refused)
+    object_id: ObjectId
+    offset: Count
+    length: Count
+
+
+@_declare(91)
+class DataRelease(NamedTuple):
+    """Puller to source: the pull of ``object_id`` is over; unpin it."""
+    seq: Count
+    object_id: ObjectId
+
+
+@_declare(92)
+class DataChunk(NamedTuple):
+    """Source to puller, the clear header of one sealed chunk."""
+    object_id: ObjectId
+    offset: Count
+    total_size: Count       # the object's size (0 with an error)
+    error: str              # "" or why the object cannot be sent
 
 
 # --------------------------------------------------------------------------
@@ -565,6 +889,7 @@ TOPIC_JOB = b"job"
 TOPIC_LOG = b"log:"        # followed by the job id
 TOPIC_ACTOR = b"actor"
 TOPIC_RESOURCES = b"resources"
+TOPIC_TASK_EVENTS = b"task_events"  # payload: the task rows a batch updated
 
 
 def log_topic(job_id: bytes) -> bytes:

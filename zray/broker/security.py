@@ -38,6 +38,7 @@ from __future__ import annotations
 import itertools
 import logging
 import hashlib
+import hmac
 import os
 import socket
 import struct
@@ -118,11 +119,19 @@ def load_key_file(path: str) -> ClusterKey:
     """The keypair in a key file (both halves, or just the secret)."""
     try:
         with open(path, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
+            st = os.fstat(f.fileno())
+            mode, owner = st.st_mode, st.st_uid
             text = f.read(4096)
     except OSError as err:
         raise ClusterKeyError(f"cannot read the cluster key file {path}: "
                               f"{err.strerror or err}") from None
+    if owner not in (os.getuid(), 0) or mode & 0o022:
+        why = (f"it belongs to uid {owner}, not to you (uid {os.getuid()})"
+               if owner not in (os.getuid(), 0) else
+               f"it is writable by other users (mode {mode & 0o777:o})")
+        raise ClusterKeyError(f"refusing to read the cluster key file {path}: {why}; "
+                              f"another user may have made it. Use a key file of your "
+                              f"own with mode 600")
     if mode & 0o077:
         log.warning("the cluster key file %s is readable by others (mode %o): "
                     "chmod 600 it", path, mode & 0o777)
@@ -256,6 +265,8 @@ def _zap_reply(request: list[bytes], allowed: set[bytes]) -> list[bytes]:
                 b"malformed request", b"", b""]
     version, request_id, domain, address, _identity, mechanism, *credentials = request
     peer = address.decode(errors="replace") or None
+    if version == b"1.0" and domain == DATA_ZAP_DOMAIN:
+        return _data_login_reply(request_id, peer, mechanism, credentials)
     if version != b"1.0" or domain != ZAP_DOMAIN.encode() or mechanism != b"CURVE" \
             or len(credentials) != 1:
         reason = f"not a zray CURVE client (domain {domain!r}, mechanism {mechanism!r})"
@@ -466,7 +477,7 @@ def stop() -> None:
 # AES-NI runs at several GB/s. So object chunks travel on a separate plain TCP
 # socket, every request and every chunk sealed with AES-256-GCM under a key
 # derived from the cluster secret: a peer without the secret can neither ask
-# for data (its requests fail to open and are dropped) nor read or alter it.
+# for data (it cannot log in to the data port, see below) nor read or alter it.
 
 DATA_KEY_LABEL = b"zray object transfer v1"
 
@@ -508,3 +519,160 @@ def data_seal() -> DataSeal | None:
     """The sealer for this process's cluster key (None when security is off)."""
     key = current()
     return DataSeal(key) if key is not None else None
+
+
+# ---------------------------------------------------------------------------
+# bulk data: the data port's login
+# ---------------------------------------------------------------------------
+#
+# The data port (not CURVE: its chunks are sealed with AES-GCM, which is
+# several times faster) reads a connection's first message only after a
+# ZeroMQ PLAIN handshake whose credentials this process's ZAP handler
+# checks: the username is the endpoint the peer connects to, the password a
+# one-time login
+# ``login id (16 random bytes) | unix time (8) | HMAC-SHA256 of both and the
+# endpoint under a key derived from the cluster secret``. A login is accepted
+# once, within DATA_LOGIN_WINDOW_S of this host's clock, and only at the
+# endpoint it names: a captured login replayed from another socket (or to
+# another node) is refused before ZeroMQ reads any message of the peer. The
+# ZAP reply names the login id as the connection's User-Id, so every message
+# on the data port carries the id of the login it came in on, and sealed
+# requests bind that id into their AEAD data (replayed on any other
+# connection they do not open).
+
+DATA_ZAP_DOMAIN = b"zray-data"
+DATA_LOGIN_LABEL = b"zray data-port login v1"
+#: a login is accepted this long either side of the server's clock (hosts'
+#: clocks must agree to within this)
+DATA_LOGIN_WINDOW_S = 600
+_LOGIN_BYTES = 16 + 8 + 32
+
+
+def _login_mac_key(key: ClusterKey) -> bytes:
+    return hashlib.sha256(DATA_LOGIN_LABEL + key.secret).digest()
+
+
+def data_login(endpoint: str, key: ClusterKey | None = None,
+               now: float | None = None) -> tuple[bytes, bytes, bytes] | None:
+    """``(username, password, login_id)`` of a fresh one-time login to the
+    data port at ``endpoint``; None when security is off."""
+    key = key or current()
+    if key is None:
+        return None
+    login_id = os.urandom(16)
+    stamp = struct.pack(">q", int(time.time() if now is None else now))
+    user = endpoint.encode()
+    mac = hmac.new(_login_mac_key(key), user + b"\0" + login_id + stamp,
+                   hashlib.sha256).digest()
+    return user, login_id + stamp + mac, login_id
+
+
+class _DataLogins:
+    """The data ports of this process and the logins they have accepted
+    (a login is good once). Used from the ZAP thread and the port's owner."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.endpoints: set[str] = set()
+        self._seen: dict[bytes, int] = {}       # login id -> its time stamp
+
+    def serve(self, endpoint: str) -> None:
+        with self._lock:
+            self.endpoints.add(endpoint)
+
+    def forget(self, endpoint: str) -> None:
+        with self._lock:
+            self.endpoints.discard(endpoint)
+
+    def check(self, username: bytes, password: bytes, now: float | None = None) -> bytes:
+        """The login id of a good login; raises ValueError naming what is wrong."""
+        key = current()
+        if key is None:
+            raise ValueError("this process has no cluster key")
+        endpoint = username.decode(errors="replace")
+        if len(password) != _LOGIN_BYTES:
+            raise ValueError("not a zray data-port login")
+        login_id, stamp, mac = password[:16], password[16:24], password[24:]
+        good = hmac.new(_login_mac_key(key), username + b"\0" + login_id + stamp,
+                        hashlib.sha256).digest()
+        if not hmac.compare_digest(mac, good):
+            raise ValueError("its login is not signed with the cluster key "
+                             "(the peer lacks the cluster secret)")
+        now = int(time.time() if now is None else now)
+        (when,) = struct.unpack(">q", stamp)
+        with self._lock:
+            if endpoint not in self.endpoints:
+                raise ValueError(f"its login is for {endpoint[:80]}, not a data port "
+                                 f"of this process")
+            if abs(now - when) > DATA_LOGIN_WINDOW_S:
+                raise ValueError(f"its login is {now - when:+d} s old: a replayed login, "
+                                 f"or the hosts' clocks differ by more than "
+                                 f"{DATA_LOGIN_WINDOW_S} s (synchronise them, e.g. NTP)")
+            if login_id in self._seen:
+                raise ValueError("its login was used before (a replayed login)")
+            if len(self._seen) >= 1024:
+                horizon = now - 2 * DATA_LOGIN_WINDOW_S
+                self._seen = {k: t for k, t in self._seen.items() if t >= horizon}
+            self._seen[login_id] = when
+        return login_id
+
+
+_data_logins = _DataLogins()
+
+
+def _data_login_reply(request_id: bytes, peer: str | None, mechanism: bytes,
+                      credentials: list) -> list[bytes]:
+    """The ZAP answer for a connection to a data port (see ``data_login``)."""
+    if mechanism != b"PLAIN" or len(credentials) != 2:
+        reason = f"not a zray data-port login (mechanism {mechanism!r})"
+    else:
+        try:
+            login_id = _data_logins.check(credentials[0], credentials[1])
+        except ValueError as err:
+            reason = str(err)
+        else:
+            return [b"1.0", request_id, b"200", b"OK", login_id.hex().encode(), b""]
+    _refusals.note("the data port", peer, reason)
+    return [b"1.0", request_id, b"400", reason.encode()[:255], b"", b""]
+
+
+def configure_data_server(sock: zmq.Socket, ctx: zmq.Context) -> bool:
+    """Make ``sock`` (before bind) a data port that admits only connections
+    with a good login (see ``data_login``); False when security is off.
+    Call ``serve_data_port`` with the endpoint once it is bound."""
+    if current() is None:
+        return False
+    _guard_for(ctx)                     # the ZAP handler
+    sock.plain_server = True
+    sock.zap_domain = DATA_ZAP_DOMAIN
+    sock.zap_enforce_domain = True      # no ZAP handler answering: refuse, never admit
+    return True
+
+
+def serve_data_port(endpoint: str) -> None:
+    """Accept logins naming ``endpoint`` (a bound data port of this process)."""
+    _data_logins.serve(endpoint)
+
+
+def forget_data_port(endpoint: str) -> None:
+    """Refuse logins naming ``endpoint`` (its port is closed)."""
+    _data_logins.forget(endpoint)
+
+
+def peer_host(fd: int, where: str) -> str | None:
+    """The remote host of the connection on ``fd`` accepted at ``where``, if
+    still open (best effort, for log lines)."""
+    return _peer_of(fd, where)
+
+
+def configure_data_client(sock: zmq.Socket, endpoint: str) -> bytes:
+    """Give ``sock`` (before connect) a fresh login to the data port at
+    ``endpoint``; returns the login id (b"" when security is off). A login is
+    good for one connection: make a new socket to reconnect."""
+    login = data_login(endpoint)
+    if login is None:
+        return b""
+    user, password, login_id = login
+    sock.plain_username = user
+    sock.plain_password = password
+    return login_id

@@ -4,7 +4,9 @@
 decodes each message and calls the handler named after it
 (``SubmitTask`` -> ``handle_submit_task(req, msg)``). Garbage of any kind —
 wrong frame count, junk payload, unknown code, wrong arity, a handler that
-raises — is logged with a reason and dropped; the loop keeps serving.
+raises — is logged with a reason and dropped; the loop keeps serving. The
+log is rate-limited per peer, so no peer can flood it. Sending never blocks:
+a reply to a peer that does not read, or that left, is dropped and logged.
 """
 from __future__ import annotations
 
@@ -18,6 +20,11 @@ import zmq
 from . import protocol, sockets
 
 log = logging.getLogger(__name__)
+
+_NOBLOCK = int(zmq.NOBLOCK)
+
+#: messages dropped from one peer are logged at most once in this many seconds
+DROP_LOG_INTERVAL_S = 10.0
 
 
 def _snake(name: str) -> str:
@@ -53,6 +60,10 @@ class Service:
         self.router: zmq.Socket | None = None
         self.running = True
         self.dropped = 0
+        self.send_failures = 0
+        self.failed = 0                      # requests whose handler raised
+        self._failing: set[bytes] = set()    # peers a send failed to, logged once
+        self._drop_log: dict = {}            # peer -> [last logged, complaints not logged]
         # stop() (often from a signal handler) writes here to end a poll at once
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -89,15 +100,27 @@ class Service:
 
     def send_to(self, identity: bytes, message, corr: bytes = b"", blobs=(),
                 sock: zmq.Socket | None = None) -> bool:
-        """Send on a ROUTER to a connected peer; False if it is gone."""
+        """Send on a ROUTER to a connected peer; False if it is gone or does
+        not read (its queue is full): never blocks. A failure is logged once
+        per peer until a send to it succeeds again."""
         try:
             sockets.send_frames(sock or self.router,
-                                [identity, corr, protocol.encode(message), *blobs])
-            return True
-        except zmq.ZMQError as exc:     # EHOSTUNREACH: the peer disconnected
-            log.warning("%s: cannot send %s to %r: %s", self.name,
-                        type(message).__name__, identity[:16], exc)
+                                [identity, corr, protocol.encode(message), *blobs], _NOBLOCK)
+        except zmq.ZMQError as exc:     # EHOSTUNREACH: disconnected; EAGAIN: does not read
+            self.send_failures += 1
+            if identity not in self._failing:
+                if len(self._failing) > 10_000:
+                    self._failing.clear()
+                self._failing.add(identity)
+                log.warning("%s: cannot send %s to %r: %s (%s); further failures to send "
+                            "to it are not logged", self.name, type(message).__name__,
+                            identity[:16], exc,
+                            "it does not read its replies" if isinstance(exc, zmq.Again)
+                            else "it went away")
             return False
+        if self._failing:
+            self._failing.discard(identity)
+        return True
 
     # -- the loop ---------------------------------------------------------
     def _on_router(self, sock: zmq.Socket) -> None:
@@ -133,12 +156,37 @@ class Service:
         try:
             handler(req, msg)
         except Exception as exc:
-            log.exception("%s: %s failed", self.name, type(msg).__name__)
+            self.failed += 1
+            untold = self._loggable((b"failed", identity))
+            if untold is not None:
+                log.exception("%s: %s from peer %r failed%s", self.name, type(msg).__name__,
+                              identity[:16], f" ({untold} more failures of its requests since "
+                                             f"the last report)" if untold else "")
             self.reply(req, protocol.ErrorReply(type(exc).__name__, str(exc)))
 
     def _drop(self, identity: bytes, reason: str) -> None:
+        """Count and log a dropped message (rate-limited per peer)."""
         self.dropped += 1
-        log.warning("%s: dropped a message from peer %r: %s", self.name, identity[:16], reason)
+        untold = self._loggable(identity)
+        if untold is not None:
+            log.warning("%s: dropped a message from peer %r: %s%s", self.name, identity[:16],
+                        reason, f" ({untold} more dropped from it since the last report)"
+                        if untold else "")
+
+    def _loggable(self, key) -> int | None:
+        """Whether to log a complaint about a peer: None to stay silent, else
+        how many complaints were left out before it. The first complaint is
+        logged, then at most one per DROP_LOG_INTERVAL_S (a peer sending
+        garbage in a loop cannot flood the log)."""
+        now = time.monotonic()
+        seen = self._drop_log.get(key)
+        if seen is not None and now - seen[0] < DROP_LOG_INTERVAL_S:
+            seen[1] += 1
+            return None
+        if len(self._drop_log) > 10_000:
+            self._drop_log.clear()
+        self._drop_log[key] = [now, 0]
+        return seen[1] if seen is not None else 0
 
     def run(self) -> None:
         while self.running:

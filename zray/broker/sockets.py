@@ -19,7 +19,7 @@ import threading
 import zmq
 
 from . import security
-from .protocol import MAX_MESSAGE_BYTES
+from .protocol import DATA_REQUEST_MAX_BYTES, MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +84,13 @@ def _bind(sock: zmq.Socket, endpoint: str) -> str:
 def server_router(endpoint: str) -> tuple[zmq.Socket, str]:
     """ROUTER a daemon serves requests on (the request/reply server side).
 
-    Frames bigger than MAX_MESSAGE_BYTES are dropped by ZeroMQ itself.
+    Frames bigger than MAX_MESSAGE_BYTES are dropped by ZeroMQ itself; at
+    most REPLY_HWM messages wait for a peer (``Service.send_to`` never blocks).
     Returns the socket and the endpoint actually bound (port 0 resolved)."""
     sock = _socket(zmq.ROUTER)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.SNDHWM, REPLY_HWM)  # replies a peer leaves unread: bounded
     return sock, _bind(sock, endpoint)
 
 
@@ -128,25 +130,92 @@ def subscriber(endpoint: str, topics: list[bytes]) -> zmq.Socket:
     return sock
 
 
+#: one-way messages queued for one peer before further ones are dropped
+PEER_HWM = 10_000
+#: replies queued on a daemon's ROUTER for one peer that does not read them
+REPLY_HWM = 100_000
+
+
+def peer_dealer(endpoint: str, hwm: int = PEER_HWM) -> zmq.Socket:
+    """DEALER for one-way messages to an endpoint a peer named (an owner's
+    inbox, a raylet, an actor watcher): it never blocks its caller. At most
+    ``hwm`` messages wait for a slow, silent or hostile peer; past that, and
+    when the peer's connection failed for good, ``send`` raises ``zmq.Again``
+    (SNDTIMEO 0) at once. Raises ``zmq.ZMQError`` for an endpoint that does
+    not parse, leaving no socket behind."""
+    sock = _socket(zmq.DEALER)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.SNDTIMEO, 0)
+    try:
+        if endpoint.startswith("tcp://"):
+            security.configure_client(sock)
+        sock.connect(endpoint)
+    except zmq.ZMQError:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+#: messages queued per peer on the data port, each way (requests in,
+#: answers of up to a chunk out); the puller keeps fewer than this in flight
+DATA_PEER_HWM = 64
+#: ZMTP heartbeats on the data link: a peer silent this long is disconnected
+#: (and whatever it pinned is released)
+DATA_HEARTBEAT_IVL_MS = 5_000
+DATA_HEARTBEAT_TIMEOUT_MS = 30_000
+#: a connection that has not logged in within this is dropped
+DATA_HANDSHAKE_MS = 5_000
+
+
+def _data_socket(kind: int) -> zmq.Socket:
+    sock = _socket(kind)
+    sock.setsockopt(zmq.SNDHWM, DATA_PEER_HWM)
+    sock.setsockopt(zmq.RCVHWM, DATA_PEER_HWM)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, DATA_HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, DATA_HEARTBEAT_TIMEOUT_MS)
+    return sock
+
+
 def data_router(endpoint: str) -> tuple[zmq.Socket, str]:
-    """ROUTER of the object-transfer link: plain TCP on purpose — every frame
-    on it is sealed with AES-GCM (security.DataSeal), which moves bulk bytes
-    several times faster than CURVE."""
-    sock = _socket(zmq.ROUTER)
-    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    """ROUTER of the object-transfer link (the data port): not CURVE on
+    purpose — every frame on it is sealed with AES-GCM (security.DataSeal),
+    which moves bulk bytes several times faster. A connection must log in
+    with the cluster key in the ZMTP handshake before ZeroMQ reads any of its
+    messages (security.configure_data_server), and no frame larger than
+    DATA_REQUEST_MAX_BYTES is read from anyone: a bigger one drops the
+    connection. Returns the socket and the endpoint bound (port 0 resolved)."""
+    sock = _data_socket(zmq.ROUTER)
+    sock.setsockopt(zmq.MAXMSGSIZE, DATA_REQUEST_MAX_BYTES)
+    sock.setsockopt(zmq.HANDSHAKE_IVL, DATA_HANDSHAKE_MS)   # idle strangers go soon
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    security.configure_data_server(sock, context())
     if endpoint.endswith(":0"):
         port = sock.bind_to_random_port(endpoint[:-2])
-        return sock, f"{endpoint[:-2]}:{port}"
-    sock.bind(endpoint)
+        endpoint = f"{endpoint[:-2]}:{port}"
+    else:
+        sock.bind(endpoint)
+    security.serve_data_port(endpoint)
     return sock, endpoint
 
 
-def data_dealer(endpoint: str) -> zmq.Socket:
-    """DEALER of the object-transfer link (plain TCP, sealed frames)."""
-    sock = _socket(zmq.DEALER)
-    sock.connect(endpoint)
-    return sock
+def data_dealer(endpoint: str, max_frame: int) -> tuple[zmq.Socket, bytes]:
+    """DEALER of the object-transfer link, logged in to the data port at
+    ``endpoint`` with a fresh one-time login; frames over ``max_frame`` bytes
+    drop the connection. Returns the socket and its login id (b"" when
+    security is off). A login is good once: after a disconnect, make a new
+    socket rather than let this one reconnect."""
+    sock = _data_socket(zmq.DEALER)
+    sock.setsockopt(zmq.SNDHWM, HWM)           # small requests, from us
+    sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
+    sock.setsockopt(zmq.RECONNECT_IVL, 1000)    # a used login is refused anyway
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 0)
+    try:
+        login_id = security.configure_data_client(sock, endpoint)
+        sock.connect(endpoint)
+    except zmq.ZMQError:
+        sock.close(linger=0)
+        raise
+    return sock, login_id
 
 
 _MORE = int(zmq.SNDMORE)

@@ -4,6 +4,9 @@ from __future__ import annotations
 import time
 
 TABLE = "nodes"
+#: what a node's "stats" may hold (numbers; see Heartbeat.stats)
+STATS = frozenset({"cpu_percent", "mem_used", "mem_total", "disk_used", "disk_total",
+                   "store_used", "store_spilled", "store_capacity", "num_workers", "time"})
 
 
 class NodeManager:
@@ -19,6 +22,7 @@ class NodeManager:
             "available": dict(msg.resources), "arena_size": msg.arena_size,
             "store_used": 0, "alive": True, "start_time": time.time(),
             "last_heartbeat": time.monotonic(), "session_dir": msg.session_dir,
+            "stats": {},        # usage the raylet samples (see Heartbeat.stats)
         }
         self.storage.put(TABLE, msg.node_id, node)
         return node
@@ -31,6 +35,9 @@ class NodeManager:
         node["available"] = dict(msg.available)
         node["resources"] = dict(msg.total)
         node["store_used"] = msg.store_used
+        if msg.stats:
+            node["stats"] = {k: v for k, v in msg.stats.items()
+                             if k in STATS and type(v) in (int, float)}
         node["last_heartbeat"] = time.monotonic()
         return node
 

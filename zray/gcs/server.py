@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from ..broker import protocol as p
 from ..broker import sockets
@@ -11,10 +12,12 @@ from ..config import config
 from .actor_manager import ALIVE, DEAD, ActorManager
 from .job_manager import JobManager
 from .kv_manager import FUNCTIONS, KVManager
+from .metrics_manager import MetricsManager
 from .node_manager import NodeManager
 from .placement_group_manager import (CREATED, PENDING, REMOVED, STRATEGIES,
                                       PlacementGroupManager, place)
 from .storage import InMemoryStorage
+from .task_event_manager import TaskEventManager
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +34,23 @@ class GcsServer(Service):
         self.kv = KVManager(storage)
         self.actors = ActorManager(storage)
         self.pgs = PlacementGroupManager(storage)
-        self.sender = Sender()          # to raylets and to actor watchers' inboxes
+        self.task_events = TaskEventManager(config.task_events_max)
+        self.metrics = MetricsManager()
+        self.sender = Sender("gcs")     # to raylets and to actor watchers' inboxes: never blocks
         self.unscheduled: list[bytes] = []   # actors no live node can host yet
+        self.requests_served = 0
         router, self.address = sockets.server_router(sockets.tcp_endpoint(address))
         host = self.address.rsplit(":", 1)[0]
         self.pub, self.pub_address = sockets.publisher(f"{host}:0")
         self.serve(router)
         self.every(config.heartbeat_interval_s, self.check_node_health)
+        self.every(0.5, self.publish_task_events)
         log.info("GCS serving at %s, events at %s; a node silent for %ss is dead",
                  self.address, self.pub_address, config.node_timeout_s)
+
+    def dispatch_frames(self, identity: bytes, frames, sock=None) -> None:
+        self.requests_served += 1           # for the dashboard's requests/s
+        return super().dispatch_frames(identity, frames, sock)
 
     def publish(self, topic: bytes, event) -> None:
         self.pub.send_multipart([topic, p.encode_event(event)])
@@ -55,13 +66,16 @@ class GcsServer(Service):
         for actor_id in waiting:
             actor = self.actors.get(actor_id)
             if actor is not None and actor["state"] != DEAD:
-                self._schedule_actor(actor)
+                try:        # one actor that cannot be scheduled never stops the others
+                    self._schedule_actor(actor)
+                except Exception:
+                    log.exception("actor %s: cannot schedule it", actor_id.hex()[:12])
 
     def handle_heartbeat(self, req, msg: p.Heartbeat):
         node = self.nodes.heartbeat(msg)
         if node is not None:
             self.publish(p.TOPIC_RESOURCES, {"node_id": msg.node_id, "available": msg.available,
-                                            "total": msg.total})
+                                            "total": msg.total, "stats": node.get("stats")})
             if self.pgs.pending():
                 self._place_pending_groups()
         self.reply(req, p.Ack(node is not None))
@@ -96,7 +110,9 @@ class GcsServer(Service):
         self.reply(req, p.Ack(self.nodes.all()))
 
     def handle_get_cluster_info(self, req, msg):
-        self.reply(req, p.Ack({"nodes": self.nodes.all(), "jobs": self.jobs.all()}))
+        self.reply(req, p.Ack({"nodes": self.nodes.all(), "jobs": self.jobs.all(),
+                               "pub_address": self.pub_address,
+                               "requests_served": self.requests_served}))
 
     # -- jobs -------------------------------------------------------------
     def handle_register_job(self, req, msg: p.RegisterJob):
@@ -173,7 +189,7 @@ class GcsServer(Service):
             return
         node = max(fits, key=lambda n: n["available"].get("CPU", 0.0))
         if spec.options.get("strategy") == "NODE":
-            wanted = [n for n in fits if n["node_id"] == spec.options["node_id"]]
+            wanted = [n for n in fits if n["node_id"] == spec.options.get("node_id")]
             if wanted:
                 node = wanted[0]
             elif not spec.options.get("soft"):
@@ -189,6 +205,12 @@ class GcsServer(Service):
                     counts[other["node_id"]] += 1
             node = min(fits, key=lambda n: counts[n["node_id"]])
         spec = spec._replace(attempt=actor["restarts"])
+        self.task_events.record(spec.task_id, spec.attempt, p.TS_PENDING_NODE_ASSIGNMENT,
+                                      time.time(), {
+                                          "name": f"{spec.function_name}.__init__",
+                                          "type": p.TASK_ACTOR_CREATION, "job_id": spec.job_id,
+                                          "actor_id": spec.actor_id,
+                                          "required_resources": spec.resources})
         self.sender.send(node["address"], p.SubmitTask(list(spec)))
 
     def handle_actor_started(self, req, msg: p.ActorStarted):
@@ -327,6 +349,29 @@ class GcsServer(Service):
         self.reply(req, p.Ack([self.pgs.public(pg) for pg in pgs]))
 
     # -- events -----------------------------------------------------------
+    def handle_add_task_events(self, req, msg: p.AddTaskEvents):
+        self.task_events.add(msg)
+
+    #: task rows published at most per publish_task_events (twice a second):
+    #: a live view gets the latest changes; the table has them all
+    TASK_ROWS_PUBLISHED_MAX = 250
+
+    def publish_task_events(self) -> None:
+        """Publish the task rows changed since the last call, each once."""
+        rows = self.task_events.take_changed(self.TASK_ROWS_PUBLISHED_MAX)
+        if rows:
+            self.publish(p.TOPIC_TASK_EVENTS, rows)
+
+    def handle_get_task_events(self, req, msg: p.GetTaskEvents):
+        self.reply(req, p.TaskEventsReply(self.task_events.query(msg.limit, msg.filters),
+                                          self.task_events.dropped))
+
+    def handle_report_metrics(self, req, msg: p.ReportMetrics):
+        self.metrics.report(msg.worker_id, msg.metrics)
+
+    def handle_get_metrics(self, req, msg: p.GetMetrics):
+        self.reply(req, p.MetricsReply(self.metrics.query()))
+
     def handle_publish_logs(self, req, msg: p.PublishLogs):
         self.publish(p.log_topic(msg.job_id), [msg.pid, msg.node_ip, msg.lines])
 

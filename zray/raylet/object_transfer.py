@@ -2,28 +2,46 @@
 the raylet that has it, in chunks, several in flight. Requests for an object
 already being pulled join that pull.
 
-The transfer link is its own TCP socket pair (``sockets.data_router`` /
-``data_dealer``). Every frame on it is sealed with AES-256-GCM under the
-cluster key (``security.DataSeal``): the source encrypts each chunk straight
-out of its arena, the puller decrypts it straight into its own arena, and a
-peer without the key is refused. Frames:
+The transfer link is its own TCP socket pair: a source raylet's data port
+(``sockets.data_router``) and, on each puller, one DEALER per source
+(``sockets.data_dealer``). What a source accepts:
 
-* request  ``[corr, nonce, seal(msgpack(["fetch", object_id, offset, length]))]``
-  or ``[b"", nonce, seal(msgpack(["release", object_id]))]``;
-* answer   ``[corr, header, nonce, seal(chunk, aad=header)]`` with
-  ``header = msgpack([object_id, offset, total_size, error])``.
+* a connection only after it logged in with the cluster key in the ZMTP
+  handshake, with a one-time login bound to this data port (see
+  ``security.data_login``): before that no message of the peer is read, and
+  a replayed login is refused;
+* frames of at most ``protocol.DATA_REQUEST_MAX_BYTES`` from anyone (a bigger
+  one drops the connection), at most ``sockets.DATA_PEER_HWM`` messages queued
+  per connection;
+* requests sealed with AES-256-GCM under the cluster key and bound to the
+  connection's login id, with a sequence number that must grow: a request
+  replayed on the same or another connection is refused.
 
-The source pins the object on the first fetch and keeps it pinned until the
-puller's "release" (so a chunk is never read from reused memory).
+Frames (records in ``protocol``: DataFetch, DataRelease, DataChunk):
+
+* request  ``[corr, nonce, seal(encode(DataFetch|DataRelease), aad=b"request" + login)]``;
+* answer   ``[corr, header, nonce, seal(chunk, aad=header + login)]`` with
+  ``header = encode(DataChunk)``.
+
+The source pins the object on a connection's first fetch of it and unpins it
+on that connection's DataRelease, or when the connection closes (peer gone,
+silent past the heartbeat timeout, or dropped for a bad frame): no transfer
+pin outlives its connection. A puller whose link drops makes a new one (a
+login is good once) and restarts its pulls from that source, up to
+LINK_ATTEMPTS links per pull.
 """
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
+import os
 import time
 
-import msgpack
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
+from ..broker import protocol as p
 from ..broker import security, sockets
 from ..store.object_table import ObjectExistsError, ObjectStoreFullError
 
@@ -31,8 +49,33 @@ log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 8 * 1024 * 1024
 WINDOW = 4              # chunks in flight per pull
+LINK_WINDOW = 16        # chunks in flight per link (below sockets.DATA_PEER_HWM)
+LINK_ATTEMPTS = 3       # links one pull may use before it fails
 FETCH_CORR = b"fetch\0\0\0"
 REFUSAL_LOG_INTERVAL_S = 30.0
+#: the largest answer frame a puller reads: a sealed chunk (16-byte tag) and slack
+ANSWER_MAX_BYTES = CHUNK_BYTES + 4096
+REQUEST_AAD = b"request"
+
+_SERVER_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+                  | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_LINK_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+_monitor_ids = itertools.count()
+
+
+def _monitor(sock, events: int):
+    """A PAIR receiving ``sock``'s connection events; its queue is unbounded,
+    so that a raylet busy for a while never stalls ZeroMQ's I/O thread."""
+    address = f"inproc://zray-transfer-monitor-{os.getpid()}-{next(_monitor_ids)}"
+    sock.monitor(address, events)
+    monitor = sock.context.socket(zmq.PAIR)
+    monitor.rcvhwm = 0
+    monitor.linger = 0
+    monitor.connect(address)
+    return monitor
 
 
 class _Plain:
@@ -53,7 +96,7 @@ class _Plain:
 
 class Pull:
     __slots__ = ("object_id", "source", "size", "offset", "next", "received", "done",
-                 "started")
+                 "started", "links")
 
     def __init__(self, object_id: bytes, source: bytes):
         self.object_id = object_id
@@ -64,20 +107,50 @@ class Pull:
         self.received = 0
         self.done: list = []      # callbacks(ok: bool)
         self.started = time.monotonic()
+        self.links = 0            # links this pull has used
+
+
+class _Link:
+    """This raylet's logged-in connection to one source's data port."""
+    __slots__ = ("node_id", "sock", "monitor", "login", "seq", "in_flight", "waiting")
+
+    def __init__(self, node_id: bytes, sock, monitor, login: bytes):
+        self.node_id, self.sock, self.monitor, self.login = node_id, sock, monitor, login
+        self.seq = 0
+        self.in_flight = 0                          # fetches sent, not yet answered
+        self.waiting: collections.deque = collections.deque()   # fetches held back
+
+
+class _Session:
+    """One connection to this raylet's data port, known from its first message."""
+    __slots__ = ("identity", "login", "fd", "last_seq", "pinned", "client")
+
+    def __init__(self, identity: bytes, login: bytes, fd: int):
+        self.identity, self.login, self.fd = identity, login, fd
+        self.last_seq = 0
+        self.pinned: set[bytes] = set()
+        self.client = b"transfer:" + identity     # the store's name for its pins
 
 
 class ObjectTransfer:
     """Pulls in progress on this raylet, the links to peers, and the serving
-    side of the transfer link."""
+    side of the transfer link (the data port)."""
 
     def __init__(self, raylet, node_ip: str):
         self.raylet = raylet
         self._seal = None                 # made at first use (imports cryptography)
         self.pulls: dict[bytes, Pull] = {}
-        self.links: dict[bytes, zmq.Socket] = {}
+        self.links: dict[bytes, _Link] = {}
+        self._link_of_monitor: dict = {}
         self.server, self.endpoint = sockets.data_router(f"tcp://{node_ip}:0")
+        self.monitor = _monitor(self.server, _SERVER_EVENTS)
+        self.sessions: dict[bytes, _Session] = {}     # routing id -> session
+        self._by_fd: dict[int, _Session] = {}
+        self._open_fds: set[int] = set()              # connections the port has open
+        self._last_peer: str | None = None            # host of the last one (for logs)
+        raylet.watch(self.monitor, self._on_monitor)
         raylet.watch(self.server, self._on_request)
-        self._last_refusal = 0.0
+        self._refusals: dict[str, tuple[float, int]] = {}   # kind -> (logged at, untold)
 
     @property
     def seal(self):
@@ -95,31 +168,72 @@ class ObjectTransfer:
         if pull is not None:
             pull.done.append(on_done)
             return
-        link = self._link(source)
-        if link is None:
-            on_done(False)
-            return
         pull = self.pulls[object_id] = Pull(object_id, source)
         pull.done.append(on_done)
-        self._request(pull, link, 0, CHUNK_BYTES)     # learn the size from chunk 0
+        self._start(pull)
 
-    def _link(self, node_id: bytes):
-        sock = self.links.get(node_id)
-        if sock is None:
+    def _start(self, pull: Pull) -> None:
+        """(Re)start ``pull`` from byte 0 on the current link to its source."""
+        link = self._link(pull.source)
+        if link is None:
+            self._finish(pull, False)
+            return
+        pull.links += 1
+        pull.next = pull.received = 0
+        if pull.offset < 0:
+            self._request(pull, link, 0)            # learn the size from chunk 0
+        else:
+            self._fill_window(pull, link)
+
+    def _fill_window(self, pull: Pull, link: _Link) -> None:
+        while pull.next < pull.size and pull.next < pull.received + WINDOW * CHUNK_BYTES:
+            self._request(pull, link, pull.next)
+
+    def _link(self, node_id: bytes) -> _Link | None:
+        link = self.links.get(node_id)
+        if link is None:
             address = self.raylet.view.data_address(node_id)
             if not address:
                 return None
-            sock = self.links[node_id] = sockets.data_dealer(address)
+            try:
+                sock, login = sockets.data_dealer(address, ANSWER_MAX_BYTES)
+            except zmq.ZMQError as err:
+                log.warning("object transfer: cannot connect to %s: %s", address, err)
+                return None
+            monitor = _monitor(sock, _LINK_EVENTS)
+            link = self.links[node_id] = _Link(node_id, sock, monitor, login)
+            self._link_of_monitor[monitor] = link
             self.raylet.watch(sock, self._on_link)
-        return sock
+            self.raylet.watch(monitor, self._on_link_monitor)
+        return link
 
-    def _send_request(self, link, corr: bytes, request: list) -> None:
-        nonce, sealed = self.seal.seal(msgpack.packb(request, use_bin_type=True), b"request")
-        link.send_multipart([corr, nonce, sealed], copy=False)
+    def _send_request(self, link: _Link, corr: bytes, message) -> None:
+        nonce, sealed = self.seal.seal(p.encode(message), REQUEST_AAD + link.login)
+        try:
+            link.sock.send_multipart([corr, nonce, sealed], flags=zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as err:       # a full queue: the link is stuck; drop it
+            self._link_lost(link, f"cannot queue a request ({err})")
 
-    def _request(self, pull: Pull, link, offset: int, length: int) -> None:
-        self._send_request(link, FETCH_CORR, ["fetch", pull.object_id, offset, length])
-        pull.next = offset + length
+    def _request(self, pull: Pull, link: _Link, offset: int) -> None:
+        pull.next = offset + CHUNK_BYTES
+        if link.in_flight >= LINK_WINDOW:
+            link.waiting.append((pull, offset))
+            return
+        link.in_flight += 1
+        link.seq += 1
+        self._send_request(link, FETCH_CORR,
+                           p.DataFetch(link.seq, pull.object_id, offset, CHUNK_BYTES))
+
+    def _answered(self, link: _Link) -> None:
+        """One fetch of ``link`` was answered: send one that waited, if any."""
+        link.in_flight = max(0, link.in_flight - 1)
+        while link.waiting and link.in_flight < LINK_WINDOW:
+            pull, offset = link.waiting.popleft()
+            if self.pulls.get(pull.object_id) is pull and self.links.get(pull.source) is link:
+                link.in_flight += 1
+                link.seq += 1
+                self._send_request(link, FETCH_CORR,
+                                   p.DataFetch(link.seq, pull.object_id, offset, CHUNK_BYTES))
 
     def _on_link(self, sock) -> None:
         for _ in range(64):
@@ -127,54 +241,79 @@ class ObjectTransfer:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            except zmq.ZMQError:            # closed under us (link dropped)
+                return
             if len(frames) != 4:
                 log.warning("dropped a transfer answer of %d frames", len(frames))
                 continue
             try:
-                object_id, offset, total, error = msgpack.unpackb(frames[1].bytes)
-            except (ValueError, TypeError, msgpack.UnpackException):
-                log.warning("dropped a transfer answer with a bad header")
+                header = p.decode(frames[1].bytes)
+            except p.ProtocolError as err:
+                log.warning("dropped a transfer answer with a bad header: %s", err)
                 continue
-            self._on_chunk(sock, object_id, offset, total, error, frames)
+            if not isinstance(header, p.DataChunk):
+                log.warning("dropped a transfer answer headed %s", type(header).__name__)
+                continue
+            link = next((lk for lk in self.links.values() if lk.sock is sock), None)
+            if link is None:
+                return
+            self._answered(link)
+            try:
+                self._on_chunk(link, header, frames)
+            except Exception:       # one bad answer never stops the raylet
+                log.exception("object transfer: an answer failed")
+            if self.links.get(link.node_id) is not link:
+                return              # the link was dropped meanwhile
 
-    def _on_chunk(self, link, object_id, offset, total, error, frames) -> None:
+    def _on_chunk(self, link: _Link, header, frames) -> None:
+        object_id = header.object_id
         pull = self.pulls.get(object_id)
-        if pull is None:
+        if pull is None or pull.source != link.node_id:
             return
-        if error:
-            log.warning("pull of %s failed: %s", object_id.hex(), error)
+        if header.error:
+            log.warning("pull of %s failed: %s", object_id.hex(), header.error)
             return self._finish(pull, False)
         store = self.raylet.store
         if pull.offset < 0:
-            pull.size = total
+            pull.size = header.total_size
             try:
-                pull.offset = store.create(object_id, total, primary=False)
+                pull.offset = store.create(object_id, header.total_size, primary=False)
             except ObjectExistsError:
                 return self._finish(pull, True)
             except ObjectStoreFullError as err:
                 log.warning("no room to pull %s: %s", object_id.hex(), err)
                 return self._finish(pull, False)
-            while pull.next < pull.size and pull.next < WINDOW * CHUNK_BYTES:
-                self._request(pull, link, pull.next, CHUNK_BYTES)
+            self._fill_window(pull, link)
+        elif header.total_size != pull.size:
+            log.warning("pull of %s: the source now says %d bytes, not %d", object_id.hex(),
+                        header.total_size, pull.size)
+            return self._finish(pull, False)
         sealed = frames[3].buffer
         length = len(sealed) - (16 if frames[2].bytes else 0)
-        target = self.raylet.arena.writable_view(pull.offset + offset, length)
+        if length < 0 or header.offset + length > pull.size:
+            log.warning("pull of %s: a chunk at %d of %d bytes does not fit the object",
+                        object_id.hex(), header.offset, length)
+            return self._finish(pull, False)
+        target = self.raylet.arena.writable_view(pull.offset + header.offset, length)
         try:
-            self.seal.open_into(frames[2].bytes, sealed, frames[1].bytes, target)
+            self.seal.open_into(frames[2].bytes, sealed, frames[1].bytes + link.login, target)
         except security.DataSealError as err:
             log.warning("pull of %s: %s", object_id.hex(), err)
             return self._finish(pull, False)
         pull.received += length
         if pull.next < pull.size:
-            self._request(pull, link, pull.next, CHUNK_BYTES)
+            self._request(pull, link, pull.next)
         if pull.received >= pull.size:
             self.raylet.seal(object_id)
-            self._send_request(link, b"", ["release", object_id])
+            link.seq += 1
+            self._send_request(link, b"", p.DataRelease(link.seq, object_id))
             log.info("pulled %s (%d bytes) in %.3fs", object_id.hex()[:12], pull.size,
                      time.monotonic() - pull.started)
             self._finish(pull, True)
 
     def _finish(self, pull: Pull, ok: bool) -> None:
+        if self.pulls.get(pull.object_id) is not pull:
+            return
         self.pulls.pop(pull.object_id, None)
         if not ok and pull.offset >= 0:
             self.raylet.store.abort(pull.object_id)
@@ -183,74 +322,233 @@ class ObjectTransfer:
         for callback in pull.done:
             callback(ok)
 
+    def _on_link_monitor(self, monitor) -> None:
+        link = self._link_of_monitor.get(monitor)
+        for _ in range(64):
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                return
+            if link is None or self.links.get(link.node_id) is not link:
+                return
+            kind = event["event"]
+            if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                why = (f"the source refused our login (ZAP status {event['value']}): "
+                       f"another cluster key, or clocks apart by more than "
+                       f"{security.DATA_LOGIN_WINDOW_S} s?")
+            elif kind == zmq.EVENT_DISCONNECTED:
+                why = "the connection closed"
+            else:
+                why = f"the login handshake failed (event {kind:#x}, {event['value']})"
+            self._link_lost(link, why)
+            return
+
+    def _close_link(self, link: _Link) -> None:
+        if self.links.get(link.node_id) is link:
+            del self.links[link.node_id]
+        self._link_of_monitor.pop(link.monitor, None)
+        self.raylet.unwatch(link.sock)
+        self.raylet.unwatch(link.monitor)
+        try:
+            link.sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        link.monitor.close(linger=0)
+        link.sock.close(linger=0)
+
+    def _link_lost(self, link: _Link, why: str) -> None:
+        """The link to a source failed: pulls from it start again on a new
+        link (a login is good once), or fail after LINK_ATTEMPTS links."""
+        self._close_link(link)
+        pulls = [q for q in self.pulls.values() if q.source == link.node_id]
+        if not pulls:
+            log.info("object transfer: link to %s closed: %s", link.node_id.hex()[:12], why)
+            return
+        log.warning("object transfer: link to %s lost with %d pulls in progress: %s",
+                    link.node_id.hex()[:12], len(pulls), why)
+        for pull in pulls:
+            if pull.links >= LINK_ATTEMPTS:
+                log.warning("pull of %s failed: %d links to its source failed; the last: %s",
+                            pull.object_id.hex(), pull.links, why)
+                self._finish(pull, False)
+            else:
+                self._start(pull)
+
     def node_died(self, node_id: bytes) -> None:
         for pull in [q for q in self.pulls.values() if q.source == node_id]:
             self._finish(pull, False)
-        sock = self.links.pop(node_id, None)
-        if sock is not None:
-            self.raylet.unwatch(sock)
-            sock.close(linger=0)
+        link = self.links.get(node_id)
+        if link is not None:
+            self._close_link(link)
 
     # -- serving ----------------------------------------------------------
+    def _on_monitor(self, monitor, limit: int | None = 256) -> None:
+        """Connections of the data port opening and closing (``limit`` events
+        at most; None: all there are); a closed one's pins are released."""
+        count = itertools.count()
+        while limit is None or next(count) < limit:
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.ZMQError:            # Again: none left (or closed)
+                return
+            kind, value = event["event"], event["value"]
+            if kind == zmq.EVENT_ACCEPTED:                  # value: the fd
+                self._open_fds.add(value)
+                self._last_peer = security.peer_host(value, self.endpoint)
+            elif kind == zmq.EVENT_DISCONNECTED:
+                self._open_fds.discard(value)
+                session = self._by_fd.get(value)
+                if session is not None:
+                    self._close_session(session, "its connection closed")
+            else:                                           # value: an error code
+                self._refuse("a connection that failed the login handshake (a peer "
+                             "without the cluster key, or not a zray peer)",
+                             self._last_peer)
+
+    def _close_session(self, session: _Session, why: str) -> None:
+        if self._by_fd.get(session.fd) is session:
+            del self._by_fd[session.fd]
+        if self.sessions.get(session.identity) is session:
+            del self.sessions[session.identity]
+        if session.pinned:
+            log.info("object transfer: released %d pins of a puller: %s",
+                     len(session.pinned), why)
+        session.pinned.clear()
+        self.raylet.store.release_client(session.client)
+
+    def _session_of(self, identity: bytes, first) -> _Session | None:
+        """The session of the connection a message came in on (made at its
+        first message); None for a connection that is closed already."""
+        try:
+            login = bytes.fromhex(first.get("User-Id"))
+        except (zmq.ZMQError, ValueError, TypeError):
+            login = b""                         # security off: no login
+        session = self.sessions.get(identity)
+        if session is not None and session.login == login:
+            return session
+        if session is not None:                 # a new connection took this routing id
+            self._close_session(session, "its routing id was reused")
+        self._on_monitor(self.monitor, None)    # learn of every close up to now
+        fd = first.get(zmq.SRCFD)
+        if fd not in self._open_fds:
+            self._refuse("a request from a connection that has closed", None)
+            return None
+        old = self._by_fd.get(fd)
+        if old is not None:                     # fds are reused: that connection is gone
+            self._close_session(old, "its connection closed")
+        session = self.sessions[identity] = self._by_fd[fd] = _Session(identity, login, fd)
+        return session
+
     def _on_request(self, sock) -> None:
+        self._on_monitor(self.monitor)
         for _ in range(64):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             if len(frames) != 4:
-                self._refuse(f"{len(frames)} frames")
+                self._refuse(f"a request of {len(frames)} frames", None)
                 continue
-            identity, corr = frames[0].bytes, frames[1].bytes
             try:
-                request = msgpack.unpackb(
-                    self.seal.open(frames[2].bytes, frames[3].buffer, b"request"))
-                kind, object_id = request[0], request[1]
-            except security.DataSealError:
-                self._refuse("its request does not open with the cluster key")
-                continue
-            except (ValueError, TypeError, IndexError, msgpack.UnpackException):
-                self._refuse("a malformed request")
-                continue
-            if kind == "release":
-                self.raylet.store.release(object_id, identity)
-            elif kind == "fetch" and len(request) == 4:
-                self._serve_chunk(sock, identity, corr, object_id, request[2], request[3])
-            else:
-                self._refuse(f"an unknown request {kind!r}")
+                self._on_request_frames(sock, frames)
+            except Exception:       # one bad request never stops the raylet
+                log.exception("object transfer: a request failed")
 
-    def _refuse(self, why: str) -> None:
-        now = time.monotonic()
-        if now - self._last_refusal > REFUSAL_LOG_INTERVAL_S:
-            self._last_refusal = now
-            log.warning("object transfer: refused a peer: %s", why)
-
-    def _serve_chunk(self, sock, identity, corr, object_id, offset, length) -> None:
-        """Send one chunk of a local object, sealed straight out of the arena."""
-        store = self.raylet.store
-        if offset == 0:
-            loc = store.pin(object_id, identity)
+    def _on_request_frames(self, sock, frames) -> None:
+        """Check one request (session, seal, sequence) and serve it."""
+        identity, corr = frames[0].bytes, frames[1].bytes
+        session = self._session_of(identity, frames[1])
+        if session is None:
+            return
+        try:
+            message = p.decode(self.seal.open(frames[2].bytes, frames[3].buffer,
+                                              REQUEST_AAD + session.login))
+        except security.DataSealError:
+            self._refuse("a request that does not open with the cluster key and its "
+                         "connection's login (replayed from another connection?)", None)
+            return
+        except p.ProtocolError as err:
+            self._refuse(f"a malformed request: {err}", None)
+            return
+        if not isinstance(message, (p.DataFetch, p.DataRelease)):
+            self._refuse(f"a {type(message).__name__} on the data port", None)
+            return
+        if message.seq <= session.last_seq:
+            self._refuse(f"a replayed request (sequence number {message.seq} after "
+                         f"{session.last_seq})", None)
+            return
+        session.last_seq = message.seq
+        if isinstance(message, p.DataRelease):
+            if message.object_id in session.pinned:
+                session.pinned.discard(message.object_id)
+                self.raylet.store.release(message.object_id, session.client)
         else:
-            info = store.info(object_id)
-            loc = (info["offset"], info["size"]) if info and info["offset"] is not None \
-                else None
+            self._serve_chunk(sock, session, corr, message)
+
+    def _refuse(self, why: str, peer: str | None) -> None:
+        """Log a refusal, at most once per REFUSAL_LOG_INTERVAL_S for each kind
+        (its first words), counting the ones left out."""
+        kind = " ".join(why.split()[:4])
+        now = time.monotonic()
+        last, untold = self._refusals.get(kind, (-1e9, 0))
+        if now - last < REFUSAL_LOG_INTERVAL_S:
+            self._refusals[kind] = (last, untold + 1)
+            return
+        if len(self._refusals) > 100:
+            self._refusals.clear()
+        self._refusals[kind] = (now, 0)
+        more = f" ({untold} more since the last report)" if untold else ""
+        log.warning("object transfer: refused %s on the data port%s%s", why,
+                    f" from {peer}" if peer else "", more)
+
+    def _locate(self, session: _Session, fetch) -> tuple[tuple[int, int] | None, str]:
+        """Where the object's bytes are, pinning it at the connection's first fetch."""
+        store = self.raylet.store
+        if fetch.object_id not in session.pinned:
+            if fetch.offset != 0:
+                return None, "fetch at offset 0 first"
+            try:
+                loc = store.pin(fetch.object_id, session.client)
+            except ObjectStoreFullError as err:
+                return None, f"the source's store has no room to restore it now: {err}"
+            if loc is None:
+                return None, "not in this node's store"
+            session.pinned.add(fetch.object_id)
+            return loc, ""
+        info = store.info(fetch.object_id)
+        if not info or info["offset"] is None:
+            return None, "not in this node's store"
+        return (info["offset"], info["size"]), ""
+
+    def _serve_chunk(self, sock, session: _Session, corr: bytes, fetch) -> None:
+        """Send one chunk of a local object, sealed straight out of the arena."""
+        loc, error = self._locate(session, fetch)
         if loc is None:
-            header = msgpack.packb([object_id, offset, 0, "not in this node's store"])
-            frames = [identity, corr, header, b"", b""]
+            header = p.encode(p.DataChunk(fetch.object_id, fetch.offset, 0, error))
+            frames = [session.identity, corr, header, b"", b""]
         else:
             base, size = loc
-            length = max(0, min(length, size - offset))
-            header = msgpack.packb([object_id, offset, size, ""])
-            nonce, sealed = self.seal.seal(self.raylet.arena.read_view(base + offset, length),
-                                           header)
-            frames = [identity, corr, header, nonce, sealed]
+            length = max(0, min(fetch.length, CHUNK_BYTES, size - fetch.offset))
+            header = p.encode(p.DataChunk(fetch.object_id, fetch.offset, size, ""))
+            nonce, sealed = self.seal.seal(
+                self.raylet.arena.read_view(base + min(fetch.offset, size), length),
+                header + session.login)
+            frames = [session.identity, corr, header, nonce, sealed]
         try:
-            sock.send_multipart(frames, copy=False)
-        except zmq.ZMQError as err:
-            log.warning("object transfer: the puller of %s went away: %s", object_id.hex(), err)
+            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as err:       # gone, or not reading its answers: drop
+            log.warning("object transfer: dropped a chunk of %s for a puller: %s",
+                        fetch.object_id.hex()[:16], err)
 
     def close(self) -> None:
-        for sock in self.links.values():
-            sock.close(linger=0)
-        self.links.clear()
+        for link in list(self.links.values()):
+            self._close_link(link)
+        security.forget_data_port(self.endpoint)
+        try:
+            self.server.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self.monitor.close(linger=0)
         self.server.close(linger=0)

@@ -13,6 +13,7 @@ import signal
 import socket
 import time
 
+import psutil
 import zmq
 
 
@@ -26,12 +27,16 @@ from ..session import (actor_ipc, inbox_ipc, log_path, raylet_ipc, route, sessio
 from ..store import Arena, ObjectStore, arena_path
 from ..store.object_table import ObjectExistsError, ObjectStoreFullError
 from .cluster_view import ClusterView
+from .gcs_health import GcsHealth
+from .stale_arenas import remove_stale_arenas
 from .object_transfer import ObjectTransfer
 from .resources import ResourceSet, bundle_resources, shape_of
 from .worker_pool import BUSY, IDLE, WorkerPool, start_zygote
 
 log = logging.getLogger(__name__)
 
+#: interval between heartbeats while the GCS does not answer
+UNREACHABLE_BEAT_S = 5.0
 #: cap on workers per CPU (workers blocked in get() do not count)
 WORKERS_PER_CPU = 4
 
@@ -60,9 +65,12 @@ class Raylet(Service):
             zygote = start_zygote(self.endpoint, session_dir, node_id.hex(),
                                   log_path(session_dir, f"zygote_{node_id.hex()[:12]}.err"))
         self.pool = WorkerPool(zygote)
+        remove_stale_arenas(os.path.dirname(session_dir.rstrip("/")))   # of killed raylets
         self.arena = Arena.create(arena_path(session_name(session_dir), node_id.hex()),
                                   object_store_memory)
-        self.store = ObjectStore(self.arena, spill_dir(session_dir, node_id.hex()))
+        self.store = ObjectStore(self.arena, spill_dir(session_dir, node_id.hex()),
+                                 describe_client=self._describe_client)
+        self._last_full_log = 0.0
         self.resources = ResourceSet(resources)
         self.num_cpus = int(resources.get("CPU", 0))
         self.queues: dict[tuple, collections.deque] = {}
@@ -73,6 +81,7 @@ class Raylet(Service):
         self.owned_objects: dict[bytes, set] = {}       # owner worker id -> object ids
         self.pins_waiting_seal: dict[bytes, list] = {}  # object id -> [(req, PinObjects)]
         self.unsealed: dict[bytes, set] = {}            # writer identity -> object ids
+        self.seal_waiters: dict[bytes, list] = {}       # object id -> [callback(ok)]
         self.sender = Sender()
         router, _ = sockets.server_router(self.endpoint)
         self.serve(router)                      # local drivers and workers (IPC)
@@ -82,7 +91,9 @@ class Raylet(Service):
         self.gcs = RpcClient(sockets.tcp_endpoint(gcs_address), config.rpc_timeout_s, "GCS")
         self.view = ClusterView(node_id)
         self.transfer = ObjectTransfer(self, node_ip)
-        self.waiting_args: dict[bytes, list] = {}      # task id -> [spec, missing count]
+        self.waiting_args: dict[bytes, list] = {}      # task id -> [spec, missing count,
+                                                       #   all ok, store-full error]
+        self._later: list = []                          # [(due, fn)]: one-shot timers
         self.bundles: dict[tuple, dict] = {}           # (pg id, index) -> bundle
         self.warned_infeasible: set[bytes] = set()
         self.events = None
@@ -90,6 +101,9 @@ class Raylet(Service):
         self._last_report = None
         self.every(0.1, self.report)
         self.every(1.0, self.check_clients)
+        self.every(0.05, self._run_later)
+        self.gcs_health = GcsHealth(gcs_address)        # logs when the GCS goes silent
+        self.every(1.0, self.gcs_health.check)
 
     # ---------------------------------------------------------------- start
     def start(self) -> None:
@@ -123,7 +137,7 @@ class Raylet(Service):
             worker.inbox = msg.inbox
         self.reply(req, p.RegisterClientReply(
             self.node_id, self.arena.path, self.arena.size, self.gcs_address,
-            self.session_dir, self.node_ip, self.pub_address))
+            self.session_dir, self.node_ip, self.pub_address, os.getpid()))
 
     def handle_disconnect_client(self, req, msg: p.DisconnectClient):
         client = self.by_worker_id.get(msg.worker_id)
@@ -163,6 +177,8 @@ class Raylet(Service):
             self.store.abort(object_id)       # its writer died mid-write
             for req, msg in self.pins_waiting_seal.pop(object_id, ()):
                 self.handle_pin_objects(req, msg)
+            for done in self.seal_waiters.pop(object_id, ()):
+                done(False)
         self._free_owned_by(client.worker_id)
         if client.kind == "driver":
             log.info("driver pid %d %s: ending job %s", client.pid, how, client.job_id.hex())
@@ -244,23 +260,76 @@ class Raylet(Service):
         if not missing:
             self._enqueue(spec)
             return
-        self.waiting_args[spec.task_id] = [spec, len(missing), True]
+        self.waiting_args[spec.task_id] = [spec, len(missing), True, ""]
+        sizes = {arg[1]: arg[2] for arg in spec.args if arg[0] == p.ARG_STORED}
         for object_id, source in missing:
-            self.transfer.pull(object_id, source,
-                               lambda ok, task_id=spec.task_id: self._arg_pulled(task_id, ok))
+            done = (lambda ok, task_id=spec.task_id: self._arg_pulled(task_id, ok))
+            if source != self.node_id:
+                self._pull_arg(spec.task_id, object_id, source, sizes[object_id])
+            elif self.store.is_being_created(object_id):
+                # Written here, its seal not seen yet (seals are one-way and
+                # may arrive after the task): never pull from ourselves.
+                self.seal_waiters.setdefault(object_id, []).append(done)
+            else:
+                done(False)
 
-    def _arg_pulled(self, task_id: bytes, ok: bool) -> None:
+    def _pull_arg(self, task_id: bytes, object_id: bytes, source: bytes, size: int,
+                  started: float | None = None, delay: float = 0.0) -> None:
+        """Pull a task's argument here. A pull that fails while this store
+        has no room for it (full of pinned or half-written objects) is tried
+        again with backoff for up to ``object_store_full_timeout_s``; only
+        then does the task fail, with ObjectStoreFullError."""
+        if task_id not in self.waiting_args:
+            return                          # it failed or was dropped meanwhile
+        started = time.monotonic() if started is None else started
+
+        def done(ok: bool) -> None:
+            if ok or task_id not in self.waiting_args or self.store.has_room(size) \
+                    or not self.view.alive(source):
+                return self._arg_pulled(task_id, ok)
+            waited = time.monotonic() - started
+            if waited >= config.object_store_full_timeout_s:
+                return self._arg_pulled(task_id, False, (
+                    f"{size / 2**20:.1f} MiB do not fit after waiting {waited:.1f}s "
+                    f"(object_store_full_timeout_s): {self.store.busy_report()}. Drop the "
+                    f"ObjectRefs and arrays that pin them, or raise object_store_memory"))
+            wait = min(max(delay * 2, config.object_store_full_delay_ms / 1000), 1.0)
+            self._later.append((time.monotonic() + wait, lambda: self._pull_arg(
+                task_id, object_id, source, size, started, wait)))
+
+        self.transfer.pull(object_id, source, done)
+
+    def _run_later(self) -> None:
+        """Run the one-shot timers that are due."""
+        if not self._later:
+            return
+        now = time.monotonic()
+        due = [fn for when, fn in self._later if when <= now]
+        self._later = [(when, fn) for when, fn in self._later if when > now]
+        for fn in due:
+            try:
+                fn()
+            except Exception:
+                log.exception("a delayed retry failed")
+
+    def _arg_pulled(self, task_id: bytes, ok: bool, full_error: str = "") -> None:
         waiting = self.waiting_args.get(task_id)
         if waiting is None:
             return
         waiting[1] -= 1
         waiting[2] = waiting[2] and ok
+        waiting[3] = waiting[3] or full_error
         if waiting[1] > 0:
             return
         del self.waiting_args[task_id]
         spec = waiting[0]
         if waiting[2]:
             self._enqueue(spec)
+        elif waiting[3]:
+            self.sender.send(self.endpoint_of(spec.owner), p.TaskFailed(
+                spec.task_id, "ObjectStoreFullError",
+                f"no room on node {self.node_id.hex()[:12]} to fetch an argument of "
+                f"{spec.function_name}: {waiting[3]}"))
         else:
             self.sender.send(self.endpoint_of(spec.owner), p.TaskFailed(
                 spec.task_id, "ObjectLostError",
@@ -324,7 +393,7 @@ class Raylet(Service):
                 try:
                     loc = self.store.pin(arg[1], worker.rpc_identity)
                 except ObjectStoreFullError:
-                    loc = None
+                    loc = None      # the worker asks itself (and may read the spill file)
                 if loc is not None:
                     args[i] = [*arg, loc[0]]
         return spec
@@ -465,14 +534,38 @@ class Raylet(Service):
             self.pool.start_worker()       # keep the pool warm
 
     # ---------------------------------------------------------------- store
+    def _describe_client(self, identity) -> str:
+        """Who a store client is, for full-store messages."""
+        client = self.clients.get(identity)
+        if client is None:
+            return f"a peer raylet or unknown client {bytes(identity).hex()[:12]}"
+        worker = self.pool.workers.get(client.worker_id)
+        task = worker.task if worker is not None else None
+        doing = f" running {task.function_name}" if task is not None else ""
+        return f"{client.kind} pid {client.pid}{doing}"
+
+    def _store_full(self, what: str, err: ObjectStoreFullError) -> None:
+        """Log a full store at most every 10 s (callers wait and retry)."""
+        now = time.monotonic()
+        if now - self._last_full_log > 10.0:
+            self._last_full_log = now
+            log.info("%s waits for room: %s", what, err)
+
     def handle_create_object(self, req, msg: p.CreateObject):
+        """Room for an object the caller writes then seals. A store full of
+        pinned or half-written objects answers CREATE_FULL at once and the
+        caller retries with backoff (the raylet never waits on a client)."""
         try:
-            offset = self.store.create(msg.object_id, msg.size, owner=msg.owner_id)
+            offset = self.store.create(msg.object_id, msg.size, owner=msg.owner_id,
+                                       writer=req.identity)
         except ObjectStoreFullError as err:
-            self.reply(req, p.CreateObjectReply(-1, str(err)))
+            if not err.never_fits:
+                self._store_full(f"creating {msg.object_id.hex()[:16]}", err)
+            code = p.CREATE_NEVER_FITS if err.never_fits else p.CREATE_FULL
+            self.reply(req, p.CreateObjectReply(code, str(err)))
             return
         except ObjectExistsError:
-            self.reply(req, p.CreateObjectReply(-2, "exists"))
+            self.reply(req, p.CreateObjectReply(p.CREATE_EXISTS, "exists"))
             return
         self.unsealed.setdefault(req.identity, set()).add(msg.object_id)
         self.object_owner[msg.object_id] = msg.owner_id
@@ -495,6 +588,8 @@ class Raylet(Service):
             log.warning("seal of unknown object %s dropped", object_id.hex())
         for req, msg in self.pins_waiting_seal.pop(object_id, ()):
             self.handle_pin_objects(req, msg)
+        for done in self.seal_waiters.pop(object_id, ()):
+            done(self.store.contains(object_id))
 
     def handle_pin_objects(self, req, msg: p.PinObjects):
         """Pin objects for the caller; a pin of an object still being written
@@ -508,23 +603,40 @@ class Raylet(Service):
                 self.transfer.pull(object_id, source,
                                    lambda ok: self._pin_after_pull(req, msg, object_id, ok))
                 return
-        locations = []
+        locations, spilled = [], []
         for object_id in msg.object_ids:
+            copy = None
             try:
                 loc = self.store.pin(object_id, req.identity)
             except ObjectStoreFullError as err:
-                log.warning("cannot restore %s: %s", object_id.hex(), err)
-                loc = None
+                # No room to restore it now: the caller reads the spill file.
+                self._store_full(f"restoring {object_id.hex()[:16]}", err)
+                loc, copy = None, self.store.spilled_copy(object_id)
             locations.append(list(loc) if loc else None)
-        self.reply(req, p.PinObjectsReply(locations))
+            spilled.append(list(copy) if copy else None)
+        self.reply(req, p.PinObjectsReply(locations, spilled, [""] * len(locations)))
 
     def _pin_after_pull(self, req, msg, object_id, ok) -> None:
         if ok:
             self.handle_pin_objects(req, msg)
-        else:      # answer without pulling again: the source is gone
-            sources = [b"" if oid == object_id else src
-                       for oid, src in zip(msg.object_ids, msg.sources)]
-            self.handle_pin_objects(req, p.PinObjects(msg.object_ids, sources))
+            return
+        i = msg.object_ids.index(object_id)
+        source = msg.sources[i]
+        size = msg.sizes[i] if i < len(msg.sizes) else 0
+        size = size if isinstance(size, int) and size > 0 else 0
+        if size and self.view.alive(source) and not self.store.has_room(size):
+            # No room here now: the caller asks again later (it backs off).
+            n = len(msg.object_ids)
+            why = (f"no room on node {self.node_id.hex()[:12]} to bring "
+                   f"{size / 2**20:.1f} MiB of object {object_id.hex()} from node "
+                   f"{source.hex()[:12]}: {self.store.busy_report()}")
+            self.reply(req, p.PinObjectsReply([None] * n, [None] * n,
+                                              [why if j == i else "" for j in range(n)]))
+            return
+        # answer without pulling again: the source is gone
+        sources = [b"" if oid == object_id else src
+                   for oid, src in zip(msg.object_ids, msg.sources)]
+        self.handle_pin_objects(req, p.PinObjects(msg.object_ids, sources, msg.sizes))
 
     def handle_release_objects(self, req, msg: p.ReleaseObjects):
         for object_id in msg.object_ids:
@@ -583,6 +695,7 @@ class Raylet(Service):
                 known = p.decode(frames[1]).value
             except (p.ProtocolError, IndexError, AttributeError):
                 continue
+            self.gcs_health.answered()
             if known is False:
                 self._rejoin()
 
@@ -596,10 +709,39 @@ class Raylet(Service):
                     self.node_id.hex()[:12])
         for worker in list(self.pool.workers.values()):
             self.pool.kill(worker)
-        self.gcs.call(p.RegisterNode(
-            self.node_id, self.tcp_endpoint, self.transfer.endpoint, self.node_ip,
-            socket.gethostname(), os.getpid(), self.resources.total, self.arena.size,
-            self.session_dir))
+        try:        # bounded: local drivers wait on this loop meanwhile
+            self.gcs.call(p.RegisterNode(
+                self.node_id, self.tcp_endpoint, self.transfer.endpoint, self.node_ip,
+                socket.gethostname(), os.getpid(), self.resources.total, self.arena.size,
+                self.session_dir), timeout=config.connect_timeout_s)
+        except TimeoutError as err:     # the next heartbeat reply says so again
+            log.error("could not rejoin the cluster as node %s: %s", self.node_id.hex()[:12],
+                      err)
+
+    #: how often node_stats samples the machine (psutil), for the dashboard
+    STATS_INTERVAL_S = 2.0
+
+    def node_stats(self, now: float) -> dict:
+        """This node's usage (Heartbeat.stats), sampled at most every
+        STATS_INTERVAL_S; CPU percent is over the time since the last sample."""
+        cached = getattr(self, "_stats", None)
+        if cached is not None and now - cached[0] < self.STATS_INTERVAL_S:
+            return cached[1]
+        mem = psutil.virtual_memory()
+        try:
+            disk = psutil.disk_usage(self.session_dir)
+            disk_used, disk_total = disk.used, disk.total
+        except OSError:
+            disk_used = disk_total = 0
+        store = self.store.stats()
+        stats = {"cpu_percent": psutil.cpu_percent(interval=None),
+                 "mem_used": mem.total - mem.available, "mem_total": mem.total,
+                 "disk_used": disk_used, "disk_total": disk_total,
+                 "store_used": store["used"], "store_spilled": store["spilled_bytes"],
+                 "store_capacity": self.arena.size, "num_workers": len(self.pool.workers),
+                 "time": time.time()}
+        self._stats = (now, stats)
+        return stats
 
     def report(self) -> None:
         """Heartbeat to the GCS: at once when usage changed, else every interval."""
@@ -608,9 +750,12 @@ class Raylet(Service):
         if self._last_report and state == self._last_report[1] \
                 and now - self._last_report[0] < config.heartbeat_interval_s:
             return
+        if self._last_report and not self.gcs_health.reachable \
+                and now - self._last_report[0] < UNREACHABLE_BEAT_S:
+            return      # beats queue while the GCS is away: a few tell when it is back
         self._last_report = (now, state)
         beat = p.Heartbeat(self.node_id, self.resources.available, state[1],
-                           self.resources.total)
+                           self.resources.total, self.node_stats(now))
         if self._heartbeat is not None:
             self._heartbeat.send_multipart([b"hb" + bytes(6), p.encode(beat)])
 

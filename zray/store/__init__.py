@@ -7,6 +7,7 @@ knows nothing of sockets, the GCS, the raylet or workers.
 from .allocator import Allocator
 from .arena import Arena, arena_path
 from .object_table import ObjectExistsError, ObjectStore, ObjectStoreFullError
+from .spill_file import read_spill_file
 
 __all__ = ["Arena", "arena_path", "Allocator", "ObjectStore",
-           "ObjectStoreFullError", "ObjectExistsError"]
+           "ObjectStoreFullError", "ObjectExistsError", "read_spill_file"]

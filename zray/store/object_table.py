@@ -5,16 +5,23 @@ Lives in the raylet and is single-threaded (no locks). An object is CREATED
 is in the arena or spilled to a file in ``spill_dir``; pinning a spilled
 object restores it first. When space runs out, unpinned sealed secondary
 copies are evicted (LRU first), then unpinned sealed primary copies are
-spilled (LRU first); only then does ``create`` raise ObjectStoreFullError.
+spilled (LRU first); only then does ``create`` (or a restore) raise
+ObjectStoreFullError, which says how much is pinned or being written and by
+whom. Such a store frees up by itself as holders let go: the caller may try
+again later, and a reader may read a spilled object's file instead
+(:meth:`ObjectStore.spilled_copy`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import OrderedDict
 
 from .allocator import Allocator
 from .arena import Arena
+
+log = logging.getLogger(__name__)
 
 CREATED = "CREATED"
 SEALED = "SEALED"
@@ -30,10 +37,15 @@ def _fmt(n: int) -> str:
 
 class ObjectStoreFullError(Exception):
     """The store cannot make room for an object, even after evicting and
-    spilling everything it may. Has ``requested``, ``capacity``, ``used``."""
+    spilling everything it may. Has ``requested``, ``capacity``, ``used``,
+    ``busy`` (bytes pinned or being written: they free up by themselves once
+    their holders let go) and ``never_fits`` (True when the object is larger
+    than the whole store: waiting cannot help)."""
 
-    def __init__(self, requested: int, capacity: int, used: int, detail: str = ""):
+    def __init__(self, requested: int, capacity: int, used: int, detail: str = "",
+                 busy: int = 0, never_fits: bool = False):
         self.requested, self.capacity, self.used = requested, capacity, used
+        self.busy, self.never_fits = busy, never_fits
         msg = (
             f"object store is full: cannot allocate {_fmt(requested)} "
             f"(capacity {_fmt(capacity)}, used {_fmt(used)})"
@@ -53,9 +65,9 @@ class ObjectExistsError(Exception):
 
 class _Entry:
     __slots__ = ("object_id", "offset", "size", "owner", "primary", "state",
-                 "pins", "freed", "spilled", "tick")
+                 "pins", "freed", "spilled", "tick", "writer")
 
-    def __init__(self, object_id, offset, size, owner, primary):
+    def __init__(self, object_id, offset, size, owner, primary, writer=None):
         self.object_id = object_id
         self.offset = offset          # None while spilled
         self.size = size
@@ -66,18 +78,25 @@ class _Entry:
         self.freed = False            # owner freed it; delete at last release
         self.spilled: str | None = None
         self.tick = 0
+        self.writer = writer          # the client writing it while CREATED
+
+
+#: how many holders and objects a full-store message names at most
+_NAMED = 4
 
 
 class ObjectStore:
     """The object table over one :class:`Arena`; spills into ``spill_dir``.
 
     Closing the arena is the caller's business; :meth:`close` only removes
-    spill files.
+    spill files. ``describe_client(client)`` names a client in error messages
+    (e.g. "worker pid 123"); by default its ``repr``.
     """
 
-    def __init__(self, arena: Arena, spill_dir: str):
+    def __init__(self, arena: Arena, spill_dir: str, describe_client=None):
         self.arena = arena
         self.spill_dir = spill_dir
+        self.describe_client = describe_client or repr
         self.allocator = Allocator(arena.size)
         # Insertion order is LRU order: least recently used first.
         self._objects: OrderedDict[bytes, _Entry] = OrderedDict()
@@ -90,11 +109,13 @@ class ObjectStore:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def create(self, object_id: bytes, size: int, owner=None, primary: bool = True) -> int:
+    def create(self, object_id: bytes, size: int, owner=None, primary: bool = True,
+               writer=None) -> int:
         """Reserve ``size`` bytes for a new object and return its offset.
+        ``writer`` (a client) is named in full-store errors until the seal.
 
         Raises ObjectExistsError if the id is already present (in any state),
-        ObjectStoreFullError if no room can be made.
+        ObjectStoreFullError if no room can be made now.
         """
         e = self._objects.get(object_id)
         if e is not None:
@@ -103,7 +124,7 @@ class ObjectStore:
         if size < 0:
             raise ValueError(f"object size must be >= 0, got {size}")
         offset = self._allocate(size)
-        e = _Entry(object_id, offset, size, owner, primary)
+        e = _Entry(object_id, offset, size, owner, primary, writer)
         self._objects[object_id] = e
         self._touch(e)
         return offset
@@ -115,6 +136,7 @@ class ObjectStore:
         if e.state == SEALED:
             return
         e.state = SEALED
+        e.writer = None
         self._touch(e)
         if e.freed and not e.pins:
             self._delete(e)
@@ -151,6 +173,71 @@ class ObjectStore:
         self._by_client.setdefault(client, set()).add(object_id)
         self._touch(e)
         return e.offset, e.size
+
+    def spilled_copy(self, object_id: bytes) -> tuple[str, int] | None:
+        """``(path, size)`` of the spill file of a sealed, unfreed object that
+        is on disk only, else None. A reader that cannot get the object
+        mapped (the store is full of pinned objects) may read this file
+        instead; the file is complete whenever it exists under ``path``
+        (written aside, then renamed), and may vanish at any moment (the
+        object was restored or freed): ask again then."""
+        e = self._objects.get(object_id)
+        if e is None or e.state != SEALED or e.freed or e.spilled is None:
+            return None
+        return e.spilled, e.size
+
+    def busy_report(self) -> str:
+        """Who holds arena bytes that cannot be evicted or spilled now:
+        ``"<n> is pinned or being written: <n> by <client> (objects ...),
+        ..."``; the largest holders first."""
+        by_holder: dict = {}              # name -> [bytes, [(size, object id)]]
+        busy = 0
+        for e in self._objects.values():
+            if e.offset is None or self._reclaimable(e):
+                continue
+            size = self.allocator.size_of(e.offset)
+            busy += size
+            if e.state == CREATED:
+                holders = [("being written by", e.writer)]
+            else:
+                holders = [("pinned by", c) for c in e.pins]
+            for verb, client in holders:
+                try:
+                    name = f"{verb} {self.describe_client(client)}"
+                except Exception:   # noqa: BLE001 -- a name is only a courtesy
+                    log.warning("cannot name store client %r", client, exc_info=True)
+                    name = f"{verb} {client!r}"
+                slot = by_holder.setdefault(name, [0, []])
+                slot[0] += size
+                slot[1].append((size, e.object_id))
+        if not busy:
+            return "nothing is pinned or being written"
+        parts = []
+        ranked = sorted(by_holder.items(), key=lambda kv: -kv[1][0])
+        for name, (nbytes, objects) in ranked[:_NAMED]:
+            objects.sort(key=lambda so: -so[0])
+            ids = ", ".join(oid.hex() for _, oid in objects[:_NAMED])
+            more = f" and {len(objects) - _NAMED} more" if len(objects) > _NAMED else ""
+            parts.append(f"{_fmt(nbytes)} {name} (object{'s' if len(objects) > 1 else ''} "
+                         f"{ids}{more})")
+        if len(ranked) > _NAMED:
+            parts.append(f"{len(ranked) - _NAMED} more holder(s)")
+        return f"{_fmt(busy)} is pinned or being written: " + "; ".join(parts)
+
+    def has_room(self, size: int) -> bool:
+        """True if ``create(size)`` would find room now, counting what it may
+        evict or spill (a fragmented arena may still refuse it)."""
+        alloc = self.allocator
+        if size > alloc.capacity:
+            return False
+        room = alloc.free_bytes + sum(alloc.size_of(e.offset) for e in self._objects.values()
+                                      if self._reclaimable(e))
+        return room >= alloc.block_size(size)
+
+    def busy_bytes(self) -> int:
+        """Arena bytes held by pinned or half-written objects."""
+        return sum(self.allocator.size_of(e.offset) for e in self._objects.values()
+                   if e.offset is not None and not self._reclaimable(e))
 
     def release(self, object_id: bytes, client) -> None:
         """Drop one of ``client``'s pins; ignores pins it does not hold."""
@@ -249,22 +336,24 @@ class ObjectStore:
     def _reclaimable(e: _Entry) -> bool:
         return e.state == SEALED and e.offset is not None and not e.pins
 
-    def _full(self, size: int, detail: str = "") -> ObjectStoreFullError:
-        return ObjectStoreFullError(size, self.allocator.capacity, self.allocator.used, detail)
+    def _full(self, size: int, detail: str = "", never_fits: bool = False
+              ) -> ObjectStoreFullError:
+        return ObjectStoreFullError(size, self.allocator.capacity, self.allocator.used, detail,
+                                    busy=self.busy_bytes(), never_fits=never_fits)
 
     def _allocate(self, size: int) -> int:
         """Offset of ``size`` free bytes, evicting then spilling LRU-first."""
         alloc = self.allocator
         if size > alloc.capacity:
-            raise self._full(size, "the object is larger than the whole store")
+            raise self._full(size, "the object is larger than the whole store",
+                             never_fits=True)
         offset = alloc.allocate(size)
         if offset is not None:
             return offset
         victims = [e for e in self._objects.values() if self._reclaimable(e)]
         room = alloc.free_bytes + sum(alloc.size_of(e.offset) for e in victims)
         if room < alloc.block_size(size):
-            busy = alloc.used - (room - alloc.free_bytes)
-            raise self._full(size, f"{_fmt(busy)} is pinned or being written")
+            raise self._full(size, self.busy_report())
         # Secondary copies go first (another node has the object), then spill.
         for e in [v for v in victims if not v.primary] + [v for v in victims if v.primary]:
             if e.primary:
@@ -279,7 +368,7 @@ class ObjectStore:
             if offset is not None:
                 return offset
         raise self._full(size, f"free space is fragmented (largest free block "
-                               f"{_fmt(alloc.largest_free())})")
+                               f"{_fmt(alloc.largest_free())}); {self.busy_report()}")
 
     @staticmethod
     def _unlink(path: str) -> None:
@@ -289,16 +378,21 @@ class ObjectStore:
             pass
 
     def _spill(self, e: _Entry) -> None:
+        """Write ``e`` to its spill file (aside first, then renamed, so a
+        reader of :meth:`spilled_copy` never sees it half written) and free
+        its arena block."""
         os.makedirs(self.spill_dir, mode=0o700, exist_ok=True)
         path = os.path.join(self.spill_dir, e.object_id.hex())
+        part = path + ".part"
         view = memoryview(self.arena.read_view(e.offset, e.size))
         try:
-            with open(path, "wb", buffering=0) as f:
+            with open(part, "wb", buffering=0) as f:
                 done = 0
                 while done < e.size:
                     done += f.write(view[done:])
+            os.replace(part, path)
         except BaseException:
-            self._unlink(path)
+            self._unlink(part)
             raise
         finally:
             view.release()

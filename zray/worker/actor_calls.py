@@ -70,7 +70,9 @@ class ActorCalls:
 
     def submit_actor_task(self, actor_id: bytes, method_name: str, args, kwargs,
                           num_returns: int, max_task_retries: int):
-        """Call an actor method: queued per actor, sent in submission order."""
+        """Call an actor method: queued per actor, sent in submission order.
+        Raises NodeDiedError once the raylet of this node died."""
+        self.check_raylet()
         self.drain_releases()
         task_id = self.new_task_id()
         arg_entries, held, deps = self._prepare_args(args, kwargs)
@@ -83,6 +85,9 @@ class ActorCalls:
         else:
             return_ids = [self.return_id(task_id, i + 1) for i in range(num_returns)]
         task = PendingTask(spec, return_ids, held, False)
+        if self.task_events.enabled:
+            self.task_events.submitted(task_id, 0, p.TS_PENDING_ARGS_AVAIL, self._event_info(
+                method_name, p.TASK_ACTOR_METHOD, actor_id, None))
         watch = False
         with self.cond:
             refs = self._register(task, deps)

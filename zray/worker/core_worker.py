@@ -35,12 +35,15 @@ from ..config import config
 from ..object_ref import ObjectRef, ObjectRefGenerator
 from ..session import actor_ipc, inbox_ipc, route
 from ..store.arena import Arena
+from ..store.spill_file import read_spill_file
 from . import serialization
 from .function_manager import FunctionManager
+from .raylet_link import RayletWatch, remove_leftovers
 from .actor_calls import ActorCalls, ActorState
 from .pending_task import PendingTask
 from .reference_table import PENDING, READY, ReferenceTable
 from .streams import GEN_DONE_INDEX, GeneratorState, Streams
+from .task_events import TaskEventReporter, error_info
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +77,16 @@ class CoreWorker(ActorCalls, Streams):
         self.gcs = RpcClient(sockets.tcp_endpoint(reply.gcs_address), config.rpc_timeout_s,
                              "GCS")
         self.arena = Arena.attach(reply.arena_path)
+        self.raylet_watch = RayletWatch(raylet_endpoint, reply.node_id, reply.raylet_pid)
+        #: set once the raylet died: every call that needs it raises this
+        self.raylet_error: exc.NodeDiedError | None = None
         self._inbox_tcp, tcp = sockets.inbox_router(f"tcp://{self.node_ip}:0")
         self.address = p.Address(tcp, self.worker_id, self.pid, self.node_id)
         self.sender = Sender()
         self._routes: dict = {}
         self.functions = FunctionManager(self.gcs)
+        self.task_events = TaskEventReporter(self.gcs.endpoint, self.worker_id, self.node_id,
+                                             self.pid)
 
         self.cond = threading.Condition(threading.Lock())
         self.refs = ReferenceTable()
@@ -104,6 +112,7 @@ class CoreWorker(ActorCalls, Streams):
         self.lineage: dict[bytes, PendingTask] = {}   # finished tasks whose results live
                                                       # on other nodes: how to rebuild them
         topics = [p.TOPIC_NODE] + ([p.log_topic(job_id)] if mode == "driver" else [])
+        self.pub_address = reply.pub_address        # the GCS event stream
         self._subscriber = sockets.subscriber(reply.pub_address, topics)
         self._running = True
         self._wake_pending = False
@@ -240,6 +249,7 @@ class CoreWorker(ActorCalls, Streams):
     def put(self, value) -> ObjectRef:
         if isinstance(value, ObjectRef):
             raise TypeError("zray.put() of an ObjectRef is not allowed: pass the ref itself")
+        self.check_raylet()
         self.drain_releases()
         return self.put_serialized(serialization.serialize(value))
 
@@ -251,14 +261,29 @@ class CoreWorker(ActorCalls, Streams):
         return [object_id, p.RET_STORED, [self.node_id, ser.size]]
 
     def store_put(self, object_id: bytes, ser, owner_id: bytes) -> None:
-        reply = self.raylet.call(p.CreateObject(object_id, ser.size, owner_id))
-        if reply.offset == -2:
+        """Write ``ser`` into this node's store and seal it. A store full of
+        pinned or half-written objects is asked again with backoff
+        (``object_store_full_delay_ms`` doubling to 1 s) for up to
+        ``object_store_full_timeout_s``; then, or at once for an object larger
+        than the whole store, ObjectStoreFullError naming who holds the room."""
+        create = p.CreateObject(object_id, ser.size, owner_id)
+        reply = self.raylet.call(create)
+        started = time.monotonic()
+        delay = 0.0                     # first retry at once: our own dead views
+        while reply.offset == p.CREATE_FULL:
+            self.drain_releases()       # our own dead views may be what blocks it
+            waited = time.monotonic() - started
+            if waited >= config.object_store_full_timeout_s:
+                raise exc.ObjectStoreFullError(
+                    f"{reply.error} (still full after waiting {waited:.1f}s, "
+                    f"object_store_full_timeout_s={config.object_store_full_timeout_s:g})")
+            time.sleep(min(delay, config.object_store_full_timeout_s - waited))
+            delay = min(max(delay * 2, config.object_store_full_delay_ms / 1000), 1.0)
+            reply = self.raylet.call(create)
+        if reply.offset == p.CREATE_EXISTS:
             return                      # a retried task's result that is already there
         if reply.offset < 0:
-            self.drain_releases()       # our own dead views may be what blocks it
-            reply = self.raylet.call(p.CreateObject(object_id, ser.size, owner_id))
-            if reply.offset < 0:
-                raise exc.ObjectStoreFullError(reply.error)
+            raise exc.ObjectStoreFullError(reply.error)
         self.arena.write(reply.offset, ser.chunks())
         self.raylet.send(p.SealObject(object_id))
 
@@ -267,7 +292,9 @@ class CoreWorker(ActorCalls, Streams):
                     num_returns: int, resources: dict, max_retries: int,
                     retry_exceptions, kind: int = p.TASK_NORMAL, actor_id: bytes = b"",
                     method_name: str = "", options: dict | None = None):
-        """Submit a task; returns its ObjectRef(s), or an ObjectRefGenerator."""
+        """Submit a task; returns its ObjectRef(s), or an ObjectRefGenerator.
+        Raises NodeDiedError once the raylet of this node died."""
+        self.check_raylet()
         self.drain_releases()
         task_id = self.new_task_id()
         arg_entries, held, deps = self._prepare_args(args, kwargs)
@@ -284,8 +311,14 @@ class CoreWorker(ActorCalls, Streams):
         with self.cond:
             refs = self._register(task, deps)
             ready = not task.deps
+        if self.task_events.enabled:
+            info = self._event_info(function_name, kind, actor_id, resources)
+            if ready:       # to the raylet at once: reported if it still waits at a flush
+                self.task_events.submitted(task_id, 0, p.TS_PENDING_NODE_ASSIGNMENT, info)
+            else:
+                self.task_events.record(task_id, 0, p.TS_PENDING_ARGS_AVAIL, info)
         if ready:
-            self._dispatch(task)
+            self._dispatch(task, first=True)
         if streaming:
             return ObjectRefGenerator(task_id, self, refs[0])
         return refs[0] if num_returns == 1 else refs
@@ -366,8 +399,21 @@ class CoreWorker(ActorCalls, Streams):
                     return entry.ret[2]          # a failed dependency fails the task
         return None
 
-    def _dispatch(self, task: PendingTask) -> None:
-        """Send a task whose dependencies are ready to the raylet."""
+    def _event_info(self, name: str, kind: int, actor_id: bytes, resources) -> dict:
+        """What the first task event of a task submitted here says of it."""
+        info = {"name": name, "job_id": self.job_id, "type": kind}
+        if resources:
+            info["required_resources"] = resources
+        if actor_id:
+            info["actor_id"] = actor_id
+        parent = getattr(self.current, "task_id", None)
+        if parent:
+            info["parent_task_id"] = parent
+        return info
+
+    def _dispatch(self, task: PendingTask, first: bool = False) -> None:
+        """Send a task whose dependencies are ready to the raylet (``first``:
+        at its submission, which already noted its task event)."""
         if task.spec.kind == p.TASK_ACTOR_METHOD:
             self._pump_actor(task.spec.actor_id)
             return
@@ -378,6 +424,9 @@ class CoreWorker(ActorCalls, Streams):
         if error is not None:
             self._fail_task(task.spec.task_id, error)
             return
+        if not first and self.task_events.enabled:
+            self.task_events.record(task.spec.task_id, task.spec.attempt,
+                                    p.TS_PENDING_NODE_ASSIGNMENT)
         self.raylet.send(p.SubmitTask(list(task.spec)))
 
     def await_ref(self, ref: ObjectRef):
@@ -399,6 +448,7 @@ class CoreWorker(ActorCalls, Streams):
 
     # ------------------------------------------------------- task results
     def _on_task_returned(self, msg: p.TaskReturned) -> None:
+        self.task_events.done(msg.task_id)
         with self.cond:
             task = self.tasks.get(msg.task_id)
             if task is None:
@@ -420,10 +470,21 @@ class CoreWorker(ActorCalls, Streams):
                         actor.inflight.pop(msg.task_id, None)
                 self._complete(msg.returns, task)
         if resubmit:
+            if self.task_events.enabled:
+                self._record_retry(task)
             self._free_orphans(msg.returns)
             self.raylet.send(p.SubmitTask(list(task.spec)))
         else:
             self._release_submitted(task.held)
+
+    def _record_retry(self, task) -> None:
+        """Task events of a task retried after it raised. (The executor
+        reports how an attempt ended; the owner only the failures it sees
+        itself: a dead worker or node, a cancel, a failed dependency.)"""
+        spec = task.spec
+        self.task_events.record(spec.task_id, spec.attempt - 1, p.TS_FAILED, {
+            "error_type": "TASK_EXECUTION_EXCEPTION", "error_message": ""})
+        self.task_events.record(spec.task_id, spec.attempt, p.TS_PENDING_NODE_ASSIGNMENT)
 
     def _retryable(self, task, returns) -> bool:
         if task.retry_exceptions is True:
@@ -496,6 +557,7 @@ class CoreWorker(ActorCalls, Streams):
             self.raylet.send(p.FreeObjects(stored))
 
     def _on_task_failed(self, msg: p.TaskFailed) -> None:
+        self.task_events.done(msg.task_id)
         error_cls = exc.BY_NAME.get(msg.error_type, exc.RaySystemError)
         error = error_cls(msg.message)
         with self.cond:
@@ -509,6 +571,11 @@ class CoreWorker(ActorCalls, Streams):
                 task.spec = task.spec._replace(attempt=task.spec.attempt + 1)
         if retry:
             log.info("retrying task %s after: %s", task.spec.function_name, msg.message)
+            if self.task_events.enabled:
+                self.task_events.record(msg.task_id, task.spec.attempt - 1, p.TS_FAILED,
+                                        error_info(error))
+                self.task_events.record(msg.task_id, task.spec.attempt,
+                                        p.TS_PENDING_NODE_ASSIGNMENT)
             self.raylet.send(p.SubmitTask(list(task.spec)))
             return
         self._fail_task(msg.task_id, error)
@@ -521,6 +588,10 @@ class CoreWorker(ActorCalls, Streams):
             task = self.tasks.pop(task_id, None)
             if task is None:
                 return
+            if self.task_events.enabled:
+                self.task_events.done(task_id)
+                self.task_events.record(task_id, task.spec.attempt, p.TS_FAILED,
+                                        error_info(error))
             if task.spec.kind == p.TASK_ACTOR_METHOD:
                 actor = self.actors.get(task.spec.actor_id)
                 if actor is not None:
@@ -533,14 +604,15 @@ class CoreWorker(ActorCalls, Streams):
                     waiting.remove(task_id)
             if task.spec.num_returns == p.STREAMING:
                 gen = self.generators.get(task_id)
-                if gen is not None:
-                    index = len(gen.items)
+                if gen is not None:     # the error comes after the items received
+                    index = gen.received
+                    gen.received += 1
                     item_id = self.return_id(task_id, index + 1)
                     entry = self.refs.add_owned(item_id, [item_id, p.RET_ERROR, blob])
                     entry.held = True
                     gen.items[index] = item_id
                 returns = [[task.return_ids[0], p.RET_INLINE,
-                            serialization.serialize(len(gen.items) if gen else 0).to_bytes()]]
+                            serialization.serialize(gen.received if gen else 0).to_bytes()]]
             else:
                 returns = [[oid, p.RET_ERROR, blob] for oid in task.return_ids]
             self._complete(returns, task)
@@ -589,6 +661,10 @@ class CoreWorker(ActorCalls, Streams):
                     pending = [e for e in pending if e.state != READY]
                 if len(entries) - len(pending) >= num_ready:
                     break
+                if self.raylet_error is not None:
+                    if blocked:
+                        self._set_blocked(False)
+                    raise self.raylet_error
                 if requests:
                     self.cond.release()
                     try:
@@ -669,6 +745,7 @@ class CoreWorker(ActorCalls, Streams):
         self.drain_releases()
         deadline = None if timeout is None else time.monotonic() + timeout
         rets = self._wait_for(refs, num_returns, deadline, fetch=True)
+        self.check_raylet()     # the refs it failed are "ready": say why instead
         if rets is None:
             with self.cond:
                 rets = [self.refs.get(r._id).ret if self.refs.get(r._id) else None
@@ -681,7 +758,8 @@ class CoreWorker(ActorCalls, Streams):
     def _value_of(self, ret, raise_errors: bool = True):
         kind = ret[1]
         if kind == p.RET_STORED:
-            _, value = serialization.deserialize(self._view(ret[0], source=ret[2][0]))
+            _, value = serialization.deserialize(
+                self._view(ret[0], source=ret[2][0], size=ret[2][1]))
             return value
         code, value = serialization.deserialize(ret[2])
         if kind == p.RET_ERROR or code == serialization.KIND_ERROR:
@@ -692,7 +770,7 @@ class CoreWorker(ActorCalls, Streams):
             raise value
         return value
 
-    def _view(self, object_id: bytes, pinned_at=None, source: bytes = b""):
+    def _view(self, object_id: bytes, pinned_at=None, source: bytes = b"", size: int = 0):
         """A read-only view of a stored object, pinned while it lives.
         ``pinned_at`` is ``(offset, size)`` when the raylet pinned it for us."""
         view = self._views.get(object_id)
@@ -701,13 +779,49 @@ class CoreWorker(ActorCalls, Streams):
                 self.released_views.append(object_id)     # one pin is enough
             return view
         if pinned_at is None:
-            pinned_at = self.raylet.call(p.PinObjects([object_id], [source])).locations[0]
-        if pinned_at is None:
-            raise exc.ObjectLostError(f"object {object_id.hex()} is not in the object store")
+            pinned_at, view = self._pin_or_read_spilled(object_id, source, size)
+            if view is not None:
+                self._views[object_id] = view
+                return view
         view = self.arena.read_view(pinned_at[0], pinned_at[1])
         weakref.finalize(view, self.released_views.append, object_id)
         self._views[object_id] = view
         return view
+
+    def _pin_or_read_spilled(self, object_id: bytes, source: bytes, size: int = 0):
+        """``(location, None)`` once the raylet pinned the object for us, or
+        ``(None, private copy)`` when the store is too full of pinned objects
+        to restore it from disk and we read its spill file instead (the file
+        may vanish meanwhile, restored or spilled again: then ask again).
+        An object on another node that this store has no room for yet is
+        asked for again with backoff, as in ``store_put``, then
+        ObjectStoreFullError. ObjectLostError only when it is nowhere."""
+        started, delay, rereads = None, 0.0, 0
+        while True:
+            reply = self.raylet.call(p.PinObjects([object_id], [source], [size]))
+            location, spilled, full = reply.locations[0], reply.spilled[0], reply.full[0]
+            if location is not None:
+                return location, None
+            if full:
+                now = time.monotonic()
+                started = now if started is None else started
+                if now - started >= config.object_store_full_timeout_s:
+                    raise exc.ObjectStoreFullError(
+                        f"{full} (still full after waiting {now - started:.1f}s, "
+                        f"object_store_full_timeout_s={config.object_store_full_timeout_s:g})")
+                self.drain_releases()   # our own dead views may be what blocks it
+                time.sleep(delay)
+                delay = min(max(delay * 2, config.object_store_full_delay_ms / 1000), 1.0)
+                continue
+            if spilled is None:
+                raise exc.ObjectLostError(f"object {object_id.hex()} is not in the object store")
+            view = read_spill_file(spilled[0], spilled[1])
+            if view is not None:
+                return None, view
+            rereads += 1
+            if rereads >= 5:
+                raise exc.ObjectLostError(f"object {object_id.hex()} is spilled but its spill "
+                                          f"file kept changing while it was read; try again")
 
     # ------------------------------------------------------------- cancel
     def cancel(self, ref: ObjectRef, force: bool = False) -> None:
@@ -757,9 +871,14 @@ class CoreWorker(ActorCalls, Streams):
                     self.cond.notify_all()
             if sub is not None and sub in events:
                 self._handle_sub(sub)
+            if self.raylet_error is None:
+                error = self.raylet_watch.check()
+                if error is not None:
+                    self._raylet_died(error)
             try:
                 self._run_deferred()
                 self.drain_releases()
+                self.task_events.maybe_flush(time.monotonic())
             except Exception:
                 if self._running:
                     log.exception("core worker background work failed")
@@ -908,6 +1027,24 @@ class CoreWorker(ActorCalls, Streams):
             log.info("rebuilding the results of %s lost with a node", task.spec.function_name)
             self.raylet.send(p.SubmitTask(list(task.spec)))
 
+    def check_raylet(self) -> None:
+        """Raise NodeDiedError if this node's raylet died."""
+        if self.raylet_error is not None:
+            raise self.raylet_error
+
+    def _raylet_died(self, error: exc.NodeDiedError) -> None:
+        """(I/O thread) The raylet of this node died: fail every pending task
+        and actor call, and wake every waiter, which then raises ``error``."""
+        log.error("%s", error)
+        self.raylet_error = error
+        self.raylet.broken = error          # calls under way raise it too
+        with self.cond:
+            task_ids = list(self.tasks)
+        for task_id in task_ids:
+            self._fail_task(task_id, error)
+        with self.cond:
+            self.cond.notify_all()
+
     # ------------------------------------------------------------- misc
     def _wait_locked(self, timeout) -> None:
         self.cond.wait(1.0 if timeout is None else timeout)
@@ -924,14 +1061,21 @@ class CoreWorker(ActorCalls, Streams):
             self.drain_releases()
             self.raylet.send(p.DisconnectClient(self.worker_id))
         except Exception:
-            pass
+            log.debug("could not say goodbye to the raylet", exc_info=True)
         self._running = False
         self._io_thread.join(timeout=2)
+        try:
+            self.task_events.close()
+        except Exception:
+            log.exception("could not send the last task events to the GCS")
         self._close_sockets()
         try:
             self.arena.close()
         except Exception:
-            pass
+            log.exception("could not unmap the object store")
+        self.raylet_watch.close()
+        if self.raylet_error is not None and self.raylet_watch.gone():
+            remove_leftovers(self.arena.path, self.raylet.endpoint)
 
     def _close_sockets(self) -> None:
         for closer in (getattr(self, "sender", None), getattr(self, "raylet", None),
@@ -940,7 +1084,7 @@ class CoreWorker(ActorCalls, Streams):
                 try:
                     closer.close()
                 except Exception:
-                    pass
+                    log.debug("could not close %r", closer, exc_info=True)
         for sock in (self._inbox, self._inbox_tcp, getattr(self, "_subscriber", None)):
             if sock is not None:
                 sock.close(linger=0)

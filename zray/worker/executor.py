@@ -22,6 +22,7 @@ from ..broker import sockets
 from ..session import actor_ipc
 from . import global_state, serialization
 from .core_worker import GEN_DONE_INDEX, CoreWorker
+from .task_events import MAX_ERROR_CHARS, error_info
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class Executor:
         self.current = None
         self.main_thread = threading.get_ident()
         self.cancel_requested = None
+        self.events = self.cw.task_events
+        self._call_infos: dict[tuple, dict] = {}    # (function, job, actor) -> event info
         signal.signal(signal.SIGINT, self._on_sigint)
         sys.stdout = LogForwarder(sys.stdout, self)
         sys.stderr = LogForwarder(sys.stderr, self)
@@ -109,16 +112,26 @@ class Executor:
         try:
             try:
                 args, kwargs = self._resolve_args(spec)
+                if self.events.enabled:
+                    self._running(spec)
                 if spec.num_returns == p.STREAMING:
-                    self._run_generator(spec, fn, args, kwargs)
+                    error = self._run_generator(spec, fn, args, kwargs)
+                    if self.events.enabled:
+                        self._ended(spec, error)
                     return
                 result = fn(*args, **kwargs)
                 del args, kwargs
                 returns = self._returns_of(spec, result)
+                if self.events.enabled:
+                    self.events.ended(spec.task_id, spec.attempt, p.TS_FINISHED)
             except ActorExit:
                 self._send_returns(spec, self._exited_returns(spec))
+                if self.events.enabled:
+                    self._ended(spec, exc.ActorDiedError("the actor called exit_actor()"))
                 raise
             except BaseException as err:     # noqa: BLE001 — reported to the owner
+                if self.events.enabled:
+                    self._ended(spec, err)
                 if spec.num_returns == p.STREAMING:
                     return self._send_stream_error(spec, self._error_blob(spec, err))
                 returns = self._error_returns(spec, err)
@@ -132,13 +145,21 @@ class Executor:
         try:
             try:
                 args, kwargs = self._resolve_args(spec)
+                if self.events.enabled:
+                    self._running(spec)
                 result = await fn(*args, **kwargs)
                 del args, kwargs
                 returns = self._returns_of(spec, result)
+                if self.events.enabled:
+                    self.events.ended(spec.task_id, spec.attempt, p.TS_FINISHED)
             except ActorExit:
                 self._send_returns(spec, self._exited_returns(spec))
+                if self.events.enabled:
+                    self._ended(spec, exc.ActorDiedError("the actor called exit_actor()"))
                 self._exit_actor()
             except BaseException as err:     # noqa: BLE001 — reported to the owner
+                if self.events.enabled:
+                    self._ended(spec, err)
                 returns = self._error_returns(spec, err)
             self._send_returns(spec, returns)
         finally:
@@ -148,6 +169,39 @@ class Executor:
         self.current = spec
         self.cw.current.task_id = spec.task_id
         self.cw.current.spec = spec
+
+    def _running(self, spec) -> None:
+        """Note that ``spec`` starts running, with what it is (its owner may
+        never report it): one shared info dict per function, job and actor;
+        an actor call's name is ``Class.method``."""
+        key = (spec.function_name, spec.job_id, spec.actor_id)
+        info = self._call_infos.get(key)
+        if info is None:
+            if len(self._call_infos) > 10_000:
+                self._call_infos.clear()
+            name = spec.function_name
+            if spec.kind == p.TASK_ACTOR_METHOD:
+                cls = getattr(getattr(self, "actor_spec", None), "function_name", "Actor")
+                name = f"{cls}.{spec.method_name}"
+            info = self._call_infos[key] = {"name": name, "type": spec.kind,
+                                            "job_id": spec.job_id}
+            if spec.actor_id:
+                info["actor_id"] = spec.actor_id
+        self.events.started(spec.task_id, spec.attempt, info)
+
+    def _ended(self, spec, err) -> None:
+        """Note that ``spec`` finished (``err`` None) or failed with ``err``
+        (its message: the user's traceback when user code raised it)."""
+        if err is None:
+            self.events.ended(spec.task_id, spec.attempt, p.TS_FINISHED)
+            return
+        info = error_info(err)
+        tb = err.__traceback__
+        if not isinstance(err, exc.RayError) and tb is not None:
+            # the user's frames: the first one is run_call's own
+            text = "".join(traceback.format_exception(type(err), err, tb.tb_next or tb))
+            info["error_message"] = text[-MAX_ERROR_CHARS:]
+        self.events.ended(spec.task_id, spec.attempt, p.TS_FAILED, info)
 
     def _leave(self) -> None:
         self.current = None
@@ -193,8 +247,14 @@ class Executor:
         try:
             cls = cw.functions.load(spec.function_hash)
             args, kwargs = self._resolve_args(spec)
+            if self.events.enabled:
+                self.events.started(spec.task_id, spec.attempt)
             self.instance = cls(*args, **kwargs)
+            if self.events.enabled:
+                self.events.ended(spec.task_id, spec.attempt, p.TS_FINISHED)
         except BaseException as err:     # noqa: BLE001 — reported through the GCS
+            if self.events.enabled:
+                self._ended(spec, err)
             error = self._error_blob(spec, err)
         finally:
             self._leave()
@@ -287,10 +347,13 @@ class Executor:
         finally:
             os._exit(0)
 
-    def _run_generator(self, spec, fn, args, kwargs) -> None:
+    def _run_generator(self, spec, fn, args, kwargs):
+        """Stream each value to the owner; returns the error that ended the
+        stream, or None."""
         cw = self.cw
         owner = spec.owner
         index = 0
+        error = None
         try:
             for value in fn(*args, **kwargs):
                 object_id = cw.return_id(spec.task_id, index + 1)
@@ -300,6 +363,7 @@ class Executor:
                 cw.sender.send(cw.endpoint_of(owner), p.GeneratorItem(spec.task_id, index, ret))
                 index += 1
         except BaseException as err:     # noqa: BLE001
+            error = err
             object_id = cw.return_id(spec.task_id, index + 1)
             ret = [object_id, p.RET_ERROR, self._error_blob(spec, err)]
             cw.sender.send(cw.endpoint_of(owner), p.GeneratorItem(spec.task_id, index, ret))
@@ -307,6 +371,7 @@ class Executor:
         done = cw.return_id(spec.task_id, GEN_DONE_INDEX)
         cw.sender.send(cw.endpoint_of(owner), p.TaskReturned(
             spec.task_id, [[done, p.RET_INLINE, serialization.serialize(index).to_bytes()]]))
+        return error
 
     def _send_stream_error(self, spec, blob) -> None:
         cw = self.cw

@@ -12,11 +12,12 @@ GEN_DONE_INDEX = 0xFFFFFFFF
 
 
 class GeneratorState:
-    __slots__ = ("items", "count")
+    __slots__ = ("items", "count", "received")
 
     def __init__(self):
-        self.items: dict[int, bytes] = {}
+        self.items: dict[int, bytes] = {}     # index -> item not yet handed out
         self.count = None
+        self.received = 0                     # indexes below this have arrived
 
 
 class Streams:
@@ -32,6 +33,7 @@ class Streams:
             entry = self.refs.add_owned(msg.ret[0], msg.ret)
             entry.held = True
             gen.items[msg.index] = msg.ret[0]
+            gen.received = max(gen.received, msg.index + 1)
             self._wake()
 
     def next_generator_item(self, task_id: bytes, index: int, timeout=None):

@@ -45,7 +45,7 @@ def _reap() -> None:
         _emit(f"exited {pid} {code}")
 
 
-def _child(args, worker_id_hex: str, wake_r: int, wake_w: int) -> None:
+def _child(args, worker_id_hex: str, wake_r: int, wake_w: int, zygote_pid: int) -> None:
     code = 1
     try:
         signal.set_wakeup_fd(-1)
@@ -57,6 +57,8 @@ def _child(args, worker_id_hex: str, wake_r: int, wake_w: int) -> None:
         from .. import daemon
         from ..session import log_path
         daemon.die_with_parent(signal.SIGKILL)
+        if os.getppid() != zygote_pid:      # the zygote died before that took effect
+            return
         daemon.set_process_name("zray.worker")
         out = os.open(log_path(args.session_dir, f"worker_{worker_id_hex[:12]}_{os.getpid()}.log"),
                       os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -128,9 +130,10 @@ def main(argv=None) -> None:
             for line in lines:
                 parts = line.decode().split()
                 if len(parts) == 2 and parts[0] == "fork":
+                    zygote_pid = os.getpid()
                     pid = os.fork()
                     if pid == 0:
-                        _child(args, parts[1], wake_r, wake_w)
+                        _child(args, parts[1], wake_r, wake_w, zygote_pid)
                     children.add(pid)
                     _emit(f"started {parts[1]} {pid}")
 

@@ -1,0 +1,417 @@
+"""One bad message must not freeze a daemon.
+
+* A peer that holds the cluster key may name any address for the daemons to
+  send to (an actor watcher's ``reply_to``, a task's owner). A daemon never
+  blocks on such a socket: a TCP service that speaks first (an SSH banner)
+  given as that address leaves the GCS and the raylet serving, and the
+  cluster still stops cleanly (no SIGKILL).
+* A fuzzer holding the cluster key sends thousands of random messages — of
+  every code in ``protocol.py``, with fields of the right types (random
+  values) and of wrong types, plus truncated, oversized and garbage frames —
+  to a live GCS and raylet; afterwards both still serve: a task runs and
+  ``zray status`` works.
+"""
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import msgpack
+import psutil
+import pytest
+import zmq
+
+import zray
+from zray.broker import protocol as p
+from zray.broker import security
+from zray.broker.service import _snake
+from zray.gcs.server import GcsServer
+from zray.raylet.server import Raylet
+from zray.scripts import main as zray_status
+from zray.worker import global_state
+
+from conftest import cmdline, wait_for
+
+FUZZ_SEED = int(os.environ.get("ZRAY_FUZZ_SEED", "0")) or random.randrange(1, 1 << 30)
+FUZZ_MESSAGES = int(os.environ.get("ZRAY_FUZZ_MESSAGES", "4000"))   # per daemon
+FUZZ_BUDGET_S = 40.0
+
+
+# --------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------
+
+def _daemon_pid(module: str) -> int:
+    for proc in psutil.Process().children(recursive=True):
+        cmd = cmdline(proc)
+        if len(cmd) >= 3 and cmd[1] == "-m" and cmd[2] == module:
+            return proc.pid
+    pytest.fail(f"no {module} process under this test process")
+
+
+def _daemons():
+    """name -> (endpoint, pid, log file) of this cluster's GCS and raylet."""
+    worker = global_state.worker
+    logs = os.path.join(worker.session_dir, "logs")
+    return {
+        "gcs": ("tcp://" + zray.get_runtime_context().gcs_address,
+                _daemon_pid("zray.gcs"), os.path.join(logs, "gcs.log")),
+        "raylet": (worker.raylet.endpoint, _daemon_pid("zray.raylet"),
+                   os.path.join(logs, f"raylet_{worker.node_id.hex()[:12]}.log")),
+    }
+
+
+class Peers:
+    """Plain DEALER sockets holding the cluster key (as any key holder could
+    make), all closed at the end of a test."""
+
+    def __init__(self):
+        self.ctx = zmq.Context()
+        self.socks = []
+
+    def connect(self, endpoint: str) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDTIMEO, 5000)      # the fuzzer itself must not hang
+        if endpoint.startswith("tcp://"):
+            security.configure_client(sock)
+        sock.connect(endpoint)
+        self.socks.append(sock)
+        return sock
+
+    def close(self):
+        for sock in self.socks:
+            sock.close(linger=0)
+        self.ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def peers():
+    made = Peers()
+    yield made
+    made.close()
+
+
+def _ping(sock: zmq.Socket, timeout: float = 5.0) -> bool:
+    """True when the daemon answers a Ping on ``sock`` within ``timeout``."""
+    corr = os.urandom(8)
+    sock.send_multipart([corr, p.encode(p.Ping())])
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not sock.poll(int(left * 1000)):
+            return False
+        frames = sock.recv_multipart()
+        if frames[0] == corr:
+            return p.decode(frames[1]) == p.Ack("pong")
+
+
+@zray.remote
+def echo(x):
+    return x
+
+
+def assert_cluster_serves(daemons, peers) -> None:
+    for name, (endpoint, pid, _) in daemons.items():
+        assert psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE, \
+            f"the {name} died"
+        assert _ping(peers.connect(endpoint)), f"the {name} no longer answers a Ping"
+    assert zray.get([echo.remote(i) for i in range(4)], timeout=20) == list(range(4))
+    me = global_state.worker.node_id.hex()
+    assert any(n["NodeID"] == me and n["Alive"] for n in zray.nodes()), zray.nodes()
+    status = subprocess.run(
+        [sys.executable, "-c", "import sys; from zray.scripts import main; sys.exit(main())",
+         "status", "--address", zray.get_runtime_context().gcs_address],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert "Traceback" not in status.stderr, status.stderr[-2000:]
+
+
+class BannerServer:
+    """A TCP service on loopback that speaks first (like SSH) and then never
+    reads: a peer a ZeroMQ socket can connect to but never finish with."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.running = True
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def _serve(self):
+        while self.running:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6p1 Ubuntu-3ubuntu13\r\n")
+            except OSError:
+                pass
+            self.conns.append(conn)
+
+    def close(self):
+        self.running = False
+        self.thread.join(2)
+        for conn in self.conns:
+            conn.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def banner():
+    server = BannerServer()
+    yield server
+    server.close()
+
+
+# --------------------------------------------------------------------------
+# a daemon never blocks on a socket whose far end a peer chose
+# --------------------------------------------------------------------------
+
+def test_daemons_never_block_on_an_address_that_speaks_first(start_cluster, peers, banner):
+    start_cluster()
+    daemons = _daemons()
+    gcs = peers.connect(daemons["gcs"][0])
+    raylet = peers.connect(daemons["raylet"][0])
+    elsewhere = os.urandom(16)          # an owner on another node: reached over TCP
+    owner = [banner.endpoint, os.urandom(16), 1, elsewhere]
+
+    def provoke(count: int) -> None:
+        for _ in range(count):
+            # the GCS answers a watcher at once, at the address it gave
+            gcs.send_multipart([b"", p.encode(p.WatchActor(os.urandom(16), banner.endpoint))])
+            # the raylet tells the owner at once that its task cannot run
+            spec = p.TaskSpec(os.urandom(16), b"", p.TASK_NORMAL, os.urandom(16), "f", [], [],
+                              1, {}, 0, False, owner,
+                              options={"strategy": "NODE", "node_id": os.urandom(16)})
+            raylet.send_multipart([b"", p.encode(p.SubmitTask(list(spec)))])
+
+    provoke(50)
+    wait_for(lambda: len(banner.conns) >= 2, timeout=10)    # both daemons went there
+    probes = {name: peers.connect(daemons[name][0]) for name in daemons}
+    until = time.monotonic() + 3
+    while time.monotonic() < until:     # and are asked to send there again and again
+        provoke(20)
+        for name, probe in probes.items():
+            assert _ping(probe), f"the {name} stopped answering: it blocks on the banner"
+    assert_cluster_serves(daemons, peers)
+    with open(daemons["gcs"][2]) as f:
+        text = f.read()
+    assert text.count("dropped ActorInfo to " + banner.endpoint) == 1, \
+        "drops to one peer must be logged once, not per message"
+
+    gcs_pid = daemons["gcs"][1]
+    started = time.monotonic()
+    zray.shutdown()
+    assert time.monotonic() - started < 10
+    with open(daemons["gcs"][2]) as f:
+        assert "GCS stopped" in f.read(), "the GCS did not stop on SIGTERM (it was killed)"
+    wait_for(lambda: not psutil.pid_exists(gcs_pid) or
+             psutil.Process(gcs_pid).status() == psutil.STATUS_ZOMBIE, timeout=5)
+
+
+def test_node_with_a_resource_that_is_not_a_number_is_refused(start_cluster, peers):
+    start_cluster()
+    daemons = _daemons()
+    gcs = peers.connect(daemons["gcs"][0])
+    bad = p.RegisterNode(os.urandom(16), "tcp://127.0.0.1:9", "tcp://127.0.0.1:9",
+                         "127.0.0.1", "fuzz", 1, {"CPU": 2.0}, 1024, "/nonexistent")
+    payload = msgpack.packb([p.RegisterNode.CODE, *bad[:6], {"CPU": "x"}, *bad[7:]],
+                            use_bin_type=True)
+    for _ in range(3):
+        corr = os.urandom(8)
+        gcs.send_multipart([corr, payload])
+        assert gcs.poll(5000), "a bad RegisterNode got no answer"
+        frames = gcs.recv_multipart()
+        reply = p.decode(frames[1])
+        assert frames[0] == corr and isinstance(reply, p.ErrorReply), reply
+        assert "resources" in reply.message and "'x'" in reply.message, reply.message
+    assert [n["Alive"] for n in zray.nodes()] == [True]
+    assert_cluster_serves(daemons, peers)
+    with open(daemons["gcs"][2]) as f:
+        assert f.read().count("RegisterNode.resources") == 1, "logged once per peer"
+
+
+# --------------------------------------------------------------------------
+# the fuzzer
+# --------------------------------------------------------------------------
+
+def _valid_value(kind: str, rng: random.Random, endpoint: str):
+    """A random value of the right kind for a field (harmless values: ids
+    that name nothing, resources no node has, addresses that go nowhere)."""
+    rid = lambda n: bytes(rng.getrandbits(8) for _ in range(n))     # noqa: E731
+    junk_endpoint = rng.choice([endpoint, "tcp://127.0.0.1:9", "ipc:///nonexistent/fuzz"])
+    address = [junk_endpoint, rid(16), rng.randrange(1 << 22), rid(16)]
+    table = {
+        "NodeId": lambda: rid(16), "WorkerId": lambda: rid(16), "TaskId": lambda: rid(16),
+        "ActorId": lambda: rid(16), "PgId": lambda: rid(16), "FunctionHash": lambda: rid(16),
+        "OptId": lambda: rng.choice([b"", rid(16)]), "ObjectId": lambda: rid(20),
+        "JobId": lambda: rng.choice([b"", b"\xff" + rid(3)]),
+        "Count": lambda: rng.choice([0, 1, rng.randrange(1 << 40)]),
+        "Pid": lambda: rng.randrange(1 << 22),
+        "Endpoint": lambda: junk_endpoint, "OptEndpoint": lambda: rng.choice(["", junk_endpoint]),
+        "Resources": lambda: {"fuzz_resource": rng.random() * 4},
+        "ResourceLevels": lambda: {"fuzz_resource": rng.random() * 4 - 1},
+        "ResourceList": lambda: [{"fuzz_resource": rng.random()}],
+        "ObjectIds": lambda: [rid(20) for _ in range(rng.randrange(3))],
+        "OptIds": lambda: [rng.choice([b"", rid(16)]) for _ in range(rng.randrange(3))],
+        "Strings": lambda: ["fuzz" * rng.randrange(3) for _ in range(rng.randrange(3))],
+        "PeerAddress": lambda: address, "OptPeerAddress": lambda: rng.choice([[], address]),
+        "TaskSpecFields": lambda: list(p.TaskSpec(
+            rid(16), b"", rng.choice([0, 1, 2]), rid(16), "fuzz", [], [], 1,
+            {"fuzz_resource": 1.0}, 0, False, address, 0, rng.choice([b"", rid(16)]), "m",
+            rng.choice([{}, {"strategy": "NODE", "node_id": rid(16)}, {"strategy": "SPREAD"},
+                        {"strategy": "NODE"}]))),
+        "bytes": lambda: rid(rng.randrange(40)), "str": lambda: rng.choice(
+            ["", "fuzz", "PACK", "driver", "worker", "\u2603" * 5]),
+        "int": lambda: rng.choice([0, 1, -1, rng.randrange(-(1 << 40), 1 << 40)]),
+        "bool": lambda: rng.random() < 0.5, "float": lambda: rng.random(),
+        "list": lambda: [], "dict": lambda: {},
+    }
+    return table.get(kind, lambda: rng.choice([None, 1, "x", b"x", [], {}]))()
+
+
+_WRONG_CONTENT = {      # values of the wire type a kind needs, but not of the kind
+    bytes: [b"", b"x", b"\0" * 17, os.urandom(21), os.urandom(3)],
+    str: ["", "x", "tcp://*:0", "tcp://127.0.0.1:0", "tcp://host:99999", "ipc://",
+          "\u2603" * 3, "A" * 100_000],
+    int: [-1, -(1 << 63), 1 << 63 - 1, 1 << 40],
+    dict: [{"CPU": "x"}, {"CPU": -1}, {"CPU": float("nan")}, {"CPU": float("inf")}, {1: 2},
+           {"CPU": None}, {"CPU": True}, {"strategy": "NODE"}, {b"CPU": 1.0}],
+    list: [[1, "x"], [None], [b"x"], [[1, 2]], [{"CPU": "x"}], ["tcp://*:0", b"", -1, b""],
+           [b"\0" * 20, 5], list(range(1000))],
+}
+
+
+def _invalid_value(rng: random.Random, types):
+    """A wrong value for a field of wire type(s) ``types``: of that type with
+    content that is not of the field's kind, or of another type."""
+    wanted = types if isinstance(types, tuple) else (types,)
+    for kind in wanted:
+        if kind in _WRONG_CONTENT and rng.random() < 0.6:
+            return rng.choice(_WRONG_CONTENT[kind])
+    return rng.choice([None, -1, 1.5, float("nan"), "x", b"x", [], {}, True,
+                       [1, "x"], {"CPU": "x"}])
+def _valid_fields(cls, rng: random.Random, endpoint: str) -> list:
+    fields = []
+    for name in cls._fields:
+        kind = cls.__annotations__.get(name, "")
+        kind = getattr(kind, "__forward_arg__", kind)
+        kind = kind if isinstance(kind, str) else getattr(kind, "__name__", "")
+        fields.append(_valid_value(kind, rng, endpoint))
+    return fields
+
+
+def _sweep(rng: random.Random, endpoint: str):
+    """Every code, every field, every wrong value of _WRONG_CONTENT that fits
+    the field's wire type (and two of other types), the other fields valid:
+    the systematic half of the fuzzer."""
+    for code, cls in p.message_types().items():
+        types = {index: kinds for index, _, kinds, _ in getattr(cls, "_checks", ())}
+        for index in range(len(cls._fields)):
+            wanted = types.get(index, object)
+            wanted = wanted if isinstance(wanted, tuple) else (wanted,)
+            wrong = [v for kind in wanted for v in _WRONG_CONTENT.get(kind, [])]
+            for value in wrong + [None, rng.choice([1.5, "x", b"x", [], {}])]:
+                fields = _valid_fields(cls, rng, endpoint)
+                fields[index] = value
+                corr = os.urandom(8) if rng.random() < 0.3 else b""
+                yield [corr, msgpack.packb([code, *fields], use_bin_type=True)]
+
+
+def _served(daemon_class) -> list:
+    """(code, record) of the messages a daemon class has a handler for."""
+    return [(code, cls) for code, cls in p.message_types().items()
+            if hasattr(daemon_class, "handle_" + _snake(cls.__name__))]
+
+
+def _fuzz_frames(rng: random.Random, endpoint: str, served: list) -> list[bytes]:
+    """One random multipart message for a daemon's ROUTER: half of them of a
+    code it serves, the others of any code."""
+    codes = served if served and rng.random() < 0.5 else list(p.message_types().items())
+    code, cls = rng.choice(codes)
+    types = {index: kinds for index, _, kinds, _ in getattr(cls, "_checks", ())}
+    fields = _valid_fields(cls, rng, endpoint)
+    mode = rng.random()                 # all fields valid, one wrong, or many wrong
+    wrong = ([] if mode < 0.35 or not fields else
+             [rng.randrange(len(fields))] if mode < 0.85 else
+             [i for i in range(len(fields)) if rng.random() < 0.5])
+    for i in wrong:
+        fields[i] = _invalid_value(rng, types.get(i, object))
+    shape = rng.random()
+    if shape < 0.05:
+        fields = fields[:rng.randrange(len(fields) + 1)]           # too few fields
+    elif shape < 0.08:
+        fields = fields + [_invalid_value(rng, object)]            # too many
+    payload = msgpack.packb([code, *fields], use_bin_type=True)
+    corr = os.urandom(8) if rng.random() < 0.3 else b""
+    form = rng.random()
+    if form < 0.05:
+        payload = payload[:rng.randrange(len(payload))]              # truncated
+    elif form < 0.08:
+        payload = os.urandom(rng.randrange(1, 200))                  # garbage
+    elif form < 0.09:
+        payload = payload + os.urandom(2 * 1024 * 1024)              # oversized, trailing junk
+    elif form < 0.10:
+        return [os.urandom(rng.randrange(0, 12))]                    # a lone frame
+    elif form < 0.11:
+        return [os.urandom(rng.choice([1, 5, 9])), payload]          # bad correlation id
+    elif form < 0.12:
+        return [corr, payload, os.urandom(100), b""]                 # blobs nobody wanted
+    return [corr, payload]
+
+
+def test_fuzzed_messages_leave_gcs_and_raylet_serving(start_cluster, peers, banner):
+    """Thousands of messages per daemon: first every code with each field
+    wrong in turn, then random ones (seed in the failure message: rerun with
+    ZRAY_FUZZ_SEED=<seed>)."""
+    start_cluster()
+    daemons = _daemons()
+    gcs_address = zray.get_runtime_context().gcs_address
+    rng = random.Random(FUZZ_SEED)
+    deadline = time.monotonic() + FUZZ_BUDGET_S
+    sent = {"gcs": 0, "raylet": 0}
+    socks = {name: [peers.connect(daemons[name][0]) for _ in range(4)] for name in sent}
+    served = {"gcs": _served(GcsServer), "raylet": _served(Raylet)}
+    probes = {name: peers.connect(daemons[name][0]) for name in sent}
+    sweeps = {name: _sweep(rng, banner.endpoint) for name in sent}
+    for i in range(10 ** 9):
+        if time.monotonic() > deadline or min(sent.values()) >= FUZZ_MESSAGES:
+            break
+        name = ("gcs", "raylet")[i % 2]
+        frames = next(sweeps[name], None) or _fuzz_frames(rng, banner.endpoint, served[name])
+        try:
+            socks[name][i // 2 % 4].send_multipart(frames)
+        except zmq.Again:
+            pytest.fail(f"the {name} stopped taking messages (seed {FUZZ_SEED})")
+        sent[name] += 1
+        if i % 400 == 399:
+            # (replies pile up unread on the fuzzing sockets: that must not matter)
+            for probe_name, probe in probes.items():
+                assert _ping(probe, timeout=10), \
+                    f"the {probe_name} stopped answering after {sent} fuzzed messages " \
+                    f"(seed {FUZZ_SEED})"
+        if i % 1000 == 999:             # what the fuzz put in the tables, `zray status` reads
+            assert zray_status(["status", "--address", gcs_address]) == 0, \
+                f"zray status failed after {sent} fuzzed messages (seed {FUZZ_SEED})"
+    assert sent["gcs"] >= 1000 and sent["raylet"] >= 1000, sent
+    try:
+        assert_cluster_serves(daemons, peers)
+    except AssertionError as err:
+        raise AssertionError(f"{err} (fuzz seed {FUZZ_SEED}, sent {sent})") from None

@@ -1,0 +1,363 @@
+"""zray.rllib: learning, checkpoints, runner failures, bad configs, the CLI
+and the README example. One 2-CPU cluster for the module; short seeded runs."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import zray
+from tests.conftest import process_gone, wait_for
+
+torch = pytest.importorskip("torch")
+
+from zray.rllib import register_env                                    # noqa: E402
+from zray.rllib.algorithms.algorithm import Algorithm                  # noqa: E402
+from zray.rllib.algorithms.algorithm_config import ConfigError         # noqa: E402
+from zray.rllib.algorithms.appo import APPOConfig                      # noqa: E402
+from zray.rllib.algorithms.dqn import DQNConfig                        # noqa: E402
+from zray.rllib.algorithms.ppo import PPOConfig                        # noqa: E402
+from zray.rllib.core.rl_module.default_model_config import DefaultModelConfig  # noqa: E402
+from zray.rllib.core.rl_module.rl_module import RLModuleSpec           # noqa: E402
+from zray.rllib.core.rl_module.torch import TorchRLModule              # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.timeout(600)
+
+
+def fast_ppo(runners=1, batch=512, **training):
+    """PPO settings that learn CartPole in a few iterations."""
+    kw = dict(lr=1e-3, lambda_=0.95, train_batch_size_per_learner=batch, minibatch_size=128,
+              num_epochs=10, clip_param=0.2, vf_loss_coeff=0.5, use_kl_loss=False,
+              vf_clip_param=1000.0, grad_clip=0.5)
+    kw.update(training)
+    envs = 8
+    return (PPOConfig().environment("CartPole-v1")
+            .env_runners(num_env_runners=runners, num_envs_per_env_runner=envs,
+                         rollout_fragment_length=max(1, batch // (envs * max(1, runners))))
+            .training(**kw)
+            .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64]))
+            .debugging(seed=0))
+
+
+def train_until(algo, goal: float, max_steps: int):
+    result = None
+    while True:
+        result = algo.train()
+        if result["env_runners/episode_return_mean"] >= goal or \
+                result["env_runners/num_env_steps_sampled_lifetime"] >= max_steps:
+            return result
+
+
+def cpus_free(total=2.0):
+    return lambda: zray.available_resources().get("CPU", 0) >= total
+
+
+# ---- learning ----------------------------------------------------------------
+
+def test_ppo_reaches_150_on_cartpole_within_20k_steps(cluster):
+    algo = fast_ppo(runners=1, batch=1024).build_algo()
+    try:
+        result = train_until(algo, 150, 20_000)
+        assert result["env_runners/episode_return_mean"] >= 150, result["env_runners"]
+        assert result["env_runners/num_env_steps_sampled_lifetime"] <= 20_480
+        for key in ("training_iteration", "time_this_iter_s", "env_runners/episode_len_mean",
+                    "learners/default_policy/policy_loss", "learners/default_policy/vf_loss",
+                    "learners/default_policy/entropy"):
+            assert key in result, key
+    finally:
+        algo.stop()
+
+
+def test_dqn_improves_clearly_on_cartpole(cluster):
+    config = (DQNConfig().environment("CartPole-v1")
+              .env_runners(rollout_fragment_length=8)
+              .training(lr=1e-3, train_batch_size_per_learner=64, n_step=3,
+                        target_network_update_freq=250,
+                        num_steps_sampled_before_learning_starts=500,
+                        epsilon=[(0, 1.0), (3000, 0.02)])
+              .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64],
+                                                         head_fcnet_hiddens=[64]))
+              .reporting(min_sample_timesteps_per_iteration=500)
+              .debugging(seed=0))
+    algo = config.build_algo()
+    try:
+        first = algo.train()["env_runners/episode_return_mean"]
+        result = train_until(algo, 100, 12_000)
+        assert first < 40
+        assert result["env_runners/episode_return_mean"] >= 100, result["env_runners"]
+        assert result["learners/default_policy/qf_loss"] >= 0
+    finally:
+        algo.stop()
+
+
+def test_appo_improves_clearly_with_async_sampling_despite_a_runner_kill(cluster):
+    config = (APPOConfig().environment("CartPole-v1")
+              .env_runners(num_env_runners=2, num_envs_per_env_runner=4,
+                           rollout_fragment_length=32, num_cpus_per_env_runner=0.5)
+              .training(lr=1e-3, train_batch_size_per_learner=256, vf_loss_coeff=0.5,
+                        entropy_coeff=0.0)
+              .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64]))
+              .debugging(seed=0))
+    algo = config.build_algo()
+    try:
+        first = algo.train()["env_runners/episode_return_mean"]
+        zray.kill(algo.env_runner_group.remote[1])      # its in-flight sample is lost
+        result = train_until(algo, 100, 30_000)
+        assert first < 40
+        assert result["env_runners/episode_return_mean"] >= 100, result["env_runners"]
+        assert result["fault_tolerance/num_remote_worker_restarts"] == 1
+    finally:
+        algo.stop()
+
+
+def test_impala_trains_with_vtrace_in_the_driver():
+    from zray.rllib.algorithms.impala import IMPALAConfig
+    algo = (IMPALAConfig().environment("CartPole-v1")
+            .env_runners(num_env_runners=0, num_envs_per_env_runner=4,
+                         rollout_fragment_length=25)
+            .training(train_batch_size_per_learner=100)
+            .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[16]))
+            .reporting(min_sample_timesteps_per_iteration=200).debugging(seed=0).build_algo())
+    try:
+        result = algo.train()
+        assert result["learners/__all_modules__/num_env_steps_trained"] == 200
+        assert np.isfinite(result["learners/default_policy/total_loss"])
+    finally:
+        algo.stop()
+
+
+# ---- checkpoints, acting, evaluation -----------------------------------------
+
+def test_checkpoint_round_trip_gives_the_same_actions(cluster, tmp_path):
+    algo = fast_ppo(runners=0, batch=256).evaluation(evaluation_duration=2).build_algo()
+    restored = None
+    try:
+        algo.train()
+        path = algo.save(str(tmp_path / "ckpt"))
+        assert {"module_state.pt", "optimizer_state.pt", "config.json"} <= set(os.listdir(path))
+        obs = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+        before = algo.get_module().forward_inference({"obs": torch.as_tensor(obs)})
+        restored = Algorithm.from_checkpoint(path)
+        after = restored.get_module().forward_inference({"obs": torch.as_tensor(obs)})
+        assert torch.equal(before["action_dist_inputs"], after["action_dist_inputs"])
+        assert [algo.compute_single_action(o) for o in obs] == \
+            [restored.compute_single_action(o) for o in obs]
+        assert restored.iteration == 1
+        evaluation = restored.evaluate()
+        assert evaluation["env_runners/num_episodes"] == 2
+        assert evaluation["env_runners/episode_return_mean"] > 0
+    finally:
+        algo.stop()
+        if restored:
+            restored.stop()
+
+
+# ---- failures ----------------------------------------------------------------
+
+def test_killed_env_runner_is_restarted_and_training_goes_on(cluster):
+    algo = fast_ppo(runners=2, batch=256, num_epochs=1).env_runners(
+        num_cpus_per_env_runner=0.5).build_algo()
+    try:
+        first = algo.train()
+        victim = algo.env_runner_group.remote[0]
+        pid = zray.get(victim.pid.remote(), timeout=60)
+        zray.kill(victim)
+        wait_for(lambda: process_gone(pid), 30)
+        result = algo.train()
+        assert result["fault_tolerance/num_remote_worker_restarts"] == 1
+        assert result["env_runners/num_env_runner_restarts"] == 1
+        assert result["env_runners/num_env_steps_sampled"] == \
+            first["env_runners/num_env_steps_sampled"]
+        new_pid = zray.get(algo.env_runner_group.remote[0].pid.remote(), timeout=60)
+        assert new_pid != pid
+    finally:
+        algo.stop()
+
+
+def test_stop_ends_every_env_runner_actor(cluster):
+    algo = fast_ppo(runners=2, batch=256).env_runners(num_cpus_per_env_runner=0.5).build_algo()
+    pids = zray.get([r.pid.remote() for r in algo.env_runner_group.remote], timeout=60)
+    algo.stop()
+    for pid in pids:
+        wait_for(lambda: process_gone(pid), 30)
+    wait_for(cpus_free(), 30)
+
+
+# ---- bad input ----------------------------------------------------------------
+
+class DictObsEnv(gym.Env):
+    observation_space = gym.spaces.Dict({"a": gym.spaces.Box(-1, 1, (2,))})
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, config=None):
+        pass
+
+
+BAD_CONFIGS = {
+    "unknown env id": (lambda: PPOConfig().environment("NoSuchEnv-v9"), "unknown environment"),
+    "unsupported spaces": (lambda: PPOConfig().environment(DictObsEnv),
+                           "unsupported observation space"),
+    "minibatch above batch": (lambda: PPOConfig().environment("CartPole-v1").training(
+        train_batch_size_per_learner=100, minibatch_size=200), "minibatch_size"),
+    "negative lr": (lambda: PPOConfig().environment("CartPole-v1").training(lr=-0.1), "lr"),
+    "too many cpus": (lambda: PPOConfig().environment("CartPole-v1").env_runners(
+        num_env_runners=3), "need 3 CPUs"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_raises_at_build_algo_and_starts_nothing(cluster, case):
+    make, message = BAD_CONFIGS[case]
+    config = make().env_runners(num_env_runners=1) if case != "too many cpus" else make()
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config.build_algo()
+    wait_for(cpus_free(), 30)
+
+
+def test_unknown_config_key_raises_and_names_the_key():
+    with pytest.raises(TypeError, match="'lrr'.*Did you mean lr"):
+        PPOConfig().training(lrr=0.1)
+    with pytest.raises(TypeError, match="no_such_key"):
+        PPOConfig().update_from_dict({"no_such_key": 1})
+    with pytest.raises(TypeError, match="n_step"):
+        PPOConfig().training(n_step=3)         # a DQN key is not a PPO key
+
+
+def test_ppo_trains_on_box_actions():
+    algo = (PPOConfig().environment("Pendulum-v1")
+            .env_runners(num_envs_per_env_runner=2, rollout_fragment_length=64)
+            .training(train_batch_size_per_learner=128, minibatch_size=64, num_epochs=1)
+            .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[16]))
+            .debugging(seed=0).build_algo())
+    try:
+        result = algo.train()
+        assert result["env_runners/num_env_steps_sampled"] == 128
+        action = algo.compute_single_action(np.zeros(3, np.float32))
+        assert action.shape == (1,)
+    finally:
+        algo.stop()
+
+
+def test_dqn_rejects_continuous_actions():
+    with pytest.raises(ConfigError, match="Discrete"):
+        DQNConfig().environment("Pendulum-v1").build_algo()
+
+
+# ---- environments and modules --------------------------------------------------
+
+def test_registered_env_creator_gets_env_config(cluster):
+    seen = []
+
+    def creator(env_config):
+        seen.append(dict(env_config))
+        return gym.make("CartPole-v1", max_episode_steps=env_config["max_steps"])
+
+    register_env("short_cartpole", creator)
+    from zray.tune import register_env as tune_register_env
+    assert tune_register_env is register_env
+    algo = fast_ppo(runners=1, batch=256, num_epochs=1).environment(
+        "short_cartpole", env_config={"max_steps": 20}).build_algo()
+    try:
+        result = algo.train()
+        assert seen and seen[0] == {"max_steps": 20}
+        assert result["env_runners/episode_len_mean"] <= 20
+    finally:
+        algo.stop()
+
+
+class TinyPolicy(TorchRLModule):
+    """A custom module: one linear policy layer and one linear value layer."""
+
+    def setup(self):
+        n_obs = self.observation_space.shape[0]
+        self.pi = torch.nn.Linear(n_obs, self.action_space.n)
+        self.vf = torch.nn.Linear(n_obs, 1)
+
+    def _forward(self, batch, **kwargs):
+        return {"action_dist_inputs": self.pi(batch["obs"])}
+
+    def compute_values(self, batch, **kwargs):
+        return self.vf(batch["obs"]).squeeze(-1)
+
+
+def test_custom_rl_module_through_rl_module_spec_is_trained():
+    algo = fast_ppo(runners=0, batch=256, num_epochs=2).rl_module(
+        rl_module_spec=RLModuleSpec(module_class=TinyPolicy)).build_algo()
+    try:
+        module = algo.get_module()
+        assert isinstance(module, TinyPolicy)
+        before = module.pi.weight.detach().clone()
+        algo.train()
+        assert not torch.equal(before, module.pi.weight)
+    finally:
+        algo.stop()
+
+
+def test_two_learner_actors_average_gradients_and_stay_equal(cluster):
+    algo = fast_ppo(runners=0, batch=256, num_epochs=2).learners(
+        num_learners=2, num_cpus_per_learner=0.5).build_algo()
+    try:
+        before = algo.get_module().get_state()
+        result = algo.train()
+        assert result["learners/default_policy/vf_loss"] > 0
+        w0, w1 = zray.get([a.get_weights.remote() for a in algo.learner_group.remote],
+                          timeout=120)
+        assert all(np.array_equal(w0[k], w1[k]) for k in w0)
+        assert any(not np.array_equal(w0[k], before[k]) for k in w0)
+        after = algo.get_module().get_state()
+        assert all(np.array_equal(w0[k], after[k]) for k in w0)
+    finally:
+        algo.stop()
+
+
+# ---- CLI and README -----------------------------------------------------------------
+
+def test_cli_train_prints_a_summary_line():
+    cfg = ('{"train_batch_size_per_learner": 256, "minibatch_size": 64, "num_epochs": 1,'
+           ' "num_envs_per_env_runner": 4}')
+    result = subprocess.run(
+        [sys.executable, "-m", "zray.scripts", "rllib", "train", "--algo", "ppo", "--env",
+         "CartPole-v1", "--stop-iters", "2", "--config-json", cfg, "--no-progress"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"PPO on CartPole-v1: training return [\d.]+ after 512 env steps, "
+                     r"2 iterations", result.stdout), result.stdout
+
+
+def test_cli_rejects_an_unknown_config_key():
+    result = subprocess.run(
+        [sys.executable, "-m", "zray.scripts", "rllib", "train", "--algo", "PPO", "--env",
+         "CartPole-v1", "--config-json", '{"lrr": 1}'],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 2
+    assert "unknown key 'lrr'" in result.stderr
+
+
+def readme_example() -> str:
+    """The python block of README.md's RLlib section (or, before the README
+    has one, examples/rllib_cartpole.py, which it reproduces)."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    section = readme.split("## RLlib", 1)
+    if len(section) == 2:
+        block = re.search(r"```python\n(.*?)```", section[1], re.S)
+        if block:
+            return block.group(1)
+    with open(os.path.join(ROOT, "examples", "rllib_cartpole.py")) as f:
+        return f.read()
+
+
+def test_readme_example_runs(tmp_path):
+    code = readme_example().replace("/tmp/ppo_cartpole_ckpt", str(tmp_path / "ckpt"))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=400, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] in ("0", "1")
+    assert os.path.isfile(tmp_path / "ckpt" / "module_state.pt")

@@ -1,0 +1,394 @@
+"""Task events, node stats, user metrics and the timeline: what the dashboard
+reads from the GCS (GetTaskEvents, GetNodes' stats, GetMetrics, the
+task_events topic) and what `zray timeline` writes."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import zmq
+
+import zray
+from zray.broker import protocol as p
+from zray.broker import sockets
+from zray.config import config
+from zray.gcs.task_event_manager import TaskEventManager
+from zray.util.metrics import Counter, Gauge, Histogram
+from zray.worker import global_state
+from zray.worker.task_events import TaskEventReporter
+
+from conftest import call_bounded, wait_for
+
+ROW_FIELDS = {"task_id", "name", "state", "job_id", "actor_id", "node_id", "worker_id",
+              "func_or_class_name", "type", "start_time_ms", "end_time_ms", "error_type",
+              "error_message", "events"}
+
+
+def _gcs():
+    return global_state.worker.gcs
+
+
+def _rows(**filters) -> list[dict]:
+    return _gcs().call(p.GetTaskEvents(0, filters)).events
+
+
+def _row_when(predicate, timeout: float = 10.0, **filters) -> dict:
+    """The first row matching ``filters`` for which ``predicate`` holds,
+    waiting for the batches (sent about once a second) to arrive."""
+    def find():
+        return next((r for r in _rows(**filters) if predicate(r)), None)
+    return wait_for(find, timeout)
+
+
+def _ended(row) -> bool:
+    return row["state"] in ("FINISHED", "FAILED") and row["end_time_ms"] is not None \
+        and row["worker_id"] is not None
+
+
+# ----------------------------------------------------------------- task events
+
+def test_finished_task_has_its_states_times_node_and_worker(cluster):
+    @zray.remote
+    def square(x):
+        return x * x
+
+    ref = square.remote(7)
+    assert zray.get(ref) == 49
+    task_id = ref.hex()[:32]
+    row = _row_when(_ended, task_id=task_id)
+    assert ROW_FIELDS <= set(row)
+    assert row["state"] == "FINISHED"
+    assert row["name"].endswith("square") and row["type"] == "NORMAL_TASK"
+    assert row["job_id"] == global_state.worker.job_id.hex()
+    assert row["node_id"] == global_state.worker.node_id.hex()
+    assert row["worker_id"] and row["worker_id"] != global_state.worker.worker_id.hex()
+    assert row["start_time_ms"] <= row["end_time_ms"]
+    states = [e["state"] for e in row["events"]]
+    assert states == ["PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER",
+                      "RUNNING", "FINISHED"]
+    times = [e["created_ms"] for e in row["events"]]
+    assert times == sorted(times)
+
+
+def test_a_long_task_shows_as_running_while_it_runs(cluster):
+    @zray.remote
+    def long_one():
+        time.sleep(5)
+        return 1
+
+    ref = long_one.remote()
+    row = _row_when(lambda r: r["state"] == "RUNNING", timeout=4.5, task_id=ref.hex()[:32])
+    assert row["start_time_ms"] and row["end_time_ms"] is None
+    assert row["worker_id"] and row["node_id"]
+    assert zray.get(ref) == 1
+    row = _row_when(lambda r: r["state"] == "FINISHED", task_id=ref.hex()[:32])
+    assert [e["state"] for e in row["events"]].count("RUNNING") == 1
+
+
+def test_failed_task_reports_error_type_and_the_users_traceback(cluster):
+    @zray.remote(max_retries=0)
+    def explode():
+        raise KeyError("no such thing")
+
+    ref = explode.remote()
+    with pytest.raises(KeyError):
+        zray.get(ref)
+    row = _row_when(lambda r: _ended(r) and r["error_message"], task_id=ref.hex()[:32])
+    assert row["state"] == "FAILED"
+    assert row["error_type"] == "TASK_EXECUTION_EXCEPTION"
+    assert "KeyError" in row["error_message"] and "no such thing" in row["error_message"]
+    assert "in explode" in row["error_message"]
+    assert row["events"][-1]["state"] == "FAILED"
+
+
+def test_cancelled_task_is_failed_with_task_cancelled(cluster):
+    @zray.remote
+    def slow():
+        time.sleep(30)
+
+    @zray.remote
+    def blocker():
+        time.sleep(0.5)
+
+    blockers = [blocker.remote() for _ in range(2)]     # keep both CPUs busy
+    ref = slow.remote()
+    zray.cancel(ref)
+    with pytest.raises(zray.exceptions.TaskCancelledError):
+        zray.get(ref, timeout=20)
+    row = _row_when(lambda r: r["state"] == "FAILED", task_id=ref.hex()[:32])
+    assert row["error_type"] == "TASK_CANCELLED"
+    zray.get(blockers)
+
+
+def test_task_whose_worker_died_is_failed_with_worker_died(cluster):
+    @zray.remote(max_retries=0)
+    def die():
+        os._exit(1)
+
+    ref = die.remote()
+    with pytest.raises(zray.exceptions.WorkerCrashedError):
+        zray.get(ref, timeout=30)
+    row = _row_when(lambda r: r["state"] == "FAILED", task_id=ref.hex()[:32])
+    assert row["error_type"] == "WORKER_DIED"
+    assert row["error_message"]
+
+
+def test_actor_creation_and_actor_task_are_reported_with_class_names(cluster):
+    @zray.remote
+    class Greeter:
+        def greet(self, name):
+            return f"hello {name}"
+
+    g = Greeter.remote()
+    ref = g.greet.remote("x")
+    assert zray.get(ref) == "hello x"
+    call = _row_when(_ended, task_id=ref.hex()[:32])
+    assert call["type"] == "ACTOR_TASK"
+    assert call["name"].endswith("Greeter.greet")
+    assert call["actor_id"] == g._actor_id.hex()
+    created = _row_when(_ended, type="ACTOR_CREATION_TASK", actor_id=g._actor_id.hex())
+    assert created["name"].endswith("Greeter.__init__")
+    assert created["state"] == "FINISHED"
+    assert created["worker_id"] == call["worker_id"]
+    zray.kill(g)
+
+
+def test_filters_and_limit_select_rows(cluster):
+    @zray.remote
+    def tagged_for_filter(i):
+        return i
+
+    zray.get([tagged_for_filter.remote(i) for i in range(5)])
+    wait_for(lambda: len([r for r in _rows(state="FINISHED")
+                          if r["name"].endswith("tagged_for_filter") and _ended(r)]) == 5)
+    mine = [r for r in _rows() if r["name"].endswith("tagged_for_filter")]
+    full = mine[0]["name"]
+    assert len(_rows(name=full, state="FINISHED")) == 5
+    limited = _gcs().call(p.GetTaskEvents(2, {"name": full})).events
+    assert [r["task_id"] for r in limited] == [r["task_id"] for r in mine[-2:]]
+    with pytest.raises(Exception, match="cannot filter task events by"):
+        _gcs().call(p.GetTaskEvents(10, {"colour": "red"}))
+
+
+def test_updated_rows_are_published_on_the_task_events_topic(cluster):
+    sub = sockets.subscriber(global_state.worker.pub_address, [p.TOPIC_TASK_EVENTS])
+    try:
+        time.sleep(0.3)         # the subscription reaches the GCS
+
+        @zray.remote
+        def published():
+            return 1
+
+        ref = published.remote()
+        zray.get(ref)
+        task_id = ref.hex()[:32]
+        seen = []
+
+        def got_finished():
+            if sub.poll(100):
+                for topic, rows in sockets.recv_events(sub, 100):
+                    assert topic == p.TOPIC_TASK_EVENTS
+                    seen.extend(r for r in rows if r["task_id"] == task_id)
+            return any(r["state"] == "FINISHED" for r in seen)
+        wait_for(got_finished, 10)
+        assert ROW_FIELDS <= set(seen[-1])
+    finally:
+        sub.close(linger=0)
+
+
+def test_malformed_task_events_are_dropped_and_the_gcs_keeps_serving(cluster):
+    before = _gcs().call(p.GetTaskEvents(1, {})).dropped
+    junk = p.AddTaskEvents(os.urandom(16), os.urandom(16), 1,
+                           [["not an id", "x", 99], [b"t" * 16, 0, 42, 1.0, None], 7], 0)
+    _gcs().send(junk)
+    wait_for(lambda: _gcs().call(p.GetTaskEvents(1, {})).dropped >= before + 3)
+    assert _gcs().call(p.Ping()).value == "pong"
+
+
+# ------------------------------------------------------------ the table bound
+
+def test_table_bound_drops_the_oldest_rows_and_counts_them():
+    table = TaskEventManager(max_rows=10)
+    msg = p.AddTaskEvents(b"w" * 16, b"n" * 16, 1,
+                          [(i.to_bytes(16, "big"), 0, p.TS_PENDING_ARGS_AVAIL, 1.0 + i,
+                            {"name": f"t{i}"}) for i in range(25)], 0)
+    table.add(msg)
+    rows = table.query(0, {})
+    assert len(rows) == 10
+    assert [r["name"] for r in rows] == [f"t{i}" for i in range(15, 25)]
+    assert table.dropped == 15
+
+
+def test_a_gcs_that_does_not_read_never_blocks_the_reporter_and_drops_are_counted(tmp_path):
+    # an endpoint where nobody listens: batches queue up to a few, then drop
+    reporter = TaskEventReporter(f"ipc://{tmp_path}/nobody", b"w" * 16, b"n" * 16, 1)
+    try:
+        def flood():
+            for batch in range(20):
+                for i in range(100):
+                    reporter.record((batch * 100 + i).to_bytes(16, "big"), 0,
+                                    p.TS_PENDING_ARGS_AVAIL)
+                reporter.flush()
+        outcome, _ = call_bounded(flood, timeout=10)
+        assert outcome == "ok"
+        assert reporter.dropped > 0
+        assert reporter.sent + reporter.dropped == 2000
+        assert not reporter.events
+    finally:
+        reporter._sock.close(linger=0)
+
+
+# ----------------------------------------------------------------- node stats
+
+def test_nodes_report_cpu_memory_disk_store_and_worker_stats(cluster):
+    def stats():
+        nodes = [n for n in _gcs().call(p.GetNodes()).value if n["alive"]]
+        return nodes[0]["stats"] if nodes and nodes[0].get("stats") else None
+    s = wait_for(stats, 10)
+    assert set(s) == {"cpu_percent", "mem_used", "mem_total", "disk_used", "disk_total",
+                      "store_used", "store_spilled", "store_capacity", "num_workers", "time"}
+    assert 0 <= s["cpu_percent"] <= 100 * os.cpu_count()
+    assert 0 < s["mem_used"] < s["mem_total"]
+    assert 0 < s["disk_used"] < s["disk_total"]
+    assert s["store_capacity"] > 0 and s["num_workers"] >= 1
+    assert abs(s["time"] - time.time()) < 60
+
+
+# --------------------------------------------------------------- user metrics
+
+def _metric(name):
+    metrics = _gcs().call(p.GetMetrics()).metrics
+    return next((m for m in metrics if m["name"] == name), None)
+
+
+def test_user_metrics_from_tasks_actors_and_driver_show_in_get_metrics(cluster):
+    @zray.remote
+    def count(route):
+        Counter("te_requests", description="requests served",
+                tag_keys=("route",)).inc(2, tags={"route": route})
+
+    @zray.remote
+    class Temperature:
+        def __init__(self):
+            self.gauge = Gauge("te_temperature", tag_keys=("room",))
+            self.gauge.set_default_tags({"room": "lab"})
+
+        def set(self, value):
+            self.gauge.set(value)
+
+    zray.get([count.remote("/a") for _ in range(3)] + [count.remote("/b")])
+    t = Temperature.remote()
+    zray.get(t.set.remote(21.5))
+    latency = Histogram("te_latency", boundaries=[0.1, 1.0])
+    for value in (0.05, 0.5, 5.0, 0.7):
+        latency.observe(value)
+
+    def counted():
+        m = _metric("te_requests")
+        return m and {s["tags"]["route"]: s["value"] for s in m["samples"]} == \
+            {"/a": 6.0, "/b": 2.0} and m
+    counter = wait_for(counted, 10)
+    assert counter["type"] == "counter" and counter["description"] == "requests served"
+    assert counter["tag_keys"] == ["route"]
+    gauge = wait_for(lambda: _metric("te_temperature"), 10)
+    assert gauge["type"] == "gauge"
+    assert gauge["samples"] == [{"tags": {"room": "lab"}, "value": 21.5}]
+    hist = wait_for(lambda: _metric("te_latency"), 10)
+    assert hist["type"] == "histogram" and hist["boundaries"] == [0.1, 1.0]
+    value = hist["samples"][0]["value"]
+    assert value["buckets"] == [1, 2, 1] and value["count"] == 4
+    assert value["sum"] == pytest.approx(6.25)
+    zray.kill(t)
+
+
+def test_metric_misuse_raises_clear_errors():
+    c = Counter("te_checked", tag_keys=("a",))
+    with pytest.raises(ValueError, match="Missing value for tag key"):
+        c.inc()
+    with pytest.raises(ValueError, match="unknown tag key"):
+        c.inc(tags={"a": "1", "b": "2"})
+    with pytest.raises(ValueError, match="must be > 0"):
+        c.inc(-1, tags={"a": "1"})
+    with pytest.raises(ValueError, match="not valid"):
+        Gauge("has space")
+    with pytest.raises(ValueError, match="boundaries"):
+        Histogram("te_no_bounds")
+    with pytest.raises(ValueError, match="must increase"):
+        Histogram("te_bad_bounds", boundaries=[2, 1])
+    with pytest.raises(ValueError, match="already exists"):
+        Gauge("te_checked")
+
+
+# ------------------------------------------------------------------- timeline
+
+def test_zray_timeline_writes_a_chrome_trace_of_the_tasks(cluster, tmp_path, capsys):
+    from zray.scripts import main
+
+    @zray.remote
+    def traced(i):
+        time.sleep(0.01)
+        return i
+
+    refs = [traced.remote(i) for i in range(4)]
+    zray.get(refs)
+    ids = {r.hex()[:32] for r in refs}
+    wait_for(lambda: len([r for r in _rows() if r["task_id"] in ids and _ended(r)]) == 4)
+    out = tmp_path / "trace.json"
+    assert main(["timeline", "--address", global_state.worker.gcs_address,
+                 "--output", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    trace = json.loads(out.read_text())
+    assert isinstance(trace, list)
+    bars = [e for e in trace if e["ph"] == "X" and e["args"]["task_id"] in ids]
+    assert len(bars) == 4
+    for bar in bars:
+        assert bar["name"].endswith("traced")
+        assert isinstance(bar["pid"], int) and isinstance(bar["tid"], int)
+        assert bar["ts"] > 0 and bar["dur"] >= 10_000 * 0.9      # microseconds
+    names = {e["name"] for e in trace if e["ph"] == "M"}
+    assert {"process_name", "thread_name"} <= names
+
+
+
+def test_zray_timeline_returns_the_trace_or_writes_it(cluster, tmp_path):
+    @zray.remote
+    def api_traced():
+        return 1
+
+    ref = api_traced.remote()
+    zray.get(ref)
+    task_id = ref.hex()[:32]
+    _row_when(_ended, task_id=task_id)
+    trace = zray.timeline()
+    assert any(e["ph"] == "X" and e["args"]["task_id"] == task_id for e in trace)
+    path = tmp_path / "t.json"
+    assert zray.timeline(str(path)) is None
+    assert any(e.get("args", {}).get("task_id") == task_id
+               for e in json.loads(path.read_text()))
+
+# fresh clusters last: they end the module's shared one
+
+def test_bound_is_configurable_and_reported_by_the_gcs(start_cluster, monkeypatch):
+    monkeypatch.setenv("ZRAY_TASK_EVENTS_MAX", "20")
+    config.reload()
+    try:
+        start_cluster()
+    finally:
+        monkeypatch.delenv("ZRAY_TASK_EVENTS_MAX")
+        config.reload()
+
+    @zray.remote
+    def tiny(i):
+        return i
+
+    refs = [tiny.remote(i) for i in range(40)]
+    zray.get(refs)
+    newest = refs[-1].hex()[:32]
+    wait_for(lambda: any(r["task_id"] == newest for r in _rows()), 10)
+    reply = _gcs().call(p.GetTaskEvents(0, {}))
+    assert len(reply.events) == 20
+    assert reply.dropped >= 20
+    oldest = refs[0].hex()[:32]
+    assert all(r["task_id"] != oldest for r in reply.events)

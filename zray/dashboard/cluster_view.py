@@ -1,0 +1,242 @@
+"""The dashboard's live picture of the cluster: a snapshot from the GCS at
+start and after a silence (a GCS restart, a lost connection), then the
+changes the GCS publishes (nodes, resources, jobs, actors, task events).
+
+One thread reads the GCS event stream (SUB); request threads read this
+object under its lock. Kept in memory, all bounded: the node table, a
+10-minute history of cluster CPU / memory / store use (one sample per
+``SAMPLE_S``), the last ``MAX_TASKS`` task rows for the live task stream,
+and the state of up to ``MAX_STATES`` tasks (the GCS keeps 100,000) for the
+counts by state.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+
+import zmq
+
+from ..broker import protocol as p
+from ..broker import sockets
+from . import rows
+
+log = logging.getLogger(__name__)
+
+SAMPLE_S = 5.0
+HISTORY_S = 600.0
+MAX_TASKS = 5_000
+MAX_STATES = 200_000
+#: the GCS publishes at most this many changed task rows per batch (the rest
+#: only land in its table): a full batch means the counts must be re-read ...
+PUBLISHED_ROWS_MAX = 1000
+#: ... which happens at most this often
+RECOUNT_S = 10.0
+#: no event for this long (heartbeats come every 0.5 s): take a fresh snapshot
+SILENCE_S = 5.0
+TOPIC_TASK_EVENTS = getattr(p, "TOPIC_TASK_EVENTS", b"task_events")
+
+
+class ClusterView:
+    def __init__(self, gcs):
+        self.gcs = gcs
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.version = 0                        # bumped at every change
+        self.nodes: dict[bytes, dict] = {}
+        self.history: collections.deque = collections.deque(maxlen=int(HISTORY_S / SAMPLE_S))
+        self.tasks: collections.OrderedDict = collections.OrderedDict()
+        self.states: collections.OrderedDict = collections.OrderedDict()   # task id -> state
+        self.state_counts: collections.Counter = collections.Counter()
+        self.gcs_requests_per_s = 0.0
+        self._last_event = 0.0
+        self._counts_stale = False
+        self._last_recount = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.pub_address = ""
+
+    # -- start, snapshot ----------------------------------------------------
+    def start(self) -> None:
+        self.snapshot()
+        self._thread = threading.Thread(target=self._run, name="zray-dashboard-events",
+                                        daemon=True)
+        self._thread.start()
+
+    def snapshot(self) -> None:
+        """Read the tables afresh from the GCS."""
+        info = self.gcs.call(p.GetClusterInfo()).value
+        events, _ = rows.task_events(self.gcs, 0)
+        with self.lock:
+            self.pub_address = info.get("pub_address", self.pub_address)
+            self.nodes = {n["node_id"]: n for n in info["nodes"]}
+            self.tasks.clear()
+            self.states.clear()
+            self.state_counts.clear()
+            for e in sorted(events, key=lambda e: e.get("start_time_ms") or 0):
+                self._task_event(e)
+            self._bump()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+
+    # -- the event stream ---------------------------------------------------
+    def _run(self) -> None:
+        sub = None
+        next_sample = 0.0
+        try:
+            while not self._stop.is_set():
+                if sub is None and self.pub_address:
+                    sub = sockets.subscriber(self.pub_address, [
+                        p.TOPIC_NODE, p.TOPIC_RESOURCES, p.TOPIC_JOB, p.TOPIC_ACTOR,
+                        TOPIC_TASK_EVENTS])
+                    self._last_event = time.monotonic()
+                if sub is not None and sub.poll(500, zmq.POLLIN):
+                    self._last_event = time.monotonic()
+                    for topic, event in sockets.recv_events(sub, 1000):
+                        try:
+                            self._on_event(topic, event)
+                        except (KeyError, TypeError, ValueError, AttributeError) as err:
+                            log.warning("dropped a malformed %r event: %s", topic[:40], err)
+                elif sub is None:
+                    self._stop.wait(0.5)
+                now = time.monotonic()
+                if now - self._last_event > SILENCE_S:
+                    old = self.pub_address
+                    self._resync()
+                    if sub is not None and self.pub_address != old:
+                        sub.close(linger=0)     # the GCS restarted elsewhere
+                        sub = None
+                if self._counts_stale and now - self._last_recount > RECOUNT_S:
+                    self._recount()
+                if now >= next_sample:
+                    self._sample()
+                    next_sample = now + SAMPLE_S
+        finally:
+            if sub is not None:
+                sub.close(linger=0)
+
+    def _resync(self) -> None:
+        try:
+            self.snapshot()
+            log.info("took a fresh snapshot of the GCS after %.0fs without events", SILENCE_S)
+        except Exception as err:    # noqa: BLE001 — silence or a refusal: retried later
+            log.warning("cannot read a snapshot from the GCS (%s); retrying", err)
+        self._last_event = time.monotonic()
+
+    def _recount(self) -> None:
+        """Re-read every task's state from the GCS (after lossy batches)."""
+        self._last_recount = time.monotonic()
+        try:
+            events, _ = rows.task_events(self.gcs, 0)
+        except Exception as err:    # noqa: BLE001 — silence or a refusal: retried later
+            log.warning("cannot re-read the task states from the GCS: %s", err)
+            return
+        with self.lock:
+            self._counts_stale = False
+            self.states = collections.OrderedDict(
+                (rows.task_row(e)["task_id"], e.get("state")) for e in events)
+            self.state_counts = collections.Counter(self.states.values())
+            self._bump()
+
+    def _on_event(self, topic: bytes, event) -> None:
+        with self.lock:
+            if topic == p.TOPIC_RESOURCES:
+                node = self.nodes.get(event["node_id"])
+                if node is not None:
+                    node["available"] = event.get("available", node.get("available"))
+                    node["resources"] = event.get("total", node.get("resources"))
+                    stats = event.get("stats")
+                    if isinstance(stats, dict):
+                        node["stats"] = stats
+                        node["store_used"] = stats.get("store_used", node.get("store_used", 0))
+            elif topic == p.TOPIC_NODE:
+                node = event["node"]
+                self.nodes[node["node_id"]] = node
+            elif topic == TOPIC_TASK_EVENTS:
+                if isinstance(event, list) and len(event) >= PUBLISHED_ROWS_MAX:
+                    self._counts_stale = True
+                for e in event if isinstance(event, list) else [event]:
+                    if isinstance(e, dict):
+                        self._task_event(e)
+            self._bump()
+
+    def _task_event(self, e: dict) -> None:
+        row = rows.task_row(e)
+        if not row["task_id"]:
+            return
+        task_id = row["task_id"]
+        self.tasks.pop(task_id, None)
+        self.tasks[task_id] = row
+        while len(self.tasks) > MAX_TASKS:
+            self.tasks.popitem(last=False)
+        old = self.states.pop(task_id, None)
+        if old is not None:
+            self.state_counts[old] -= 1
+        self.states[task_id] = row["state"]
+        self.state_counts[row["state"]] += 1
+        while len(self.states) > MAX_STATES:
+            _, state = self.states.popitem(last=False)
+            self.state_counts[state] -= 1
+
+    def _bump(self) -> None:
+        self.version += 1
+        self.changed.notify_all()
+
+    def _sample(self) -> None:
+        with self.lock:
+            alive = [n for n in self.nodes.values() if n.get("alive")]
+            cpu_total = sum(n.get("resources", {}).get("CPU", 0.0) for n in alive)
+            cpu_free = sum(n.get("available", {}).get("CPU", 0.0) for n in alive)
+            stats = [n.get("stats") or {} for n in alive]
+            sample = {
+                "t": time.time(), "cpu_used": max(0.0, cpu_total - cpu_free),
+                "cpu_total": cpu_total,
+                "cpu_percent": (sum(s.get("cpu_percent", 0.0) for s in stats) / len(stats)
+                                if stats else 0.0),
+                "mem_used": sum(s.get("mem_used", 0) for s in stats),
+                "mem_total": sum(s.get("mem_total", 0) for s in stats),
+                "store_used": sum(n.get("store_used", 0) for n in alive),
+                "store_total": sum(n.get("arena_size", 0) for n in alive),
+                "store_spilled": sum(s.get("store_spilled", 0) for s in stats),
+            }
+            self.history.append(sample)
+
+    # -- reads (for views) --------------------------------------------------
+    def wait_change(self, version: int, timeout: float) -> int:
+        """Block until the version moves past ``version`` (or ``timeout``)."""
+        with self.changed:
+            if self.version == version:
+                self.changed.wait(timeout)
+            return self.version
+
+    def summary(self) -> dict:
+        with self.lock:
+            alive = [n for n in self.nodes.values() if n.get("alive")]
+            total: dict = {}
+            avail: dict = {}
+            for n in alive:
+                for k, v in n.get("resources", {}).items():
+                    total[k] = total.get(k, 0.0) + v
+                for k, v in n.get("available", {}).items():
+                    avail[k] = avail.get(k, 0.0) + v
+            return {
+                "nodes_alive": len(alive), "nodes_dead": len(self.nodes) - len(alive),
+                "resources_total": {k: v for k, v in total.items() if not k.startswith("node:")},
+                "resources_available": {k: v for k, v in avail.items()
+                                        if not k.startswith("node:")},
+                "store_used": sum(n.get("store_used", 0) for n in alive),
+                "store_total": sum(n.get("arena_size", 0) for n in alive),
+                "tasks_by_state": {s: n for s, n in self.state_counts.items() if n > 0},
+                "history": list(self.history),
+                "version": self.version,
+            }
+
+    def recent_tasks(self, since_ms: float = 0, limit: int = 2000) -> list[dict]:
+        with self.lock:
+            out = [t for t in self.tasks.values()
+                   if (t.get("end_time_ms") or time.time() * 1000) >= since_ms]
+        return out[-limit:]

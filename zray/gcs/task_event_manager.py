@@ -1,0 +1,311 @@
+"""The task event table: one row per task, its latest state and its history.
+
+Core workers send the state changes they see in batches (``AddTaskEvents``):
+owners their tasks' submission, scheduling and end, executors when a task
+runs and how it ended. Batches from different processes arrive in any order,
+so a row's state is the furthest one reached by its latest attempt (a
+FAILED beats a FINISHED of the same attempt), never the last one received.
+
+The table keeps at most ``max_rows`` rows (``config.task_events_max``): a new
+task beyond that drops the oldest row, and ``dropped`` counts the dropped
+rows together with the events workers could not deliver.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+
+from ..broker import protocol as p
+
+log = logging.getLogger(__name__)
+
+_STATES = p.TASK_STATES
+_RANK = (0, 1, 2, 3, 4, 4)          # FINISHED and FAILED both end an attempt
+_TYPES = {p.TASK_NORMAL: "NORMAL_TASK", p.TASK_ACTOR_CREATION: "ACTOR_CREATION_TASK",
+          p.TASK_ACTOR_METHOD: "ACTOR_TASK"}
+#: state changes kept per row (a task retried many times keeps its latest ones)
+MAX_HISTORY = 32
+_MAX_TEXT = 4096           # an error message keeps its last 4 KiB (the traceback's end)
+
+
+def _hex(value) -> str | None:
+    return value.hex() if value else None
+
+
+def _ms(seconds) -> int | None:
+    return None if seconds is None else int(seconds * 1000)
+
+
+class _Row:
+    """One task (compact: the table holds up to 100,000 of these)."""
+    __slots__ = ("task_id", "attempt", "state", "name", "job_id", "actor_id", "type",
+                 "node_id", "worker_id", "worker_pid", "created", "start", "end",
+                 "error_type", "error_message", "history", "resources", "parent")
+
+    def __init__(self, task_id: bytes):
+        self.task_id = task_id
+        self.attempt = 0
+        self.state = -1
+        self.name = ""
+        self.job_id = self.actor_id = self.node_id = self.worker_id = b""
+        self.type = p.TASK_NORMAL
+        self.worker_pid = 0
+        self.created = self.start = self.end = None
+        self.error_type = self.error_message = None
+        self.history: list = []         # [state, time_s, state, time_s, ...]
+        self.resources = None
+        self.parent = None
+
+
+# How a filter reads each public field off a row (without building the row's dict).
+_GETTERS = {
+    "task_id": lambda r: r.task_id.hex(),
+    "attempt_number": lambda r: r.attempt,
+    "name": lambda r: r.name,
+    "func_or_class_name": lambda r: r.name,
+    "state": lambda r: _STATES[r.state] if r.state >= 0 else None,
+    "job_id": lambda r: _hex(r.job_id),
+    "actor_id": lambda r: _hex(r.actor_id),
+    "node_id": lambda r: _hex(r.node_id),
+    "worker_id": lambda r: _hex(r.worker_id),
+    "worker_pid": lambda r: r.worker_pid or None,
+    "type": lambda r: _TYPES.get(r.type, "NORMAL_TASK"),
+    "start_time_ms": lambda r: _ms(r.start),
+    "end_time_ms": lambda r: _ms(r.end),
+    "creation_time_ms": lambda r: _ms(r.created),
+    "error_type": lambda r: r.error_type,
+    "error_message": lambda r: r.error_message,
+    "parent_task_id": lambda r: _hex(r.parent),
+}
+
+
+class TaskEventManager:
+    def __init__(self, max_rows: int):
+        self.max_rows = max(1, max_rows)
+        self.rows: collections.OrderedDict[bytes, _Row] = collections.OrderedDict()
+        self.changed: dict[bytes, _Row] = {}     # since the last take_changed()
+        self.unpublished = 0                      # changed rows take_changed() left out
+        self.dropped_rows = 0
+        self.dropped_events = 0           # lost before they reached the table
+        self.received = 0                 # events taken in, in all
+        self._names: dict[str, str] = {}  # one string object per task name
+        self._shapes: dict[tuple, dict] = {}    # one dict per resource shape
+        self._last_shape: dict | None = None
+        self._ids: dict[bytes, bytes] = {}
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_rows + self.dropped_events
+
+    # -- taking events in ---------------------------------------------------
+    def add(self, msg: p.AddTaskEvents) -> None:
+        """Apply a batch (the rows it changes join ``changed``). Malformed
+        events are skipped and counted in ``dropped_events``."""
+        if type(msg.dropped) is int and msg.dropped > 0:
+            self.dropped_events += msg.dropped
+        changed = self.changed
+        bad = 0
+        apply = self._apply
+        for event in msg.events:
+            start = None
+            try:
+                if len(event) == 5:
+                    task_id, attempt, state, time_s, info = event
+                elif len(event) == 6:
+                    task_id, attempt, state, time_s, info, start = event
+                else:
+                    task_id, attempt, state, time_s = event
+                    info = None
+            except (TypeError, ValueError):
+                bad += 1
+                continue
+            if type(task_id) is not bytes or type(attempt) is not int \
+                    or type(state) is not int or not 0 <= state < 6 \
+                    or type(time_s) is not float:
+                bad += 1
+                continue
+            if info is not None and type(info) is not dict:
+                info = None
+            try:
+                if start is not None and state >= 4 and type(start) is float:
+                    apply(task_id, attempt, 3, start, info, msg)       # RUNNING, then
+                    info = None
+                changed[task_id] = apply(task_id, attempt, state, time_s, info, msg)
+            except (TypeError, ValueError):     # junk inside info
+                bad += 1
+        if bad:
+            self.dropped_events += bad
+            log.warning("dropped %d malformed task event(s) from worker %r", bad,
+                        msg.worker_id[:16])
+        self.received += len(msg.events) - bad
+
+    def record(self, task_id: bytes, attempt: int, state: int, time_s: float,
+               info: dict | None) -> _Row:
+        """A state change the GCS itself saw (an actor's creation task)."""
+        row = self.changed[task_id] = self._apply(task_id, attempt, state, time_s, info, None)
+        return row
+
+    def take_changed(self, limit: int) -> list[dict]:
+        """The rows changed since the last call, as ``public`` dicts: the
+        ``limit`` last changed when more did (the rest are counted in
+        ``unpublished``; they are in the table all the same)."""
+        changed, self.changed = self.changed, {}
+        rows = changed.values()
+        if len(changed) > limit:
+            self.unpublished += len(changed) - limit
+            rows = list(rows)[-limit:]
+        public = self.public
+        return [public(row) for row in rows]
+
+    def _apply(self, task_id, attempt, state, time_s, info, msg) -> _Row:
+        rows = self.rows
+        row = rows.get(task_id)
+        if row is None:
+            row = rows[task_id] = _Row(task_id)
+            row.created = time_s
+            if len(rows) > self.max_rows:
+                rows.popitem(last=False)
+                self.dropped_rows += 1
+        history = row.history
+        history.append(state)
+        history.append(time_s)
+        if len(history) > 2 * MAX_HISTORY:
+            del history[:2]
+        if info:
+            self._take_info(row, info)
+        if state < 2 and time_s < row.created:
+            row.created = time_s
+        current = row.attempt
+        if attempt > current:               # a retry: the row follows the new attempt
+            row.attempt = attempt
+            row.state = state
+            row.start = row.end = row.error_type = row.error_message = None
+        elif attempt < current:
+            return row                      # history only
+        elif row.state < 0 or _RANK[state] > _RANK[row.state] \
+                or (state == 5 and row.state == 4):
+            row.state = state
+        if state == 3:                      # RUNNING, reported by the executor
+            row.start = time_s
+            if msg is not None:
+                row.node_id = self._intern(msg.node_id)
+                row.worker_id = self._intern(msg.worker_id)
+                row.worker_pid = msg.pid
+        elif state >= 4 and (row.end is None or time_s < row.end):
+            row.end = time_s
+        return row
+
+    def _intern(self, value: bytes) -> bytes:
+        """One object per distinct id (ids of jobs, actors, nodes and workers
+        repeat over many rows)."""
+        shared = self._ids.get(value)
+        if shared is None:
+            if len(self._ids) > 100_000:
+                self._ids.clear()
+            shared = self._ids[value] = value
+        return shared
+
+    def _take_info(self, row: _Row, info: dict) -> None:
+        get = info.get
+        name = get("name")
+        if type(name) is str and name and ("." in name or not row.name):
+            name = name[:512]
+            names = self._names
+            if len(names) > 100_000:
+                names.clear()
+            row.name = names.setdefault(name, name)
+        value = get("job_id")
+        if value and type(value) is bytes:
+            row.job_id = self._intern(value)
+        value = get("actor_id")
+        if value and type(value) is bytes:
+            row.actor_id = self._intern(value)
+        value = get("type")
+        if value in _TYPES:
+            row.type = value
+        value = get("required_resources")
+        if value and type(value) is dict:         # one dict per distinct shape
+            shared = self._last_shape
+            if value != shared:
+                key = tuple(sorted(value.items()))
+                shared = self._shapes.get(key)
+                if shared is None:
+                    if len(self._shapes) > 10_000:
+                        self._shapes.clear()
+                    shared = self._shapes[key] = value
+                self._last_shape = shared
+            row.resources = shared
+        value = get("parent_task_id")
+        if value and type(value) is bytes:
+            row.parent = value
+        if "error_type" in info:
+            value = info["error_type"]
+            if type(value) is str:
+                row.error_type = value[:128]
+            message = get("error_message")
+            if type(message) is str and (message or not row.error_message):
+                row.error_message = message[-_MAX_TEXT:]
+
+    # -- reading ------------------------------------------------------------
+    def query(self, limit: int, filters: dict) -> list[dict]:
+        """The ``limit`` most recently created rows equal to ``filters``
+        (all when ``limit`` <= 0), oldest first. ValueError names an
+        unknown filter field."""
+        unknown = [k for k in filters if k not in _GETTERS]
+        if unknown:
+            raise ValueError(f"cannot filter task events by {unknown}: the fields are "
+                             f"{sorted(_GETTERS)}")
+        checks = [(_GETTERS[k], v) for k, v in filters.items()]
+        out = []
+        want = limit if limit > 0 else len(self.rows)
+        for row in reversed(self.rows.values()):
+            if len(out) >= want:
+                break
+            if row.state < 0:
+                continue
+            if all(get(row) == value for get, value in checks):
+                out.append(row)
+        out.reverse()
+        return [self.public(r) for r in out]
+
+    @staticmethod
+    def public(row: _Row) -> dict:
+        """The row as the dashboard and the State API see it (Ray's names)."""
+        h = row.history
+        return {
+            "task_id": row.task_id.hex(), "attempt_number": row.attempt,
+            "name": row.name, "func_or_class_name": row.name,
+            "state": _STATES[row.state] if row.state >= 0 else None,
+            "job_id": _hex(row.job_id), "actor_id": _hex(row.actor_id),
+            "node_id": _hex(row.node_id), "worker_id": _hex(row.worker_id),
+            "worker_pid": row.worker_pid or None,
+            "type": _TYPES.get(row.type, "NORMAL_TASK"),
+            "creation_time_ms": _ms(row.created),
+            "start_time_ms": _ms(row.start), "end_time_ms": _ms(row.end),
+            "error_type": row.error_type, "error_message": row.error_message,
+            "parent_task_id": _hex(row.parent),
+            "required_resources": row.resources or {},
+            "events": _history(h),
+        }
+
+
+def _history(h: list) -> list[dict]:
+    """A row's state changes in time order, a state reported twice in a row
+    (by the owner and the executor) once. A state reported without the ones
+    before it (a short task is reported by its executor alone: RUNNING and
+    its end) implies them, at the same time."""
+    times = h[1::2]
+    if len(times) > 1 and times != sorted(times):
+        pairs = sorted(zip(times, [_RANK[x] for x in h[0::2]], h[0::2]))
+        h = [value for t, _, state in pairs for value in (state, t)]
+    out, last = [], None
+    for i in range(0, len(h), 2):
+        state = h[i]
+        if state != last:
+            ms = int(h[i + 1] * 1000)
+            if state <= 3:
+                for implied in range(0 if last is None or last >= state else last + 1, state):
+                    out.append({"state": _STATES[implied], "created_ms": ms})
+            out.append({"state": _STATES[state], "created_ms": ms})
+            last = state
+    return out

@@ -1,0 +1,1 @@
+"""Algorithms: PPO, DQN, APPO, IMPALA (import their modules directly)."""

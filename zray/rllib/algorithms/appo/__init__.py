@@ -1,0 +1,3 @@
+from zray.rllib.algorithms.appo.appo import APPO, APPOConfig, APPOLearner
+
+__all__ = ["APPO", "APPOConfig", "APPOLearner"]

@@ -1,0 +1,3 @@
+from zray.rllib.algorithms.impala.impala import IMPALA, IMPALAConfig, IMPALALearner
+
+__all__ = ["IMPALA", "IMPALAConfig", "IMPALALearner"]

@@ -1,0 +1,1 @@
+"""Core pieces shared by every algorithm: RL modules and learners."""

@@ -1,0 +1,30 @@
+"""DefaultModelConfig: the knobs of the default MLP modules (RLlib's names)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+
+@dataclasses.dataclass
+class DefaultModelConfig:
+    """Layer sizes and activations of the default modules. ``fcnet_*`` is the
+    shared/policy trunk, ``head_fcnet_*`` the heads after it (DQN's dueling
+    heads, the policy and value heads when ``vf_share_layers``)."""
+    fcnet_hiddens: list = dataclasses.field(default_factory=lambda: [256, 256])
+    fcnet_activation: str = "tanh"
+    fcnet_kernel_initializer: Optional[str] = None
+    head_fcnet_hiddens: list = dataclasses.field(default_factory=list)
+    head_fcnet_activation: str = "relu"
+    vf_share_layers: bool = False
+    free_log_std: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DefaultModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown model_config keys {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**d)

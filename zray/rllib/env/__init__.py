@@ -1,0 +1,1 @@
+"""Environments: the creator registry and the env runners that step them."""

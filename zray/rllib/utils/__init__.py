@@ -1,0 +1,1 @@
+"""Shared numerics: GAE, n-step returns, V-trace, replay buffers, metrics."""
