@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -120,3 +121,63 @@ def pytest_sessionfinish(session, exitstatus):
     """Remove the run's session directories (their processes are stopped by
     the fixtures that started them)."""
     shutil.rmtree(_SESSIONS_ROOT, ignore_errors=True)
+
+
+def local_daemons() -> dict:
+    """name -> (endpoint, pid, log file) of the GCS and raylet of the local
+    cluster this test process started."""
+    worker = global_state.worker
+    logs = os.path.join(worker.session_dir, "logs")
+
+    def pid_of(module: str) -> int:
+        for proc in psutil.Process().children(recursive=True):
+            cmd = cmdline(proc)
+            if len(cmd) >= 3 and cmd[1] == "-m" and cmd[2] == module:
+                return proc.pid
+        pytest.fail(f"no {module} process under this test process")
+
+    return {
+        "gcs": ("tcp://" + zray.get_runtime_context().gcs_address, pid_of("zray.gcs"),
+                os.path.join(logs, "gcs.log")),
+        "raylet": (worker.raylet.endpoint, pid_of("zray.raylet"),
+                   os.path.join(logs, f"raylet_{worker.node_id.hex()[:12]}.log")),
+    }
+
+
+class TcpPeer:
+    """A TCP service on loopback that never reads: silent, or speaking first
+    (``banner``, like SSH). ``conns`` are the connections it accepted."""
+
+    def __init__(self, banner: bytes = b""):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.banner = banner
+        self.conns = []
+        self.running = True
+        self.endpoint = "tcp://127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while self.running:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                if self.banner:
+                    conn.sendall(self.banner)
+            except OSError:
+                pass
+            self.conns.append(conn)
+
+    def close(self):
+        self.running = False
+        self.thread.join(2)
+        for conn in self.conns:
+            conn.close()
+        self.sock.close()

@@ -29,7 +29,7 @@ from zray.broker.rpc import NoAnswerError, RpcClient
 from zray.exceptions import RayError
 from zray.worker import global_state
 
-from conftest import cmdline, wait_for
+from conftest import TcpPeer, local_daemons, wait_for
 
 MiB = 1024 * 1024
 
@@ -38,25 +38,10 @@ MiB = 1024 * 1024
 # where the daemons are
 # --------------------------------------------------------------------------
 
-def _daemon_pid(module: str) -> int:
-    for proc in psutil.Process().children(recursive=True):
-        cmd = cmdline(proc)
-        if len(cmd) >= 3 and cmd[1] == "-m" and cmd[2] == module:
-            return proc.pid
-    pytest.fail(f"no {module} process under this test process")
-
-
 @pytest.fixture(scope="module")
 def daemons(cluster):
     """name -> (zmq endpoint, pid, log file) of the cluster's GCS and raylet."""
-    worker = global_state.worker
-    logs = os.path.join(worker.session_dir, "logs")
-    raylet_log = os.path.join(logs, f"raylet_{worker.node_id.hex()[:12]}.log")
-    return {
-        "gcs": ("tcp://" + zray.get_runtime_context().gcs_address,
-                _daemon_pid("zray.gcs"), os.path.join(logs, "gcs.log")),
-        "raylet": (worker.raylet.endpoint, _daemon_pid("zray.raylet"), raylet_log),
-    }
+    return local_daemons()
 
 
 @pytest.fixture(scope="module")
@@ -424,41 +409,6 @@ def test_wait_and_cancel_reject_non_refs(cluster):
 # "wrong cluster key?" only when the CURVE handshake really failed for a key
 # --------------------------------------------------------------------------
 
-class _Listener:
-    """A TCP service on loopback: silent, or one that speaks first (SSH)."""
-
-    def __init__(self, banner: bytes = b""):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.banner = banner
-        self.conns = []
-        self.running = True
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-        self.endpoint = "tcp://127.0.0.1:%d" % self.sock.getsockname()[1]
-
-    def _serve(self):
-        while self.running:
-            try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            if self.banner:
-                conn.sendall(self.banner)
-            self.conns.append(conn)
-
-    def close(self):
-        self.running = False
-        self.thread.join(2)
-        for conn in self.conns:
-            conn.close()
-        self.sock.close()
-
-
 @pytest.fixture
 def curve_server(ctx):
     """A ZeroMQ CURVE ROUTER on loopback with the given keypair that never
@@ -503,7 +453,7 @@ def test_a_server_that_does_not_answer_is_a_timeout_not_a_key_problem(cluster, c
     if server == "zray key accepted, no answer":
         endpoint = curve_server(security.current())
     else:
-        listener = _Listener(b"SSH-2.0-OpenSSH_9.6\r\n" if server == "SSH banner" else b"")
+        listener = TcpPeer(b"SSH-2.0-OpenSSH_9.6\r\n" if server == "SSH banner" else b"")
         endpoint = listener.endpoint
     try:
         started = time.monotonic()
@@ -520,7 +470,7 @@ def test_a_server_that_does_not_answer_is_a_timeout_not_a_key_problem(cluster, c
 def test_driver_joining_an_address_that_does_not_answer_is_told_so(cluster, tmp_path):
     """zray.init(address=...) of a silent service, with a key in hand: a
     timeout that says so, not a guess at the key."""
-    listener = _Listener()
+    listener = TcpPeer()
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ZRAY_", "RAY_"))}
         env.update(ZRAY_CLUSTER_KEY=security.generate().secret.decode(),

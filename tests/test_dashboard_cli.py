@@ -66,6 +66,7 @@ def test_init_prints_the_dashboard_url_and_the_cli_answers(start_cluster, capsys
     assert "FUNC_OR_CLASS_NAME" in wait_for(finished, 20)
     summary = cli("summary", "tasks")
     assert "triple" in summary and "FINISHED: 4" in summary
+    assert "NORMAL_TASK" in next(line for line in summary.splitlines() if "triple" in line)
 
     workdir = tempfile.mkdtemp()
     with open(os.path.join(workdir, "run.py"), "w") as f:
@@ -87,7 +88,9 @@ def test_init_prints_the_dashboard_url_and_the_cli_answers(start_cluster, capsys
     assert state.list_nodes()[0]["state"] == "ALIVE"
     assert len(state.list_tasks(filters=[("func_or_class_name", "=", "triple")],
                                 limit=2)) == 2
-    assert state.summarize_tasks()["summary"]["triple"]["state_counts"]["FINISHED"] == 4
+    summary = state.summarize_tasks()
+    assert summary["summary"]["triple"]["state_counts"]["FINISHED"] == 4
+    assert summary["summary"]["triple"]["type"] == "NORMAL_TASK"
     assert {j["submission_id"] for j in state.list_jobs() if j["type"] == "SUBMISSION"} \
         >= {"cli-job"}
 

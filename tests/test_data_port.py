@@ -7,7 +7,11 @@ port accepts from a peer, replayed as an attacker would.
 * a sealed fetch request or a login captured on one connection is refused
   when sent again, from this or any other socket;
 * no transfer pin outlives its connection: an object dropped by its owner
-  leaves the store even if a puller had opened a fetch and vanished.
+  leaves the store even if a puller had opened a fetch and vanished;
+* nor its pull: a puller that finds no room or a copy already being made
+  releases the source's pin at once, on a link that stays open;
+* a source with no room to restore a spilled object serves its spill file;
+* full-store messages name the object transfers that pin.
 
 The tests speak to the port directly: raw TCP for the attacker, and for a
 legitimate puller a DEALER logged in with the cluster key (as a raylet's
@@ -443,3 +447,132 @@ def test_a_pull_whose_logins_are_refused_fails_instead_of_hanging(two_raylets):
     _run_until(loop, lambda: done)
     assert done == [False]
     assert not puller.store.contains(object_id)
+
+
+def _pinned_source_store(source: _Raylet, object_size: int, fill_size: int) -> bytes:
+    """An object of ``object_size`` on ``source`` that is spilled, and
+    ``source``'s store full of pinned objects of ``fill_size`` (a reader's
+    views): no room to restore it."""
+    from zray.store import ObjectStoreFullError
+    object_id = _stored(source, object_size, 4)
+    for i in range(source.arena.size // fill_size):
+        try:
+            source.store.pin(_stored(source, fill_size, 10 + i), "a reader's view")
+        except ObjectStoreFullError:
+            break
+    assert source.store.info(object_id)["spilled"], "the object was not spilled"
+    assert not source.store.has_room(object_size)
+    return object_id
+
+
+def _source_pins(source: _Raylet, object_id: bytes) -> dict:
+    info = source.store.info(object_id)
+    return info["pins"] if info else {}
+
+
+def test_a_pull_that_finds_no_room_here_releases_the_source_pin_at_once(two_raylets):
+    source, puller, loop = two_raylets
+    object_id = _stored(source, 10 * MB, 2)
+    baseline = source.store.stats()["used"]
+    puller.store.pin(_stored(puller, 60 * MB, 1), "a reader's view")     # 60 of 64 MB
+    done = []
+    puller.transfer.pull(object_id, b"S" * 16, done.append)
+    _run_until(loop, lambda: done)
+    assert done == [False] and not puller.store.contains(object_id)
+    # The source unpins it without the link closing: the owner's free takes it.
+    _run_until(loop, lambda: not _source_pins(source, object_id), timeout=5)
+    assert b"S" * 16 in puller.transfer.links and source.transfer.sessions
+    source.store.free(object_id)
+    assert source.store.stats()["used"] == baseline - 10 * MB
+
+
+def test_a_pull_of_an_object_being_created_here_releases_the_source_pin_at_once(two_raylets):
+    source, puller, loop = two_raylets
+    object_id = _stored(source, 10 * MB, 2)
+    puller.store.create(object_id, 10 * MB, writer="a local writer")      # not sealed yet
+    done = []
+    puller.transfer.pull(object_id, b"S" * 16, done.append)
+    _run_until(loop, lambda: done)
+    _run_until(loop, lambda: not _source_pins(source, object_id), timeout=5)
+    assert b"S" * 16 in puller.transfer.links and source.transfer.sessions
+
+
+def test_a_source_with_no_room_to_restore_a_spilled_object_serves_its_spill_file(
+        two_raylets):
+    source, puller, loop = two_raylets
+    size = 2 * CHUNK_BYTES + 4321                   # three chunks, the last one short
+    object_id = _pinned_source_store(source, size, 16 * MB)
+    done = []
+    puller.transfer.pull(object_id, b"S" * 16, done.append)
+    _run_until(loop, lambda: done)
+    assert done == [True], "the pull failed instead of reading the spill file"
+    offset, got = puller.store.pin(object_id, "test")
+    assert got == size and bytes(puller.arena.read_view(offset, size)).count(4) == size
+    assert source.store.info(object_id)["spilled"] and not _source_pins(source, object_id)
+    _run_until(loop, lambda: not any(s.from_file for s in source.transfer.sessions.values()),
+               timeout=5)
+
+
+def test_a_spilled_object_restored_while_served_from_its_file_is_read_from_the_arena(
+        two_raylets):
+    source, puller, loop = two_raylets
+    size = 2 * CHUNK_BYTES
+    object_id = _pinned_source_store(source, size, 16 * MB)
+    peer = Puller(source.transfer.endpoint, security.current())
+    try:
+        peer.fetch(object_id)                                   # from the spill file
+        _run_until(loop, lambda: peer.sock.poll(0))
+        header, first = peer.answer()
+        assert header.error == "" and first == bytes([4]) * CHUNK_BYTES
+        source.store.release_client("a reader's view")
+        assert source.store.pin(object_id, "a reader") is not None      # restored
+        assert source.store.spilled_copy(object_id) is None             # file gone
+        peer.fetch(object_id, CHUNK_BYTES)
+        _run_until(loop, lambda: peer.sock.poll(0))
+        header, second = peer.answer()
+        assert header.error == "" and second == bytes([4]) * CHUNK_BYTES
+        assert len(_source_pins(source, object_id)) == 2   # the reader and the transfer
+    finally:
+        peer.close()
+    _run_until(loop, lambda: list(_source_pins(source, object_id)) == ["a reader"])
+
+
+def test_transfer_pins_and_pulls_are_named_in_full_store_messages(two_raylets):
+    source, puller, loop = two_raylets
+    object_id = _stored(source, 10 * MB, 2)
+    peer = Puller(source.transfer.endpoint, security.current())
+    try:
+        peer.seq = 1
+        peer.sock.send_multipart(peer.request_frames(
+            p.DataFetch(1, object_id, 0, CHUNK_BYTES)))
+        _run_until(loop, lambda: _source_pins(source, object_id))
+        (client,) = _source_pins(source, object_id)
+        name = source.transfer.describe_client(client)
+        assert name.startswith("an object transfer to 127.0.0.1 (connection ")
+        assert source.transfer.describe_client(b"pull:" + b"\xab" * 16) == \
+            "an object pull from node " + "ab" * 6
+        assert source.transfer.describe_client(b"a worker") is None
+    finally:
+        peer.close()
+
+
+def test_full_store_error_names_the_object_transfer_that_pins(node, monkeypatch):
+    from zray import exceptions as zexc
+    from zray.config import config
+    from conftest import STORE_BYTES, call_bounded
+    monkeypatch.setattr(config, "object_store_full_timeout_s", 1.0)
+    baseline = _store_used()
+    refs = [zray.put(np.full(60 * MB, i, dtype=np.uint8)) for i in range(STORE_BYTES // (64 * MB))]
+    puller = Puller(node["data_address"], _key())
+    try:
+        for ref in refs:                        # this connection pins them all
+            puller.fetch(_object_id(ref))
+            assert puller.answer() is not None, "the fetch was not served"
+        outcome, err = call_bounded(lambda: zray.put(np.ones(32 * MB, np.uint8)), timeout=20)
+        assert outcome == "raised" and isinstance(err, zexc.ObjectStoreFullError), err
+        assert "pinned by an object transfer to 127.0.0.1 (connection " in str(err)
+        assert "unknown client" not in str(err)
+    finally:
+        puller.close()
+    del refs, ref
+    wait_for(lambda: zray.put(0) is not None and _store_used() <= baseline, timeout=15)

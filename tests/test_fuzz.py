@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import msgpack
@@ -35,7 +33,7 @@ from zray.raylet.server import Raylet
 from zray.scripts import main as zray_status
 from zray.worker import global_state
 
-from conftest import cmdline, wait_for
+from conftest import TcpPeer, local_daemons, wait_for
 
 FUZZ_SEED = int(os.environ.get("ZRAY_FUZZ_SEED", "0")) or random.randrange(1, 1 << 30)
 FUZZ_MESSAGES = int(os.environ.get("ZRAY_FUZZ_MESSAGES", "4000"))   # per daemon
@@ -45,26 +43,6 @@ FUZZ_BUDGET_S = 40.0
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
-
-def _daemon_pid(module: str) -> int:
-    for proc in psutil.Process().children(recursive=True):
-        cmd = cmdline(proc)
-        if len(cmd) >= 3 and cmd[1] == "-m" and cmd[2] == module:
-            return proc.pid
-    pytest.fail(f"no {module} process under this test process")
-
-
-def _daemons():
-    """name -> (endpoint, pid, log file) of this cluster's GCS and raylet."""
-    worker = global_state.worker
-    logs = os.path.join(worker.session_dir, "logs")
-    return {
-        "gcs": ("tcp://" + zray.get_runtime_context().gcs_address,
-                _daemon_pid("zray.gcs"), os.path.join(logs, "gcs.log")),
-        "raylet": (worker.raylet.endpoint, _daemon_pid("zray.raylet"),
-                   os.path.join(logs, f"raylet_{worker.node_id.hex()[:12]}.log")),
-    }
-
 
 class Peers:
     """Plain DEALER sockets holding the cluster key (as any key holder could
@@ -132,50 +110,9 @@ def assert_cluster_serves(daemons, peers) -> None:
     assert "Traceback" not in status.stderr, status.stderr[-2000:]
 
 
-class BannerServer:
-    """A TCP service on loopback that speaks first (like SSH) and then never
-    reads: a peer a ZeroMQ socket can connect to but never finish with."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.conns = []
-        self.running = True
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"tcp://127.0.0.1:{self.port}"
-
-    def _serve(self):
-        while self.running:
-            try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            try:
-                conn.sendall(b"SSH-2.0-OpenSSH_9.6p1 Ubuntu-3ubuntu13\r\n")
-            except OSError:
-                pass
-            self.conns.append(conn)
-
-    def close(self):
-        self.running = False
-        self.thread.join(2)
-        for conn in self.conns:
-            conn.close()
-        self.sock.close()
-
-
 @pytest.fixture
 def banner():
-    server = BannerServer()
+    server = TcpPeer(b"SSH-2.0-OpenSSH_9.6p1 Ubuntu-3ubuntu13\r\n")
     yield server
     server.close()
 
@@ -186,7 +123,7 @@ def banner():
 
 def test_daemons_never_block_on_an_address_that_speaks_first(start_cluster, peers, banner):
     start_cluster()
-    daemons = _daemons()
+    daemons = local_daemons()
     gcs = peers.connect(daemons["gcs"][0])
     raylet = peers.connect(daemons["raylet"][0])
     elsewhere = os.urandom(16)          # an owner on another node: reached over TCP
@@ -228,7 +165,7 @@ def test_daemons_never_block_on_an_address_that_speaks_first(start_cluster, peer
 
 def test_node_with_a_resource_that_is_not_a_number_is_refused(start_cluster, peers):
     start_cluster()
-    daemons = _daemons()
+    daemons = local_daemons()
     gcs = peers.connect(daemons["gcs"][0])
     bad = p.RegisterNode(os.urandom(16), "tcp://127.0.0.1:9", "tcp://127.0.0.1:9",
                          "127.0.0.1", "fuzz", 1, {"CPU": 2.0}, 1024, "/nonexistent")
@@ -382,7 +319,7 @@ def test_fuzzed_messages_leave_gcs_and_raylet_serving(start_cluster, peers, bann
     wrong in turn, then random ones (seed in the failure message: rerun with
     ZRAY_FUZZ_SEED=<seed>)."""
     start_cluster()
-    daemons = _daemons()
+    daemons = local_daemons()
     gcs_address = zray.get_runtime_context().gcs_address
     rng = random.Random(FUZZ_SEED)
     deadline = time.monotonic() + FUZZ_BUDGET_S

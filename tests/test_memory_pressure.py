@@ -3,7 +3,8 @@
 A store full of pinned objects and objects being written is a passing state:
 a put, a task result or an object pulled from another node waits (bounded,
 with backoff) for them to drain, a reader of a spilled object that cannot be
-restored reads its spill file instead, and only an object that exists
+restored reads its spill file instead (so does a source node serving it to
+another node), and only an object that exists
 nowhere raises ObjectLostError. A store that stays full past
 ``object_store_full_timeout_s`` raises ObjectStoreFullError naming how much
 is pinned and by whom.
@@ -310,3 +311,19 @@ def test_pull_into_a_store_that_stays_full_raises_object_store_full_error(two_no
     outcome, err = call_bounded(lambda: zray.get(remote, timeout=GET_TIMEOUT), timeout=30)
     assert outcome == "raised" and isinstance(err, zexc.ObjectStoreFullError), err
     assert "60.0 MiB is pinned or being written" in str(err)
+
+
+@pytest.mark.parametrize("two_nodes", [30.0], indirect=True)
+def test_task_on_another_node_reads_a_spilled_object_its_full_source_cannot_restore(
+        two_nodes):
+    cluster, node_b = two_nodes
+    arg = zray.put(np.full(20 * MiB, 3, dtype=np.uint8))     # in the head's store
+    holder = Holder.options(**on_node(cluster.head_node.node_id)).remote()
+    assert zray.get(holder.hold.remote(3, 20 * MiB), timeout=GET_TIMEOUT) == 60 * MiB
+    assert store_stats()["num_spilled"] >= 1                 # the argument is on disk only
+    # B pulls it from the head, whose store is full of pinned views: the head
+    # serves the spill file instead of refusing (no false ObjectLostError).
+    seen = consume.options(**on_node(node_b)).remote(arg)
+    assert zray.get(seen, timeout=GET_TIMEOUT) == (3, 3, 20 * MiB)
+    assert store_stats()["num_spilled"] >= 1                 # not restored on the head
+    assert zray.get(holder.drop.remote(), timeout=GET_TIMEOUT)

@@ -137,11 +137,12 @@ def test_parse_args_errors(argv, capsys):
     assert ei.value.code == 2
 
 
-def test_init_kwargs():
-    assert mb.init_kwargs("zray") == {"num_cpus": 2, "object_store_memory": 2 * 1024**3}
-    assert mb.init_kwargs("ray") == {
-        "num_cpus": 2, "object_store_memory": 2 * 1024**3, "include_dashboard": False,
-    }
+def test_both_backends_run_without_their_dashboard_unless_asked():
+    off = {"num_cpus": 2, "object_store_memory": 2 * 1024**3, "include_dashboard": False}
+    assert mb.init_kwargs("zray") == mb.init_kwargs("ray") == off
+    assert mb.init_kwargs("zray", dashboard=True) == {**off, "include_dashboard": True}
+    assert mb.parse_args(["--with-dashboard"]).with_dashboard
+    assert not mb.parse_args([]).with_dashboard
 
 
 def test_find_ray_python(monkeypatch, tmp_path):

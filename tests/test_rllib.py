@@ -83,7 +83,8 @@ def test_dqn_improves_clearly_on_cartpole(cluster):
                         epsilon=[(0, 1.0), (3000, 0.02)])
               .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64],
                                                          head_fcnet_hiddens=[64]))
-              .reporting(min_sample_timesteps_per_iteration=500)
+              .reporting(min_sample_timesteps_per_iteration=500,
+                         metrics_num_episodes_for_smoothing=20)   # the recent episodes
               .debugging(seed=0))
     algo = config.build_algo()
     try:
@@ -130,6 +131,74 @@ def test_impala_trains_with_vtrace_in_the_driver():
         assert np.isfinite(result["learners/default_policy/total_loss"])
     finally:
         algo.stop()
+
+
+# ---- metrics ------------------------------------------------------------------
+
+class CountingEnv(gym.Env):
+    """One-step episodes whose return is 1, 2, 3, ... in the order they end
+    (a class-wide count), so a window's mean is known exactly."""
+    observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+    ended = 0
+
+    def __init__(self, config=None):
+        pass
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        CountingEnv.ended += 1
+        return np.zeros(2, np.float32), float(CountingEnv.ended), True, False, {}
+
+
+def counting_ppo(**reporting):
+    CountingEnv.ended = 0
+    return (PPOConfig().environment(CountingEnv)
+            .env_runners(num_env_runners=0, num_envs_per_env_runner=1,
+                         rollout_fragment_length=8)
+            .training(train_batch_size_per_learner=8, minibatch_size=8, num_epochs=1)
+            .reporting(**reporting).debugging(seed=0))
+
+
+def window(lifetime_episodes: int, n: int) -> list[int]:
+    return list(range(max(1, lifetime_episodes - n + 1), lifetime_episodes + 1))
+
+
+def test_episode_return_mean_is_over_the_last_n_episodes_across_iterations():
+    algo = counting_ppo(metrics_num_episodes_for_smoothing=12).build_algo()
+    try:
+        for _ in range(3):                              # 8 episodes an iteration
+            result = algo.train()
+            lifetime = result["env_runners/num_episodes_lifetime"]
+            assert lifetime >= 8 and CountingEnv.ended == lifetime
+            last12 = window(lifetime, 12)               # spans two iterations
+            assert result["env_runners/episode_return_mean"] == pytest.approx(np.mean(last12))
+            assert result["env_runners/episode_return_max"] == lifetime
+            assert result["env_runners/episode_return_min"] == last12[0]
+    finally:
+        algo.stop()
+
+
+def test_episode_return_mean_window_defaults_to_100_episodes_like_rllib():
+    algo = counting_ppo().build_algo()
+    try:
+        assert algo.config.metrics_num_episodes_for_smoothing == 100
+        lifetime = 0
+        while lifetime <= 110:
+            result = algo.train()
+            lifetime = result["env_runners/num_episodes_lifetime"]
+            assert result["env_runners/episode_return_mean"] == pytest.approx(
+                np.mean(window(lifetime, 100))), lifetime
+    finally:
+        algo.stop()
+
+
+def test_metrics_window_must_be_a_positive_integer():
+    with pytest.raises(ConfigError, match="metrics_num_episodes_for_smoothing"):
+        PPOConfig().environment("CartPole-v1").reporting(
+            metrics_num_episodes_for_smoothing=0).build_algo()
 
 
 # ---- checkpoints, acting, evaluation -----------------------------------------

@@ -8,7 +8,6 @@ import os
 import time
 
 import pytest
-import zmq
 
 import zray
 from zray.broker import protocol as p
@@ -170,6 +169,27 @@ def test_filters_and_limit_select_rows(cluster):
     assert [r["task_id"] for r in limited] == [r["task_id"] for r in mine[-2:]]
     with pytest.raises(Exception, match="cannot filter task events by"):
         _gcs().call(p.GetTaskEvents(10, {"colour": "red"}))
+
+
+def test_task_summary_counts_rows_by_state_and_name(cluster):
+    @zray.remote
+    def summed(fail):
+        if fail:
+            raise ValueError("x")
+
+    refs = [summed.remote(i == 0) for i in range(4)]
+    for ref in refs:
+        try:
+            zray.get(ref)
+        except ValueError:
+            pass
+    ids = {r.hex()[:32] for r in refs}
+    wait_for(lambda: len([r for r in _rows() if r["task_id"] in ids and _ended(r)]) == 4)
+    reply = _gcs().call(p.GetTaskSummary())
+    name = next(r["name"] for r in _rows() if r["task_id"] in ids)
+    assert reply.by_name[name] == {"FINISHED": 3, "FAILED": 1}
+    assert reply.total == len(_rows())
+    assert sum(reply.by_state.values()) == reply.total
 
 
 def test_updated_rows_are_published_on_the_task_events_topic(cluster):
@@ -383,12 +403,17 @@ def test_bound_is_configurable_and_reported_by_the_gcs(start_cluster, monkeypatc
     def tiny(i):
         return i
 
-    refs = [tiny.remote(i) for i in range(40)]
-    zray.get(refs)
-    newest = refs[-1].hex()[:32]
-    wait_for(lambda: any(r["task_id"] == newest for r in _rows()), 10)
+    def ended_ids(refs):
+        ids = {r.hex()[:32] for r in refs}
+        return lambda: {r["task_id"] for r in _rows() if _ended(r)} >= ids
+
+    first = [tiny.remote(i) for i in range(20)]
+    zray.get(first)
+    wait_for(ended_ids(first), 10)
+    later = [tiny.remote(i) for i in range(20)]
+    zray.get(later)
+    wait_for(ended_ids(later), 10)
     reply = _gcs().call(p.GetTaskEvents(0, {}))
     assert len(reply.events) == 20
     assert reply.dropped >= 20
-    oldest = refs[0].hex()[:32]
-    assert all(r["task_id"] != oldest for r in reply.events)
+    assert not {r.hex()[:32] for r in first} & {e["task_id"] for e in reply.events}

@@ -16,7 +16,6 @@ import pytest
 
 from zray.broker import security
 from zray.config import Config
-from zray.session import UnsafePathError
 
 OTHER_UID = 65534      # nobody
 
@@ -57,6 +56,18 @@ def test_init_refuses_a_temp_dir_of_another_user(tmp_path):
     assert not [p for p in os.listdir(planted) if p.startswith("session_")]
 
 
+def _auto_driver(temp_dir) -> subprocess.CompletedProcess:
+    """A driver connecting with ``address="auto"``; prints REFUSED and the
+    reason when zray refuses."""
+    return _run_driver(str(temp_dir), """
+        import zray
+        try:
+            zray.init(address="auto")
+        except PermissionError as err:
+            print("REFUSED", err)
+    """)
+
+
 def _plant_pointer(temp_dir, session_dir, owner: int, mode: int) -> None:
     pointer = temp_dir / "current_cluster"
     pointer.write_text(f'{{"gcs_address": "127.0.0.1:1", "session_dir": "{session_dir}"}}')
@@ -69,13 +80,7 @@ def test_address_auto_refuses_a_pointer_file_of_another_user(tmp_path):
     temp_dir = tmp_path / "mine"
     temp_dir.mkdir(mode=0o700)
     _plant_pointer(temp_dir, tmp_path / "theirs", OTHER_UID, 0o644)
-    out = _run_driver(str(temp_dir), """
-        import zray
-        try:
-            zray.init(address="auto")
-        except PermissionError as err:
-            print("REFUSED", err)
-    """)
+    out = _auto_driver(temp_dir)
     assert "REFUSED refusing to follow" in out.stdout, out.stdout + out.stderr
     assert "current_cluster" in out.stdout and f"uid {OTHER_UID}" in out.stdout
 
@@ -84,13 +89,7 @@ def test_address_auto_refuses_a_pointer_file_others_may_write(tmp_path):
     temp_dir = tmp_path / "mine"
     temp_dir.mkdir(mode=0o700)
     _plant_pointer(temp_dir, tmp_path / "theirs", os.getuid(), 0o666)
-    out = _run_driver(str(temp_dir), """
-        import zray
-        try:
-            zray.init(address="auto")
-        except PermissionError as err:
-            print("REFUSED", err)
-    """)
+    out = _auto_driver(temp_dir)
     assert "REFUSED refusing to follow" in out.stdout, out.stdout + out.stderr
     assert "writable by other users" in out.stdout
 

@@ -15,10 +15,13 @@ Usage::
     python -m zray.microbenchmark [--backend zray|ray] [--rows a,b,...]
                                   [--duration SECONDS] [--json]
                                   [--compare-ray [--ray-python PATH]]
+                                  [--with-dashboard]
 
 Row names follow ``ray microbenchmark``.  Throughput rows warm up, then run
 timed batches until ``--duration`` seconds of timed work have accumulated and
-report operations per second over the whole timed portion.
+report operations per second over the whole timed portion. Both backends
+run without their dashboard, as ``ray microbenchmark`` does;
+``--with-dashboard`` runs zray's rows with its dashboard and task events on.
 """
 
 from __future__ import annotations
@@ -58,12 +61,12 @@ LOWER_IS_BETTER_UNITS = frozenset({"s", "ms", "us", "MB"})
 # Backend helpers
 # --------------------------------------------------------------------------
 
-def init_kwargs(backend: str) -> dict:
-    """Keyword arguments for ``backend.init()``; extras only for Ray."""
-    kwargs = {"num_cpus": NUM_CPUS, "object_store_memory": OBJECT_STORE_MEMORY}
-    if _is_ray(backend):
-        kwargs["include_dashboard"] = False
-    return kwargs
+def init_kwargs(backend: str, dashboard: bool = False) -> dict:
+    """Keyword arguments for ``backend.init()``, the same for zray and Ray:
+    the dashboard off, as Ray's own microbenchmark runs, unless
+    ``dashboard`` (``--with-dashboard``)."""
+    return {"num_cpus": NUM_CPUS, "object_store_memory": OBJECT_STORE_MEMORY,
+            "include_dashboard": bool(dashboard)}
 
 
 def _is_ray(backend: str) -> bool:
@@ -212,8 +215,8 @@ class _Bench:
         for a in actors:
             try:
                 self.b.kill(a)
-            except Exception:
-                pass
+            except Exception as err:    # noqa: BLE001 — already gone: nothing to end
+                print(f"# kill after a row: {err}", file=sys.stderr)
 
     # -- tasks / objects ----------------------------------------------------
     def single_client_tasks_sync(self):
@@ -469,7 +472,7 @@ def select_rows(spec=None):
 # init_to_first_task (fresh subprocess of the same interpreter)
 # --------------------------------------------------------------------------
 
-def _init_probe(backend: str) -> float:
+def _init_probe(backend: str, dashboard: bool = False) -> float:
     """Run inside the fresh subprocess: time init -> first task result."""
     b = _import_backend(backend)
 
@@ -477,7 +480,7 @@ def _init_probe(backend: str) -> float:
         return 1
 
     rf = b.remote(f)
-    kwargs = init_kwargs(backend)
+    kwargs = init_kwargs(backend, dashboard)
     t0 = time.perf_counter()
     b.init(**kwargs)
     b.get(rf.remote())
@@ -532,13 +535,17 @@ def _transfer_probe(backend: str) -> float:
             cluster.shutdown()
 
 
-def _init_to_first_task(backend: str, runs=INIT_RUNS, timeout=DEFAULT_ROW_TIMEOUT) -> float:
-    return _probe(backend, "--_init-probe", runs, timeout)
+def _init_to_first_task(backend: str, runs=INIT_RUNS, timeout=DEFAULT_ROW_TIMEOUT,
+                        dashboard: bool = False) -> float:
+    return _probe(backend, "--_init-probe", runs, timeout, dashboard)
 
 
-def _probe(backend: str, flag: str, runs: int, timeout: float) -> float:
+def _probe(backend: str, flag: str, runs: int, timeout: float,
+           dashboard: bool = False) -> float:
     """Median of ``runs`` fresh subprocesses of this file run with ``flag``."""
     cmd = [sys.executable, os.path.abspath(__file__), "--backend", backend, flag]
+    if dashboard:
+        cmd.append("--with-dashboard")
     times = []
     for i in range(runs):
         if i:
@@ -579,8 +586,10 @@ def _row(name, value=None, error=None):
 
 
 def run(backend: str = "zray", rows=None, duration: float = DEFAULT_DURATION,
-        progress=None, row_timeout: float = DEFAULT_ROW_TIMEOUT) -> list:
-    """Run the selected rows on ``backend`` ("zray" or "ray").
+        progress=None, row_timeout: float = DEFAULT_ROW_TIMEOUT,
+        dashboard: bool = False) -> list:
+    """Run the selected rows on ``backend`` ("zray" or "ray"), its dashboard
+    running if ``dashboard``.
 
     Returns a list of dicts ``{"name", "value", "unit"}``; a failed row has
     ``value=None`` and an ``"error"`` string ("ExceptionType: message").
@@ -598,7 +607,8 @@ def run(backend: str = "zray", rows=None, duration: float = DEFAULT_DURATION,
     if "init_to_first_task" in names:
         try:
             emit(_row("init_to_first_task",
-                      _init_to_first_task(backend, timeout=max(row_timeout, 1.0))))
+                      _init_to_first_task(backend, timeout=max(row_timeout, 1.0),
+                                          dashboard=dashboard)))
         except Exception as e:
             emit(_row("init_to_first_task", error=_fmt_exc(e)))
 
@@ -617,7 +627,7 @@ def run(backend: str = "zray", rows=None, duration: float = DEFAULT_DURATION,
         time.sleep(_SETTLE_SECONDS)
     try:
         b = _import_backend(backend)
-        b.init(**init_kwargs(backend))
+        b.init(**init_kwargs(backend, dashboard))
     except Exception as e:
         err = f"init failed: {_fmt_exc(e)}"
         for n in rest:
@@ -636,8 +646,8 @@ def run(backend: str = "zray", rows=None, duration: float = DEFAULT_DURATION,
     finally:
         try:
             b.shutdown()
-        except Exception:
-            pass
+        except Exception as err:    # noqa: BLE001 — the results are out already
+            print(f"# shutdown after the benchmark: {err}", file=sys.stderr)
     return results
 
 
@@ -879,6 +889,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "on, alternating, and show what reporting costs (zray only)")
     p.add_argument("--repeats", type=int, default=2,
                    help="runs of each mode for --task-events-overhead (default %(default)s)")
+    p.add_argument("--with-dashboard", action="store_true",
+                   help="run zray's rows with its dashboard and task events on (by default "
+                        "both backends run without their dashboard, as `ray "
+                        "microbenchmark` does); compare with a run without it to see "
+                        "what the dashboard costs")
     p.add_argument("--_init-probe", dest="init_probe", action="store_true",
                    help=argparse.SUPPRESS)
     p.add_argument("--_transfer-probe", dest="transfer_probe", action="store_true",
@@ -909,11 +924,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
 
     if args.init_probe:
-        _init_probe(args.backend)
+        _init_probe(args.backend, args.with_dashboard)
         return 0
     if args.transfer_probe:
         _transfer_probe(args.backend)
         return 0
+
+    dashboard = args.with_dashboard and not _is_ray(args.backend)
+    if dashboard:
+        _use_task_events(True)
 
     if args.task_events_overhead:
         rows = task_events_overhead(args.rows, args.duration, max(1, args.repeats),
@@ -922,13 +941,16 @@ def main(argv=None) -> int:
         return 0
 
     results = run(args.backend, rows=args.rows, duration=args.duration,
-                  progress=_progress_printer(args.backend), row_timeout=args.timeout)
+                  progress=_progress_printer(args.backend), row_timeout=args.timeout,
+                  dashboard=dashboard)
+    with_dashboard = ", zray with its dashboard" if dashboard else ""
 
     if not args.compare_ray:
         if args.json:
             print(json.dumps(results), flush=True)
         else:
-            print(f"# {args.backend} microbenchmark (duration {args.duration:g}s per row)")
+            print(f"# {args.backend} microbenchmark (duration {args.duration:g}s per row"
+                  f"{with_dashboard})")
             print(format_table(results), flush=True)
         return 0
 
@@ -949,10 +971,12 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps({"zray": results, "ray": ray_results}), flush=True)
     elif ray_results is None:
-        print(f"# {args.backend} microbenchmark (duration {args.duration:g}s per row)")
+        print(f"# {args.backend} microbenchmark (duration {args.duration:g}s per row"
+              f"{with_dashboard})")
         print(format_table(results), flush=True)
     else:
-        print(f"# {args.backend} vs ray microbenchmark (duration {args.duration:g}s per row)")
+        print(f"# {args.backend} vs ray microbenchmark (duration {args.duration:g}s per row"
+              f"{with_dashboard})")
         print(format_table(results, ray_results), flush=True)
     return 0
 

@@ -52,8 +52,8 @@ class ObjectRef:
         if worker is not None:
             try:
                 worker.released_refs.append(self._id)
-            except Exception:
-                pass
+            except AttributeError:      # the worker is torn down (interpreter exit)
+                return
 
     def __await__(self):
         from .worker.global_state import require_worker
@@ -106,8 +106,8 @@ class ObjectRefGenerator:
     def __del__(self):
         try:
             self._worker.released_generators.append(self._task_id)
-        except Exception:
-            pass
+        except AttributeError:          # the worker is torn down (interpreter exit)
+            return
 
     def completed(self) -> ObjectRef:
         """A ref that is ready when the generator has finished."""

@@ -102,7 +102,7 @@ def cmd_start(args) -> int:
               f"zray.init(address=\"{gcs_address}\")\n"
               f"  add a node (this host): zray start --address={gcs_address}\n"
               + _join_elsewhere_hint(gcs_address, node_ip) +
-              f"  stop everything here:  zray stop")
+              "  stop everything here:  zray stop")
     else:
         print(f"zray node {node_id.hex()[:12]} joined the cluster at {gcs_address}")
     if args.block:
@@ -322,26 +322,37 @@ def cmd_status(args) -> int:
     return 0
 
 
-def cmd_list(args) -> int:
+class _CliError(Exception):
+    """A command's failure, with its message and exit code."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def _cluster_call(command: str, args, query):
+    """``query(gcs)`` against the cluster ``args`` name (``--address``, else
+    this host's), with its key; its result, or _CliError saying what was wrong."""
     address = _resolve_address(args.address)
     if address is None:
-        print("zray list: no cluster found on this host; pass --address", file=sys.stderr)
-        return 1
+        raise _CliError(f"zray {command}: no cluster found on this host; pass --address")
     key_source, error = _use_cluster_key(address, args.cluster_key_file)
     if error:
-        print(f"zray list: {error}", file=sys.stderr)
-        return 1
-    if args.what != "actors" or args.filter or args.format == "json":
-        return _print_state(args, address, key_source)
+        raise _CliError(f"zray {command}: {error}")
     gcs = RpcClient(sockets.tcp_endpoint(address), config.connect_timeout_s, "GCS")
     try:
-        actors = gcs.call(p.ListActors()).value
+        return query(gcs)
     except TimeoutError:
-        print(f"zray list: the cluster at {address} did not answer: "
-              f"{_why_silent(address, key_source)}", file=sys.stderr)
-        return 1
+        raise _CliError(f"zray {command}: the cluster at {address} did not answer: "
+                        f"{_why_silent(address, key_source)}") from None
     finally:
         gcs.close()
+
+
+def cmd_list(args) -> int:
+    if args.what != "actors" or args.filter or args.format == "json":
+        return _print_state(args)
+    actors = _cluster_call("list", args, lambda gcs: gcs.call(p.ListActors()).value)
     print(f"{'ACTOR ID':<34}{'CLASS':<24}{'STATE':<18}{'NODE':<14}{'PID':<8}NAME")
     for a in actors:
         print(f"{a['actor_id'].hex():<34}{a['class_name'][:23]:<24}{a['state']:<18}"
@@ -352,24 +363,11 @@ def cmd_list(args) -> int:
 def cmd_timeline(args) -> int:
     """Write the cluster's task timeline as Chrome trace JSON (Perfetto opens it)."""
     from .util.timeline import chrome_trace, fetch_rows
-    address = _resolve_address(args.address)
-    if address is None:
-        print("zray timeline: no cluster found on this host; pass --address", file=sys.stderr)
-        return 1
-    key_source, error = _use_cluster_key(address, args.cluster_key_file)
-    if error:
-        print(f"zray timeline: {error}", file=sys.stderr)
-        return 1
-    gcs = RpcClient(sockets.tcp_endpoint(address), config.connect_timeout_s, "GCS")
-    try:
+
+    def query(gcs):
         gcs.call(p.Ping())                  # a cluster that is not there fails fast
-        trace = chrome_trace(fetch_rows(gcs, timeout=config.rpc_timeout_s))
-    except TimeoutError:
-        print(f"zray timeline: the cluster at {address} did not answer: "
-              f"{_why_silent(address, key_source)}", file=sys.stderr)
-        return 1
-    finally:
-        gcs.close()
+        return chrome_trace(fetch_rows(gcs, timeout=config.rpc_timeout_s))
+    trace = _cluster_call("timeline", args, query)
     path = args.output or os.path.join(
         "/tmp", f"zray-timeline-{time.strftime('%Y-%m-%d_%H-%M-%S')}.json")
     try:
@@ -396,26 +394,16 @@ def _state_filters(texts) -> list:
     return out
 
 
-def _print_state(args, address: str, key_source: str) -> int:
+def _print_state(args) -> int:
     """``zray list <what>``: the State API rows, as a table or JSON."""
     from .dashboard import rows
     try:
         filters = _state_filters(args.filter)
-    except ValueError as err:
+        data = _cluster_call("list", args,
+                             lambda gcs: rows.list_state(gcs, args.what, filters, args.limit))
+    except (ValueError, rows.StateError) as err:
         print(f"zray list: {err}", file=sys.stderr)
         return 2
-    gcs = RpcClient(sockets.tcp_endpoint(address), config.connect_timeout_s, "GCS")
-    try:
-        data = rows.list_state(gcs, args.what, filters, args.limit)
-    except rows.StateError as err:
-        print(f"zray list: {err}", file=sys.stderr)
-        return 2
-    except TimeoutError:
-        print(f"zray list: the cluster at {address} did not answer: "
-              f"{_why_silent(address, key_source)}", file=sys.stderr)
-        return 1
-    finally:
-        gcs.close()
     if args.format == "json":
         print(json.dumps(data["result"], indent=2, default=str))
         return 0
@@ -437,8 +425,8 @@ _STATE_COLUMNS = {
               "error_type"],
     "jobs": ["submission_id", "job_id", "type", "status", "entrypoint"],
     "placement_groups": ["placement_group_id", "name", "state", "strategy"],
-    "objects": ["node_id", "ip", "object_store_used_bytes", "object_store_spilled_bytes",
-                "object_store_capacity_bytes", "disk_used_bytes"],
+    "objects": ["object_id", "object_size", "state", "owner_pid", "owner_type", "node_id",
+                "pinned_by"],
     "workers": ["worker_id", "is_alive", "node_id", "pid", "actor_id"],
 }
 
@@ -454,24 +442,8 @@ def _cell(value) -> str:
 def cmd_summary(args) -> int:
     """``zray summary tasks``: per function, the number of tasks in each state."""
     from .dashboard import rows
-    address = _resolve_address(args.address)
-    if address is None:
-        print("zray summary: no cluster found on this host; pass --address", file=sys.stderr)
-        return 1
-    key_source, error = _use_cluster_key(address, args.cluster_key_file)
-    if error:
-        print(f"zray summary: {error}", file=sys.stderr)
-        return 1
-    gcs = RpcClient(sockets.tcp_endpoint(address), config.connect_timeout_s, "GCS")
-    try:
-        tasks, dropped = rows.task_rows(gcs)
-    except TimeoutError:
-        print(f"zray summary: the cluster at {address} did not answer: "
-              f"{_why_silent(address, key_source)}", file=sys.stderr)
-        return 1
-    finally:
-        gcs.close()
-    summary = rows.summarize_tasks(tasks)
+    counts = _cluster_call("summary", args, rows.task_summary)
+    summary, dropped = rows.summarize_tasks(counts), counts["dropped"]
     print(f"======== Tasks summary: {summary['total_tasks']} task(s) ========")
     width = max([len("FUNC_OR_CLASS_NAME")] + [len(n) for n in summary["summary"]])
     print(f"{'FUNC_OR_CLASS_NAME':<{width}}  {'TYPE':<20}STATE_COUNTS")
@@ -711,6 +683,9 @@ def main(argv=None) -> int:
     except session.UnsafePathError as err:
         print(f"zray: {err}", file=sys.stderr)
         return 1
+    except _CliError as err:
+        print(err, file=sys.stderr)
+        return err.code
     except BrokenPipeError:
         # whoever read our output has gone (`zray status | head`): stop quietly,
         # and keep the interpreter's final flush from raising again

@@ -458,6 +458,24 @@ class DisconnectClient(NamedTuple):
     worker_id: bytes
 
 
+@_declare(21)
+class ListStoreObjects(NamedTuple):
+    """Ask a raylet what its store holds (``ray memory``): at most ``limit``
+    objects, the most recently used first."""
+    limit: Count = 100
+
+
+@_declare(22)
+class StoreObjectsReply(NamedTuple):
+    """``objects``: dicts {object_id, size, owner_id, state (``BEING_WRITTEN``
+    | ``PINNED`` | ``SEALED`` | ``SPILLED``), pinned_by [[who, count], ...],
+    primary, freed}; ``total``: objects in the store; ``clients``: this
+    node's drivers and workers as [worker_id, pid, kind] (to name owners)."""
+    objects: list
+    total: Count
+    clients: list = []
+
+
 # --------------------------------------------------------------------------
 # Core worker <-> core worker (one-way, into the peer's inbox ROUTER)
 # --------------------------------------------------------------------------
@@ -814,6 +832,25 @@ class TaskEventsReply(NamedTuple):
     the way."""
     events: list
     dropped: int
+
+
+@_declare(106)
+class GetTaskSummary(NamedTuple):
+    """Counts of the task table (cheap: no rows travel)."""
+    pass
+
+
+@_declare(107)
+class TaskSummaryReply(NamedTuple):
+    """``by_state``: {state: count}; ``by_name``: {task name: {state:
+    count}} (as ``zray summary tasks`` shows); ``total`` rows; ``dropped``
+    as in TaskEventsReply; ``types``: {task name: its type, as Ray names
+    it (NORMAL_TASK, ACTOR_TASK, ACTOR_CREATION_TASK)}."""
+    by_state: dict
+    by_name: dict
+    total: int
+    dropped: int
+    types: dict = {}
 
 
 @_declare(103)

@@ -113,9 +113,17 @@ def dealer(endpoint: str, identity: bytes | None = None) -> zmq.Socket:
     return sock
 
 
+#: events queued for one subscriber that does not take them (stopped, on a
+#: stalled link); past that PUB drops that subscriber's events, and the
+#: subscribers re-read what they need from the GCS (snapshots)
+PUB_HWM = 10_000
+
+
 def publisher(endpoint: str) -> tuple[zmq.Socket, str]:
-    """PUB of an event stream; returns the socket and the bound endpoint."""
+    """PUB of an event stream; returns the socket and the bound endpoint. At
+    most ``PUB_HWM`` events wait for each subscriber."""
     sock = _socket(zmq.PUB)
+    sock.setsockopt(zmq.SNDHWM, PUB_HWM)
     return sock, _bind(sock, endpoint)
 
 

@@ -16,7 +16,7 @@ from flask import (Flask, Response, abort, jsonify, make_response, redirect, ren
                    request, stream_with_context, url_for)
 
 from ..broker.rpc import RemoteError
-from . import metrics, rows
+from . import metrics, rows, store_objects
 from .jobs import MAX_PACKAGE_BYTES, JobError
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,10 @@ PAGES = (("overview", "/", "Overview"), ("nodes", "/nodes", "Nodes"),
          ("tasks", "/tasks", "Tasks"), ("actors", "/actors", "Actors"),
          ("placement_groups", "/placement-groups", "Placement groups"),
          ("jobs", "/jobs", "Jobs"), ("logs", "/logs", "Logs"), ("memory", "/memory", "Memory"))
+#: objects the Memory page asks each node for (its owner summary counts them)
+MEMORY_PAGE_OBJECTS = 1000
+#: object rows the Memory page shows (the largest)
+MEMORY_PAGE_ROWS = 200
 
 
 def create_app(*, gcs, view, supervisor, guard, session_dir: str) -> Flask:
@@ -210,7 +214,18 @@ def create_app(*, gcs, view, supervisor, guard, session_dir: str) -> Flask:
 
     @app.route("/memory")
     def memory_page():
-        return page("memory", stores=rows.object_rows(gcs), nodes=rows.node_rows(gcs))
+        objects, total, warnings = store_objects.object_rows(gcs, MEMORY_PAGE_OBJECTS)
+        return page("memory", stores=rows.store_rows(gcs), total=total, warnings=warnings,
+                    owners=store_objects.summarize_by_owner(objects),
+                    objects=sorted(objects, key=lambda o: -o["object_size"])[:MEMORY_PAGE_ROWS])
+
+    @app.get("/api/v0/objects/summarize")
+    def api_summarize_objects():
+        objects, total, warnings = store_objects.object_rows(
+            gcs, _int_arg("limit", rows.MAX_LIMIT, 1, rows.MAX_LIMIT))
+        return jsonify({"result": True, "msg": "", "data": {"result": {
+            "summary_by": "owner", "total_objects": total, "listed_objects": len(objects),
+            "summary": store_objects.summarize_by_owner(objects), "warnings": warnings}}})
 
     # -- logs (only files inside the session's log directory) ----------------
     def list_log_files() -> list[dict]:
@@ -398,10 +413,9 @@ def create_app(*, gcs, view, supervisor, guard, session_dir: str) -> Flask:
 
     @app.get("/api/v0/tasks/summarize")
     def api_summarize_tasks():
-        tasks, _ = rows.task_rows(gcs)
+        summary = rows.summarize_tasks(rows.task_summary(gcs))
         return jsonify({"result": True, "msg": "",
-                        "data": {"result": {"node_id_to_summary": {
-                            "cluster": rows.summarize_tasks(tasks)}}}})
+                        "data": {"result": {"node_id_to_summary": {"cluster": summary}}}})
 
     @app.get("/api/v0/timeline")
     def api_timeline():

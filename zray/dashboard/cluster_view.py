@@ -6,8 +6,14 @@ One thread reads the GCS event stream (SUB); request threads read this
 object under its lock. Kept in memory, all bounded: the node table, a
 10-minute history of cluster CPU / memory / store use (one sample per
 ``SAMPLE_S``), the last ``MAX_TASKS`` task rows for the live task stream,
-and the state of up to ``MAX_STATES`` tasks (the GCS keeps 100,000) for the
-counts by state.
+and the task counts by state.
+
+The counts are the GCS's own (``GetTaskSummary``, no rows travel), re-read
+after task events arrived, spaced so the reads take at most 1/``COUNT_SPACING``
+of the GCS's time, and every ``RECOUNT_S`` whatever came: events the GCS
+publishes are lossy (it publishes at most 1000 changed rows a second, and
+its PUB socket drops what a slow subscriber cannot take), the counts are not.
+A snapshot reads only the newest ``SNAPSHOT_ROWS`` task rows.
 """
 from __future__ import annotations
 
@@ -27,12 +33,15 @@ log = logging.getLogger(__name__)
 SAMPLE_S = 5.0
 HISTORY_S = 600.0
 MAX_TASKS = 5_000
-MAX_STATES = 200_000
-#: the GCS publishes at most this many changed task rows per batch (the rest
-#: only land in its table): a full batch means the counts must be re-read ...
-PUBLISHED_ROWS_MAX = 1000
-#: ... which happens at most this often
-RECOUNT_S = 10.0
+#: task rows a snapshot reads (the live pages show the last minute's)
+SNAPSHOT_ROWS = 2_000
+#: the counts are re-read at most this often while task events arrive ...
+COUNT_MIN_S = 1.0
+#: ... and no sooner than this many times the last read took (the GCS scans
+#: its table: about 0.1 s at 100,000 rows, so then every 5 s)
+COUNT_SPACING = 50
+#: and at least this often whatever arrived (events lost on the way)
+RECOUNT_S = 30.0
 #: no event for this long (heartbeats come every 0.5 s): take a fresh snapshot
 SILENCE_S = 5.0
 TOPIC_TASK_EVENTS = getattr(p, "TOPIC_TASK_EVENTS", b"task_events")
@@ -47,12 +56,14 @@ class ClusterView:
         self.nodes: dict[bytes, dict] = {}
         self.history: collections.deque = collections.deque(maxlen=int(HISTORY_S / SAMPLE_S))
         self.tasks: collections.OrderedDict = collections.OrderedDict()
-        self.states: collections.OrderedDict = collections.OrderedDict()   # task id -> state
-        self.state_counts: collections.Counter = collections.Counter()
+        self.state_counts: dict = {}            # the GCS's, see _recount
+        self.tasks_total = 0
+        self.tasks_dropped = 0
         self.gcs_requests_per_s = 0.0
         self._last_event = 0.0
-        self._counts_stale = False
+        self._tasks_changed = False             # task events since the last count
         self._last_recount = 0.0
+        self._next_count = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.pub_address = ""
@@ -65,18 +76,18 @@ class ClusterView:
         self._thread.start()
 
     def snapshot(self) -> None:
-        """Read the tables afresh from the GCS."""
+        """Read the tables afresh from the GCS: nodes, the newest
+        ``SNAPSHOT_ROWS`` task rows, the task counts."""
         info = self.gcs.call(p.GetClusterInfo()).value
-        events, _ = rows.task_events(self.gcs, 0)
+        events, _ = rows.task_events(self.gcs, SNAPSHOT_ROWS)
         with self.lock:
             self.pub_address = info.get("pub_address", self.pub_address)
             self.nodes = {n["node_id"]: n for n in info["nodes"]}
             self.tasks.clear()
-            self.states.clear()
-            self.state_counts.clear()
             for e in sorted(events, key=lambda e: e.get("start_time_ms") or 0):
                 self._task_event(e)
             self._bump()
+        self._recount()
 
     def stop(self) -> None:
         self._stop.set()
@@ -110,7 +121,8 @@ class ClusterView:
                     if sub is not None and self.pub_address != old:
                         sub.close(linger=0)     # the GCS restarted elsewhere
                         sub = None
-                if self._counts_stale and now - self._last_recount > RECOUNT_S:
+                if (self._tasks_changed and now >= self._next_count) \
+                        or now - self._last_recount >= RECOUNT_S:
                     self._recount()
                 if now >= next_sample:
                     self._sample()
@@ -128,18 +140,23 @@ class ClusterView:
         self._last_event = time.monotonic()
 
     def _recount(self) -> None:
-        """Re-read every task's state from the GCS (after lossy batches)."""
-        self._last_recount = time.monotonic()
+        """Re-read the task counts from the GCS's summary; the next read
+        while events arrive waits ``COUNT_SPACING`` times this one's time."""
+        started = self._last_recount = time.monotonic()
+        self._tasks_changed = False         # events arriving from now on count again
         try:
-            events, _ = rows.task_events(self.gcs, 0)
+            counts = rows.task_summary(self.gcs)
         except Exception as err:    # noqa: BLE001 — silence or a refusal: retried later
-            log.warning("cannot re-read the task states from the GCS: %s", err)
+            log.warning("cannot read the task counts from the GCS: %s", err)
+            self._tasks_changed = True
+            self._next_count = time.monotonic() + RECOUNT_S / 3
             return
+        took = time.monotonic() - started
+        self._next_count = started + max(COUNT_MIN_S, COUNT_SPACING * took)
         with self.lock:
-            self._counts_stale = False
-            self.states = collections.OrderedDict(
-                (rows.task_row(e)["task_id"], e.get("state")) for e in events)
-            self.state_counts = collections.Counter(self.states.values())
+            self.state_counts = counts["by_state"]
+            self.tasks_total = counts["total"]
+            self.tasks_dropped = counts["dropped"]
             self._bump()
 
     def _on_event(self, topic: bytes, event) -> None:
@@ -157,8 +174,7 @@ class ClusterView:
                 node = event["node"]
                 self.nodes[node["node_id"]] = node
             elif topic == TOPIC_TASK_EVENTS:
-                if isinstance(event, list) and len(event) >= PUBLISHED_ROWS_MAX:
-                    self._counts_stale = True
+                self._tasks_changed = True
                 for e in event if isinstance(event, list) else [event]:
                     if isinstance(e, dict):
                         self._task_event(e)
@@ -173,14 +189,6 @@ class ClusterView:
         self.tasks[task_id] = row
         while len(self.tasks) > MAX_TASKS:
             self.tasks.popitem(last=False)
-        old = self.states.pop(task_id, None)
-        if old is not None:
-            self.state_counts[old] -= 1
-        self.states[task_id] = row["state"]
-        self.state_counts[row["state"]] += 1
-        while len(self.states) > MAX_STATES:
-            _, state = self.states.popitem(last=False)
-            self.state_counts[state] -= 1
 
     def _bump(self) -> None:
         self.version += 1
@@ -231,6 +239,7 @@ class ClusterView:
                 "store_used": sum(n.get("store_used", 0) for n in alive),
                 "store_total": sum(n.get("arena_size", 0) for n in alive),
                 "tasks_by_state": {s: n for s, n in self.state_counts.items() if n > 0},
+                "tasks_total": self.tasks_total, "tasks_dropped": self.tasks_dropped,
                 "history": list(self.history),
                 "version": self.version,
             }

@@ -44,7 +44,7 @@ class GcsServer(Service):
         self.pub, self.pub_address = sockets.publisher(f"{host}:0")
         self.serve(router)
         self.every(config.heartbeat_interval_s, self.check_node_health)
-        self.every(0.5, self.publish_task_events)
+        self.every(1.0, self.publish_task_events)
         log.info("GCS serving at %s, events at %s; a node silent for %ss is dead",
                  self.address, self.pub_address, config.node_timeout_s)
 
@@ -352,9 +352,9 @@ class GcsServer(Service):
     def handle_add_task_events(self, req, msg: p.AddTaskEvents):
         self.task_events.add(msg)
 
-    #: task rows published at most per publish_task_events (twice a second):
+    #: task rows published at most per publish_task_events (once a second):
     #: a live view gets the latest changes; the table has them all
-    TASK_ROWS_PUBLISHED_MAX = 250
+    TASK_ROWS_PUBLISHED_MAX = 1000
 
     def publish_task_events(self) -> None:
         """Publish the task rows changed since the last call, each once."""
@@ -365,6 +365,11 @@ class GcsServer(Service):
     def handle_get_task_events(self, req, msg: p.GetTaskEvents):
         self.reply(req, p.TaskEventsReply(self.task_events.query(msg.limit, msg.filters),
                                           self.task_events.dropped))
+
+    def handle_get_task_summary(self, req, msg: p.GetTaskSummary):
+        by_state, by_name, types = self.task_events.summary()
+        self.reply(req, p.TaskSummaryReply(by_state, by_name, len(self.task_events.rows),
+                                           self.task_events.dropped, types))
 
     def handle_report_metrics(self, req, msg: p.ReportMetrics):
         self.metrics.report(msg.worker_id, msg.metrics)

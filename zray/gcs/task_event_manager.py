@@ -268,6 +268,26 @@ class TaskEventManager:
         out.reverse()
         return [self.public(r) for r in out]
 
+    def summary(self) -> tuple[dict, dict, dict]:
+        """({state: count}, {task name: {state: count}}, {task name: type
+        as Ray names it}) over the table."""
+        by_name: dict[str, collections.Counter] = {}
+        types: dict[str, str] = {}
+        for row in self.rows.values():
+            if row.state >= 0:
+                counter = by_name.get(row.name)
+                if counter is None:
+                    counter = by_name[row.name] = collections.Counter()
+                    types[row.name] = _TYPES.get(row.type, "NORMAL_TASK")
+                counter[row.state] += 1
+        by_state: collections.Counter = collections.Counter()
+        named = {}
+        for name, counter in by_name.items():
+            named[name] = {_STATES[state]: n for state, n in counter.items()}
+            for state, n in counter.items():
+                by_state[_STATES[state]] += n
+        return dict(by_state), named, types
+
     @staticmethod
     def public(row: _Row) -> dict:
         """The row as the dashboard and the State API see it (Ray's names)."""

@@ -26,9 +26,14 @@ Frames (records in ``protocol``: DataFetch, DataRelease, DataChunk):
 The source pins the object on a connection's first fetch of it and unpins it
 on that connection's DataRelease, or when the connection closes (peer gone,
 silent past the heartbeat timeout, or dropped for a bad frame): no transfer
-pin outlives its connection. A puller whose link drops makes a new one (a
-login is good once) and restarts its pulls from that source, up to
-LINK_ATTEMPTS links per pull.
+pin outlives its connection. A puller sends that DataRelease as soon as its
+pull ends, whether it completed, failed, or found no room or an existing
+copy here. A spilled object that the source has no room to restore is
+served from its spill file instead (not pinned: a file that vanishes
+because the object was restored meanwhile is followed into the arena).
+
+A puller whose link drops makes a new one (a login is good once) and
+restarts its pulls from that source, up to LINK_ATTEMPTS links per pull.
 """
 from __future__ import annotations
 
@@ -44,6 +49,12 @@ from zmq.utils.monitor import parse_monitor_message
 from ..broker import protocol as p
 from ..broker import security, sockets
 from ..store.object_table import ObjectExistsError, ObjectStoreFullError
+
+#: prefix of the store client names of this module: a data-port connection's
+#: pins (``TRANSFER_CLIENT`` + routing id) and a pull's half-written copy
+#: (``PULL_WRITER`` + source node id); see :meth:`ObjectTransfer.describe_client`
+TRANSFER_CLIENT = b"transfer:"
+PULL_WRITER = b"pull:"
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +107,7 @@ class _Plain:
 
 class Pull:
     __slots__ = ("object_id", "source", "size", "offset", "next", "received", "done",
-                 "started", "links")
+                 "started", "links", "pinned_on")
 
     def __init__(self, object_id: bytes, source: bytes):
         self.object_id = object_id
@@ -108,6 +119,7 @@ class Pull:
         self.done: list = []      # callbacks(ok: bool)
         self.started = time.monotonic()
         self.links = 0            # links this pull has used
+        self.pinned_on = None     # the _Link whose connection pins the object at the source
 
 
 class _Link:
@@ -123,13 +135,15 @@ class _Link:
 
 class _Session:
     """One connection to this raylet's data port, known from its first message."""
-    __slots__ = ("identity", "login", "fd", "last_seq", "pinned", "client")
+    __slots__ = ("identity", "login", "fd", "last_seq", "pinned", "from_file", "client",
+                 "peer")
 
-    def __init__(self, identity: bytes, login: bytes, fd: int):
-        self.identity, self.login, self.fd = identity, login, fd
+    def __init__(self, identity: bytes, login: bytes, fd: int, peer: str | None):
+        self.identity, self.login, self.fd, self.peer = identity, login, fd, peer
         self.last_seq = 0
         self.pinned: set[bytes] = set()
-        self.client = b"transfer:" + identity     # the store's name for its pins
+        self.from_file: set[bytes] = set()        # objects served from their spill file
+        self.client = TRANSFER_CLIENT + identity  # the store's name for its pins
 
 
 class ObjectTransfer:
@@ -180,6 +194,7 @@ class ObjectTransfer:
             return
         pull.links += 1
         pull.next = pull.received = 0
+        pull.pinned_on = None           # a pin of a closed connection is gone with it
         if pull.offset < 0:
             self._request(pull, link, 0)            # learn the size from chunk 0
         else:
@@ -274,10 +289,13 @@ class ObjectTransfer:
             log.warning("pull of %s failed: %s", object_id.hex(), header.error)
             return self._finish(pull, False)
         store = self.raylet.store
+        if pull.pinned_on is None:
+            pull.pinned_on = link       # the source pinned it at our first fetch
         if pull.offset < 0:
             pull.size = header.total_size
             try:
-                pull.offset = store.create(object_id, header.total_size, primary=False)
+                pull.offset = store.create(object_id, header.total_size, primary=False,
+                                           writer=PULL_WRITER + pull.source)
             except ObjectExistsError:
                 return self._finish(pull, True)
             except ObjectStoreFullError as err:
@@ -305,8 +323,6 @@ class ObjectTransfer:
             self._request(pull, link, pull.next)
         if pull.received >= pull.size:
             self.raylet.seal(object_id)
-            link.seq += 1
-            self._send_request(link, b"", p.DataRelease(link.seq, object_id))
             log.info("pulled %s (%d bytes) in %.3fs", object_id.hex()[:12], pull.size,
                      time.monotonic() - pull.started)
             self._finish(pull, True)
@@ -315,12 +331,23 @@ class ObjectTransfer:
         if self.pulls.get(pull.object_id) is not pull:
             return
         self.pulls.pop(pull.object_id, None)
+        self._release_source_pin(pull)
         if not ok and pull.offset >= 0:
             self.raylet.store.abort(pull.object_id)
             for req, msg in self.raylet.pins_waiting_seal.pop(pull.object_id, ()):
                 self.raylet.handle_pin_objects(req, msg)      # answered: not here
         for callback in pull.done:
             callback(ok)
+
+    def _release_source_pin(self, pull: Pull) -> None:
+        """Tell the source to unpin ``pull``'s object now (DataRelease), if
+        the connection that pinned it is still open; a closed one took its
+        pins with it."""
+        link, pull.pinned_on = pull.pinned_on, None
+        if link is None or self.links.get(pull.source) is not link:
+            return
+        link.seq += 1
+        self._send_request(link, b"", p.DataRelease(link.seq, pull.object_id))
 
     def _on_link_monitor(self, monitor) -> None:
         link = self._link_of_monitor.get(monitor)
@@ -377,11 +404,11 @@ class ObjectTransfer:
                 self._start(pull)
 
     def node_died(self, node_id: bytes) -> None:
-        for pull in [q for q in self.pulls.values() if q.source == node_id]:
-            self._finish(pull, False)
         link = self.links.get(node_id)
         if link is not None:
-            self._close_link(link)
+            self._close_link(link)      # first: nothing is sent to a dead node
+        for pull in [q for q in self.pulls.values() if q.source == node_id]:
+            self._finish(pull, False)
 
     # -- serving ----------------------------------------------------------
     def _on_monitor(self, monitor, limit: int | None = 256) -> None:
@@ -416,6 +443,7 @@ class ObjectTransfer:
             log.info("object transfer: released %d pins of a puller: %s",
                      len(session.pinned), why)
         session.pinned.clear()
+        session.from_file.clear()
         self.raylet.store.release_client(session.client)
 
     def _session_of(self, identity: bytes, first) -> _Session | None:
@@ -438,8 +466,24 @@ class ObjectTransfer:
         old = self._by_fd.get(fd)
         if old is not None:                     # fds are reused: that connection is gone
             self._close_session(old, "its connection closed")
-        session = self.sessions[identity] = self._by_fd[fd] = _Session(identity, login, fd)
+        session = self.sessions[identity] = self._by_fd[fd] = _Session(
+            identity, login, fd, security.peer_host(fd, self.endpoint))
         return session
+
+    def describe_client(self, client) -> str | None:
+        """A store client of this module named for full-store messages
+        ("an object transfer to 10.0.0.2 (connection 00ab12cd)", "an object
+        pull from node 1a2b3c4d5e6f"); None for a client not of this module."""
+        if not isinstance(client, bytes):
+            return None
+        if client.startswith(PULL_WRITER):
+            return f"an object pull from node {client[len(PULL_WRITER):].hex()[:12]}"
+        if not client.startswith(TRANSFER_CLIENT):
+            return None
+        identity = client[len(TRANSFER_CLIENT):]
+        session = self.sessions.get(identity)
+        to = f" to {session.peer}" if session is not None and session.peer else ""
+        return f"an object transfer{to} (connection {identity.hex()[:12]})"
 
     def _on_request(self, sock) -> None:
         self._on_monitor(self.monitor)
@@ -481,6 +525,7 @@ class ObjectTransfer:
             return
         session.last_seq = message.seq
         if isinstance(message, p.DataRelease):
+            session.from_file.discard(message.object_id)
             if message.object_id in session.pinned:
                 session.pinned.discard(message.object_id)
                 self.raylet.store.release(message.object_id, session.client)
@@ -503,38 +548,86 @@ class ObjectTransfer:
         log.warning("object transfer: refused %s on the data port%s%s", why,
                     f" from {peer}" if peer else "", more)
 
-    def _locate(self, session: _Session, fetch) -> tuple[tuple[int, int] | None, str]:
-        """Where the object's bytes are, pinning it at the connection's first fetch."""
+    def _pin(self, session: _Session, object_id: bytes):
+        """Pin ``object_id`` for ``session``: ``(offset, size)`` in the arena,
+        else ``(None, error)``; a spilled object the store has no room to
+        restore is marked to be read from its spill file (``(None, "")``)."""
         store = self.raylet.store
-        if fetch.object_id not in session.pinned:
-            if fetch.offset != 0:
-                return None, "fetch at offset 0 first"
-            try:
-                loc = store.pin(fetch.object_id, session.client)
-            except ObjectStoreFullError as err:
+        try:
+            loc = store.pin(object_id, session.client)
+        except ObjectStoreFullError as err:
+            if store.spilled_copy(object_id) is None:
                 return None, f"the source's store has no room to restore it now: {err}"
-            if loc is None:
-                return None, "not in this node's store"
-            session.pinned.add(fetch.object_id)
-            return loc, ""
-        info = store.info(fetch.object_id)
-        if not info or info["offset"] is None:
+            session.from_file.add(object_id)
+            return None, ""
+        if loc is None:
             return None, "not in this node's store"
-        return (info["offset"], info["size"]), ""
+        session.from_file.discard(object_id)
+        session.pinned.add(object_id)
+        return loc, ""
+
+    def _read(self, session: _Session, fetch) -> tuple[object, int, str]:
+        """``(bytes-like, total size, "")`` for one fetch: from the arena, or
+        from the spill file of an object the store cannot restore now; or
+        ``(None, 0, error)``. The first fetch of an object must be at offset 0
+        (it pins the object for the connection)."""
+        object_id = fetch.object_id
+        if object_id not in session.pinned and object_id not in session.from_file:
+            if fetch.offset != 0:
+                return None, 0, "fetch at offset 0 first"
+            _, error = self._pin(session, object_id)
+            if error:
+                return None, 0, error
+        for _ in range(2):
+            if object_id in session.from_file:
+                data = self._read_spilled(object_id, fetch)
+                if data is not None:
+                    return data
+                # Restored or freed since: pin it in the arena, if it is there.
+                _, error = self._pin(session, object_id)
+                if error:
+                    return None, 0, error
+                continue
+            info = self.raylet.store.info(object_id)
+            if not info or info["offset"] is None:
+                return None, 0, "not in this node's store"
+            base, size = info["offset"], info["size"]
+            length = max(0, min(fetch.length, CHUNK_BYTES, size - fetch.offset))
+            return self.raylet.arena.read_view(base + min(fetch.offset, size), length), size, ""
+        return None, 0, "not in this node's store (it moved while being read)"
+
+    def _read_spilled(self, object_id: bytes, fetch):
+        """``(bytes, size, "")`` of one fetch read from the object's spill
+        file, or None when the object is not (or no longer) on disk only."""
+        copy = self.raylet.store.spilled_copy(object_id)
+        if copy is None:
+            return None
+        path, size = copy
+        length = max(0, min(fetch.length, CHUNK_BYTES, size - fetch.offset))
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            data = os.pread(fd, length, min(fetch.offset, size))
+        finally:
+            os.close(fd)
+        if len(data) != length:
+            log.warning("object transfer: spill file %s is %d bytes short; asking the "
+                        "store again", path, length - len(data))
+            return None
+        return data, size, ""
 
     def _serve_chunk(self, sock, session: _Session, corr: bytes, fetch) -> None:
-        """Send one chunk of a local object, sealed straight out of the arena."""
-        loc, error = self._locate(session, fetch)
-        if loc is None:
+        """Send one chunk of a local object, sealed straight out of the arena
+        (or out of its spill file)."""
+        data, size, error = self._read(session, fetch)
+        if data is None:
             header = p.encode(p.DataChunk(fetch.object_id, fetch.offset, 0, error))
             frames = [session.identity, corr, header, b"", b""]
         else:
-            base, size = loc
-            length = max(0, min(fetch.length, CHUNK_BYTES, size - fetch.offset))
             header = p.encode(p.DataChunk(fetch.object_id, fetch.offset, size, ""))
-            nonce, sealed = self.seal.seal(
-                self.raylet.arena.read_view(base + min(fetch.offset, size), length),
-                header + session.login)
+            nonce, sealed = self.seal.seal(data, header + session.login)
             frames = [session.identity, corr, header, nonce, sealed]
         try:
             sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)

@@ -535,9 +535,16 @@ class Raylet(Service):
 
     # ---------------------------------------------------------------- store
     def _describe_client(self, identity) -> str:
-        """Who a store client is, for full-store messages."""
+        """Who a store client is, for full-store messages: a local driver or
+        worker, an object transfer to another node, or a pull from one."""
         client = self.clients.get(identity)
         if client is None:
+            transfer = getattr(self, "transfer", None)
+            named = transfer.describe_client(identity) if transfer is not None else None
+            if named is not None:
+                return named
+            if identity is None:
+                return "no known client"
             return f"a peer raylet or unknown client {bytes(identity).hex()[:12]}"
         worker = self.pool.workers.get(client.worker_id)
         task = worker.task if worker is not None else None
@@ -659,6 +666,21 @@ class Raylet(Service):
     def handle_get_store_stats(self, req, msg):
         self.reply(req, p.Ack(self.store.stats()))
 
+    def handle_list_store_objects(self, req, msg: p.ListStoreObjects):
+        """What the store holds (``ray memory``), holders named as in
+        full-store messages, and this node's clients (to name owners)."""
+        records, total = self.store.list_objects(min(msg.limit, 100_000))
+        objects = []
+        for r in records:
+            holders = ([[self._describe_client(r["writer"]), 1]] if r["state"] == "BEING_WRITTEN"
+                       else [[self._describe_client(c), n] for c, n in r["pins"].items()])
+            objects.append({"object_id": r["object_id"], "size": r["size"],
+                            "owner_id": r["owner"] or b"", "state": r["state"],
+                            "pinned_by": holders, "primary": r["primary"],
+                            "freed": r["freed"]})
+        clients = [[c.worker_id, c.pid, c.kind] for c in self.clients.values()]
+        self.reply(req, p.StoreObjectsReply(objects, total, clients))
+
     # ---------------------------------------------------------------- misc
     def handle_log_lines(self, req, msg: p.LogLines):
         self.gcs.send(p.PublishLogs(msg.job_id, msg.pid, self.node_ip, msg.lines))
@@ -762,8 +784,8 @@ class Raylet(Service):
     def close(self) -> None:
         try:
             self.gcs.call(p.UnregisterNode(self.node_id), timeout=0.5)
-        except Exception:
-            pass
+        except Exception as err:    # noqa: BLE001 — the GCS times the node out instead
+            log.info("could not unregister from the GCS at close: %s", err)
         self.pool.shutdown()
         for worker_id in [*self.pool.workers, *(c.worker_id for c in self.clients.values())]:
             self._remove_sockets_of(worker_id)    # killed workers, dead drivers

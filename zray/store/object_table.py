@@ -285,6 +285,28 @@ class ObjectStore:
             "last_access": e.tick,
         }
 
+    def list_objects(self, limit: int) -> tuple[list[dict], int]:
+        """(at most ``limit`` object records, the most recently used first;
+        how many objects the table holds). A record: object_id, size, owner
+        (as given to ``create``), state (BEING_WRITTEN, PINNED, SEALED or
+        SPILLED: on disk only), pins {client: count}, writer, primary, freed."""
+        out = []
+        for e in reversed(self._objects.values()):
+            if len(out) >= limit:
+                break
+            if e.state == CREATED:
+                state = "BEING_WRITTEN"
+            elif e.pins:
+                state = "PINNED"
+            elif e.offset is None and e.spilled is not None:
+                state = "SPILLED"
+            else:
+                state = "SEALED"
+            out.append({"object_id": e.object_id, "size": e.size, "owner": e.owner,
+                        "state": state, "pins": dict(e.pins), "writer": e.writer,
+                        "primary": e.primary, "freed": e.freed})
+        return out, len(self._objects)
+
     def stats(self) -> dict:
         """Counters: capacity, used (arena bytes allocated), num_objects,
         num_spilled and spilled_bytes (now on disk), num_evicted and

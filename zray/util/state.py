@@ -17,7 +17,8 @@ import os
 from ..dashboard import rows
 
 __all__ = ["list_nodes", "list_actors", "list_tasks", "list_jobs", "list_placement_groups",
-           "list_objects", "list_workers", "summarize_tasks", "StateApiError"]
+           "list_objects", "list_workers", "summarize_tasks", "summarize_objects",
+           "StateApiError"]
 
 StateApiError = rows.StateError
 
@@ -88,8 +89,22 @@ def list_placement_groups(address=None, filters=None, limit=rows.DEFAULT_LIMIT, 
 
 def list_objects(address=None, filters=None, limit=rows.DEFAULT_LIMIT, detail=False,
                  **kwargs) -> list[dict]:
-    """Per node, what its object store holds (zray reports store totals)."""
+    """The objects in the stores of every live node, as ``ray memory`` lists
+    them: object_id, object_size, state (BEING_WRITTEN, PINNED, SEALED,
+    SPILLED), pinned_by, node_id, owner_worker_id, owner_pid, owner_type;
+    ``limit`` objects of each node at most. A node that does not answer
+    within 2 s is left out."""
     return _list("objects", address, filters, limit, detail)
+
+
+def summarize_objects(address=None, limit=rows.MAX_LIMIT, **kwargs) -> list[dict]:
+    """Per owner of objects in the stores: count, bytes, pinned and spilled
+    (counts and bytes); the largest owners first (``limit`` objects of each
+    node are counted)."""
+    from ..dashboard import store_objects
+    with _gcs(address) as gcs:
+        objects, _, _ = store_objects.object_rows(gcs, limit)
+    return store_objects.summarize_by_owner(objects)
 
 
 def list_workers(address=None, filters=None, limit=rows.DEFAULT_LIMIT, detail=False,
@@ -98,7 +113,7 @@ def list_workers(address=None, filters=None, limit=rows.DEFAULT_LIMIT, detail=Fa
 
 
 def summarize_tasks(address=None, **kwargs) -> dict:
-    """Per function name, the number of tasks in each state."""
+    """Per function name, the number of tasks in each state (counted by the
+    GCS over its whole task table)."""
     with _gcs(address) as gcs:
-        tasks, _ = rows.task_rows(gcs)
-    return rows.summarize_tasks(tasks)
+        return rows.summarize_tasks(rows.task_summary(gcs))

@@ -406,7 +406,7 @@ class CoreWorker(ActorCalls, Streams):
             info["required_resources"] = resources
         if actor_id:
             info["actor_id"] = actor_id
-        parent = getattr(self.current, "task_id", None)
+        parent = getattr(self.current, "task_id", None) if self.mode == "worker" else None
         if parent:
             info["parent_task_id"] = parent
         return info

@@ -460,8 +460,8 @@ class Executor:
         try:
             self.cw.raylet.send(p.LogLines(self.cw.job_id, os.getpid(),
                                            [prefix + line for line in lines]))
-        except Exception:
-            pass
+        except Exception as err:    # noqa: BLE001 — output must never fail the task
+            log.debug("task output not forwarded to the driver: %s", err)
 
     def _blocked(self, blocked: bool) -> None:
         if self.current is not None:

@@ -5,9 +5,11 @@ starts; then it builds the learner group and the env runners. ``train()``
 runs one ``training_step()`` of the subclass and returns RLlib's result keys
 (nested; ``result["env_runners/episode_return_mean"]`` also works).
 
-``episode_return_mean`` is the mean over the episodes completed during the
-iteration (the last ``metrics_num_episodes_for_smoothing`` of them); an
-iteration that completed none repeats the previous value.
+``episode_return_mean`` (and ``episode_len_mean``, ``episode_return_max``,
+``episode_return_min``) follow RLlib's new API stack: they are taken over the
+last ``metrics_num_episodes_for_smoothing`` completed episodes (default 100,
+set with ``.reporting(...)``), across iterations, so a stop criterion ported
+from RLlib stops at the same point. NaN until the first episode completes.
 """
 from __future__ import annotations
 
@@ -81,8 +83,8 @@ class Algorithm:
         self.lifetime_trained = 0
         self.lifetime_episodes = 0
         self._time_total = 0.0
+        # (return, length) of the last metrics_num_episodes_for_smoothing episodes
         self._recent = deque(maxlen=config.metrics_num_episodes_for_smoothing)
-        self._last_return = (float("nan"), float("nan"))
         self._eval_runner = None
         self.learner_group = self.env_runner_group = None
         try:
@@ -197,25 +199,21 @@ class Algorithm:
         self.iteration += 1
         if not self.learner_group.local:
             self._module.set_state(self.learner_group.get_weights())
-        n = self.config.metrics_num_episodes_for_smoothing
-        rets, lens = self._iter_returns[-n:], self._iter_lens[-n:]
-        if rets:
-            self._last_return = (float(np.mean(rets)), float(np.mean(lens)))
-            self._last_extremes = (float(np.max(rets)), float(np.min(rets)))
+        self._recent.extend(zip(self._iter_returns, self._iter_lens))
         self.lifetime_episodes += len(self._iter_returns)
         elapsed = time.perf_counter() - start
         self._time_total += elapsed
         restarts = self.env_runner_group.restarts
         self.lifetime_trained += trained
-        ret_max, ret_min = getattr(self, "_last_extremes", (float("nan"), float("nan")))
+        ret_mean, len_mean, ret_max, ret_min = self._window_stats()
         result = ResultDict({
             "training_iteration": self.iteration,
             "time_this_iter_s": elapsed,
             "time_total_s": self._time_total,
             "num_env_steps_sampled_lifetime": self.lifetime_steps,
             "env_runners": {
-                "episode_return_mean": self._last_return[0],
-                "episode_len_mean": self._last_return[1],
+                "episode_return_mean": ret_mean,
+                "episode_len_mean": len_mean,
                 "episode_return_max": ret_max, "episode_return_min": ret_min,
                 "num_episodes": len(self._iter_returns),
                 "num_episodes_lifetime": self.lifetime_episodes,
@@ -239,6 +237,15 @@ class Algorithm:
         if interval and self.iteration % interval == 0:
             result["evaluation"] = dict(self.evaluate())
         return result
+
+    def _window_stats(self) -> tuple[float, float, float, float]:
+        """(return mean, length mean, return max, return min) over the smoothing
+        window; NaNs while no episode has completed."""
+        if not self._recent:
+            return (float("nan"),) * 4
+        rets = np.fromiter((r for r, _ in self._recent), float, len(self._recent))
+        lens = np.fromiter((n for _, n in self._recent), float, len(self._recent))
+        return (float(rets.mean()), float(lens.mean()), float(rets.max()), float(rets.min()))
 
     # ---- acting and evaluation --------------------------------------------
     def get_module(self, module_id: str = DEFAULT_MODULE_ID):
@@ -287,7 +294,8 @@ class Algorithm:
         """Counters and algorithm-specific state (JSON-able; override to add)."""
         return {"iteration": self.iteration, "lifetime_steps": self.lifetime_steps,
                 "lifetime_trained": self.lifetime_trained,
-                "lifetime_episodes": self.lifetime_episodes, "time_total": self._time_total}
+                "lifetime_episodes": self.lifetime_episodes, "time_total": self._time_total,
+                "recent_episodes": [list(e) for e in self._recent]}
 
     def set_algo_state(self, state: dict) -> None:
         self.iteration = state["iteration"]
@@ -295,6 +303,8 @@ class Algorithm:
         self.lifetime_trained = state.get("lifetime_trained", 0)
         self.lifetime_episodes = state.get("lifetime_episodes", 0)
         self._time_total = state.get("time_total", 0.0)
+        self._recent.clear()
+        self._recent.extend((float(r), float(n)) for r, n in state.get("recent_episodes", []))
 
     def save(self, checkpoint_dir: str | None = None) -> Checkpoint:
         """Write a checkpoint directory: module_state.pt (the module's state

@@ -239,6 +239,7 @@ class AlgorithmConfig:
         self._positive("num_envs_per_env_runner", integer=True)
         self._positive("num_learners", allow_zero=True, integer=True)
         self._positive("num_epochs", integer=True)
+        self._positive("metrics_num_episodes_for_smoothing", integer=True)
         self._positive("num_cpus_per_env_runner", allow_zero=True)
         self._positive("num_cpus_per_learner", allow_zero=True)
         if self.rollout_fragment_length != "auto":
