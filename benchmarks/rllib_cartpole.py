@@ -170,6 +170,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--algos", default="PPO,DQN,APPO")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--no-zray", action="store_true", help="with --compare-rllib: RLlib only")
     ap.add_argument("--goal", type=float, default=450.0)
     ap.add_argument("--max-steps", type=int, default=200_000)
     ap.add_argument("--timeout", type=float, default=300.0, help="per run, seconds")
@@ -184,16 +186,18 @@ def main(argv=None) -> int:
     if not args.throughput_only:
         algos = [a.strip().upper() for a in args.algos.split(",") if a.strip()]
         for algo in algos:
+            seeds = range(args.first_seed, args.first_seed + args.seeds)
             rows = []
-            for seed in range(args.seeds):
+            for seed in seeds if not args.no_zray else ():
                 row = run_one(sys.executable, "zray", algo, seed, args.goal, args.max_steps,
                               args.timeout)
                 print(f"  zray  {algo:<5} seed {seed}: {row}", flush=True)
                 rows.append(row)
-            print(f"{algo:<5} zray.rllib  {summarize(rows)}", flush=True)
+            if rows:
+                print(f"{algo:<5} zray.rllib  {summarize(rows)}", flush=True)
             if args.compare_rllib:
                 rrows = []
-                for seed in range(args.seeds):
+                for seed in seeds:
                     row = run_one(args.compare_rllib, "ray", algo, seed, args.goal,
                                   args.max_steps, args.timeout)
                     print(f"  rllib {algo:<5} seed {seed}: {row}", flush=True)
