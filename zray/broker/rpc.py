@@ -21,7 +21,6 @@ import threading
 import time
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from . import protocol, sockets
 
@@ -76,7 +75,7 @@ class _ConnectionWatch:
     def _drain(self) -> None:
         while True:
             try:
-                event = parse_monitor_message(self._mon.recv_multipart(_NOBLOCK))
+                event = sockets.monitor_event(self._mon.recv_multipart(_NOBLOCK))
             except zmq.Again:
                 return
             kind = int(event["event"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import threading
 
 import zmq
@@ -274,3 +275,14 @@ def recv_events(sock: zmq.Socket, limit: int):
 def tcp_endpoint(address: str) -> str:
     """``host:port`` or ``tcp://host:port`` as a ZeroMQ endpoint."""
     return address if "://" in address else f"tcp://{address}"
+
+
+def monitor_event(frames) -> dict:
+    """A socket monitor's message as ``{"event", "value", "endpoint"}``
+    (ZeroMQ's form: a 16-bit event and a 32-bit value, then the endpoint).
+    Decoded here, not with ``zmq.utils.monitor``, whose import pulls in
+    asyncio (~40 ms at every process start). ValueError if malformed."""
+    if len(frames) != 2 or len(frames[0]) != 6:
+        raise ValueError("not a socket monitor message")
+    event, value = struct.unpack("=Hi", frames[0])
+    return {"event": event, "value": value, "endpoint": frames[1]}

@@ -44,7 +44,6 @@ import os
 import time
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from ..broker import protocol as p
 from ..broker import security, sockets
@@ -353,7 +352,7 @@ class ObjectTransfer:
         link = self._link_of_monitor.get(monitor)
         for _ in range(64):
             try:
-                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+                event = sockets.monitor_event(monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 return
             except zmq.ZMQError:
@@ -417,7 +416,7 @@ class ObjectTransfer:
         count = itertools.count()
         while limit is None or next(count) < limit:
             try:
-                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+                event = sockets.monitor_event(monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.ZMQError:            # Again: none left (or closed)
                 return
             kind, value = event["event"], event["value"]
