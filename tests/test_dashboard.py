@@ -134,7 +134,10 @@ def test_mutating_request_from_another_origin_is_refused(dash):
     login = dash.post("/login", f"token={dash.token}".encode(), token=None,
                       headers={"Content-Type": "application/x-www-form-urlencoded"})
     cookie = login.headers["Set-Cookie"].split(";")[0]
-    for origin in ("http://attacker.example", "null"):
+    # another site, an opaque origin, and a page on another port of this host
+    # (cookies do not tell ports apart, so the Origin check must)
+    for origin in ("http://attacker.example", "null", f"http://127.0.0.1:{dash.port + 1}",
+                   f"http://localhost:{dash.port + 1}"):
         reply = dash.post("/api/jobs/", {"entrypoint": "true"}, token=None,
                           headers={"Cookie": cookie, "Origin": origin})
         assert reply.status == 403, origin
@@ -155,6 +158,7 @@ def test_non_loopback_bind_without_token_is_refused(tmp_path):
     os.makedirs(tmp_path / "logs")
     env = {k: v for k, v in os.environ.items() if k != "ZRAY_DASHBOARD_TOKEN"}
     for extra in (["--host", "0.0.0.0", "--no-auth"], ["--host", "0.0.0.0"]):
+        # (--no-auth does not exist: every dashboard needs its token)
         out = subprocess.run(_server_args(str(tmp_path), *extra), env=env, timeout=60,
                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
         assert out.returncode == 2, out.stderr

@@ -224,8 +224,9 @@ def test_event_stream_drops_for_a_stopped_subscriber_instead_of_buffering(tmp_pa
             pub.send_multipart([b"data", payload])
         os.kill(child.pid, signal.SIGCONT)
         received = int(publish_until_line(b"end", 20))   # the stream goes on afterwards
-        # what waited for it: the publisher's bound plus the kernel's socket buffers
-        assert 0 < received <= sockets.PUB_HWM + 2_000 < sent
+        # what waited for it: the publisher's bound plus the kernel's socket
+        # buffers and the subscriber's own queue (slack for hosts with larger ones)
+        assert 0 < received <= 2 * sockets.PUB_HWM < sent
     finally:
         if not process_gone(child.pid):
             child.kill()

@@ -75,6 +75,7 @@ def ray_python():
     return RAY_PYTHON
 
 
+@pytest.mark.timeout(300)
 def test_rays_job_submission_client_runs_stops_and_deletes_jobs(ray_python, tmp_path):
     if zray.is_initialized():
         zray.shutdown()

@@ -71,17 +71,25 @@ def test_finished_task_has_its_states_times_node_and_worker(cluster):
     assert times == sorted(times)
 
 
-def test_a_long_task_shows_as_running_while_it_runs(cluster):
+def test_a_long_task_shows_as_running_while_it_runs(cluster, tmp_path):
+    release = tmp_path / "release"
+
     @zray.remote
-    def long_one():
-        time.sleep(5)
+    def long_one(path):
+        deadline = time.monotonic() + 60       # bounded even if the test dies
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.02)
         return 1
 
-    ref = long_one.remote()
-    row = _row_when(lambda r: r["state"] == "RUNNING", timeout=4.5, task_id=ref.hex()[:32])
+    ref = long_one.remote(str(release))
+    try:
+        row = _row_when(lambda r: r["state"] == "RUNNING", timeout=30,
+                        task_id=ref.hex()[:32])
+    finally:
+        release.touch()
     assert row["start_time_ms"] and row["end_time_ms"] is None
     assert row["worker_id"] and row["node_id"]
-    assert zray.get(ref) == 1
+    assert zray.get(ref, timeout=30) == 1
     row = _row_when(lambda r: r["state"] == "FINISHED", task_id=ref.hex()[:32])
     assert [e["state"] for e in row["events"]].count("RUNNING") == 1
 
@@ -195,24 +203,24 @@ def test_task_summary_counts_rows_by_state_and_name(cluster):
 def test_updated_rows_are_published_on_the_task_events_topic(cluster):
     sub = sockets.subscriber(global_state.worker.pub_address, [p.TOPIC_TASK_EVENTS])
     try:
-        time.sleep(0.3)         # the subscription reaches the GCS
-
         @zray.remote
         def published():
             return 1
 
-        ref = published.remote()
-        zray.get(ref)
-        task_id = ref.hex()[:32]
-        seen = []
+        task_ids, seen = set(), []
 
         def got_finished():
-            if sub.poll(100):
+            # a new task each round: the subscription may reach the GCS only
+            # after the first batches were published
+            ref = published.remote()
+            zray.get(ref, timeout=30)
+            task_ids.add(ref.hex()[:32])
+            if sub.poll(1500):
                 for topic, rows in sockets.recv_events(sub, 100):
                     assert topic == p.TOPIC_TASK_EVENTS
-                    seen.extend(r for r in rows if r["task_id"] == task_id)
+                    seen.extend(r for r in rows if r["task_id"] in task_ids)
             return any(r["state"] == "FINISHED" for r in seen)
-        wait_for(got_finished, 10)
+        wait_for(got_finished, 30)
         assert ROW_FIELDS <= set(seen[-1])
     finally:
         sub.close(linger=0)

@@ -65,7 +65,8 @@ def create_app(*, gcs, view, supervisor, guard, session_dir: str) -> Flask:
             return api_error(403, "this Host is not served here (allowed: the dashboard's "
                                   "bind address, localhost, and --dashboard-allowed-hosts)")
         if request.method in ("POST", "PUT", "PATCH", "DELETE") and not guard.origin_allowed(
-                request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site")):
+                request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"),
+                request.headers.get("Host")):
             log.warning("refused a %s %s from Origin %r", request.method, request.path,
                         (request.headers.get("Origin") or "")[:100])
             return api_error(403, "cross-site request refused (its Origin is not this "

@@ -72,8 +72,12 @@ class Guard:
     def host_allowed(self, host_header: str | None) -> bool:
         return bool(host_header) and _split_host(host_header) in self.allowed
 
-    def origin_allowed(self, origin: str | None, fetch_site: str | None) -> bool:
-        """A mutating request from a page of another site is refused."""
+    def origin_allowed(self, origin: str | None, fetch_site: str | None,
+                       host_header: str | None = None) -> bool:
+        """A mutating request from a page of another origin is refused: the
+        Origin must be this dashboard itself, its port included (a page on
+        another port of localhost is another site for this check, though
+        cookies do not tell ports apart)."""
         if fetch_site and fetch_site.lower() not in ("same-origin", "none"):
             return False
         if not origin:
@@ -81,7 +85,9 @@ class Guard:
         if origin == "null":
             return False
         parts = urlsplit(origin)
-        return parts.scheme in ("http", "https") and (parts.hostname or "") in self.allowed
+        if parts.scheme not in ("http", "https") or (parts.hostname or "") not in self.allowed:
+            return False
+        return host_header is None or parts.netloc.lower() == host_header.strip().lower()
 
     def token_ok(self, presented: str | None) -> bool:
         if self.token is None:

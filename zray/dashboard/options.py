@@ -19,8 +19,6 @@ def parser() -> argparse.ArgumentParser:
                     help=f"file holding the token (mode 0600); else ${ENV_TOKEN}")
     ap.add_argument("--allowed-hosts", default="",
                     help="comma-separated extra host names requests may name in Host")
-    ap.add_argument("--no-auth", action="store_true",
-                    help="serve without a token (refused unless --host is loopback)")
     ap.add_argument("--threads", type=int, default=16)
     ap.add_argument("--start-delay", type=float, default=0.0,
                     help="seconds the supervisor waits before starting the server")
@@ -34,13 +32,12 @@ def parse_args(argv):
     args = ap.parse_args(argv)
     if not 0 <= args.port < 65536:
         ap.error(f"--port must be 0-65535, got {args.port}")
-    if args.no_auth and not is_loopback(args.host):
-        ap.error(f"refusing to serve on {args.host} without a token: anyone who reaches "
-                 f"that address could run commands on this host. Drop --no-auth, or bind "
-                 f"127.0.0.1")
-    if not args.no_auth and not args.token_file:
+    if not args.token_file:
         import os
         if not os.environ.get(ENV_TOKEN):
-            ap.error(f"no dashboard token: pass --token-file or set {ENV_TOKEN}")
+            where = "" if is_loopback(args.host) else (
+                f" (refusing to serve on {args.host} without one: anyone who reaches that "
+                f"address could run commands on this host)")
+            ap.error(f"no dashboard token{where}: pass --token-file or set {ENV_TOKEN}")
     args.allowed = [h for h in args.allowed_hosts.split(",") if h.strip()]
     return args

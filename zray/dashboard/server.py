@@ -29,18 +29,16 @@ def main(argv=None) -> None:
         daemon.die_with_parent()
     daemon.set_process_name("zray.dashboard")
     daemon.setup_logging(log_path(args.session_dir, "dashboard.log"))
-    token = None
-    if not args.no_auth:
-        try:
-            token = read_token_file(args.token_file) if args.token_file \
-                else os.environ[ENV_TOKEN].strip()
-        except TokenError as err:
-            log.error("%s", err)
-            print(f"zray dashboard: {err}", file=sys.stderr)
-            sys.exit(2)
-        if len(token) < 16:
-            log.error("%s is shorter than 16 characters", ENV_TOKEN)
-            sys.exit(2)
+    try:
+        token = read_token_file(args.token_file) if args.token_file \
+            else os.environ[ENV_TOKEN].strip()
+    except TokenError as err:
+        log.error("%s", err)
+        print(f"zray dashboard: {err}", file=sys.stderr)
+        sys.exit(2)
+    if len(token) < 16:
+        log.error("%s is shorter than 16 characters", ENV_TOKEN)
+        sys.exit(2)
 
     import waitress.server
 
