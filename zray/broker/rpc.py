@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 _MORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
+#: bound on the probe that tells why no answer came (connect, then read)
+_PROBE_S = 0.25
 #: how often a waiting call looks at ``RpcClient.broken``
 _BROKEN_CHECK_S = 0.2
 
@@ -97,7 +99,7 @@ class _ConnectionWatch:
                 return (f"the server refused this process's key (ZAP status {value})", True)
             if kind & zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
                 # any service that hangs up looks like this: is it a CURVE server?
-                mechanism = zmtp_mechanism(endpoint)
+                mechanism = zmtp_mechanism(endpoint, timeout=_PROBE_S)
                 if mechanism == "CURVE":
                     return ("the server (a ZeroMQ CURVE server) closed the connection during "
                             "the CURVE handshake: it holds another cluster key", True)
@@ -196,7 +198,8 @@ class RpcClient:
 
         Raises ``NoAnswerError`` (a ``TimeoutError``) when no answer comes in
         time, and ``RemoteError`` when the server answers with an error. Never
-        waits longer than the timeout, even when the request cannot be sent."""
+        waits longer than the timeout, even when the request cannot be sent,
+        but for at most 0.5 s more to probe why no answer came."""
         wait_s = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait_s
         if self.broken is not None:

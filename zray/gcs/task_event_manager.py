@@ -107,18 +107,13 @@ class TaskEventManager:
         bad = 0
         apply = self._apply
         for event in msg.events:
-            start = None
             try:
-                if len(event) == 5:
-                    task_id, attempt, state, time_s, info = event
-                elif len(event) == 6:
-                    task_id, attempt, state, time_s, info, start = event
-                else:
-                    task_id, attempt, state, time_s = event
-                    info = None
-            except (TypeError, ValueError):
+                event = p.TaskEvent(*event)
+            except TypeError:           # not a list, or too few or too many fields
                 bad += 1
                 continue
+            task_id, attempt, state = event.task_id, event.attempt, event.state
+            time_s, info, start = event.time_s, event.info, event.start_s
             if type(task_id) is not bytes or type(attempt) is not int \
                     or type(state) is not int or not 0 <= state < 6 \
                     or type(time_s) is not float:

@@ -101,7 +101,7 @@ class TaskEventReporter:
 
     def record(self, task_id: bytes, attempt: int, state: int, info=None) -> None:
         """Note a state change now (any thread)."""
-        self.events.append((task_id, attempt, state, _time(), info))
+        self.events.append(p.TaskEvent(task_id, attempt, state, _time(), info))
 
     def submitted(self, task_id: bytes, attempt: int, state: int, info) -> None:
         """(owner) A task waits now in ``state``; reported by a flush that
@@ -122,13 +122,13 @@ class TaskEventReporter:
         """(executor) The task finished or failed (``info``: the error)."""
         begun = self.running.pop(task_id, None)
         if begun is None:
-            self.events.append((task_id, attempt, state, _time(), info))
+            self.events.append(p.TaskEvent(task_id, attempt, state, _time(), info))
             return
         if info is None:
             info = begun[2]
         elif begun[2]:
             info = {**begun[2], **info}
-        self.events.append((task_id, begun[0], state, _time(), info, begun[1]))
+        self.events.append(p.TaskEvent(task_id, begun[0], state, _time(), info, begun[1]))
 
     def maybe_flush(self, now: float) -> None:
         """(I/O thread) Send a batch when one is due."""
@@ -178,9 +178,9 @@ class TaskEventReporter:
             if task_id not in reported and entry[-2] <= since:    # [-2]: since when
                 reported.add(task_id)
                 if len(entry) == 3:         # running: (attempt, start, info)
-                    append((task_id, entry[0], p.TS_RUNNING, entry[1], entry[2]))
+                    append(p.TaskEvent(task_id, entry[0], p.TS_RUNNING, entry[1], entry[2]))
                 else:                       # waiting: (attempt, state, time, info)
-                    append((task_id, *entry))
+                    append(p.TaskEvent(task_id, *entry))
 
     def _send(self, message) -> bool:
         try:
