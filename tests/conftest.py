@@ -14,9 +14,13 @@ import psutil
 import pytest
 
 # Every session directory this run makes lives under one private directory,
-# removed when the run ends (set before zray reads its settings).
-_SESSIONS_ROOT = tempfile.mkdtemp(prefix="zray-tests-")
-os.environ["ZRAY_TEMP_DIR"] = _SESSIONS_ROOT
+# removed when the run ends (set before zray reads its settings). Made once
+# per run: this module is imported again by test modules and by workers that
+# unpickle test functions, and those find it in the environment.
+if not os.environ.get("ZRAY_TESTS_ROOT"):
+    os.environ["ZRAY_TESTS_ROOT"] = tempfile.mkdtemp(prefix="zray-tests-")
+    os.environ["ZRAY_TESTS_ROOT_PID"] = str(os.getpid())
+os.environ["ZRAY_TEMP_DIR"] = os.environ["ZRAY_TESTS_ROOT"]
 
 import zray  # noqa: E402
 from zray.node import command_line as cmdline, zray_processes  # noqa: F401,E402
@@ -119,8 +123,9 @@ def start_cluster():
 
 def pytest_sessionfinish(session, exitstatus):
     """Remove the run's session directories (their processes are stopped by
-    the fixtures that started them)."""
-    shutil.rmtree(_SESSIONS_ROOT, ignore_errors=True)
+    the fixtures that started them), in the process that made them."""
+    if os.environ.get("ZRAY_TESTS_ROOT_PID") == str(os.getpid()):
+        shutil.rmtree(os.environ["ZRAY_TESTS_ROOT"], ignore_errors=True)
 
 
 def local_daemons() -> dict:
