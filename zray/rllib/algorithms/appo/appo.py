@@ -20,6 +20,7 @@ import torch
 
 from zray.rllib.algorithms.impala.impala import IMPALA, IMPALAConfig, IMPALALearner
 from zray.rllib.core.distribution import make_dist
+from zray.rllib.core.learner.learner import TargetNetworkMixin
 from zray.rllib.utils.vtrace import vtrace
 
 
@@ -52,7 +53,7 @@ class APPOConfig(IMPALAConfig):
         self._positive("target_network_update_freq", integer=True)
 
 
-class APPOLearner(IMPALALearner):
+class APPOLearner(TargetNetworkMixin, IMPALALearner):
     def build(self) -> None:
         self.target = copy.deepcopy(self.module)
         self.target.requires_grad_(False)
@@ -86,18 +87,6 @@ class APPOLearner(IMPALALearner):
         return loss, {"total_loss": loss.item(), "policy_loss": pi_loss.item(),
                       "vf_loss": vf_loss.item(), "entropy": entropy.item(),
                       "mean_kl_loss": kl.item()}
-
-    def update_target(self, tau: float) -> None:
-        with torch.no_grad():
-            for t, s in zip(self.target.parameters(), self.module.parameters()):
-                t.mul_(1.0 - tau).add_(s, alpha=tau)
-
-    def extra_state(self):
-        return {"target": self.target.state_dict()}
-
-    def set_extra_state(self, state):
-        if "target" in state:
-            self.target.load_state_dict(state["target"])
 
 
 class APPO(IMPALA):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from zray.rllib.algorithms.algorithm import Algorithm
 from zray.rllib.algorithms.algorithm_config import AlgorithmConfig, ConfigError
-from zray.rllib.core.learner.learner import Learner
+from zray.rllib.core.learner.learner import Learner, TargetNetworkMixin
 from zray.rllib.core.models import mlp
 from zray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 from zray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
@@ -126,7 +126,7 @@ class DefaultDQNModule(TorchRLModule):
         return {"action_dist_inputs": q, "q_values": q}
 
 
-class DQNLearner(Learner):
+class DQNLearner(TargetNetworkMixin, Learner):
     def build(self) -> None:
         self.target = copy.deepcopy(self.module)
         self.target.requires_grad_(False)
@@ -149,18 +149,6 @@ class DQNLearner(Learner):
                 else F.mse_loss(q_taken, target))
         return loss, {"qf_loss": loss.item(), "qf_mean": q_taken.mean().item(),
                       "td_error_mean": td.abs().mean().item()}
-
-    def update_target(self, tau: float) -> None:
-        with torch.no_grad():
-            for t, s in zip(self.target.parameters(), self.module.parameters()):
-                t.mul_(1.0 - tau).add_(s, alpha=tau)
-
-    def extra_state(self):
-        return {"target": self.target.state_dict()}
-
-    def set_extra_state(self, state):
-        if "target" in state:
-            self.target.load_state_dict(state["target"])
 
 
 class DQN(Algorithm):

@@ -99,3 +99,21 @@ class Learner:
 
     def call(self, method: str, *args, **kwargs):
         return getattr(self, method)(*args, **kwargs)
+
+
+class TargetNetworkMixin:
+    """For a learner with a target copy of its module in ``self.target``:
+    Polyak updates, and the target saved and restored with checkpoints."""
+
+    def update_target(self, tau: float) -> None:
+        """target <- (1 - tau) * target + tau * module (tau=1: a hard copy)."""
+        with torch.no_grad():
+            for t, s in zip(self.target.parameters(), self.module.parameters()):
+                t.mul_(1.0 - tau).add_(s, alpha=tau)
+
+    def extra_state(self):
+        return {"target": self.target.state_dict()}
+
+    def set_extra_state(self, state):
+        if "target" in state:
+            self.target.load_state_dict(state["target"])
