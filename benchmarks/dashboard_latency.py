@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     import zray
     from zray.broker import protocol as p
     from zray.dashboard import launch
-    from zray.node import free_port
+    from zray._private.node import free_port
     from zray.worker import global_state
 
     zray.init(num_cpus=1, object_store_memory=64 << 20, dashboard_port=free_port())

@@ -23,7 +23,7 @@ if not os.environ.get("ZRAY_TESTS_ROOT"):
 os.environ["ZRAY_TEMP_DIR"] = os.environ["ZRAY_TESTS_ROOT"]
 
 import zray  # noqa: E402
-from zray.node import command_line as cmdline, zray_processes  # noqa: F401,E402
+from zray._private.node import command_line as cmdline, zray_processes  # noqa: F401,E402
 from zray.worker import global_state  # noqa: E402
 
 STORE_BYTES = 256 * 1024 * 1024

@@ -280,7 +280,7 @@ def head_cluster():
     env = {k: v for k, v in os.environ.items() if k not in ("ZRAY_ADDRESS", "RAY_ADDRESS")}
     env["ZRAY_TEMP_DIR"] = temp_dir
     try:
-        out = subprocess.run([sys.executable, "-m", "zray.scripts", "start", "--head",
+        out = subprocess.run([sys.executable, "-m", "zray._private.cli", "start", "--head",
                               "--port", str(HEAD_PORT), "--num-cpus", "2",
                               "--object-store-memory", str(128 * 1024 * 1024)],
                              env=env, capture_output=True, text=True, timeout=60)

@@ -591,7 +591,7 @@ def test_zray_list_actors_shows_id_class_state_pid_and_name(cluster):
     counter = Counter.options(name="listed-actor").remote()
     pid = zray.get(counter.pid.remote(), timeout=20)
     out = subprocess.run(
-        [sys.executable, "-m", "zray.scripts", "list", "actors", "--address", _gcs_address()],
+        [sys.executable, "-m", "zray._private.cli", "list", "actors", "--address", _gcs_address()],
         capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if "listed-actor" in line]
@@ -607,7 +607,7 @@ def test_zray_list_actors_shows_id_class_state_pid_and_name(cluster):
 
 def _listed_line(name: str) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "zray.scripts", "list", "actors", "--address", _gcs_address()],
+        [sys.executable, "-m", "zray._private.cli", "list", "actors", "--address", _gcs_address()],
         capture_output=True, text=True, timeout=30)
     return "\n".join(line for line in out.stdout.splitlines() if name in line)
 

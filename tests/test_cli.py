@@ -23,10 +23,10 @@ import psutil
 import pytest
 
 import zray
-from zray.node import command_line, free_port, zray_processes
+from zray._private.node import command_line, free_port, zray_processes
 
 PORT = 6391
-ZRAY = [sys.executable, "-m", "zray.scripts"]
+ZRAY = [sys.executable, "-m", "zray._private.cli"]
 
 
 def _gone(pid: int) -> bool:

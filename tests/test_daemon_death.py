@@ -339,7 +339,7 @@ def test_zray_status_says_the_gcs_is_unreachable(node_timeout, start_cluster):
     _kill(_gcs_pid(session_dir))
 
     try:
-        done = subprocess.run([sys.executable, "-m", "zray.scripts", "status",
+        done = subprocess.run([sys.executable, "-m", "zray._private.cli", "status",
                                "--address", address],
                               capture_output=True, text=True, timeout=20, env=os.environ)
     except subprocess.TimeoutExpired:

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 import zray
-from zray.node import command_line, free_port, zray_processes
+from zray._private.node import command_line, free_port, zray_processes
 from zray.worker import global_state
 
 from conftest import _descendants, assert_nothing_left, process_gone, wait_for

@@ -16,7 +16,7 @@ import time
 import pytest
 
 import zray
-from zray.node import free_port
+from zray._private.node import free_port
 from zray.worker import global_state
 
 from conftest import assert_nothing_left

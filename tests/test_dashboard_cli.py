@@ -15,13 +15,13 @@ import tempfile
 import psutil
 
 import zray
-from zray.node import command_line, free_port, sweep_session, zray_processes
+from zray._private.node import command_line, free_port, sweep_session, zray_processes
 from zray.worker import global_state
 
 from conftest import wait_for
 from test_dashboard_helpers import Dashboard, local_dashboard
 
-ZRAY = [sys.executable, "-m", "zray.scripts"]
+ZRAY = [sys.executable, "-m", "zray._private.cli"]
 
 
 def _dashboard_pids() -> list[int]:

@@ -17,7 +17,7 @@ import pytest
 
 import zray
 from zray.dashboard import store_objects
-from zray.node import free_port
+from zray._private.node import free_port
 from zray.store import Arena, ObjectStore
 from zray.util import state
 from zray.worker import global_state
@@ -123,7 +123,7 @@ def test_spilled_object_shows_as_spilled(dash):
 def test_zray_list_objects_prints_each_object_with_its_owner_pid_and_state(dash):
     ref = zray.put(np.ones(MB // 8))
     env = {**os.environ, "ZRAY_ADDRESS": global_state.worker.gcs_address}
-    out = subprocess.run([sys.executable, "-m", "zray.scripts", "list", "objects",
+    out = subprocess.run([sys.executable, "-m", "zray._private.cli", "list", "objects",
                           "--filter", f"object_id={ref.hex()}"], env=env,
                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stderr

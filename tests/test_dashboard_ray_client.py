@@ -15,7 +15,7 @@ import textwrap
 import pytest
 
 import zray
-from zray.node import free_port
+from zray._private.node import free_port
 from zray.worker import global_state
 
 from conftest import assert_nothing_left

@@ -20,7 +20,7 @@ import pytest
 
 import zray
 from zray.exceptions import GetTimeoutError, RayError, TaskCancelledError, WorkerCrashedError
-from zray.node import free_port
+from zray._private.node import free_port
 from zray.worker import global_state
 
 from conftest import assert_nothing_left, cmdline, wait_for, call_bounded as _call_bounded, process_gone as _gone

@@ -30,7 +30,7 @@ from zray.broker import security
 from zray.broker.service import _snake
 from zray.gcs.server import GcsServer
 from zray.raylet.server import Raylet
-from zray.scripts import main as zray_status
+from zray._private.cli import main as zray_status
 from zray.worker import global_state
 
 from conftest import TcpPeer, local_daemons, wait_for
@@ -103,7 +103,7 @@ def assert_cluster_serves(daemons, peers) -> None:
     me = global_state.worker.node_id.hex()
     assert any(n["NodeID"] == me and n["Alive"] for n in zray.nodes()), zray.nodes()
     status = subprocess.run(
-        [sys.executable, "-c", "import sys; from zray.scripts import main; sys.exit(main())",
+        [sys.executable, "-c", "import sys; from zray._private.cli import main; sys.exit(main())",
          "status", "--address", zray.get_runtime_context().gcs_address],
         capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert status.returncode == 0, status.stderr[-2000:]

@@ -8,7 +8,7 @@ import pytest
 ENTRY_POINTS = ["zray", "zray.worker.zygote", "zray.worker.executor", "zray.gcs.server",
                 "zray.raylet.server", "zray.api", "zray.actor", "zray.util",
                 "zray.util.queue", "zray.util.placement_group", "zray.cluster_utils",
-                "zray.scripts", "zray.microbenchmark"]
+                "zray._private.cli", "zray._private.microbenchmark"]
 
 
 @pytest.mark.parametrize("module", ENTRY_POINTS)

@@ -24,7 +24,7 @@ DRIVER = textwrap.dedent("""
     import _decimal
     import psutil
     import zray
-    from zray.node import command_line, zray_processes
+    from zray._private.node import command_line, zray_processes
 
     if "--with-thread" in sys.argv:
         stop = threading.Event()

@@ -1,4 +1,4 @@
-"""Fast tests of zray.microbenchmark's formatting and argument parsing.
+"""Fast tests of zray._private.microbenchmark's formatting and argument parsing.
 
 No runtime is started here.  The module is loaded straight from its file so
 these tests don't depend on the state of the zray package's __init__.
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "zray", "microbenchmark.py")
+_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "zray", "_private", "microbenchmark.py")
 
 
 def _load():

@@ -22,7 +22,7 @@ import zray
 from zray import exceptions as zexc
 from zray.broker import security
 from zray.cluster_utils import Cluster
-from zray.node import free_port
+from zray._private.node import free_port
 from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from conftest import assert_nothing_left, wait_for
@@ -213,7 +213,7 @@ class TestScheduling:
 
     def test_status_lists_every_node(self, three):
         out = subprocess.run(
-            [sys.executable, "-m", "zray.scripts", "status", "--address", three.address],
+            [sys.executable, "-m", "zray._private.cli", "status", "--address", three.address],
             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         assert out.returncode == 0, out.stderr
         for nid in three.ids:

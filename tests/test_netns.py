@@ -25,7 +25,7 @@ import time
 import psutil
 import pytest
 
-from zray.node import command_line, zray_processes
+from zray._private.node import command_line, zray_processes
 
 PORT = 6381
 CMD_TIMEOUT = 90
@@ -213,7 +213,7 @@ def _host_env(host) -> dict:
 
 def _zray() -> list[str]:
     script = shutil.which("zray")
-    return [script] if script else [sys.executable, "-m", "zray.scripts"]
+    return [script] if script else [sys.executable, "-m", "zray._private.cli"]
 
 
 def test_two_hosts_run_a_task_and_move_an_object(two_hosts):
@@ -255,6 +255,6 @@ def test_two_hosts_run_a_task_and_move_an_object(two_hosts):
     assert not a.zray_left(), f"zray processes left on host A: {a.zray_left()}"
     assert not b.zray_left(), f"zray processes left on host B: {b.zray_left()}"
     for host in (a, b):
-        inside = host.run(sys.executable, "-c", "from zray.node import command_line, zray_processes; "
+        inside = host.run(sys.executable, "-c", "from zray._private.node import command_line, zray_processes; "
                                                 "print(len(zray_processes()))", env=env)
         assert _check(inside, "listing zray processes").strip() == "0"

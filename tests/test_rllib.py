@@ -391,7 +391,7 @@ def test_cli_train_prints_a_summary_line():
     cfg = ('{"train_batch_size_per_learner": 256, "minibatch_size": 64, "num_epochs": 1,'
            ' "num_envs_per_env_runner": 4}')
     result = subprocess.run(
-        [sys.executable, "-m", "zray.scripts", "rllib", "train", "--algo", "ppo", "--env",
+        [sys.executable, "-m", "zray._private.cli", "rllib", "train", "--algo", "ppo", "--env",
          "CartPole-v1", "--stop-iters", "2", "--config-json", cfg, "--no-progress"],
         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
@@ -401,7 +401,7 @@ def test_cli_train_prints_a_summary_line():
 
 def test_cli_rejects_an_unknown_config_key():
     result = subprocess.run(
-        [sys.executable, "-m", "zray.scripts", "rllib", "train", "--algo", "PPO", "--env",
+        [sys.executable, "-m", "zray._private.cli", "rllib", "train", "--algo", "PPO", "--env",
          "CartPole-v1", "--config-json", '{"lrr": 1}'],
         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 2

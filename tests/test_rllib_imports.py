@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-CORE = ["zray", "zray.api", "zray.scripts", "zray.rllib", "zray.tune"]
+CORE = ["zray", "zray.api", "zray._private.cli", "zray.rllib", "zray.tune"]
 RLLIB = ["zray.rllib.algorithms.ppo", "zray.rllib.algorithms.dqn", "zray.rllib.algorithms.appo",
          "zray.rllib.algorithms.impala", "zray.rllib.core.rl_module.torch", "zray.rllib.cli"]
 

@@ -21,7 +21,7 @@ import zray
 from zray.broker import protocol as p
 from zray.broker import security, sockets
 from zray.config import config
-from zray.node import NodeProcesses, sweep_session
+from zray._private.node import NodeProcesses, sweep_session
 from zray import session
 from zray.worker import global_state
 
@@ -270,7 +270,7 @@ def test_no_key_for_a_cluster_is_a_clear_error(tmp_path):
         assert out.returncode == 0, out.stderr
         assert "no cluster key" in out.stdout and security.ENV_KEY_FILE in out.stdout, \
             out.stdout
-        status = subprocess.run([sys.executable, "-m", "zray.scripts", "start",
+        status = subprocess.run([sys.executable, "-m", "zray._private.cli", "start",
                                  f"--address={address}"], env=_clean_env(tmp_path),
                                 capture_output=True, text=True, timeout=60)
         assert status.returncode == 1
@@ -289,7 +289,7 @@ def test_a_driver_on_this_host_finds_the_key_of_a_running_cluster(gcs, tmp_path)
     out = _python(code, _clean_env(tmp_path, ZRAY_CONNECT_TIMEOUT_S="10"), timeout=90)
     assert out.returncode == 0, out.stderr
     assert "RESULT 2" in out.stdout, out.stdout
-    status = subprocess.run([sys.executable, "-m", "zray.scripts", "status", "--address",
+    status = subprocess.run([sys.executable, "-m", "zray._private.cli", "status", "--address",
                              address], env=_clean_env(tmp_path), capture_output=True,
                             text=True, timeout=60)
     assert status.returncode == 0, status.stderr
@@ -299,7 +299,7 @@ def test_a_driver_on_this_host_finds_the_key_of_a_running_cluster(gcs, tmp_path)
 def test_zray_start_with_the_wrong_key_fails_clearly(gcs, tmp_path):
     endpoint, _, _, _ = gcs
     wrong = security.create_key_file(str(tmp_path / "wrong.key"))
-    out = subprocess.run([sys.executable, "-m", "zray.scripts", "start",
+    out = subprocess.run([sys.executable, "-m", "zray._private.cli", "start",
                           f"--address={endpoint[len('tcp://'):]}",
                           f"--cluster-key-file={wrong}"],
                          env=_clean_env(tmp_path), capture_output=True, text=True, timeout=60)

@@ -352,7 +352,7 @@ def test_metric_misuse_raises_clear_errors():
 # ------------------------------------------------------------------- timeline
 
 def test_zray_timeline_writes_a_chrome_trace_of_the_tasks(cluster, tmp_path, capsys):
-    from zray.scripts import main
+    from zray._private.cli import main
 
     @zray.remote
     def traced(i):

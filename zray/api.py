@@ -11,12 +11,12 @@ import threading
 import time
 import uuid
 
-from . import session
+from ._private import session
 from .broker import protocol as p
 from .broker import security, sockets
 from .broker.rpc import RpcClient
 from .config import config
-from .node import NodeProcesses, find_cluster_key, free_port, is_listening
+from ._private.node import NodeProcesses, find_cluster_key, free_port, is_listening
 from .object_ref import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator
 from .remote_function import RemoteFunction
 from .worker import global_state

@@ -9,13 +9,13 @@ import time
 
 import zray
 
-from . import session
+from ._private import session
 from .broker import protocol as p
 from .broker import sockets
 from .broker.rpc import RpcClient
 from .broker.security import ENV_KEY, ENV_KEY_FILE
 
-from .node import NodeProcesses, free_port
+from ._private.node import NodeProcesses, free_port
 
 
 class ClusterNode:

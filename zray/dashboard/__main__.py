@@ -18,9 +18,9 @@ import sys
 import threading
 import time
 
-from .. import daemon
-from ..launcher import STDOUT, launch
-from ..session import log_path
+from .._private import daemon
+from .._private.launcher import STDOUT, launch
+from .._private.session import log_path
 from .options import parse_args
 
 log = logging.getLogger("zray.dashboard")

@@ -31,7 +31,7 @@ import zipfile
 import psutil
 
 from ..broker import protocol as p
-from ..session import log_path
+from .._private.session import log_path
 from .rows import JOBS_KV_NAMESPACE
 
 log = logging.getLogger(__name__)

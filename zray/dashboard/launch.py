@@ -98,7 +98,7 @@ def find(session_dir: str | None = None) -> DashboardInfo | None:
         if global_state.worker is not None:
             session_dir = global_state.worker.session_dir
         else:
-            from ..session import read_current_cluster
+            from .._private.session import read_current_cluster
             current = read_current_cluster()
             session_dir = current.get("session_dir") if current else None
     if not session_dir:

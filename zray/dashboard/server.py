@@ -11,11 +11,11 @@ import os
 import sys
 import threading
 
-from .. import daemon
+from .._private import daemon
 from ..broker import sockets
 from ..broker.rpc import RpcClient
 from ..config import config
-from ..session import log_path
+from .._private.session import log_path
 from .auth import Guard
 from .token_file import ENV_TOKEN, TokenError, read_token_file
 from .options import parse_args

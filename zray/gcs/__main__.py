@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .. import daemon
-from ..session import log_path
+from .._private import daemon
+from .._private.session import log_path
 from .server import GcsServer
 
 

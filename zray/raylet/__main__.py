@@ -6,8 +6,8 @@ import json
 import logging
 import os
 
-from .. import daemon
-from ..session import log_path, raylet_ipc
+from .._private import daemon
+from .._private.session import log_path, raylet_ipc
 from .worker_pool import start_zygote
 
 

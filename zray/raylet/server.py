@@ -22,7 +22,7 @@ from ..broker import sockets
 from ..broker.rpc import RpcClient, Sender
 from ..broker.service import Service
 from ..config import config
-from ..session import (actor_ipc, inbox_ipc, log_path, raylet_ipc, route, session_name,
+from .._private.session import (actor_ipc, inbox_ipc, log_path, raylet_ipc, route, session_name,
                        spill_dir)
 from ..store import Arena, ObjectStore, arena_path
 from ..store.object_table import ObjectExistsError, ObjectStoreFullError

@@ -15,7 +15,7 @@ import glob
 import logging
 import os
 
-from ..node import command_line, zray_processes
+from .._private.node import command_line, zray_processes
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 
-from ..launcher import PIPE, launch
+from .._private.launcher import PIPE, launch
 
 log = logging.getLogger(__name__)
 

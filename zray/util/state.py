@@ -32,8 +32,8 @@ def _gcs(address: str | None):
     from ..broker import security, sockets
     from ..broker.rpc import RpcClient
     from ..config import config
-    from ..node import find_cluster_key
-    from ..session import read_current_cluster
+    from .._private.node import find_cluster_key
+    from .._private.session import read_current_cluster
     if address in (None, "auto"):
         address = os.environ.get("ZRAY_ADDRESS") if address is None else None
         if not address or address == "auto":

@@ -33,7 +33,7 @@ from ..broker import sockets
 from ..broker.rpc import RpcClient, Sender
 from ..config import config
 from ..object_ref import ObjectRef, ObjectRefGenerator
-from ..session import actor_ipc, inbox_ipc, route
+from .._private.session import actor_ipc, inbox_ipc, route
 from ..store.arena import Arena
 from ..store.spill_file import read_spill_file
 from . import serialization

@@ -19,7 +19,7 @@ from .. import exceptions as exc
 from ..broker import protocol as p
 from ..actor import ActorExit
 from ..broker import sockets
-from ..session import actor_ipc
+from .._private.session import actor_ipc
 from . import global_state, serialization
 from .core_worker import GEN_DONE_INDEX, CoreWorker
 from .task_events import MAX_ERROR_CHARS, error_info

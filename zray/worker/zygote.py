@@ -54,8 +54,8 @@ def _child(args, worker_id_hex: str, wake_r: int, wake_w: int, zygote_pid: int) 
         signal.signal(signal.SIGINT, signal.default_int_handler)
         os.close(wake_r)
         os.close(wake_w)
-        from .. import daemon
-        from ..session import log_path
+        from .._private import daemon
+        from .._private.session import log_path
         daemon.die_with_parent(signal.SIGKILL)
         if os.getppid() != zygote_pid:      # the zygote died before that took effect
             return
@@ -95,7 +95,7 @@ def main(argv=None) -> None:
     ap.add_argument("--session-dir", required=True)
     ap.add_argument("--node-id", required=True)
     args = ap.parse_args(argv)
-    from .. import daemon
+    from .._private import daemon
     daemon.die_with_parent(signal.SIGKILL)
     daemon.set_process_name("zray.zygote")
     # Everything a worker needs, imported once before any fork.

@@ -9,10 +9,10 @@ import sys
 import time
 
 from . import session
-from .broker import protocol as p
-from .broker import security, sockets
-from .broker.rpc import RpcClient
-from .config import config
+from ..broker import protocol as p
+from ..broker import security, sockets
+from ..broker.rpc import RpcClient
+from ..config import config
 
 
 def _gib(n: float) -> str:
@@ -114,8 +114,8 @@ def _check_dashboard_flags(args) -> str | None:
     """Why the --dashboard-* flags cannot work (None when they can)."""
     if not args.include_dashboard:
         return None
-    from .dashboard import launch
-    from .dashboard import token_file as auth
+    from ..dashboard import launch
+    from ..dashboard import token_file as auth
     if args.dashboard_token_file:
         try:
             auth.read_token_file(args.dashboard_token_file)
@@ -132,8 +132,8 @@ def _start_dashboard(args, node, gcs_address: str) -> str:
     """Start the head's dashboard (unless --include-dashboard=false); what to print."""
     if not args.include_dashboard:
         return ""
-    from .dashboard import launch
-    from .dashboard import token_file as auth
+    from ..dashboard import launch
+    from ..dashboard import token_file as auth
     allowed = [h for h in (args.dashboard_allowed_hosts or "").split(",") if h.strip()]
     info = launch.start(node, gcs_address, host=args.dashboard_host,
                         port=args.dashboard_port, token_file=args.dashboard_token_file,
@@ -187,7 +187,7 @@ def _port_in_use(host: str, port: int) -> bool:
 
 def _why_silent(gcs_address: str, key_source: str) -> str:
     """Why a cluster did not answer, as far as can be told from here."""
-    from .broker.rpc import diagnose
+    from ..broker.rpc import diagnose
     from .node import is_listening
     if is_listening(gcs_address):
         reason, wrong_key = diagnose(sockets.tcp_endpoint(gcs_address))
@@ -362,7 +362,7 @@ def cmd_list(args) -> int:
 
 def cmd_timeline(args) -> int:
     """Write the cluster's task timeline as Chrome trace JSON (Perfetto opens it)."""
-    from .util.timeline import chrome_trace, fetch_rows
+    from ..util.timeline import chrome_trace, fetch_rows
 
     def query(gcs):
         gcs.call(p.Ping())                  # a cluster that is not there fails fast
@@ -396,7 +396,7 @@ def _state_filters(texts) -> list:
 
 def _print_state(args) -> int:
     """``zray list <what>``: the State API rows, as a table or JSON."""
-    from .dashboard import rows
+    from ..dashboard import rows
     try:
         filters = _state_filters(args.filter)
         data = _cluster_call("list", args,
@@ -441,7 +441,7 @@ def _cell(value) -> str:
 
 def cmd_summary(args) -> int:
     """``zray summary tasks``: per function, the number of tasks in each state."""
-    from .dashboard import rows
+    from ..dashboard import rows
     counts = _cluster_call("summary", args, rows.task_summary)
     summary, dropped = rows.summarize_tasks(counts), counts["dropped"]
     print(f"======== Tasks summary: {summary['total_tasks']} task(s) ========")
@@ -457,7 +457,7 @@ def cmd_summary(args) -> int:
 
 def cmd_job(args) -> int:
     """``zray job submit|status|logs|stop|list|delete``, through the dashboard."""
-    from .dashboard.sdk import JobClient, JobClientError
+    from ..dashboard.sdk import JobClient, JobClientError
     try:
         client = JobClient(args.address, token_file=args.token_file)
         return _JOB_COMMANDS[args.job_command](client, args)
@@ -554,7 +554,7 @@ def cmd_microbenchmark(argv) -> int:
 
 
 def cmd_rllib(argv) -> int:
-    from .rllib import cli      # torch and gymnasium load only for this command
+    from ..rllib import cli      # torch and gymnasium load only for this command
     return cli.main(argv) or 0
 
 

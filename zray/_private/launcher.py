@@ -37,7 +37,7 @@ import threading
 import time
 import traceback
 
-from .config import config
+from ..config import config
 
 PIPE = subprocess.PIPE
 DEVNULL = subprocess.DEVNULL
@@ -157,7 +157,7 @@ def _fork_with(args, argv, env, stdin, stdout, stderr, new_session, pipes) -> Fo
             child_stdout = pipes[1][1] if stdout == PIPE else stdout
             _become(argv, env, child_stdin, child_stdout, stderr, new_session, pipes, parent)
             code = _run(args)
-            from .broker import sockets
+            from ..broker import sockets
             sockets.term()              # what the interpreter's exit does for a spawned one
         except BaseException:           # noqa: BLE001 — reported, then exit
             traceback.print_exc()

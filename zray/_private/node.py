@@ -20,8 +20,8 @@ import time
 
 import psutil
 
-from .broker import security
-from .config import config
+from ..broker import security
+from ..config import config
 from .launcher import STDOUT, launch
 from .session import (check_trusted, log_path, raylet_ipc, read_current_cluster,
                       session_name)

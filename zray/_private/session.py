@@ -15,7 +15,7 @@ import json
 import os
 import time
 
-from .config import config
+from ..config import config
 
 
 class UnsafePathError(PermissionError):

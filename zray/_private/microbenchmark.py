@@ -4,7 +4,7 @@ This module is self-contained on purpose (stdlib + numpy at import time): it
 must also run as a plain script under an interpreter where zray is not
 installed, e.g.::
 
-    /tmp/rayvenv/bin/python zray/microbenchmark.py --backend ray --json
+    /tmp/rayvenv/bin/python zray/_private/microbenchmark.py --backend ray --json
 
 The backend is imported by name (``importlib.import_module(backend)``) and
 only the public API shared by zray and Ray is used (init, remote, get, put,
@@ -12,7 +12,7 @@ kill, shutdown), so the same code measures both.
 
 Usage::
 
-    python -m zray.microbenchmark [--backend zray|ray] [--rows a,b,...]
+    python -m zray._private.microbenchmark [--backend zray|ray] [--rows a,b,...]
                                   [--duration SECONDS] [--json]
                                   [--compare-ray [--ray-python PATH]]
                                   [--with-dashboard]
@@ -983,11 +983,11 @@ def main(argv=None) -> int:
 
 def _fix_script_path():
     """When run as a script, don't let this package's directory shadow
-    top-level modules, and make the sibling package importable if needed."""
+    top-level modules, and make the zray package importable if needed."""
     here = os.path.dirname(os.path.abspath(__file__))
     if sys.path and os.path.abspath(sys.path[0] or os.getcwd()) == here:
         sys.path.pop(0)
-    parent = os.path.dirname(here)
+    parent = os.path.dirname(os.path.dirname(here))     # the checkout holding zray/
     if parent not in sys.path:
         sys.path.append(parent)  # last, so an installed zray still wins
 
