@@ -44,6 +44,12 @@ class Config:
     task_events_report_interval_ms: int = 1000
     #: task rows the GCS keeps; the oldest are dropped (and counted) past it
     task_events_max: int = 100_000
+    #: where the GCS keeps its tables: "memory://" (lost when the GCS exits),
+    #: "sqlite:///path/gcs.db" or "redis://host:port/db" (survive a restart)
+    gcs_storage: str = "memory://"
+    #: a call that needs the GCS while it is down waits this long for it to
+    #: come back, then raises a RayError saying the GCS is unreachable
+    gcs_reconnect_timeout_s: float = 60.0
 
     @classmethod
     def from_env(cls, environ=None) -> "Config":

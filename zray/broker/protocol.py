@@ -739,6 +739,24 @@ class ListActors(NamedTuple):
     pass
 
 
+@_declare(79)
+class ReportActorOutOfScope(NamedTuple):
+    """From an actor's owner: no handle to it is left anywhere and every call
+    submitted through one has finished. A non-detached actor then ends (not
+    restarted); its death message says all references were removed."""
+    actor_id: ActorId
+
+
+@_declare(85)
+class ReportWorkerDied(NamedTuple):
+    """From a raylet: a worker or driver of its node exited (or its node is
+    going away). The GCS ends the non-detached actors it owned and publishes
+    the death on TOPIC_WORKER, so waiters on its objects raise OwnerDiedError."""
+    worker_id: WorkerId
+    node_id: NodeId
+    message: str
+
+
 # --------------------------------------------------------------------------
 # Placement groups
 # --------------------------------------------------------------------------
@@ -927,6 +945,7 @@ TOPIC_LOG = b"log:"        # followed by the job id
 TOPIC_ACTOR = b"actor"
 TOPIC_RESOURCES = b"resources"
 TOPIC_TASK_EVENTS = b"task_events"  # payload: the task rows a batch updated
+TOPIC_WORKER = b"worker"   # a worker or driver died: {"worker_id", "node_id", "message"}
 
 
 def log_topic(job_id: bytes) -> bytes:

@@ -6,7 +6,9 @@ import logging
 
 from .._private import daemon
 from .._private.session import log_path
+from ..config import config
 from .server import GcsServer
+from .storage import open_storage
 
 
 def main(argv=None) -> None:
@@ -18,7 +20,7 @@ def main(argv=None) -> None:
         daemon.die_with_parent()
     daemon.set_process_name("zray.gcs")
     daemon.setup_logging(log_path(args.session_dir, "gcs.log"))
-    server = GcsServer(args.address, args.session_dir)
+    server = GcsServer(args.address, args.session_dir, open_storage(config.gcs_storage))
     daemon.on_terminate(server.stop)
     try:
         server.run()
