@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 
 from ._private import session
 from .broker import protocol as p
@@ -86,7 +87,7 @@ def is_initialized() -> bool:
 def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=None,
          object_store_memory=None, namespace=None, ignore_reinit_error=False,
          logging_level=logging.INFO, log_to_driver=True, include_dashboard=None,
-         dashboard_host="127.0.0.1", dashboard_port=None, _memory=None, **unused):
+         dashboard_host="127.0.0.1", dashboard_port=None, _memory=None, **ray_only):
     """Connect this process to a cluster, starting a local one if needed.
 
     With no ``address`` (and no ``ZRAY_ADDRESS``) a GCS and a raylet start
@@ -103,8 +104,13 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
     A local cluster also starts the dashboard (``include_dashboard`` None or
     True; False: not) on ``dashboard_host:dashboard_port`` (default
     127.0.0.1:8265, or a free port when that one is taken), without waiting
-    for it; its URL is printed, its token is in ``<session_dir>/dashboard.token``."""
+    for it; its URL is printed, its token is in ``<session_dir>/dashboard.token``.
+
+    Ray's other keywords (``runtime_env``, ``job_config``, ``local_mode``, ...)
+    are accepted and ignored with one warning that names them; a keyword Ray's
+    ``init`` does not have raises TypeError."""
     global _local_node, _atexit_registered
+    _check_ray_only_keywords(ray_only)
     with _lock:
         if is_initialized():
             if ignore_reinit_error:
@@ -167,6 +173,30 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
             atexit.register(shutdown)
             _atexit_registered = True
         return RuntimeContext(worker)
+
+
+#: keywords of Ray's init() that zray accepts but does not act on (yet)
+RAY_INIT_KEYWORDS_IGNORED = frozenset({
+    "labels", "local_mode", "job_config", "configure_logging", "logging_format",
+    "logging_config", "runtime_env", "enable_resource_isolation", "cgroup_path",
+    "system_reserved_cpu", "system_reserved_memory", "proxy_server_url", "storage",
+    "_node_ip_address", "_redis_username", "_redis_password", "_temp_dir",
+    "_metrics_export_port", "_system_config", "_tracing_startup_hook", "_node_name",
+    "_enable_object_reconstruction", "_plasma_directory", "_object_spilling_directory",
+    "_max_cpu_frequency", "_driver_object_store_memory", "_include_log_monitor",
+    "_skip_env_hook", "_cgroup_path"})
+
+
+def _check_ray_only_keywords(given: dict) -> None:
+    """TypeError for a keyword Ray's init() lacks; one warning naming the
+    Ray keywords zray ignores."""
+    unknown = sorted(set(given) - RAY_INIT_KEYWORDS_IGNORED)
+    if unknown:
+        raise TypeError(f"init() got an unexpected keyword argument {unknown[0]!r}"
+                        + (f" (and {', '.join(map(repr, unknown[1:]))})" if unknown[1:] else ""))
+    if given:
+        warnings.warn(f"zray.init() ignores Ray's {', '.join(sorted(given))}: zray does not "
+                      f"support {'it' if len(given) == 1 else 'them'} yet", stacklevel=3)
 
 
 #: a local cluster's dashboard server starts this long after init(), so the

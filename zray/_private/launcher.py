@@ -232,7 +232,7 @@ def _become(argv, env, stdin, stdout, stderr, new_session, pipes, parent) -> Non
     try:
         _set_command_line(argv)
     except Exception:                   # cosmetic: the process runs without it
-        pass
+        logging.getLogger(__name__).debug("cannot set the command line", exc_info=True)
 
 
 def _release_inherited_descriptors() -> None:

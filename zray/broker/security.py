@@ -451,7 +451,7 @@ def _guard_for(ctx: zmq.Context) -> _Guard:
                 try:
                     _guard.stop()
                 except Exception:           # its context is already gone
-                    pass
+                    log.debug("the previous guard would not stop", exc_info=True)
             _guard = _Guard(ctx)        # an inherited guard is dropped, never touched
             _guard.start()
         return _guard
