@@ -9,13 +9,15 @@ of 450 (median over seeds), and env-runner sampling throughput.
 Two stop criteria are measured in one run (wall time counts from before
 ``zray.init``/``ray.init``):
 
-* window-100 (RLlib's definition, the one that stops the run):
-  ``env_runners/episode_return_mean`` over the last 100 completed episodes
-  (``metrics_num_episodes_for_smoothing``) is >= the goal. 100 episodes of
-  450+ steps lie in the window, so ~45k steps is the floor.
-* per-iteration (zray before 2026-11-30): the mean over the episodes that
-  completed in one iteration is >= the goal. zray only (RLlib's results do
-  not carry it).
+* RLlib's (the one both libraries report): ``env_runners/episode_return_mean``
+  >= the goal. In RLlib 2.60 (and zray since 2026-11-30) that is the mean over
+  env runners of each runner's episodes completed in *this iteration* (at most
+  its last ``ceil(100 / num_env_runners)``): a per-iteration figure.
+* window-100 (zray only, stricter): the mean of the last 100 completed
+  episodes across iterations is >= the goal. 100 episodes of 450+ steps lie in
+  that window, so ~45k env steps is its floor whatever the algorithm.
+
+A run goes on until both are reached (or ``--max-steps``).
 
 ``--compare-rllib PYTHON`` runs the same config text under ``ray.rllib`` in
 that interpreter (Ray with RLlib and torch installed) and prints both.
@@ -73,7 +75,7 @@ CONFIGS = {
 }
 
 RUN_ONE = """
-import json, sys, time
+import collections, json, sys, time
 t0 = time.perf_counter()
 import {pkg}
 {pkg}.init(num_cpus=2, include_dashboard=False)
@@ -82,7 +84,8 @@ from {pkg}.rllib.core.rl_module.default_model_config import DefaultModelConfig
 config = ({cls}(){calls}
           .debugging(seed={seed}))
 algo = config.build_algo()
-best, steps, it, per_iter = float("-inf"), 0, 0, None
+best, steps, it, reached, window = float("-inf"), 0, 0, None, None
+last100 = collections.deque(maxlen=100)
 while True:
     r = algo.train()
     it += 1
@@ -91,17 +94,19 @@ while True:
                                  r.get("num_env_steps_sampled_lifetime", 0))
     if ret == ret:
         best = max(best, ret)
-    # zray's per-iteration episodes (a private attribute, read by this benchmark only)
+    if reached is None and ret >= {goal}:
+        reached = {{"steps": int(steps), "wall": round(time.perf_counter() - t0, 1)}}
+    # zray's episodes of this iteration (a private attribute, read by this benchmark only)
     this_iter = getattr(algo, "_iter_returns", None)
-    if per_iter is None and this_iter and sum(this_iter) / len(this_iter) >= {goal}:
-        per_iter = {{"steps": int(steps), "wall": round(time.perf_counter() - t0, 1)}}
-    if ret >= {goal} or steps >= {max_steps}:
+    if this_iter is not None:
+        last100.extend(this_iter)
+        if window is None and last100 and sum(last100) / len(last100) >= {goal}:
+            window = {{"steps": int(steps), "wall": round(time.perf_counter() - t0, 1)}}
+    if (reached and (window or this_iter is None)) or steps >= {max_steps}:
         break
-wall = time.perf_counter() - t0
 algo.stop()
-print("RESULT " + json.dumps({{"steps": int(steps), "wall": round(wall, 1),
-                              "reached": bool(ret >= {goal}), "best": best, "iterations": it,
-                              "per_iter": per_iter,
+print("RESULT " + json.dumps({{"reached": reached, "window100": window, "best": best,
+                              "iterations": it, "steps_run": int(steps),
                               "driver_cpu_s": round(time.process_time(), 1)}}))
 """
 
@@ -146,24 +151,28 @@ def throughput(seconds: float = 5.0, num_runners: int = 2, num_envs: int = 8) ->
         zray.shutdown()
 
 
-def _median(rows: list[dict]) -> str:
-    steps = statistics.median(r["steps"] for r in rows)
-    wall = statistics.median(r["wall"] for r in rows)
+def _median(rows: list[dict], n: int) -> str:
+    """Median steps and wall over ``n`` runs; a run that did not reach the goal
+    counts as infinitely slow (so the median is "not reached" if half did not)."""
+    inf = float("inf")
+    steps = statistics.median([r["steps"] for r in rows] + [inf] * (n - len(rows)))
+    wall = statistics.median([r["wall"] for r in rows] + [inf] * (n - len(rows)))
     each = "/".join(f"{r['steps'] / 1000:.1f}k" for r in rows)
-    return f"{steps:>8,.0f} steps {wall:6.1f} s ({each})"
+    if steps == inf:
+        return f"not reached ({len(rows)}/{n}: {each or '-'})"
+    return f"{steps:>8,.0f} steps {wall:6.1f} s ({each}; {len(rows)}/{n})"
 
 
-def summarize(rows: list[dict]) -> str:
-    """Median steps and wall to the goal, window-100 | per-iteration."""
+def summarize(rows: list[dict], window100: bool) -> str:
+    """Median steps and wall to the goal by RLlib's metric (and window-100)."""
     ok = [r for r in rows if "error" not in r]
     if not ok:
         return "error: " + rows[0]["error"]
-    reached = [r for r in ok if r["reached"]]
-    window = _median(reached) if reached else "not reached"
-    per_iter = [r["per_iter"] for r in ok if r.get("per_iter")]
-    per = _median(per_iter) if per_iter else "-"
-    return (f"window-100: {window}  reached {len(reached)}/{len(rows)}  |  "
-            f"per-iteration: {per}")
+    text = "RLlib's metric: " + _median([r["reached"] for r in ok if r["reached"]], len(rows))
+    if window100:
+        text += "  |  window-100: " + _median([r["window100"] for r in ok if r["window100"]],
+                                              len(rows))
+    return text
 
 
 def main(argv=None) -> int:
@@ -194,7 +203,7 @@ def main(argv=None) -> int:
                 print(f"  zray  {algo:<5} seed {seed}: {row}", flush=True)
                 rows.append(row)
             if rows:
-                print(f"{algo:<5} zray.rllib  {summarize(rows)}", flush=True)
+                print(f"{algo:<5} zray.rllib  {summarize(rows, True)}", flush=True)
             if args.compare_rllib:
                 rrows = []
                 for seed in seeds:
@@ -202,7 +211,7 @@ def main(argv=None) -> int:
                                   args.max_steps, args.timeout)
                     print(f"  rllib {algo:<5} seed {seed}: {row}", flush=True)
                     rrows.append(row)
-                print(f"{algo:<5} RLlib       {summarize(rrows)}", flush=True)
+                print(f"{algo:<5} RLlib       {summarize(rrows, False)}", flush=True)
     if not args.no_throughput:
         print(f"env-runner throughput (2 runners x 8 CartPole envs): "
               f"{throughput():,.0f} env steps/s", flush=True)

@@ -58,6 +58,8 @@ def test_row_names_and_units():
         "task_events_absorbed": "tasks/s",
         "task_events_gcs_growth_past_bound": "MB",
         "transfer_500mb_between_nodes": "GB/s",
+        "actor_create_drop_per_s": "actors/s",
+        "gcs_restart_to_first_task_s": "s",
     }
     assert mb._UNITS == expected
     assert len(set(mb.ROW_NAMES)) == len(mb.ROW_NAMES)
@@ -85,7 +87,8 @@ def test_select_rows_prefix_and_canonical_order():
         "1_1_async_actor_calls_async",
     ]
     # exact name, duplicates collapse
-    assert mb.select_rows("actor_create_call_kill,actor_create") == ["actor_create_call_kill"]
+    assert mb.select_rows("actor_create_call_kill,actor_create_call") == [
+        "actor_create_call_kill"]
 
 
 def test_select_rows_unknown():

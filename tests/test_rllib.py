@@ -162,35 +162,61 @@ def counting_ppo(**reporting):
             .reporting(**reporting).debugging(seed=0))
 
 
-def window(lifetime_episodes: int, n: int) -> list[int]:
-    return list(range(max(1, lifetime_episodes - n + 1), lifetime_episodes + 1))
-
-
-def test_episode_return_mean_is_over_the_last_n_episodes_across_iterations():
-    algo = counting_ppo(metrics_num_episodes_for_smoothing=12).build_algo()
+def test_episode_return_mean_is_over_this_iterations_episodes_like_rllib():
+    # RLlib 2.60 reduces its episode metrics every iteration: a stop criterion
+    # ported from RLlib must see only the episodes that ended in this iteration.
+    algo = counting_ppo().build_algo()
     try:
+        assert algo.config.metrics_num_episodes_for_smoothing == 100
         for _ in range(3):                              # 8 episodes an iteration
             result = algo.train()
             lifetime = result["env_runners/num_episodes_lifetime"]
-            assert lifetime >= 8 and CountingEnv.ended == lifetime
-            last12 = window(lifetime, 12)               # spans two iterations
-            assert result["env_runners/episode_return_mean"] == pytest.approx(np.mean(last12))
+            assert result["env_runners/num_episodes"] == 8 and CountingEnv.ended == lifetime
+            this_iteration = list(range(lifetime - 7, lifetime + 1))
+            assert result["env_runners/episode_return_mean"] == pytest.approx(
+                np.mean(this_iteration))
             assert result["env_runners/episode_return_max"] == lifetime
-            assert result["env_runners/episode_return_min"] == last12[0]
+            assert result["env_runners/episode_return_min"] == lifetime - 7
     finally:
         algo.stop()
 
 
-def test_episode_return_mean_window_defaults_to_100_episodes_like_rllib():
-    algo = counting_ppo().build_algo()
+def test_metrics_window_caps_the_episodes_counted_in_an_iteration():
+    algo = counting_ppo(metrics_num_episodes_for_smoothing=5).build_algo()
     try:
-        assert algo.config.metrics_num_episodes_for_smoothing == 100
-        lifetime = 0
-        while lifetime <= 110:
-            result = algo.train()
-            lifetime = result["env_runners/num_episodes_lifetime"]
-            assert result["env_runners/episode_return_mean"] == pytest.approx(
-                np.mean(window(lifetime, 100))), lifetime
+        result = algo.train()                           # episodes 1..8 end
+        assert result["env_runners/episode_return_mean"] == pytest.approx(np.mean([4, 5, 6, 7, 8]))
+        assert result["env_runners/episode_return_min"] == 4
+    finally:
+        algo.stop()
+
+
+class TwentyStepEnv(gym.Env):
+    """Episodes of exactly 20 steps, reward 1 a step."""
+    observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, config=None):
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(2, np.float32), 1.0, self.t >= 20, False, {}
+
+
+def test_episode_return_mean_is_nan_in_an_iteration_where_no_episode_ended():
+    algo = (PPOConfig().environment(TwentyStepEnv)
+            .env_runners(num_env_runners=0, num_envs_per_env_runner=1, rollout_fragment_length=8)
+            .training(train_batch_size_per_learner=8, minibatch_size=8, num_epochs=1)
+            .debugging(seed=0).build_algo())
+    try:
+        means = [algo.train()["env_runners/episode_return_mean"] for _ in range(3)]
+        assert np.isnan(means[0]) and np.isnan(means[1])   # steps 1-16: no episode ends
+        assert means[2] == 20.0                            # step 20 ends the first one
     finally:
         algo.stop()
 

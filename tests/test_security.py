@@ -22,7 +22,7 @@ from zray.broker import protocol as p
 from zray.broker import security, sockets
 from zray.config import config
 from zray._private.node import NodeProcesses, sweep_session
-from zray import session
+from zray._private import session
 from zray.worker import global_state
 
 from conftest import wait_for

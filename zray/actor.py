@@ -14,11 +14,12 @@ from .broker import protocol as p
 from .broker.rpc import RemoteError
 from .remote_function import (_strategy_of, parse_num_returns, resource_request,
                               validate_options)
-from .util.scheduling_strategies import placed_resources, strategy_options
+from .util.scheduling_strategies import (PlacementGroupSchedulingStrategy, placed_resources,
+                                         strategy_options)
 from .worker.global_state import require_worker
 
 ACTOR_OPTIONS = {
-    "num_cpus": 0, "num_gpus": 0, "memory": 0, "resources": None, "name": None,
+    "num_cpus": None, "num_gpus": 0, "memory": 0, "resources": None, "name": None,
     "namespace": None, "lifetime": None, "get_if_exists": False, "max_restarts": 0,
     "max_task_retries": 0, "max_concurrency": None, "scheduling_strategy": None,
     "runtime_env": None, "max_pending_calls": -1, "concurrency_groups": None,
@@ -103,16 +104,21 @@ class ActorClass:
         namespace = opts["namespace"] if opts["namespace"] is not None else worker.namespace
         is_async = any(m["is_async"] for m in self._methods.values())
         concurrency = opts["max_concurrency"] or (1000 if is_async else 1)
+        detached = lifetime == "detached"
+        # "owner": where handles are counted (none for a detached actor, which
+        # never goes out of scope); travels to get_actor() callers too.
         meta = {"class_name": self._name, "methods": self._methods,
-                "max_task_retries": opts["max_task_retries"]}
+                "max_task_retries": opts["max_task_retries"],
+                "owner": None if detached else list(worker.address)}
         meta_blob = cloudpickle.dumps(meta)
         actor_id = os.urandom(16)
         strategy = _strategy_of(opts)
-        spec = worker.actor_creation_spec(
+        request, held = _actor_resources(opts, strategy)
+        spec, contained = worker.actor_creation_spec(
             actor_id, digest, self._name, args, kwargs,
-            placed_resources(resource_request(opts), strategy),
+            placed_resources(request, strategy),
             {"max_concurrency": concurrency, "is_async": is_async,
-             "detached": lifetime == "detached", **strategy_options(strategy)})
+             "detached": detached, **held, **strategy_options(strategy)})
         try:
             created, actor_id, meta_blob = worker.gcs.call(p.RegisterActor(
                 actor_id, list(spec), name, namespace, lifetime == "detached",
@@ -122,16 +128,38 @@ class ActorClass:
             if err.error_type == "ValueError":
                 raise ValueError(err.message) from None
             raise
-        return ActorHandle(actor_id, cloudpickle.loads(meta_blob), worker.gcs_address)
+        meta = cloudpickle.loads(meta_blob)
+        if created:
+            worker.watch_creation(actor_id, self._name, spec.resources, contained)
+        if created and not detached:
+            ref = worker.own_actor_handle(actor_id)
+        else:                   # get_if_exists found one: borrow it from its owner
+            ref = worker.borrow_actor_handle(actor_id, meta.get("owner"))
+        return ActorHandle(actor_id, meta, worker.gcs_address, ref)
+
+
+def _actor_resources(opts: dict, strategy) -> tuple[dict, dict]:
+    """What placing the actor asks for, and the spec options saying what it
+    holds while it lives. As in Ray: without ``num_cpus=`` an actor needs 1
+    CPU to be placed and holds none after (a node hosts many idle actors);
+    an explicit ``num_cpus=`` is held for the actor's lifetime."""
+    request = resource_request(opts)
+    if opts["num_cpus"] is not None or isinstance(strategy, PlacementGroupSchedulingStrategy):
+        return request, {}
+    return {**request, "CPU": 1.0}, {"held_resources": dict(request)}
 
 
 class ActorHandle:
-    """A reference to an actor; it can be passed to tasks and other actors."""
+    """A reference to an actor; it can be passed to tasks and other actors.
+    A non-detached actor lives while a handle to it exists in any process
+    (handles are counted like ObjectRefs, through ``_actor_ref``) and its
+    owner lives; calls submitted through a handle finish first."""
 
-    def __init__(self, actor_id: bytes, meta: dict, gcs_address: str):
+    def __init__(self, actor_id: bytes, meta: dict, gcs_address: str, ref=None):
         self._actor_id = actor_id
         self._meta = meta
         self._gcs_address = gcs_address
+        self._actor_ref = ref       # the counted reference (None: not counted)
 
     def __getattr__(self, name):
         if name.startswith("_actor_") or name in ("_meta", "_gcs_address"):
@@ -142,7 +170,8 @@ class ActorHandle:
         return ActorMethod(self, name, info)
 
     def __reduce__(self):
-        return ActorHandle, (self._actor_id, self._meta, self._gcs_address)
+        # The ref pickles as a ref: the receiver becomes a borrower.
+        return ActorHandle, (self._actor_id, self._meta, self._gcs_address, self._actor_ref)
 
     def __repr__(self):
         return f"Actor({self._meta['class_name']}, {self._actor_id.hex()})"
@@ -189,7 +218,7 @@ class ActorMethod:
         handle = self._handle
         return handle._worker().submit_actor_task(
             handle._actor_id, self._name, args, kwargs, num_returns,
-            handle._meta["max_task_retries"])
+            handle._meta["max_task_retries"], handle._actor_ref)
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
@@ -212,7 +241,9 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
         raise ValueError(f"Failed to look up actor with name {name!r} in namespace {ns!r}: "
                          f"no live actor has that name there (check the name and the "
                          f"namespace, and that the actor was created with name=...)")
-    return ActorHandle(found[0], cloudpickle.loads(found[1]), worker.gcs_address)
+    meta = cloudpickle.loads(found[1])
+    return ActorHandle(found[0], meta, worker.gcs_address,
+                       worker.borrow_actor_handle(found[0], meta.get("owner")))
 
 
 class ActorExit(SystemExit):

@@ -17,7 +17,8 @@ from .broker import protocol as p
 from .broker import security, sockets
 from .broker.rpc import RpcClient
 from .config import config
-from ._private.node import NodeProcesses, find_cluster_key, free_port, is_listening
+from ._private.cluster_key import locate_cluster_key
+from ._private.node import NodeProcesses, free_port, is_listening
 from .object_ref import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator
 from .remote_function import RemoteFunction
 from .worker import global_state
@@ -255,32 +256,13 @@ def _find_cluster(address: str) -> tuple[str, str, str]:
 
 
 def _use_cluster_key(address: str, session_dir: str | None = None) -> str:
-    """Make this process use the key of the cluster at ``address``: the one
-    the environment names, else the key file of ``session_dir`` or the one
-    this host holds for that cluster. Returns where the key came from;
-    ConnectionError when there is none."""
-    try:
-        if security.from_env() is not None:
-            return (f"{security.ENV_KEY}" if os.environ.get(security.ENV_KEY)
-                    else f"{security.ENV_KEY_FILE}={os.environ[security.ENV_KEY_FILE]}")
-        path = security.key_file_in(session_dir) if session_dir else None
-        if not (path and os.path.isfile(path)):
-            path = find_cluster_key(address)
-        if path is None and not is_listening(address):
-            raise ConnectionError(
-                f"could not reach a zray cluster at {address}: nothing listens there; is "
-                f"`zray start --head` running there, and is the address right?")
-        if path is None:
-            raise ConnectionError(
-                f"no cluster key to join the zray cluster at {address}: set "
-                f"{security.ENV_KEY_FILE}=<a copy of the head's "
-                f"<session_dir>/{security.KEY_FILE_NAME}> or {security.ENV_KEY}=<its "
-                f"secret key>")
-        security.load_key_file(path)
-    except security.ClusterKeyError as err:
-        raise ConnectionError(f"cannot use the cluster key to join {address}: {err}") from None
-    _set_key_env(path)
-    return f"the key file {path}"
+    """Make this process use the key of the cluster at ``address`` (see
+    ``locate_cluster_key``); returns where the key came from. ConnectionError
+    when there is none."""
+    path, source = locate_cluster_key(address, session_dir=session_dir)
+    if path is not None:
+        _set_key_env(path)
+    return source
 
 
 def _set_key_env(path: str) -> None:

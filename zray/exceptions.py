@@ -101,6 +101,11 @@ class GetTimeoutError(RayError, TimeoutError):
     """``get`` did not finish within its timeout."""
 
 
+class GcsUnreachableError(RaySystemError, TimeoutError):
+    """A call that needs the GCS found no GCS for ``gcs_reconnect_timeout_s``
+    (the message names its address)."""
+
+
 class TaskCancelledError(RayError):
     """The task was cancelled with ``zray.cancel``."""
 

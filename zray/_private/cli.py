@@ -36,10 +36,12 @@ def cmd_start(args) -> int:
         return 2
     node_ip = args.node_ip_address
     if args.head:
-        if args.cluster_key_file:
-            print("zray start: --cluster-key-file is for joining (--address); the head "
-                  "makes a fresh key", file=sys.stderr)
-            return 2
+        if args.cluster_key_file:           # cluster_launcher: a key kept across restarts
+            try:
+                security.load_key_file(args.cluster_key_file)
+            except security.ClusterKeyError as err:
+                print(f"zray start: cannot use --cluster-key-file: {err}", file=sys.stderr)
+                return 2
         gcs_address = f"{node_ip}:{args.port}"
         error = _check_dashboard_flags(args)
         if error:
@@ -51,7 +53,15 @@ def cmd_start(args) -> int:
                   file=sys.stderr)
             return 1
         session_dir = session.new_session_dir()
-        key_file = security.create_key_file(security.key_file_in(session_dir))
+        key_file = security.key_file_in(session_dir)
+        if args.cluster_key_file:           # cluster_launcher: the given key, copied (0600)
+            with open(args.cluster_key_file, "rb") as src:
+                secret = src.read()
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as dst:
+                dst.write(secret)
+        else:
+            security.create_key_file(key_file)
         _use_key_file(key_file)
     else:
         gcs_address = args.address.removeprefix("zray://")
@@ -71,7 +81,12 @@ def cmd_start(args) -> int:
     # the daemons get the key this process uses, through their environment
     node = NodeProcesses(session_dir, detached=True)
     if args.head:
-        node.start_gcs(gcs_address)
+        from ..gcs.storage import redact
+        storage, cluster_id, error = _gcs_storage(args, session_dir)    # storage
+        if error:
+            print(f"zray start: {error}", file=sys.stderr)
+            return 1
+        node.start_gcs(gcs_address, storage=storage, cluster_id=cluster_id, supervised=True)
     node_id = os.urandom(16)
     node.start_raylet(gcs_address, node_id, node_ip=node_ip, num_cpus=args.num_cpus,
                       num_gpus=args.num_gpus, resources=resources,
@@ -98,6 +113,7 @@ def cmd_start(args) -> int:
         print(_start_dashboard(args, node, gcs_address), end="")
         print(f"zray cluster started at {gcs_address} (session {session_dir})\n"
               f"  cluster key (secret):  {key_file}\n"
+              f"  GCS tables:            {redact(storage)}  (the GCS restarts if it dies)\n"
               f"  connect from Python:   zray.init(address=\"auto\")  or  "
               f"zray.init(address=\"{gcs_address}\")\n"
               f"  add a node (this host): zray start --address={gcs_address}\n"
@@ -180,6 +196,25 @@ def _block(node) -> int:
     return 0
 
 
+# -- storage: where the head's GCS keeps its tables -----------------------------
+def _gcs_storage(args, session_dir: str) -> tuple[str, str, str | None]:
+    """(storage URL, cluster id, None) for the head's GCS, or (.., an error):
+    ``--gcs-storage``, else $ZRAY_GCS_STORAGE, else ``<session>/gcs.db``.
+    The storage is opened once here, so one that cannot be used is refused
+    before anything starts (with --gcs-storage-reuse, the cluster id is the
+    one the storage holds)."""
+    from ..gcs.storage import StorageError, new_cluster_id, open_storage
+    url = args.gcs_storage or os.environ.get("ZRAY_GCS_STORAGE") or \
+        f"sqlite://{os.path.join(session_dir, 'gcs.db')}"
+    try:
+        storage = open_storage(url, new_cluster_id(), reuse=args.gcs_storage_reuse)
+    except StorageError as err:
+        return url, "", str(err)
+    cluster_id = storage.cluster_id
+    storage.close()
+    return url, cluster_id, None
+
+
 def _port_in_use(host: str, port: int) -> bool:
     from .node import is_listening
     return is_listening(f"{host}:{port}", 0.5)
@@ -204,34 +239,17 @@ def _use_key_file(path: str) -> None:
 
 
 def _use_cluster_key(gcs_address: str, key_file: str | None) -> tuple[str, str | None]:
-    """Find the key to reach the cluster at ``gcs_address`` with: ``key_file``,
-    else the environment (ZRAY_CLUSTER_KEY, ZRAY_CLUSTER_KEY_FILE), else the
-    key file this host holds for that cluster. Returns (where the key comes
-    from, None) or (.., an error message)."""
-    from .node import find_cluster_key, is_listening
+    """Use the key to reach the cluster at ``gcs_address`` (see
+    ``locate_cluster_key``). Returns (where the key comes from, None) or
+    ("", an error message)."""
+    from .cluster_key import locate_cluster_key
     try:
-        if key_file:
-            security.load_key_file(key_file)
-            _use_key_file(key_file)
-            return f"the key file {key_file}", None
-        if security.from_env() is not None:
-            if os.environ.get(security.ENV_KEY):
-                return security.ENV_KEY, None
-            return f"the key file {os.environ[security.ENV_KEY_FILE]}", None
-        found = find_cluster_key(gcs_address)
-        if found is None and not is_listening(gcs_address):
-            return "", (f"the cluster at {gcs_address} did not answer (nothing listens "
-                        f"there): check the address and that `zray start --head` runs there")
-        if found is None:
-            return "", (f"no cluster key for the cluster at {gcs_address}: pass "
-                        f"--cluster-key-file=PATH (a copy of the head's "
-                        f"<session_dir>/{security.KEY_FILE_NAME}, printed by `zray start "
-                        f"--head`) or set {security.ENV_KEY} / {security.ENV_KEY_FILE}")
-        security.load_key_file(found)
-        _use_key_file(found)
-        return f"the key file {found}", None
-    except security.ClusterKeyError as err:
-        return "", f"cannot use the cluster key: {err}"
+        path, source = locate_cluster_key(gcs_address, key_file)
+    except ConnectionError as err:
+        return "", str(err)
+    if path is not None:
+        _use_key_file(path)
+    return source, None
 
 
 def _nodes(gcs_address: str, timeout: float):
@@ -571,8 +589,18 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--cluster-key-file",
                        help="the cluster's key file, to join (a copy of the head's "
                             "<session_dir>/cluster.key; default: $ZRAY_CLUSTER_KEY, "
-                            "$ZRAY_CLUSTER_KEY_FILE, else this host's key of that cluster)")
+                            "$ZRAY_CLUSTER_KEY_FILE, else this host's key of that cluster); "
+                            "with --head: use this key instead of a fresh one (kept "
+                            "across restarts, as `zray up` does)")
     start.add_argument("--port", type=int, default=6380, help="GCS port on the head")
+    start.add_argument("--gcs-storage", metavar="URL",
+                       help="where the head's GCS keeps its tables: sqlite:///abs/path.db or "
+                            "redis://host:port/db (default: $ZRAY_GCS_STORAGE, else "
+                            "<session_dir>/gcs.db); the GCS is restarted when it dies and "
+                            "reloads them")
+    start.add_argument("--gcs-storage-reuse", action="store_true",
+                       help="take over the tables another cluster left in --gcs-storage "
+                            "(a replaced head); without it such a storage is refused")
     start.add_argument("--node-ip-address", default="127.0.0.1",
                        help="the address other nodes reach this one at")
     start.add_argument("--num-cpus", type=float, help="default: the cores of this host")
@@ -662,6 +690,10 @@ def build_parser() -> argparse.ArgumentParser:
     timeline.add_argument("--output", help="where to write it (default: "
                                            "/tmp/zray-timeline-<date>.json)")
     timeline.set_defaults(func=cmd_timeline)
+
+    # cluster_launcher: up/down/exec/submit/attach/... from a cluster YAML
+    from ..cluster_launcher.cli import add_parsers as add_cluster_launcher_parsers
+    add_cluster_launcher_parsers(sub)
 
     sub.add_parser("microbenchmark", help="measure core operations (see --help)",
                    add_help=False)

@@ -54,7 +54,7 @@ _SETTLE_SECONDS = 1.0
 
 # Units where a smaller number is better; for these the comparison ratio is
 # ray/zray instead of zray/ray so that >1x always means "zray is better".
-LOWER_IS_BETTER_UNITS = frozenset({"s", "ms", "us", "MB"})
+LOWER_IS_BETTER_UNITS = frozenset({"s", "ms", "us", "MB", "B"})
 
 
 # --------------------------------------------------------------------------
@@ -326,6 +326,18 @@ class _Bench:
 
         return self.throughput(once, 1)
 
+    def actor_create_drop(self):
+        """Create an actor, call it once and drop its handle: the actor ends by
+        itself when its last handle goes (Ray's lifetimes)."""
+        b, Actor = self.b, self.r["Actor"]
+
+        def once():
+            a = Actor.remote()
+            b.get(a.f.remote())
+            del a
+
+        return self.throughput(once, 1)
+
     # -- task events (zray only) ------------------------------------------------
     ABSORB_TASKS = 100_000       # fill the table (100,000 rows by default), then as many again
 
@@ -431,12 +443,29 @@ ROWS = [
     ("1_1_async_actor_calls_async", "calls/s", "async_actor_calls_async"),
     ("1_n_actor_calls_async", "calls/s", "n_actor_calls_async"),
     ("actor_create_call_kill", "actors/s", "actor_create_call_kill"),
+    ("actor_create_drop_per_s", "actors/s", "actor_create_drop"),
+    ("gcs_restart_to_first_task_s", "s", None),
     ("task_events_absorbed", "tasks/s", "task_events_absorbed"),
     ("task_events_gcs_growth_past_bound", "MB", "task_events_gcs_growth"),
     ("transfer_500mb_between_nodes", "GB/s", None),
 ]
 ROW_NAMES = [name for name, _, _ in ROWS]
 _UNITS = {name: unit for name, unit, _ in ROWS}
+
+
+def _scale_rows():
+    """The module of the ``--scale`` rows (a sibling of this file)."""
+    return importlib.import_module("zray._private.scale_rows")
+
+
+def scale_row_names() -> list:
+    return list(_scale_rows().SCALE_ROW_NAMES)
+
+
+def _unit(name: str) -> str:
+    if name in _UNITS:
+        return _UNITS[name]
+    return next((unit for row, unit, _ in _scale_rows().SCALE_ROWS if row == name), "")
 
 
 def select_rows(spec=None):
@@ -456,16 +485,17 @@ def select_rows(spec=None):
         return list(ROW_NAMES)
     chosen = set()
     unknown = []
+    every = ROW_NAMES + scale_row_names()
     for tok in tokens:
-        matches = [n for n in ROW_NAMES if n.startswith(tok)]
+        matches = [n for n in every if n.startswith(tok)]
         if not matches:
             unknown.append(tok)
         chosen.update(matches)
     if unknown:
         raise ValueError(
-            f"unknown row(s): {', '.join(unknown)}; available: {', '.join(ROW_NAMES)}"
+            f"unknown row(s): {', '.join(unknown)}; available: {', '.join(every)}"
         )
-    return [n for n in ROW_NAMES if n in chosen]
+    return [n for n in every if n in chosen]
 
 
 # --------------------------------------------------------------------------
@@ -535,6 +565,67 @@ def _transfer_probe(backend: str) -> float:
             cluster.shutdown()
 
 
+def _gcs_restart_probe(backend: str) -> float:
+    """Run inside a fresh subprocess (zray only): a head started with `zray
+    start --head` (tables in sqlite, its GCS supervised) under a private temp
+    dir; kill -9 its GCS and time until a new task's result arrives. Stops
+    what it started by pid."""
+    if _is_ray(backend):
+        raise NotImplementedError("a zray-only row (Ray's GCS restart needs an external Redis)")
+    import shutil
+    import socket
+    import tempfile
+    import psutil
+    root = tempfile.mkdtemp(prefix="zbench_")
+    env = dict(os.environ, ZRAY_TEMP_DIR=root)
+    for name in ("ZRAY_ADDRESS", "RAY_ADDRESS", "ZRAY_GCS_STORAGE"):
+        env.pop(name, None)
+    with socket.socket() as probe_port:
+        probe_port.bind(("127.0.0.1", 0))
+        port = probe_port.getsockname()[1]
+    cli = [sys.executable, "-m", "zray._private.cli"]
+
+    def ours():
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            if any(root in arg for arg in proc.info["cmdline"] or ()):
+                found.append(proc)
+        return found
+    try:
+        subprocess.run(cli + ["start", "--head", "--port", str(port), "--num-cpus", "2",
+                              "--include-dashboard", "false"],
+                       env=env, check=True, capture_output=True, timeout=60)
+        os.environ["ZRAY_TEMP_DIR"] = root      # this driver finds that head's key there
+        importlib.import_module("zray.config").config.reload()
+        b = _import_backend(backend)
+        b.init(address=f"127.0.0.1:{port}")
+
+        def one():
+            return 1
+        one = b.remote(one)
+        assert b.get(one.remote(), timeout=30) == 1
+        gcs = next(proc for proc in ours() if proc.info["cmdline"][2:3] == ["zray.gcs"])
+        t0 = time.perf_counter()
+        gcs.kill()
+
+        def fresh():        # a function the GCS has not seen: its export needs the GCS
+            return 2
+        assert b.get(b.remote(fresh).remote(), timeout=60) == 2
+        value = time.perf_counter() - t0
+        b.shutdown()
+        print(f"{_PROBE_MARKER} {value!r}", flush=True)
+        return value
+    finally:
+        procs = ours()
+        for proc in procs:
+            if proc.info["cmdline"][2:3] in (["zray._private.supervisor"], ["zray.raylet"]):
+                proc.terminate()
+        _, alive = psutil.wait_procs(procs, timeout=10)
+        for proc in alive:
+            proc.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def _init_to_first_task(backend: str, runs=INIT_RUNS, timeout=DEFAULT_ROW_TIMEOUT,
                         dashboard: bool = False) -> float:
     return _probe(backend, "--_init-probe", runs, timeout, dashboard)
@@ -574,12 +665,49 @@ def _probe(backend: str, flag: str, runs: int, timeout: float,
     return statistics.median(times)
 
 
+def _run_scale_rows(backend: str, names: list, row_timeout: float, emit) -> None:
+    """Each probe the ``names`` need, in a fresh process; a row per name."""
+    rows = _scale_rows().SCALE_ROWS
+    for probe in _scale_rows().PROBES:
+        wanted = [row for row, _, by in rows if by == probe and row in names]
+        if not wanted:
+            continue
+        try:
+            values = _scale_probe(backend, probe, max(row_timeout, 600.0))
+            for row in wanted:
+                emit(_row(row, values.get(row)) if row in values
+                     else _row(row, error="the probe did not measure it"))
+        except Exception as e:
+            for row in wanted:
+                emit(_row(row, error=_fmt_exc(e)))
+
+
+def _scale_probe(backend: str, probe: str, timeout: float) -> dict:
+    """The values one scale probe printed, run in its own process group."""
+    marker = _scale_rows().SCALE_MARKER
+    cmd = [sys.executable, os.path.abspath(__file__), "--backend", backend,
+           "--_scale-probe", probe]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise TimeoutError(f"scale probe {probe} did not finish within {timeout:g}s") from None
+    for line in stdout.splitlines():
+        if line.startswith(marker + " "):
+            return json.loads(line[len(marker) + 1:])
+    tail = (stderr or stdout).strip().splitlines()[-1:] or ["no output"]
+    raise RuntimeError(f"scale probe {probe} exited {proc.returncode}: {tail[0]}")
+
+
 # --------------------------------------------------------------------------
 # run()
 # --------------------------------------------------------------------------
 
 def _row(name, value=None, error=None):
-    d = {"name": name, "value": value, "unit": _UNITS.get(name, "")}
+    d = {"name": name, "value": value, "unit": _unit(name)}
     if error is not None:
         d["error"] = error
     return d
@@ -612,7 +740,21 @@ def run(backend: str = "zray", rows=None, duration: float = DEFAULT_DURATION,
         except Exception as e:
             emit(_row("init_to_first_task", error=_fmt_exc(e)))
 
-    rest = [n for n in names if n not in ("init_to_first_task", "transfer_500mb_between_nodes")]
+    scale = [n for n in names if n not in ROW_NAMES]
+    if scale:
+        _run_scale_rows(backend, scale, row_timeout, emit)
+    if "gcs_restart_to_first_task_s" in names:
+        if _is_ray(backend):
+            emit(_row("gcs_restart_to_first_task_s", error="NotImplementedError: a zray-only "
+                      "row (Ray's GCS restart needs an external Redis)"))
+        else:
+            try:
+                emit(_row("gcs_restart_to_first_task_s",
+                          _probe(backend, "--_gcs-restart-probe", 3, max(row_timeout, 120.0))))
+            except Exception as e:
+                emit(_row("gcs_restart_to_first_task_s", error=_fmt_exc(e)))
+    rest = [n for n in names if n in ROW_NAMES and n not in (
+        "init_to_first_task", "transfer_500mb_between_nodes", "gcs_restart_to_first_task_s")]
     if "transfer_500mb_between_nodes" in names:
         try:
             emit(_row("transfer_500mb_between_nodes",
@@ -657,7 +799,7 @@ def run(backend: str = "zray", rows=None, duration: float = DEFAULT_DURATION,
 
 #: rows the overhead comparison runs by default (the core operations)
 OVERHEAD_ROWS = [n for n in ROW_NAMES if n not in (
-    "transfer_500mb_between_nodes", "task_events_absorbed",
+    "transfer_500mb_between_nodes", "gcs_restart_to_first_task_s", "task_events_absorbed",
     "task_events_gcs_growth_past_bound")]
 
 
@@ -898,6 +1040,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help=argparse.SUPPRESS)
     p.add_argument("--_transfer-probe", dest="transfer_probe", action="store_true",
                    help=argparse.SUPPRESS)
+    p.add_argument("--_gcs-restart-probe", dest="gcs_restart_probe", action="store_true",
+                   help=argparse.SUPPRESS)
+    p.add_argument("--scale", action="store_true",
+                   help="run the scale rows instead (each in a fresh process, minutes "
+                        "each): 10k vs 100k queued tasks, 1M held objects, 100 idle actors, "
+                        "a 100 MB broadcast to 4 nodes, 100 MB Arrow tables and pandas "
+                        "frames")
+    p.add_argument("--_scale-probe", dest="scale_probe", default=None,
+                   help=argparse.SUPPRESS)
     return p
 
 
@@ -910,6 +1061,9 @@ def parse_args(argv=None):
         args.rows = select_rows(args.rows) if args.rows else None
     except ValueError as e:
         parser.error(str(e))
+    if args.scale:
+        args.rows = [n for n in (args.rows or scale_row_names()) if n not in ROW_NAMES] \
+            or scale_row_names()
     return args
 
 
@@ -928,6 +1082,12 @@ def main(argv=None) -> int:
         return 0
     if args.transfer_probe:
         _transfer_probe(args.backend)
+        return 0
+    if args.gcs_restart_probe:
+        _gcs_restart_probe(args.backend)
+        return 0
+    if args.scale_probe:
+        _scale_rows().run_probe(args.backend, args.scale_probe)
         return 0
 
     dashboard = args.with_dashboard and not _is_ray(args.backend)

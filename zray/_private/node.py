@@ -44,6 +44,9 @@ class NodeProcesses:
         self.cluster_key_file = os.path.abspath(cluster_key_file) if cluster_key_file else None
         self.procs: list = []      # subprocess.Popen or launcher.ForkedProcess
         self.node_ids: list[bytes] = []
+        self.supervisor = None     # the head's supervisor, once started
+        self.supervised: dict[str, list[str]] = {}     # what it runs: name -> args
+        self.gcs_storage: str | None = None     # ZRAY_GCS_STORAGE of the daemons started
 
     def new_cluster_key(self) -> str:
         """Create a fresh cluster key in the session directory (mode 0600)
@@ -53,6 +56,8 @@ class NodeProcesses:
 
     def _spawn(self, name: str, args: list[str]):
         env = {**config.to_env(), **os.environ}     # what the environment says wins
+        if self.gcs_storage is not None:
+            env["ZRAY_GCS_STORAGE"] = self.gcs_storage
         if self.cluster_key_file:
             env.pop(security.ENV_KEY, None)
             env[security.ENV_KEY_FILE] = self.cluster_key_file
@@ -74,9 +79,32 @@ class NodeProcesses:
         self.procs.append(proc)
         return proc
 
-    def start_gcs(self, address: str):
-        return self._spawn("gcs", ["zray.gcs", "--address", address,
-                                   "--session-dir", self.session_dir])
+    def start_gcs(self, address: str, *, storage: str | None = None,
+                  cluster_id: str | None = None, supervised: bool = False):
+        """Start the GCS at ``address`` keeping its tables in ``storage``
+        (default: ``config.gcs_storage``) for cluster ``cluster_id``.
+        ``supervised`` (the head of ``zray start``): run it under the head's
+        supervisor, which restarts it when it dies (see supervisor.py); the
+        dashboard then runs under it too."""
+        args = ["zray.gcs", "--address", address, "--session-dir", self.session_dir]
+        if storage is not None:     # through the environment: a URL may hold a password
+            self.gcs_storage = storage
+        if cluster_id is not None:
+            args += ["--cluster-id", cluster_id]
+        if not supervised:
+            return self._spawn("gcs", args)
+        return self._supervise("gcs", args)
+
+    # -- storage: the head's supervisor (see supervisor.py) ----------------------
+    def _supervise(self, name: str, args: list[str]):
+        """Run ``args`` under this node's supervisor, started with the first."""
+        from . import supervisor
+        self.supervised[name] = args
+        supervisor.write_spec(self.session_dir, self.supervised)
+        if self.supervisor is None:
+            self.supervisor = self._spawn("supervisor", [
+                "zray._private.supervisor", "--session-dir", self.session_dir])
+        return self.supervisor
 
     def start_raylet(self, gcs_address: str, node_id: bytes, *, node_ip="127.0.0.1",
                      num_cpus=None, num_gpus=None, memory=None, resources=None,
@@ -100,7 +128,10 @@ class NodeProcesses:
 
     def start_dashboard(self, args: list[str]):
         """Start the dashboard daemon (``args``: ``["zray.dashboard", ...]``, see
-        zray/dashboard/launch.py); stopped first by ``stop()``."""
+        zray/dashboard/launch.py); stopped first by ``stop()``. Under the
+        head's supervisor, the supervisor runs the dashboard server itself."""
+        if self.supervisor is not None:
+            return self._supervise("dashboard", ["zray.dashboard.server", *args[1:]])
         return self._spawn("dashboard", args)
 
     def check_alive(self) -> None:
@@ -108,8 +139,11 @@ class NodeProcesses:
         for proc in self.procs:
             if proc.poll() is not None:
                 name = proc.args[2]
-                raise RuntimeError(f"{name} exited with code {proc.returncode} at start-up; "
-                                   f"see the logs in {self.session_dir}/logs")
+                why = _last_line(log_path(self.session_dir, "gcs.out")) \
+                    if proc is self.supervisor else ""
+                raise RuntimeError(f"{name} exited with code {proc.returncode} at start-up"
+                                   f"{': ' + why if why else ''}; see the logs in "
+                                   f"{self.session_dir}/logs")
 
     def stop(self, timeout: float = 3.0) -> None:
         """Stop the daemons (raylets before the GCS), then remove their leftovers."""
@@ -123,6 +157,17 @@ class NodeProcesses:
                 _kill_tree(proc.pid)
                 proc.wait(1)
         sweep_session(self.session_dir)
+
+
+def _last_line(path: str) -> str:
+    """The last line of a log file ("" when there is none)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            lines = f.read().decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
 
 
 def find_cluster_key(gcs_address: str) -> str | None:
@@ -201,9 +246,11 @@ def sweep_session(session_dir: str) -> None:
             pass
 
 
-ZRAY_MODULES = ("zray.gcs", "zray.raylet", "zray.worker", "zray.dashboard")
+ZRAY_MODULES = ("zray.gcs", "zray.raylet", "zray.worker", "zray.dashboard",
+                "zray._private.supervisor")
 #: the names (``ps -e``, ``top``) zray's processes give themselves
-PROCESS_NAMES = ("zray.gcs", "zray.raylet", "zray.zygote", "zray.worker", "zray.dashboard")
+PROCESS_NAMES = ("zray.gcs", "zray.raylet", "zray.zygote", "zray.worker", "zray.dashboard",
+                 "zray.supervisor")
 
 
 def command_line(proc: psutil.Process) -> list[str]:

@@ -313,6 +313,66 @@ RET_INLINE, RET_STORED, RET_ERROR = 0, 1, 2
 
 
 # --------------------------------------------------------------------------
+# Task arguments and returns: they travel as msgpack arrays (a NamedTuple is
+# one); read them through these records, by name, never by position.
+# --------------------------------------------------------------------------
+
+class ValueArg(NamedTuple):
+    """An argument small enough to travel inside the task spec."""
+    kind: int                  # ARG_VALUE
+    blob: bytes                # serialized value
+
+
+class StoredArg(NamedTuple):
+    """An argument in the store of ``node_id``; the raylet that runs the task
+    pulls it if needed and sets ``offset`` once it pinned it for the worker."""
+    kind: int                  # ARG_STORED
+    object_id: bytes
+    size: int
+    node_id: bytes
+    offset: int = -1           # in this node's arena; -1: not pinned yet
+
+
+class RefArg(NamedTuple):
+    """An argument whose value the worker asks its owner for."""
+    kind: int                  # ARG_REF
+    object_id: bytes
+    owner: list                # the owner's Address, as a list
+
+
+_ARG_RECORDS = {ARG_VALUE: ValueArg, ARG_STORED: StoredArg, ARG_REF: RefArg}
+
+
+def task_arg(values):
+    """The record of one ``TaskSpec.args`` entry (``ProtocolError`` if malformed)."""
+    try:
+        return _ARG_RECORDS[values[0]](*values)
+    except (KeyError, IndexError, TypeError):
+        raise _bad("a task argument must be [ARG_VALUE, blob], [ARG_STORED, id, size, "
+                   "node_id(, offset)] or [ARG_REF, id, owner]", values) from None
+
+
+class StoredAt(NamedTuple):
+    """Where a stored return lives: the payload of a RET_STORED Return."""
+    node_id: bytes
+    size: int
+
+
+class Return(NamedTuple):
+    """A task's return as its owner gets it: ``payload`` is the serialized
+    value (RET_INLINE), ``StoredAt`` fields (RET_STORED) or a serialized
+    error (RET_ERROR)."""
+    object_id: bytes
+    kind: int
+    payload: object
+
+    @property
+    def stored_at(self) -> StoredAt:
+        """Where a RET_STORED value lives."""
+        return StoredAt(*self.payload)
+
+
+# --------------------------------------------------------------------------
 # Core worker <-> raylet
 # --------------------------------------------------------------------------
 
@@ -365,6 +425,16 @@ class WorkerBlocked(NamedTuple):
     """The worker waits in get(): its CPU may be lent to other tasks."""
     worker_id: WorkerId
     blocked: bool
+
+
+# -- lifetimes (worker -> raylet) ---------------------------------------------
+@_declare(29)
+class WorkerOwns(NamedTuple):
+    """One-way, from a worker: whether it now owns actors that would die
+    with it (non-detached actors it created). The raylet does not stop an
+    idle worker that owns some."""
+    worker_id: WorkerId
+    owns: bool
 
 
 @_declare(8)
@@ -668,8 +738,10 @@ class GetClusterInfo(NamedTuple):
 
 @_declare(70)
 class RegisterActor(NamedTuple):
-    """Create an actor: the GCS records it and schedules its creation task.
-    Replies Ack([created: bool, ActorInfo fields of the existing actor or None])."""
+    """Create an actor: the GCS records it (its owner is the creation spec's
+    ``owner``) and schedules its creation task. Replies Ack([created: bool,
+    actor_id, handle_meta]): created False with the live actor of that name
+    when ``get_if_exists``; ErrorReply("ValueError") when the name is taken."""
     actor_id: ActorId
     spec: TaskSpecFields                 # the creation TaskSpec
     name: str
@@ -795,6 +867,33 @@ class ReserveBundle(NamedTuple):
 class ReturnBundle(NamedTuple):
     pg_id: PgId
     index: Count
+
+
+# --------------------------------------------------------------------------
+# GCS rows: the states and strategies the GCS tables hold (read them from here)
+# --------------------------------------------------------------------------
+
+#: an actor's life: PENDING_CREATION -> ALIVE -> (RESTARTING -> ALIVE)* -> DEAD
+ACTOR_PENDING, ACTOR_ALIVE = "PENDING_CREATION", "ALIVE"
+ACTOR_RESTARTING, ACTOR_DEAD = "RESTARTING", "DEAD"
+ACTOR_STATES = (ACTOR_PENDING, ACTOR_ALIVE, ACTOR_RESTARTING, ACTOR_DEAD)
+
+#: a placement group: PENDING until every bundle has a node, then CREATED; REMOVED at the end
+PG_PENDING, PG_CREATED, PG_REMOVED = "PENDING", "CREATED", "REMOVED"
+PG_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+#: HeartbeatReply.status: the GCS knows the node and it is alive
+HEARTBEAT_OK = "ok"
+#: the GCS declared the node dead (it missed heartbeats): rejoin as a new node
+HEARTBEAT_DEAD = "dead"
+#: the GCS does not know the node (it restarted without it): register again, same node id
+HEARTBEAT_UNKNOWN = "unknown"
+
+
+@_declare(66)
+class HeartbeatReply(NamedTuple):
+    """The GCS's answer to a Heartbeat: HEARTBEAT_OK, HEARTBEAT_DEAD or HEARTBEAT_UNKNOWN."""
+    status: str
 
 
 # --------------------------------------------------------------------------

@@ -73,6 +73,10 @@ class _ConnectionWatch:
         self._mon = sock.get_monitor_socket(_WATCHED, addr)
         self.connected = self.disconnected = self.secured = False
         self.failure: tuple[int, int] | None = None      # (event, value) of the last failure
+        #: connections made and lost so far; ``down_since``: when the last
+        #: one was lost (or this watch began), None while connected
+        self.handshakes = self.disconnects = 0
+        self.down_since: float | None = time.monotonic()
 
     def _drain(self) -> None:
         while True:
@@ -85,8 +89,14 @@ class _ConnectionWatch:
                 self.connected = True
             elif kind & zmq.EVENT_DISCONNECTED:
                 self.disconnected = True
+                self.disconnects += 1
+                if self.down_since is None:
+                    self.down_since = time.monotonic()
             elif kind & zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.secured = True
+                self.handshakes += 1
+                self.down_since = None
+                self.failure = None
             elif kind & _HANDSHAKE_FAILED:
                 self.failure = (kind, int(event["value"]))
 
@@ -167,13 +177,30 @@ def diagnose(endpoint: str, timeout: float = 1.0) -> tuple[str, bool]:
         client.close()
 
 
-class RpcClient:
-    """Requests to one server; safe to share between threads."""
+class ServerUnreachableError(NoAnswerError):
+    """A client that rides out server restarts had no connection to its
+    server for its whole ``reconnect_timeout``."""
 
-    def __init__(self, endpoint: str, timeout: float = 30.0, name: str = "server"):
+
+class RpcClient:
+    """Requests to one server; safe to share between threads.
+
+    With ``reconnect_timeout`` (seconds), the client rides out a restart of
+    its server (the GCS under a supervisor): a request the server may have
+    lost with its connection is sent again once it is back, and a call waits
+    while there is no connection, for at most ``reconnect_timeout`` from
+    when it was lost; then it raises ``unreachable_error(text)`` (default
+    ``ServerUnreachableError``). A resent request may reach the server twice:
+    use it for requests the server treats as idempotent."""
+
+    def __init__(self, endpoint: str, timeout: float = 30.0, name: str = "server",
+                 reconnect_timeout: float | None = None, unreachable_error=None):
         self.endpoint = endpoint
         self.timeout = timeout
         self.name = name
+        self.reconnect_timeout = reconnect_timeout
+        self.unreachable_error = unreachable_error or (
+            lambda text: ServerUnreachableError(text, "no connection", False))
         self._lock = threading.Lock()
         self._sock = sockets.dealer(endpoint)
         self._watch = _ConnectionWatch(self._sock) if endpoint.startswith("tcp://") else None
@@ -215,16 +242,25 @@ class RpcClient:
                     left = deadline - time.monotonic()
                     if left <= 0 or not self._sock.poll(int(left * 1000), zmq.POLLOUT):
                         raise self._no_answer(type(message).__name__, wait_s) from None
+            riding = self.reconnect_timeout is not None and self._watch is not None
+            if riding:
+                self._watch._drain()
+                seen = self._watch.disconnects
             while True:
+                if riding:      # while the server is away its deadline waits, up to a bound
+                    deadline = self._riding_deadline(deadline, wait_s, type(message).__name__)
                 left = deadline - time.monotonic()
                 if left > 0 and not self._sock.poll(int(min(left, _BROKEN_CHECK_S) * 1000)):
                     if self.broken is not None:
                         raise self.broken
+                    if riding:
+                        seen = self._resend_if_lost(frames, seen)
                     continue
                 if left <= 0:
                     raise self._no_answer(type(message).__name__, wait_s)
-                frames = sockets.recv_frames(self._sock)
-                if len(frames) >= 2 and frames[0].bytes == corr:
+                frames_in = sockets.recv_frames(self._sock)
+                if len(frames_in) >= 2 and frames_in[0].bytes == corr:
+                    frames = frames_in
                     break          # else: a late answer to an earlier request
         reply = protocol.decode(frames[1].buffer)
         if isinstance(reply, protocol.ErrorReply):
@@ -232,6 +268,53 @@ class RpcClient:
         if len(frames) > 2:
             return reply, frames[2:]
         return reply
+
+    def _resend_if_lost(self, frames, seen: int) -> int:
+        """(lock held) Send the request again if the connection dropped since
+        it was (re)sent: the server may have died with it. ZeroMQ queues it
+        until the connection is back. Returns the disconnects seen."""
+        self._watch._drain()
+        if self._watch.disconnects == seen:
+            return seen
+        try:
+            sockets.send_frames(self._sock, frames, _NOBLOCK)
+        except zmq.Again:
+            return seen         # no pipe to queue on yet: try again at the next check
+        log.info("the connection to the %s at %s dropped: request sent again", self.name,
+                 self.endpoint)
+        return self._watch.disconnects
+
+    def _riding_deadline(self, deadline: float, wait_s: float, what: str) -> float:
+        """(lock held) The call's deadline: while the server is away (no
+        connection, no key refused) ``wait_s`` from now, until it has been
+        away for ``reconnect_timeout``: then ``unreachable_error``."""
+        self._watch._drain()
+        down = self._watch.down_since
+        if down is None or self._watch.failure is not None:
+            return deadline
+        now = time.monotonic()
+        if now - down >= self.reconnect_timeout:
+            raise self.unreachable_error(self._unreachable_text(what))
+        return max(deadline, now + wait_s)
+
+    def _unreachable_text(self, what: str) -> str:
+        gone = time.monotonic() - self._watch.down_since
+        return (f"the {self.name} at {self.endpoint} is unreachable: no connection to it for "
+                f"{gone:.0f}s (waited up to {self.reconnect_timeout:.0f}s for it to come back, "
+                f"to answer {what}); check that it runs (`zray status`), or raise "
+                f"ZRAY_GCS_RECONNECT_TIMEOUT_S")
+
+    def reconnections(self) -> int:
+        """How many times the connection came back after it was lost (the
+        server restarted); never blocks (a call under way may be counting)."""
+        if self._watch is None:
+            return 0
+        if self._lock.acquire(blocking=False):
+            try:
+                self._watch._drain()
+            finally:
+                self._lock.release()
+        return max(self._watch.handshakes - 1, 0)
 
     def send(self, message, blobs=()) -> None:
         """One-way message: no answer is expected."""

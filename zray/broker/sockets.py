@@ -12,6 +12,7 @@ connected on both schemes.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import struct
@@ -108,10 +109,7 @@ def dealer(endpoint: str, identity: bytes | None = None) -> zmq.Socket:
     sock = _socket(zmq.DEALER)
     if identity:
         sock.setsockopt(zmq.IDENTITY, identity)
-    if endpoint.startswith("tcp://"):
-        security.configure_client(sock)
-    sock.connect(endpoint)
-    return sock
+    return _connect(sock, endpoint)
 
 
 #: events queued for one subscriber that does not take them (stopped, on a
@@ -133,6 +131,11 @@ def subscriber(endpoint: str, topics: list[bytes]) -> zmq.Socket:
     sock = _socket(zmq.SUB)
     for topic in topics:
         sock.setsockopt(zmq.SUBSCRIBE, topic)
+    return _connect(sock, endpoint)
+
+
+def _connect(sock: zmq.Socket, endpoint: str) -> zmq.Socket:
+    """Connect ``sock`` (a client of the cluster: CURVE over TCP)."""
     if endpoint.startswith("tcp://"):
         security.configure_client(sock)
     sock.connect(endpoint)
@@ -156,13 +159,10 @@ def peer_dealer(endpoint: str, hwm: int = PEER_HWM) -> zmq.Socket:
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.SNDTIMEO, 0)
     try:
-        if endpoint.startswith("tcp://"):
-            security.configure_client(sock)
-        sock.connect(endpoint)
+        return _connect(sock, endpoint)
     except zmq.ZMQError:
         sock.close(linger=0)
         raise
-    return sock
 
 
 #: messages queued per peer on the data port, each way (requests in,
@@ -275,6 +275,32 @@ def recv_events(sock: zmq.Socket, limit: int):
 def tcp_endpoint(address: str) -> str:
     """``host:port`` or ``tcp://host:port`` as a ZeroMQ endpoint."""
     return address if "://" in address else f"tcp://{address}"
+
+
+_monitor_ids = itertools.count()
+
+
+def attach_monitor(sock: zmq.Socket, events: int) -> zmq.Socket:
+    """A PAIR receiving ``sock``'s connection ``events`` (read them with
+    ``monitor_event``); its queue is unbounded, so that an owner busy for a
+    while never stalls ZeroMQ's I/O thread. Close both with ``close_monitored``."""
+    address = f"inproc://zray-link-monitor-{os.getpid()}-{next(_monitor_ids)}"
+    sock.monitor(address, events)
+    monitor = sock.context.socket(zmq.PAIR)
+    monitor.rcvhwm = 0
+    monitor.linger = 0
+    monitor.connect(address)
+    return monitor
+
+
+def close_monitored(sock: zmq.Socket, monitor: zmq.Socket) -> None:
+    """Close ``sock`` and the monitor ``attach_monitor`` gave it."""
+    try:
+        sock.disable_monitor()
+    except zmq.ZMQError:
+        log.debug("the monitor of a socket was gone already")
+    monitor.close(linger=0)
+    sock.close(linger=0)
 
 
 def monitor_event(frames) -> dict:

@@ -119,7 +119,7 @@ class ClusterCollector:
         yield tasks
 
         actors = GaugeMetricFamily("zray_actors", "actors by state", labels=["State"])
-        by_state = {s: 0 for s in ("PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD")}
+        by_state = {s: 0 for s in p.ACTOR_STATES}
         by_state.update(rows.counts_by(self.gcs.call(p.ListActors()).value, "state"))
         for state, count in by_state.items():
             actors.add_metric([str(state)], count)

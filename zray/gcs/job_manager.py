@@ -1,7 +1,10 @@
-"""The job table: one entry per driver that connected."""
+"""The job table: one entry per driver that connected (rows written through,
+callers get copies)."""
 from __future__ import annotations
 
 import time
+
+from .rows import copy_row
 
 TABLE = "jobs"
 
@@ -20,18 +23,20 @@ class JobManager:
                "sys_path": list(msg.sys_path), "cwd": msg.cwd,
                "start_time": time.time(), "end_time": None, "alive": True}
         self.storage.put(TABLE, job_id, job)
-        return job
+        return copy_row(job)
 
     def finish(self, job_id: bytes) -> dict | None:
+        """Mark a job finished; None if it is unknown or finished already."""
         job = self.storage.get(TABLE, job_id)
         if job is None or not job["alive"]:
             return None
         job["alive"] = False
         job["end_time"] = time.time()
-        return job
+        self.storage.put(TABLE, job_id, job)
+        return copy_row(job)
 
     def get(self, job_id: bytes) -> dict | None:
-        return self.storage.get(TABLE, job_id)
+        return copy_row(self.storage.get(TABLE, job_id))
 
     def all(self) -> list[dict]:
-        return [j for _, j in self.storage.items(TABLE)]
+        return [copy_row(j) for _, j in self.storage.items(TABLE)]

@@ -1,8 +1,16 @@
-"""The key-value table (namespaced); the function table lives in it too."""
+"""The key-value table (namespaced); the function table lives in it too.
+
+Each namespace is its own storage table (``kv:<namespace>``), keyed by the
+user's bytes key, so listing one namespace never reads another's values.
+"""
 from __future__ import annotations
 
-TABLE = "kv"
+TABLE_PREFIX = "kv:"
 FUNCTIONS = "__functions__"
+
+
+def _table(namespace: str) -> str:
+    return TABLE_PREFIX + namespace
 
 
 class KVManager:
@@ -11,18 +19,16 @@ class KVManager:
 
     def put(self, namespace: str, key: bytes, value: bytes, overwrite: bool) -> bool:
         """Store; False (and nothing changed) if the key exists and not overwrite."""
-        k = (namespace, key)
-        if not overwrite and self.storage.get(TABLE, k) is not None:
+        if not overwrite and self.storage.get(_table(namespace), key) is not None:
             return False
-        self.storage.put(TABLE, k, value)
+        self.storage.put(_table(namespace), key, value)
         return True
 
-    def get(self, namespace: str, key: bytes):
-        return self.storage.get(TABLE, (namespace, key))
+    def get(self, namespace: str, key: bytes) -> bytes | None:
+        return self.storage.get(_table(namespace), key)
 
     def delete(self, namespace: str, key: bytes) -> bool:
-        return self.storage.delete(TABLE, (namespace, key))
+        return self.storage.delete(_table(namespace), key)
 
     def keys(self, namespace: str, prefix: bytes) -> list[bytes]:
-        return [k[1] for k, _ in self.storage.items(TABLE)
-                if k[0] == namespace and k[1].startswith(prefix)]
+        return [k for k, _ in self.storage.items(_table(namespace)) if k.startswith(prefix)]

@@ -1,25 +1,41 @@
-"""The GCS process: cluster tables behind one ROUTER, changes on one PUB."""
+"""The GCS process: cluster tables behind one ROUTER, changes on one PUB.
+
+``GcsServer`` only dispatches: each handler asks a manager (one per table,
+each writing its rows through the storage) or a scheduler (actors, placement
+groups), replies, and publishes what changed. Built on a storage that holds
+tables already (a restarted GCS), it reloads them: nodes that were alive get
+a fresh heartbeat deadline, actors waiting for a worker are scheduled again,
+pending placement groups are placed, and the PUB socket binds its old port.
+"""
 from __future__ import annotations
 
+import errno
 import logging
 import time
+
+import zmq
 
 from ..broker import protocol as p
 from ..broker import sockets
 from ..broker.rpc import Sender
 from ..broker.service import Service
 from ..config import config
-from .actor_manager import ALIVE, DEAD, ActorManager
+from .actor_manager import ALIVE, DEAD, OUT_OF_SCOPE, OWNER_DIED, ActorManager
+from .actor_scheduler import GcsActorScheduler
 from .job_manager import JobManager
 from .kv_manager import FUNCTIONS, KVManager
 from .metrics_manager import MetricsManager
 from .node_manager import NodeManager
-from .placement_group_manager import (CREATED, PENDING, REMOVED, STRATEGIES,
-                                      PlacementGroupManager, place)
+from .placement_group_manager import STRATEGIES, PlacementGroupManager
+from .placement_group_scheduler import GcsPlacementGroupScheduler
+from .session_manager import SessionManager
 from .storage import InMemoryStorage
 from .task_event_manager import TaskEventManager
 
 log = logging.getLogger(__name__)
+
+#: how long a restarted GCS waits for its old PUB port to be free
+PUB_REBIND_WAIT_S = 2.0
 
 
 class GcsServer(Service):
@@ -27,26 +43,58 @@ class GcsServer(Service):
 
     def __init__(self, address: str, session_dir: str, storage=None):
         super().__init__()
-        self.session_dir = session_dir
-        storage = storage or InMemoryStorage()
-        self.nodes = NodeManager(storage, config.node_timeout_s)
-        self.jobs = JobManager(storage)
-        self.kv = KVManager(storage)
-        self.actors = ActorManager(storage)
-        self.pgs = PlacementGroupManager(storage)
+        self.storage = storage if storage is not None else InMemoryStorage()
+        self.session = SessionManager(self.storage, session_dir)
+        self.session_dir = self.session.session_dir
+        self.nodes = NodeManager(self.storage, config.node_timeout_s)
+        self.jobs = JobManager(self.storage)
+        self.kv = KVManager(self.storage)
+        self.actors = ActorManager(self.storage)
+        self.pgs = PlacementGroupManager(self.storage)
         self.task_events = TaskEventManager(config.task_events_max)
         self.metrics = MetricsManager()
         self.sender = Sender("gcs")     # to raylets and to actor watchers' inboxes: never blocks
-        self.unscheduled: list[bytes] = []   # actors no live node can host yet
+        self.actor_scheduler = GcsActorScheduler(self.nodes, self.actors, self.sender,
+                                                 self.task_events, self._actor_changed)
+        self.pg_scheduler = GcsPlacementGroupScheduler(self.nodes, self.pgs, self.sender)
         self.requests_served = 0
         router, self.address = sockets.server_router(sockets.tcp_endpoint(address))
-        host = self.address.rsplit(":", 1)[0]
-        self.pub, self.pub_address = sockets.publisher(f"{host}:0")
+        self.pub, self.pub_address = self._bind_publisher(self.address.rsplit(":", 1)[0])
         self.serve(router)
         self.every(config.heartbeat_interval_s, self.check_node_health)
         self.every(1.0, self.publish_task_events)
+        if self.session.reloaded:
+            self._resume()
         log.info("GCS serving at %s, events at %s; a node silent for %ss is dead",
                  self.address, self.pub_address, config.node_timeout_s)
+
+    def _bind_publisher(self, host: str):
+        """PUB on the port the tables remember (subscribers reconnect there by
+        themselves), else on a fresh port that the tables then remember."""
+        port = self.session.pub_port
+        if port:
+            deadline = time.monotonic() + PUB_REBIND_WAIT_S
+            while True:     # a socket closed just now frees its port a moment later
+                try:
+                    return sockets.publisher(f"{host}:{port}")
+                except zmq.ZMQError as exc:
+                    if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                        log.warning("cannot bind the event stream to its old port %d (%s); "
+                                    "subscribers must reconnect to a new one", port, exc)
+                        break
+                    time.sleep(0.02)
+        pub, pub_address = sockets.publisher(f"{host}:0")
+        self.session.set_pub_port(int(pub_address.rsplit(":", 1)[1]))
+        return pub, pub_address
+
+    def _resume(self) -> None:
+        """After a restart: schedule actors that wait for a worker, place pending groups."""
+        unfinished = self.actors.unfinished()
+        log.info("GCS reloaded its tables: %d nodes alive, %d actors to schedule",
+                 len(self.nodes.alive()), len(unfinished))
+        for actor in unfinished:
+            self.actor_scheduler.schedule(actor)
+        self.pg_scheduler.place_pending()
 
     def dispatch_frames(self, identity: bytes, frames, sock=None) -> None:
         self.requests_served += 1           # for the dashboard's requests/s
@@ -60,25 +108,17 @@ class GcsServer(Service):
         node = self.nodes.register(msg)
         log.info("node %s joined from %s with %s", msg.node_id.hex()[:12], msg.node_ip,
                  msg.resources)
-        self.publish(p.TOPIC_NODE, {"event": "added", "node": self.nodes.public(node)})
+        self.publish(p.TOPIC_NODE, {"event": "added", "node": node})
         self.reply(req, p.RegisterNodeReply(self.pub_address, self.session_dir))
-        waiting, self.unscheduled = self.unscheduled, []
-        for actor_id in waiting:
-            actor = self.actors.get(actor_id)
-            if actor is not None and actor["state"] != DEAD:
-                try:        # one actor that cannot be scheduled never stops the others
-                    self._schedule_actor(actor)
-                except Exception:
-                    log.exception("actor %s: cannot schedule it", actor_id.hex()[:12])
+        self.actor_scheduler.retry_unscheduled()
 
     def handle_heartbeat(self, req, msg: p.Heartbeat):
-        node = self.nodes.heartbeat(msg)
+        status, node = self.nodes.heartbeat(msg)
         if node is not None:
             self.publish(p.TOPIC_RESOURCES, {"node_id": msg.node_id, "available": msg.available,
-                                            "total": msg.total, "stats": node.get("stats")})
-            if self.pgs.pending():
-                self._place_pending_groups()
-        self.reply(req, p.Ack(node is not None))
+                                            "total": msg.total, "stats": node["stats"]})
+            self.pg_scheduler.place_pending()
+        self.reply(req, p.HeartbeatReply(status))
 
     def handle_unregister_node(self, req, msg: p.UnregisterNode):
         self._node_down(msg.node_id, "stopped")
@@ -93,18 +133,14 @@ class GcsServer(Service):
         if node is None:
             return
         log.warning("node %s is dead: %s", node_id.hex()[:12], reason)
-        self.publish(p.TOPIC_NODE, {"event": "removed", "node": self.nodes.public(node),
-                                    "reason": reason})
-        for pg in self.pgs.on_node(node_id):
-            pg["nodes"] = [None if n == node_id else n for n in pg["nodes"]]
-            pg["state"] = PENDING
-            log.warning("placement group %s lost bundles with node %s; placing them again",
-                        pg["pg_id"].hex()[:12], node_id.hex()[:12])
-        self._place_pending_groups()
-        for actor in self.actors.all():
-            if actor["state"] == ALIVE and actor["node_id"] == node_id:
-                self.handle_report_actor_died(None, p.ReportActorDied(
-                    actor["actor_id"], f"its node {node_id.hex()[:12]} died", False))
+        self.publish(p.TOPIC_NODE, {"event": "removed", "node": node, "reason": reason})
+        # every owner on the node died with it (the GCS does not know which lived there)
+        self._owner_died(b"", node_id, f"its node {node_id.hex()[:12]} died ({reason})")
+        self.pg_scheduler.node_lost(node_id)
+        for actor in self.actors.being_created_on(node_id):    # its creation went with it
+            self.actor_scheduler.schedule(actor)
+        for actor in self.actors.alive_on(node_id):
+            self._actor_died(actor["actor_id"], f"its node {node_id.hex()[:12]} died", False)
 
     def handle_get_nodes(self, req, msg):
         self.reply(req, p.Ack(self.nodes.all()))
@@ -112,6 +148,8 @@ class GcsServer(Service):
     def handle_get_cluster_info(self, req, msg):
         self.reply(req, p.Ack({"nodes": self.nodes.all(), "jobs": self.jobs.all(),
                                "pub_address": self.pub_address,
+                               "cluster_id": self.session.cluster_id,
+                               "storage": type(self.storage).__name__,
                                "requests_served": self.requests_served}))
 
     # -- jobs -------------------------------------------------------------
@@ -127,7 +165,7 @@ class GcsServer(Service):
             log.info("job %s finished", msg.job_id.hex())
             self.publish(p.TOPIC_JOB, {"event": "finished", "job": job})
             for pg in self.pgs.of_job(msg.job_id):
-                self._remove_group(pg)
+                self.pg_scheduler.remove(pg["pg_id"])
             for actor in self.actors.of_job(msg.job_id):
                 self._kill_actor(actor, no_restart=True,
                                  reason="its owner (the driver of its job) exited")
@@ -158,6 +196,11 @@ class GcsServer(Service):
 
     # -- actors -----------------------------------------------------------
     def handle_register_actor(self, req, msg: p.RegisterActor):
+        if self.actors.get(msg.actor_id) is not None:
+            # sent again by a caller whose first try met a GCS restart after it was stored:
+            # the same answer, and no second creation
+            self.reply(req, p.Ack([True, msg.actor_id, msg.handle_meta]))
+            return
         if msg.name:
             existing = self.actors.named(msg.name, msg.namespace)
             if existing is not None:
@@ -170,53 +213,26 @@ class GcsServer(Service):
                     f"already taken by a live actor; pick another name, or pass "
                     f"get_if_exists=True to get that actor"))
                 return
-        spec = p.task_spec(msg.spec)
-        actor = self.actors.register(msg, spec.job_id)
+        actor = self.actors.register(msg, p.task_spec(msg.spec))
         log.info("actor %s (%s) registered", msg.actor_id.hex()[:12], msg.class_name)
         self._actor_changed(actor)
-        self._schedule_actor(actor)
+        self.actor_scheduler.schedule(actor)
         self.reply(req, p.Ack([True, msg.actor_id, msg.handle_meta]))
 
-    def _schedule_actor(self, actor: dict) -> None:
-        """Send the creation task to the live node with the most free CPU that fits."""
-        spec = p.task_spec(actor["spec"])
-        fits = [n for n in self.nodes.all() if n["alive"] and all(
-            n["resources"].get(k, 0.0) >= v for k, v in spec.resources.items())]
-        if not fits:
-            log.warning("actor %s needs %s: no live node has that; it waits",
-                        actor["actor_id"].hex()[:12], spec.resources)
-            self.unscheduled.append(actor["actor_id"])
-            return
-        node = max(fits, key=lambda n: n["available"].get("CPU", 0.0))
-        if spec.options.get("strategy") == "NODE":
-            wanted = [n for n in fits if n["node_id"] == spec.options.get("node_id")]
-            if wanted:
-                node = wanted[0]
-            elif not spec.options.get("soft"):
-                actor, _ = self.actors.died(actor["actor_id"], "its node affinity names a node "
-                                            "that is not alive", True)
-                if actor is not None:
-                    self._actor_changed(actor)
-                return
-        elif spec.options.get("strategy") == "SPREAD":
-            counts = {n["node_id"]: 0 for n in fits}
-            for other in self.actors.all():
-                if other["state"] == ALIVE and other["node_id"] in counts:
-                    counts[other["node_id"]] += 1
-            node = min(fits, key=lambda n: counts[n["node_id"]])
-        spec = spec._replace(attempt=actor["restarts"])
-        self.task_events.record(spec.task_id, spec.attempt, p.TS_PENDING_NODE_ASSIGNMENT,
-                                      time.time(), {
-                                          "name": f"{spec.function_name}.__init__",
-                                          "type": p.TASK_ACTOR_CREATION, "job_id": spec.job_id,
-                                          "actor_id": spec.actor_id,
-                                          "required_resources": spec.resources})
-        self.sender.send(node["address"], p.SubmitTask(list(spec)))
-
     def handle_actor_started(self, req, msg: p.ActorStarted):
+        current = self.actors.get(msg.actor_id)
+        if current is not None and current["state"] == ALIVE:
+            # the report sent again after a GCS restart, or a creation a restarted GCS
+            # sent again: the first worker to start it is the actor
+            if current["worker_id"] != msg.worker_id:
+                log.warning("actor %s started a second time, in worker %s; it lives in "
+                            "worker %s", msg.actor_id.hex()[:12], msg.worker_id.hex()[:12],
+                            current["worker_id"].hex()[:12])
+            self.reply(req, p.Ack(True))
+            return
         actor = self.actors.started(msg)
         if actor is None:           # killed while it was being created
-            node = self._node_of(msg.node_id)
+            node = self.nodes.get(msg.node_id)
             if node is not None:
                 self.sender.send(node["address"], p.KillActorWorker(msg.actor_id))
         else:
@@ -225,14 +241,36 @@ class GcsServer(Service):
         self.reply(req, p.Ack(True))
 
     def handle_report_actor_died(self, req, msg: p.ReportActorDied):
-        actor, restart = self.actors.died(msg.actor_id, msg.message, msg.intentional)
+        self._actor_died(msg.actor_id, msg.message, msg.intentional)
+        self.reply(req, p.Ack(True))
+
+    def _actor_died(self, actor_id: bytes, message: str, intentional: bool) -> None:
+        actor, restart = self.actors.died(actor_id, message, intentional)
         if actor is None:
             return
-        log.info("actor %s died (%s); %s", msg.actor_id.hex()[:12], msg.message,
+        log.info("actor %s died (%s); %s", actor_id.hex()[:12], message,
                  "restarting" if restart else "not restarting")
         self._actor_changed(actor)
         if restart:
-            self._schedule_actor(actor)
+            self.actor_scheduler.schedule(actor)
+
+    def handle_report_actor_out_of_scope(self, req, msg: p.ReportActorOutOfScope):
+        actor = self.actors.get(msg.actor_id)
+        if actor is not None and not actor["detached"]:
+            self._kill_actor(actor, no_restart=True, reason=OUT_OF_SCOPE)
+        self.reply(req, p.Ack(actor is not None))
+
+    def handle_report_worker_died(self, req, msg: p.ReportWorkerDied):
+        self._owner_died(msg.worker_id, msg.node_id, msg.message)
+        self.reply(req, p.Ack(True))
+
+    def _owner_died(self, worker_id: bytes, node_id: bytes, message: str) -> None:
+        """End the non-detached actors the owner (worker_id b"": every owner on
+        node_id) owned, and tell subscribers its objects are lost."""
+        for actor in self.actors.of_owner(worker_id, node_id):
+            self._kill_actor(actor, no_restart=True, reason=OWNER_DIED)
+        self.publish(p.TOPIC_WORKER, {"worker_id": worker_id, "node_id": node_id,
+                                      "message": message})
 
     def handle_watch_actor(self, req, msg: p.WatchActor):
         actor = self.actors.get(msg.actor_id)
@@ -253,23 +291,19 @@ class GcsServer(Service):
         self.reply(req, p.Ack(actor is not None))
 
     def _kill_actor(self, actor: dict, no_restart: bool, reason: str) -> None:
+        """Stop the actor's worker; without restart the actor is DEAD at once."""
         if actor["state"] == DEAD:
             return
         if no_restart:
-            actor["no_restart"] = True
+            self.actors.forbid_restart(actor["actor_id"])
         if actor["state"] == ALIVE:
-            node = self._node_of(actor["node_id"])
+            node = self.nodes.get(actor["node_id"])
             if node is not None and node["alive"]:
                 self.sender.send(node["address"], p.KillActorWorker(actor["actor_id"]))
                 if not no_restart:
                     return          # its death report decides the restart
         if no_restart:              # dead now, whether or not its process has exited
-            actor, _ = self.actors.died(actor["actor_id"], reason, True)
-            if actor is not None:
-                self._actor_changed(actor)
-
-    def _node_of(self, node_id: bytes):
-        return next((n for n in self.nodes.all() if n["node_id"] == node_id), None)
+            self._actor_died(actor["actor_id"], reason, True)
 
     def _actor_changed(self, actor: dict) -> None:
         info = self.actors.info(actor)
@@ -293,51 +327,21 @@ class GcsServer(Service):
             self.reply(req, p.ErrorReply("ValueError", f"strategy must be one of {STRATEGIES}, "
                                                        f"got {msg.strategy!r}"))
             return
+        if self.pgs.get(msg.pg_id) is not None:     # sent again across a GCS restart
+            self.reply(req, p.Ack(True))
+            return
         if msg.name and self.pgs.named(msg.name) is not None:
             self.reply(req, p.ErrorReply("ValueError", f"a placement group named {msg.name!r} "
                                                        f"already exists"))
             return
         self.pgs.create(msg)
-        self._place_pending_groups()
+        self.pg_scheduler.place_pending()
         self.reply(req, p.Ack(True))
 
-    def _place_pending_groups(self) -> None:
-        """Reserve bundles for groups still waiting, where the nodes now fit them."""
-        for pg in self.pgs.pending():
-            missing = [i for i, n in enumerate(pg["nodes"]) if n is None]
-            free = {n["node_id"]: n["available"] for n in self.nodes.all() if n["alive"]}
-            for i, node_id in enumerate(pg["nodes"]):     # STRICT_* keep their peers' nodes
-                if node_id is not None and pg["strategy"] == "STRICT_SPREAD":
-                    free.pop(node_id, None)
-            bundles = [pg["bundles"][i] for i in missing]
-            placement = place(bundles, pg["strategy"], free)
-            if placement is None:
-                continue
-            for i, node_id in zip(missing, placement):
-                node = self._node_of(node_id)
-                pg["nodes"][i] = node_id
-                for k, v in pg["bundles"][i].items():          # until its next report
-                    node["available"][k] = node["available"].get(k, 0.0) - v
-                self.sender.send(node["address"], p.ReserveBundle(pg["pg_id"], i,
-                                                                  pg["bundles"][i]))
-            pg["state"] = CREATED
-            log.info("placement group %s placed on %s", pg["pg_id"].hex()[:12],
-                     [n.hex()[:12] for n in pg["nodes"]])
-
     def handle_remove_placement_group(self, req, msg: p.RemovePlacementGroup):
-        pg = self.pgs.get(msg.pg_id)
-        if pg is not None:
-            self._remove_group(pg)
-        self.reply(req, p.Ack(pg is not None))
-
-    def _remove_group(self, pg: dict) -> None:
-        if pg["state"] == REMOVED:
-            return
-        for i, node_id in enumerate(pg["nodes"]):
-            node = self._node_of(node_id) if node_id else None
-            if node is not None and node["alive"]:
-                self.sender.send(node["address"], p.ReturnBundle(pg["pg_id"], i))
-        pg["state"] = REMOVED
+        known = self.pgs.get(msg.pg_id) is not None
+        self.pg_scheduler.remove(msg.pg_id)
+        self.reply(req, p.Ack(known))
 
     def handle_get_placement_groups(self, req, msg: p.GetPlacementGroups):
         if msg.name:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 
-EPS = 1e-9
+from .._private.resource_set import fits
 
 
 class NodeView:
@@ -19,10 +19,6 @@ class NodeView:
         self.total = dict(total)
         self.available = dict(available)
         self.alive = alive
-
-
-def _fits(request: dict, have: dict) -> bool:
-    return all(have.get(k, 0.0) + EPS >= v for k, v in request.items())
 
 
 class ClusterView:
@@ -74,7 +70,7 @@ class ClusterView:
         its free resources are reduced here until its next report."""
         best = None
         for view in self._others():
-            if _fits(request, view.available) and (
+            if fits(request, view.available) and (
                     best is None or view.available.get("CPU", 0) > best.available.get("CPU", 0)):
                 best = view
         if best is not None:
@@ -84,12 +80,12 @@ class ClusterView:
 
     def feasible(self, request: dict) -> NodeView | None:
         """A remote node that could ever run ``request``."""
-        return next((v for v in self._others() if _fits(request, v.total)), None)
+        return next((v for v in self._others() if fits(request, v.total)), None)
 
     def spread(self, request: dict, my_total: dict) -> bytes:
         """The next node, round robin over those that could run ``request``."""
         ids = sorted(v.node_id for v in self.nodes.values()
-                     if v.alive and _fits(request, my_total if v.node_id == self.me else v.total))
+                     if v.alive and fits(request, my_total if v.node_id == self.me else v.total))
         if not ids:
             return self.me
         return ids[next(self._spread) % len(ids)]

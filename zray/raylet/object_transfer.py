@@ -73,21 +73,6 @@ _LINK_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                 | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
-_monitor_ids = itertools.count()
-
-
-def _monitor(sock, events: int):
-    """A PAIR receiving ``sock``'s connection events; its queue is unbounded,
-    so that a raylet busy for a while never stalls ZeroMQ's I/O thread."""
-    address = f"inproc://zray-transfer-monitor-{os.getpid()}-{next(_monitor_ids)}"
-    sock.monitor(address, events)
-    monitor = sock.context.socket(zmq.PAIR)
-    monitor.rcvhwm = 0
-    monitor.linger = 0
-    monitor.connect(address)
-    return monitor
-
-
 class _Plain:
     """Stand-in for DataSeal when security is off (unit tests of the broker)."""
 
@@ -156,7 +141,7 @@ class ObjectTransfer:
         self.links: dict[bytes, _Link] = {}
         self._link_of_monitor: dict = {}
         self.server, self.endpoint = sockets.data_router(f"tcp://{node_ip}:0")
-        self.monitor = _monitor(self.server, _SERVER_EVENTS)
+        self.monitor = sockets.attach_monitor(self.server, _SERVER_EVENTS)
         self.sessions: dict[bytes, _Session] = {}     # routing id -> session
         self._by_fd: dict[int, _Session] = {}
         self._open_fds: set[int] = set()              # connections the port has open
@@ -214,7 +199,7 @@ class ObjectTransfer:
             except zmq.ZMQError as err:
                 log.warning("object transfer: cannot connect to %s: %s", address, err)
                 return None
-            monitor = _monitor(sock, _LINK_EVENTS)
+            monitor = sockets.attach_monitor(sock, _LINK_EVENTS)
             link = self.links[node_id] = _Link(node_id, sock, monitor, login)
             self._link_of_monitor[monitor] = link
             self.raylet.watch(sock, self._on_link)
@@ -377,12 +362,7 @@ class ObjectTransfer:
         self._link_of_monitor.pop(link.monitor, None)
         self.raylet.unwatch(link.sock)
         self.raylet.unwatch(link.monitor)
-        try:
-            link.sock.disable_monitor()
-        except zmq.ZMQError:
-            pass
-        link.monitor.close(linger=0)
-        link.sock.close(linger=0)
+        sockets.close_monitored(link.sock, link.monitor)
 
     def _link_lost(self, link: _Link, why: str) -> None:
         """The link to a source failed: pulls from it start again on a new
@@ -638,9 +618,4 @@ class ObjectTransfer:
         for link in list(self.links.values()):
             self._close_link(link)
         security.forget_data_port(self.endpoint)
-        try:
-            self.server.disable_monitor()
-        except zmq.ZMQError:
-            pass
-        self.monitor.close(linger=0)
-        self.server.close(linger=0)
+        sockets.close_monitored(self.server, self.monitor)

@@ -1,7 +1,7 @@
 """Resource accounting of one node: totals, what is free, what fits."""
 from __future__ import annotations
 
-EPS = 1e-9
+from .._private.resource_set import EPS, fits
 
 
 class ResourceSet:
@@ -11,14 +11,11 @@ class ResourceSet:
 
     def feasible(self, request: dict) -> bool:
         """Could this node ever run it (ignoring current use)?"""
-        return all(self.total.get(k, 0.0) + EPS >= v for k, v in request.items())
+        return fits(request, self.total)
 
     def fits(self, request: dict) -> bool:
-        avail = self.available
-        for k, v in request.items():
-            if avail.get(k, 0.0) + EPS < v:
-                return False
-        return True
+        """Does it fit in what is free now?"""
+        return fits(request, self.available)
 
     def slots(self, request: dict) -> int:
         """How many tasks asking ``request`` fit in what is free now."""

@@ -7,6 +7,7 @@ store, reports to the GCS, and cleans up after processes that die.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import signal
@@ -26,9 +27,11 @@ from .._private.session import (actor_ipc, inbox_ipc, log_path, raylet_ipc, rout
                        spill_dir)
 from ..store import Arena, ObjectStore, arena_path
 from ..store.object_table import ObjectExistsError, ObjectStoreFullError
+from .._private.pids import pid_alive
 from .cluster_view import ClusterView
 from .gcs_health import GcsHealth
 from .stale_arenas import remove_stale_arenas
+from .starvation import Starvation
 from .object_transfer import ObjectTransfer
 from .resources import ResourceSet, bundle_resources, shape_of
 from .worker_pool import BUSY, IDLE, WorkerPool, start_zygote
@@ -101,9 +104,13 @@ class Raylet(Service):
         self._last_report = None
         self.every(0.1, self.report)
         self.every(1.0, self.check_clients)
+        self.starved = Starvation(node_id.hex()[:12])   # lifetimes: no silent hangs
+        self.every(1.0, self._warn_starved)
         self.every(0.05, self._run_later)
         self.gcs_health = GcsHealth(gcs_address)        # logs when the GCS goes silent
         self.every(1.0, self.gcs_health.check)
+        self._gcs_reconnections = 0                     # storage: GCS restarts seen
+        self.every(0.2, self._catch_up_with_gcs)
 
     # ---------------------------------------------------------------- start
     def start(self) -> None:
@@ -148,9 +155,9 @@ class Raylet(Service):
         """Drivers are not our children: notice their death by pid. Stop
         workers idle for long beyond the node's CPU count."""
         for client in list(self.clients.values()):
-            if client.kind == "driver" and not _pid_alive(client.pid):
+            if client.kind == "driver" and not pid_alive(client.pid):
                 self._client_gone(client, "died")
-        idle = sorted((w for w in self.pool.workers.values() if w.state == IDLE),
+        idle = sorted((w for w in self.pool.workers.values() if w.state == IDLE and not w.owns),
                       key=lambda w: w.idle_since)
         surplus = len(idle) - max(self.num_cpus, 1)
         limit = time.monotonic() - config.idle_worker_timeout_s
@@ -180,6 +187,7 @@ class Raylet(Service):
             for done in self.seal_waiters.pop(object_id, ()):
                 done(False)
         self._free_owned_by(client.worker_id)
+        self._report_worker_died(client, how)
         if client.kind == "driver":
             log.info("driver pid %d %s: ending job %s", client.pid, how, client.job_id.hex())
             self._drop_tasks_of(client.worker_id)
@@ -190,6 +198,28 @@ class Raylet(Service):
                 self.gcs.send(p.FinishJob(client.job_id))
             except Exception:
                 log.exception("could not tell the GCS job %s finished", client.job_id.hex())
+
+    def _report_worker_died(self, client: Client, how: str) -> None:
+        """Tell the GCS a worker or driver of this node is gone: it ends the
+        actors it owned and tells every node that waits on its objects."""
+        what = "driver" if client.kind == "driver" else "worker"
+        try:
+            self.gcs.send(p.ReportWorkerDied(
+                client.worker_id, self.node_id,
+                f"the {what} (pid {client.pid}) on node {self.node_id.hex()[:12]} {how}"))
+        except Exception:
+            log.exception("could not tell the GCS %s pid %d %s", what, client.pid, how)
+
+    def _warn_starved(self) -> None:
+        """Warn the owners of queued work that waits for what nothing frees."""
+        if not any(self.queues.values()):
+            return
+        cap, room = self._worker_room()
+        for spec, text in self.starved.check(self.queues, self.resources,
+                                             list(self.pool.workers.values()),
+                                             cap if room <= 0 else None):
+            log.warning("%s", text)
+            self.sender.send(self.endpoint_of(spec.owner), p.TaskInfeasible(spec.task_id, text))
 
     def _drop_tasks_of(self, owner_id: bytes) -> None:
         for shape, queue in self.queues.items():
@@ -345,7 +375,7 @@ class Raylet(Service):
 
     def dispatch(self) -> None:
         """Hand queued tasks to idle workers while resources fit."""
-        wanted = 0
+        wanted = for_actors = 0
         for shape, queue in self.queues.items():
             if not queue:
                 continue
@@ -354,7 +384,10 @@ class Raylet(Service):
                 spec = queue[0]
                 worker = self.pool.pop_idle(spec.job_id)
                 if worker is None:
-                    wanted += min(len(queue), self.resources.slots(request))
+                    n = min(len(queue), self.resources.slots(request))
+                    wanted += n
+                    for_actors += sum(1 for s in itertools.islice(queue, n)
+                                      if s.kind == p.TASK_ACTOR_CREATION)
                     break
                 queue.popleft()
                 self._assign(worker, spec)
@@ -364,7 +397,7 @@ class Raylet(Service):
                     break
                 self._forward(queue.popleft(), other.node_id)
         if wanted:
-            self._grow(wanted)
+            self._grow(wanted, for_actors)
 
     @staticmethod
     def _may_spill(spec) -> bool:
@@ -376,11 +409,14 @@ class Raylet(Service):
         worker.state = BUSY
         spec = self._pin_stored_args(spec, worker)
         worker.task = spec
-        worker.held = dict(spec.resources)
+        worker.held = _held_resources(spec)
         worker.cancelled = False
         self.resources.acquire(worker.held)
         if not self.send_to(worker.task_identity, p.ExecuteTask(list(spec))):
             self._worker_died(worker, -1)
+        elif spec.kind == p.TASK_ACTOR_CREATION \
+                and self.pool.live_task_workers() < max(self.num_cpus, 1):
+            self.pool.start_worker()    # it stays an actor: keep the task pool warm
 
     def _pin_stored_args(self, spec, worker):
         """Pin the task's arguments in the store for the worker and tell it
@@ -398,12 +434,19 @@ class Raylet(Service):
                     args[i] = [*arg, loc[0]]
         return spec
 
-    def _grow(self, wanted: int) -> None:
-        starting = self.pool.starting()
-        blocked = sum(1 for w in self.pool.workers.values() if w.blocked)
+    def _worker_room(self) -> tuple[int, int]:
+        """The task-worker cap (workers blocked in get() raise it) and how
+        many more task workers it allows; actor workers are not capped."""
+        blocked = sum(1 for w in self.pool.workers.values() if w.blocked and not w.hosts_actor())
         cap = max(self.num_cpus, 1) * WORKERS_PER_CPU + blocked
-        room = cap - self.pool.live()
-        need = min(wanted - starting, room)
+        return cap, cap - self.pool.live_task_workers()
+
+    def _grow(self, wanted: int, for_actors: int = 0) -> None:
+        """Start workers for ``wanted`` queued tasks, within the task-worker
+        cap except for the ``for_actors`` of them that create actors."""
+        starting = self.pool.starting()
+        cap, room = self._worker_room()
+        need = max(min(wanted - starting, room), for_actors - starting)
         if need <= 0 and room <= 0 and starting == 0:
             # full of idle workers bound to other jobs: retire one
             spec_job = next((q[0].job_id for q in self.queues.values() if q), None)
@@ -430,15 +473,23 @@ class Raylet(Service):
         if worker is None or worker.task is None or worker.blocked == msg.blocked:
             return
         worker.blocked = msg.blocked
-        cpu = {k: v for k, v in worker.task.resources.items() if k == "CPU"}
-        if msg.blocked:
+        if msg.blocked:     # give back the CPU it holds (an actor's may be 0)
+            cpu = {k: v for k, v in worker.held.items() if k == "CPU"}
+            worker.lent = cpu
             self.resources.release(cpu)
             for k in cpu:
                 worker.held.pop(k, None)
             self.dispatch()
         else:
+            cpu, worker.lent = worker.lent, {}
             self.resources.acquire(cpu)
             worker.held.update(cpu)
+
+    def handle_worker_owns(self, req, msg: p.WorkerOwns):
+        """A worker owns actors (or no longer does): idle, it is kept."""
+        worker = self.pool.workers.get(msg.worker_id)
+        if worker is not None:
+            worker.owns = msg.owns
 
     def handle_reserve_bundle(self, req, msg: p.ReserveBundle):
         """Set a bundle's resources aside; they become the group's resources."""
@@ -530,7 +581,7 @@ class Raylet(Service):
             log.warning(text)
             self.sender.send(self.endpoint_of(spec.owner), p.TaskFailed(spec.task_id, error, text))
         self.dispatch()
-        if self.pool.live() < self.num_cpus and not any(self.queues.values()):
+        if self.pool.live_task_workers() < self.num_cpus and not any(self.queues.values()):
             self.pool.start_worker()       # keep the pool warm
 
     # ---------------------------------------------------------------- store
@@ -700,12 +751,15 @@ class Raylet(Service):
                 if any(self.queues.values()):
                     self.dispatch()          # work queued here may fit there now
             elif topic == p.TOPIC_NODE:
-                dead = self.view.on_node_event(event)
-                if dead is not None:
-                    self.transfer.node_died(dead)
-                elif self.infeasible:           # a new node may fit parked tasks
-                    self._retry_infeasible()
-                self.dispatch()
+                self._on_node_event(event)
+
+    def _on_node_event(self, event: dict) -> None:
+        dead = self.view.on_node_event(event)
+        if dead is not None:
+            self.transfer.node_died(dead)
+        elif self.infeasible:           # a new node may fit parked tasks
+            self._retry_infeasible()
+        self.dispatch()
 
     def _on_heartbeat_reply(self, sock) -> None:
         for _ in range(64):
@@ -714,12 +768,77 @@ class Raylet(Service):
             except zmq.Again:
                 return
             try:
-                known = p.decode(frames[1]).value
+                status = p.decode(frames[1]).status
             except (p.ProtocolError, IndexError, AttributeError):
                 continue
             self.gcs_health.answered()
-            if known is False:
+            if status == p.HEARTBEAT_DEAD:
                 self._rejoin()
+            elif status == p.HEARTBEAT_UNKNOWN:
+                self._register_again()
+
+    # -- storage: a GCS that restarted without this node's row ------------------
+    #: at most one re-registration per this many seconds (queued beats all say so)
+    REGISTER_AGAIN_S = 1.0
+
+    def _register_again(self) -> None:
+        """The GCS does not know this node (it restarted without its tables):
+        register again under the same id, with the resources it has now; the
+        next heartbeat tells what is free. Its workers and objects stay."""
+        now = time.monotonic()
+        if now - getattr(self, "_registered_again", -self.REGISTER_AGAIN_S) \
+                < self.REGISTER_AGAIN_S:
+            return
+        self._registered_again = now
+        log.warning("the GCS at %s does not know node %s (it restarted without its tables); "
+                    "registering again", self.gcs_address, self.node_id.hex()[:12])
+        try:        # bounded: the GCS has just answered; local work waits meanwhile
+            reply = self.gcs.call(p.RegisterNode(
+                self.node_id, self.tcp_endpoint, self.transfer.endpoint, self.node_ip,
+                socket.gethostname(), os.getpid(), self.resources.total, self.arena.size,
+                self.session_dir), timeout=min(2.0, config.connect_timeout_s))
+        except TimeoutError as err:     # the next heartbeat reply says so again
+            log.error("could not register node %s again: %s", self.node_id.hex()[:12], err)
+            return
+        self._last_report = None        # report what is free at once
+        if reply.pub_address != self.pub_address:
+            self._subscribe(reply.pub_address)
+
+    def _catch_up_with_gcs(self) -> None:
+        """(timer) After a GCS restart: learn from its tables what its event
+        stream said meanwhile (nodes that died or joined), and follow its event
+        stream if it moved."""
+        count = self.gcs.reconnections()
+        if count == self._gcs_reconnections:
+            return
+        try:        # bounded: the GCS has just come back
+            info = self.gcs.call(p.GetClusterInfo(), timeout=min(2.0, config.connect_timeout_s))
+        except TimeoutError as err:     # the next check tries again
+            log.warning("could not read the cluster from the GCS after it restarted: %s", err)
+            return
+        self._gcs_reconnections = count
+        log.info("the GCS at %s restarted (its connection came back); reading the cluster "
+                 "from its tables", self.gcs_address)
+        for node in info.value["nodes"]:
+            known = self.view.nodes.get(node["node_id"])
+            if not node["alive"] and known is not None and known.alive:
+                self._on_node_event({"event": "removed", "node": node})
+            elif node["alive"] and (known is None or not known.alive):
+                self._on_node_event({"event": "added", "node": node})
+        pub_address = info.value.get("pub_address")
+        if pub_address and pub_address != self.pub_address:
+            self._subscribe(pub_address)
+
+    def _subscribe(self, pub_address: str) -> None:
+        """Take the GCS events from ``pub_address`` (a GCS that restarted on
+        another port); ZeroMQ reconnects a SUB to the same address by itself."""
+        log.info("GCS events now at %s (were at %s)", pub_address, self.pub_address)
+        if self.events is not None:
+            self.unwatch(self.events)
+            self.events.close(linger=0)
+        self.pub_address = pub_address
+        self.events = sockets.subscriber(pub_address, [p.TOPIC_NODE, p.TOPIC_RESOURCES])
+        self.watch(self.events, self._on_events)
 
     def _rejoin(self) -> None:
         """The GCS declared this node dead (it missed heartbeats): its work
@@ -807,20 +926,19 @@ class Raylet(Service):
         super().close()
 
 
+# -- lifetimes: what an actor holds while it lives -----------------------------
+def _held_resources(spec) -> dict:
+    """What a task holds while it runs: its request, except for an actor
+    placed with Ray's default (1 CPU to place it, ``held_resources`` after)."""
+    held = spec.options.get("held_resources") if spec.kind == p.TASK_ACTOR_CREATION else None
+    return dict(spec.resources if held is None else held)
+
+
 def _hosts_detached_actor(worker) -> bool:
     spec = worker.task
     return bool(spec is not None and spec.kind == p.TASK_ACTOR_CREATION
                 and spec.options.get("detached"))
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _describe_exit(code: int) -> str:

@@ -16,6 +16,7 @@ import subprocess
 import time
 
 from .._private.launcher import PIPE, launch
+from ..broker.protocol import TASK_ACTOR_CREATION as ACTOR_CREATION
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,8 @@ STARTING, IDLE, BUSY, DEAD = "starting", "idle", "busy", "dead"
 
 class WorkerInfo:
     __slots__ = ("worker_id", "pid", "state", "job_id", "task", "held", "task_identity",
-                 "rpc_identity", "inbox", "blocked", "idle_since", "cancelled", "started")
+                 "rpc_identity", "inbox", "blocked", "idle_since", "cancelled", "started",
+                 "lent", "owns")
 
     def __init__(self, worker_id: bytes):
         self.worker_id = worker_id
@@ -40,6 +42,13 @@ class WorkerInfo:
         self.idle_since = time.monotonic()
         self.cancelled = False
         self.started = time.monotonic()
+        self.lent = {}              # CPU given back while blocked in get()
+        self.owns = False           # owns actors that would die with it (WorkerOwns)
+
+    def hosts_actor(self) -> bool:
+        """Whether this worker became an actor (it never takes tasks again)."""
+        task = self.task
+        return task is not None and task.kind == ACTOR_CREATION
 
 
 class WorkerPool:
@@ -109,12 +118,19 @@ class WorkerPool:
         for key, lst in self.idle.items():
             if key is not None and key != job_id:
                 for worker in lst:
-                    if worker.state == IDLE:
+                    if worker.state == IDLE and not worker.owns:
                         return worker
         return None
 
     def live(self) -> int:
         return sum(1 for w in self.workers.values() if w.state != DEAD)
+
+    def live_task_workers(self) -> int:
+        """Live workers that run tasks: what the worker cap counts. Actor
+        workers are outside it, as in Ray, and so are idle workers kept only
+        because they own actors (they are not stopped: see WorkerOwns)."""
+        return sum(1 for w in self.workers.values() if w.state != DEAD and not w.hosts_actor()
+                   and not (w.owns and w.state == IDLE))
 
     # -- ending -----------------------------------------------------------
     def remove(self, worker: WorkerInfo) -> None:

@@ -84,7 +84,9 @@ def train(args) -> int:
             while True:
                 result = algo.train()
                 it = result["training_iteration"]
-                ret = result["env_runners/episode_return_mean"]
+                # NaN in an iteration where no episode ended (as RLlib): keep the last
+                this_ret = result["env_runners/episode_return_mean"]
+                ret = this_ret if this_ret == this_ret else ret
                 new_steps = result["env_runners/num_env_steps_sampled_lifetime"]
                 bar.update(min(new_steps, args.stop_timesteps) - min(steps, args.stop_timesteps))
                 steps = new_steps

@@ -141,23 +141,22 @@ class Metric:
     def set_default_tags(self, default_tags: dict) -> "Metric":
         """Tags used when a record does not give them; returns the metric."""
         for key, value in default_tags.items():
-            if key not in self._tag_keys:
-                raise ValueError(f"unknown tag key {key!r}: this metric's tag_keys are "
-                                 f"{self._tag_keys}")
-            if not isinstance(value, str):
-                raise TypeError(f"tag values must be strings, got {key}={value!r}")
+            self._check_tag(key, value)
         self._default_tags = dict(default_tags)
         return self
+
+    def _check_tag(self, key, value) -> None:
+        if key not in self._tag_keys:
+            raise ValueError(f"unknown tag key {key!r}: this metric's tag_keys are "
+                             f"{self._tag_keys}")
+        if not isinstance(value, str):
+            raise TypeError(f"tag values must be strings, got {key}={value!r}")
 
     def _key(self, tags) -> tuple:
         merged = dict(self._default_tags)
         if tags:
             for key, value in tags.items():
-                if key not in self._tag_keys:
-                    raise ValueError(f"unknown tag key {key!r}: this metric's tag_keys "
-                                     f"are {self._tag_keys}")
-                if not isinstance(value, str):
-                    raise TypeError(f"tag values must be strings, got {key}={value!r}")
+                self._check_tag(key, value)
                 merged[key] = value
         missing = [k for k in self._tag_keys if k not in merged]
         if missing:

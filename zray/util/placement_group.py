@@ -11,7 +11,7 @@ from ..broker import protocol as p
 from ..broker.rpc import RemoteError
 from ..worker.global_state import require_worker
 
-STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+STRATEGIES = p.PG_STRATEGIES
 
 
 class PlacementGroup:

@@ -6,29 +6,41 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
+import sys
+import threading
+import time
 
 from .. import exceptions as exc
 from ..broker import protocol as p
 from ..object_ref import ObjectRef, ObjectRefGenerator
 from . import serialization
 from .pending_task import PendingTask
+from .reference_table import actor_handle_id
 from .streams import GEN_DONE_INDEX
+
+_NONE = serialization.serialize(None).to_bytes()
+#: an actor this process created that no node can host is reported after this long
+UNPLACED_WARNING_S = 10.0
+
+log = logging.getLogger(__name__)
 
 
 class ActorState:
     """What a caller knows of one actor: where it is and the calls it owes."""
     __slots__ = ("actor_id", "state", "address", "incarnation", "queue", "inflight",
-                 "death_message", "death_blob")
+                 "death_message", "death_blob", "keep")
 
     def __init__(self, actor_id: bytes):
         self.actor_id = actor_id
-        self.state = "PENDING_CREATION"
+        self.state = p.ACTOR_PENDING
         self.address: list = []
         self.incarnation = 0
         self.queue: collections.deque = collections.deque()
         self.inflight: dict[bytes, PendingTask] = {}
         self.death_message = ""
         self.death_blob = b""
+        self.keep = None        # refs in its constructor's arguments, until it is up
 
     def death_error(self, in_flight: bool = False):
         cause = None
@@ -39,7 +51,7 @@ class ActorState:
                 cause = None
         if cause is not None:
             text = f"The actor died because of an error raised in its constructor: {cause}"
-        elif in_flight and self.state != "DEAD":
+        elif in_flight and self.state != p.ACTOR_DEAD:
             text = "The actor died while running this call, and the call has no retries left"
         else:
             text = f"The actor died: {self.death_message or 'it is no longer running'}"
@@ -51,31 +63,128 @@ class ActorCalls:
     use its lock (``cond``), task table and sender."""
 
     def actor_creation_spec(self, actor_id: bytes, class_hash: bytes, class_name: str,
-                            args, kwargs, resources: dict, options: dict) -> p.TaskSpec:
-        """The task that runs an actor's constructor. Its arguments travel by
-        value (refs resolved now), so the GCS can rerun it on a restart."""
-        entries = []
+                            args, kwargs, resources: dict, options: dict):
+        """The task that runs an actor's constructor, and the refs (and actor
+        handles) inside its arguments, which the caller keeps alive until the
+        actor is up (see watch_creation). Its arguments travel by value (refs
+        resolved now), so the GCS can rerun it on a restart."""
+        entries, contained = [], []
         for index, value in enumerate(itertools.chain(args, kwargs.values())):
             if isinstance(value, ObjectRef):
                 value = self.get(value)
             try:
-                entries.append([p.ARG_VALUE, serialization.serialize(value).to_bytes()])
+                ser = serialization.serialize(value)
+                contained.extend(ser.contained_refs)
+                entries.append([p.ARG_VALUE, ser.to_bytes()])
             except TypeError as err:
                 name = (f"argument {index}" if index < len(args) else
                         f"keyword argument {list(kwargs)[index - len(args)]!r}")
                 raise TypeError(f"{name} of {class_name}(): {err}") from None
         return p.TaskSpec(self.new_task_id(), self.job_id, p.TASK_ACTOR_CREATION, class_hash,
                           class_name, entries, list(kwargs), 0, resources, 0, False,
-                          list(self.address), 0, actor_id, "__init__", options)
+                          list(self.address), 0, actor_id, "__init__", options), contained
+
+    # -- lifetimes: an actor's handles are counted like ObjectRefs ---------
+    def own_actor_handle(self, actor_id: bytes) -> ObjectRef:
+        """The counted reference behind the first handle of an actor this
+        process created. When no reference to it is left, here or in any
+        borrower, and no call through one is pending, the GCS is told the
+        actor is out of scope (ReportActorOutOfScope) and ends it."""
+        object_id = actor_handle_id(actor_id)
+        ref = self._new_owned_ref(object_id, [object_id, p.RET_INLINE, _NONE])
+        with self.cond:
+            self.owned_actors += 1
+        self.tell_owns()
+        return ref
+
+    def tell_owns(self) -> None:
+        """(a pooled worker) Tell the raylet when we start or stop owning
+        actors: it does not stop an idle worker whose actors would die with it."""
+        if self.mode != "worker":
+            return
+        with self._owns_lock:
+            owns = self.owned_actors > 0
+            if owns != self._told_owns:
+                self._told_owns = owns
+                self.raylet.send(p.WorkerOwns(self.worker_id, owns))
+
+    def borrow_actor_handle(self, actor_id: bytes, owner) -> ObjectRef | None:
+        """A counted reference to another process's actor handle (its owner
+        learns of us, as of any borrower); None for a detached actor."""
+        if not owner:
+            return None
+        return self.deserialized_ref(actor_handle_id(actor_id), owner)
+
+    def watch_creation(self, actor_id: bytes, class_name: str, resources: dict,
+                       keep=()) -> None:
+        """Follow an actor this process created (the GCS tells us when it is
+        up), holding ``keep`` (the refs in its arguments) until then: if it is
+        still not placed after UNPLACED_WARNING_S because no node has what it
+        asks for, print a warning naming what is missing."""
+        with self.cond:
+            actor = self.actors.get(actor_id)
+            if actor is None:
+                actor = self.actors[actor_id] = ActorState(actor_id)
+            actor.keep = list(keep) or None
+            self.creating[actor_id] = (time.monotonic(), class_name, dict(resources))
+        self.gcs.send(p.WatchActor(actor_id, self.address.endpoint))
+
+    def check_creations(self, now: float) -> None:
+        """(I/O thread, cheap) Warn of the actors created here that wait too long."""
+        if not self.creating or now < self._next_creation_check:
+            return
+        self._next_creation_check = now + 1.0
+        due = []
+        with self.cond:
+            for actor_id, (since, name, resources) in list(self.creating.items()):
+                actor = self.actors.get(actor_id)
+                if actor is None or actor.state != p.ACTOR_PENDING:
+                    del self.creating[actor_id]
+                elif now - since >= UNPLACED_WARNING_S:
+                    del self.creating[actor_id]
+                    if not any("_group_" in k for k in resources):   # not a pending group's
+                        due.append((actor_id, name, resources, now - since))
+        if due:     # asks the GCS: not on the I/O thread
+            threading.Thread(target=self._warn_unplaced, args=(due,), daemon=True,
+                             name="zray-unplaced").start()
+
+    def _warn_unplaced(self, due) -> None:
+        try:
+            nodes = [n for n in self.gcs.call(p.GetNodes()).value if n["alive"]]
+        except Exception as err:    # noqa: BLE001 — a warning must not fail anything
+            log.warning("could not ask the GCS why actors wait to be placed: %s", err)
+            return
+        for actor_id, name, resources, waited in due:
+            if any(all(n["resources"].get(k, 0.0) + 1e-9 >= v for k, v in resources.items())
+                   for n in nodes):
+                continue            # a node can host it: its raylet warns if it starves
+            missing = sorted({k for k, v in resources.items()
+                              if not any(n["resources"].get(k, 0.0) + 1e-9 >= v
+                                         for n in nodes)})
+            text = (f"actor {name} ({actor_id.hex()[:12]}) cannot be scheduled: it requires "
+                    f"{resources}, and the cluster does not have the resources {missing} "
+                    f"on any of its {len(nodes)} live node(s) (waited {waited:.0f}s). It "
+                    f"waits until a node that has them joins; ask for less, or add such "
+                    f"a node")
+            log.warning("%s", text)
+            print(f"zray: warning: {text}", file=sys.stderr)
 
     def submit_actor_task(self, actor_id: bytes, method_name: str, args, kwargs,
-                          num_returns: int, max_task_retries: int):
+                          num_returns: int, max_task_retries: int, handle_ref=None):
         """Call an actor method: queued per actor, sent in submission order.
+        The call holds ``handle_ref`` (the handle's counted reference) until
+        its result is in, so the actor outlives its pending calls.
         Raises NodeDiedError once the raylet of this node died."""
         self.check_raylet()
         self.drain_releases()
         task_id = self.new_task_id()
         arg_entries, held, deps = self._prepare_args(args, kwargs)
+        if handle_ref is not None and handle_ref._worker is self:
+            with self.cond:
+                entry = self.refs.get(handle_ref._id)
+                if entry is not None:
+                    entry.submitted += 1
+                    held.append(handle_ref._id)
         spec = p.TaskSpec(task_id, self.job_id, p.TASK_ACTOR_METHOD, b"", method_name,
                           arg_entries, list(kwargs), num_returns, {}, max_task_retries,
                           False, list(self.address), 0, actor_id, method_name, {})
@@ -96,7 +205,7 @@ class ActorCalls:
                 actor = self.actors[actor_id] = ActorState(actor_id)
                 watch = True
             actor.queue.append(task)
-        if watch:
+        if watch:       # the GCS answers with where it is, then each change
             self.gcs.send(p.WatchActor(actor_id, self.address.endpoint))
         else:
             self._pump_actor(actor_id)
@@ -112,10 +221,10 @@ class ActorCalls:
             actor = self.actors.get(actor_id)
             if actor is None:
                 return
-            if actor.state == "DEAD":
+            if actor.state == p.ACTOR_DEAD:
                 fails = [(t, actor.death_error()) for t in actor.queue]
                 actor.queue.clear()
-            elif actor.state == "ALIVE":
+            elif actor.state == p.ACTOR_ALIVE:
                 queue = actor.queue
                 while queue and not queue[0].deps:
                     task = queue.popleft()
@@ -134,28 +243,45 @@ class ActorCalls:
         for task, error in fails:
             self._fail_task(task.spec.task_id, error)
 
-    def _on_actor_info(self, msg: p.ActorInfo) -> None:
-        fails, retry = [], False
+    def forget_actor(self, actor_id: bytes) -> None:
+        """(lock held) No handle to this actor is left here and none of its
+        calls is pending: drop what we knew of it and our socket to it."""
+        actor = self.actors.get(actor_id)
+        if actor is None or actor.queue or actor.inflight:
+            return
+        del self.actors[actor_id]
+        if actor.address:
+            self.sender.forget(self.actor_endpoint(actor.address))
+            self._routes.pop((actor.address[1], actor.address[3], "actor"), None)
+
+    def _on_actor_info(self, msg: p.ActorInfo, known_only: bool = True) -> None:
+        """What the GCS says of an actor we call (``known_only``: ignore
+        actors we no longer follow)."""
+        fails, retry, gone = [], False, None
         with self.cond:
             actor = self.actors.get(msg.actor_id)
             if actor is None:
-                if msg.state != "DEAD":
+                if msg.state != p.ACTOR_DEAD or known_only:
                     return
                 actor = self.actors[msg.actor_id] = ActorState(msg.actor_id)
-            if actor.state == "DEAD":
+            if actor.state == p.ACTOR_DEAD:
                 return                  # dead is final
-            new_incarnation = msg.state == "ALIVE" and msg.incarnation != actor.incarnation
-            lost = msg.state in ("RESTARTING", "DEAD") or (new_incarnation and actor.incarnation)
+            new_incarnation = msg.state == p.ACTOR_ALIVE and msg.incarnation != actor.incarnation
+            lost = msg.state in (p.ACTOR_RESTARTING, p.ACTOR_DEAD) or (new_incarnation and actor.incarnation)
+            if lost and actor.address:
+                gone = actor.address        # close our socket to its old process
             actor.state = msg.state
+            if msg.state in (p.ACTOR_ALIVE, p.ACTOR_DEAD):
+                actor.keep = None   # its constructor has borrowed what it needs
             actor.address = msg.address
             actor.death_message = msg.death_message
             actor.death_blob = msg.death_error
-            if msg.state == "ALIVE":
+            if msg.state == p.ACTOR_ALIVE:
                 actor.incarnation = msg.incarnation
             if lost and actor.inflight:
                 again = []
                 for task in actor.inflight.values():
-                    if msg.state != "DEAD" and task.retries_left != 0:
+                    if msg.state != p.ACTOR_DEAD and task.retries_left != 0:
                         task.retries_left -= 1
                         again.append(task)
                     else:
@@ -163,11 +289,23 @@ class ActorCalls:
                 actor.inflight.clear()
                 actor.queue.extendleft(reversed(again))
                 retry = bool(again)
+        if gone is not None:
+            self.sender.forget(self.actor_endpoint(gone))
+            self._routes.pop((gone[1], gone[3], "actor"), None)
         for task, error in fails:
             self._fail_task(task.spec.task_id, error)
-        if msg.state in ("ALIVE", "DEAD") or retry:
+        if msg.state in (p.ACTOR_ALIVE, p.ACTOR_DEAD) or retry:
             self._pump_actor(msg.actor_id)
+
+    def watch_actors_again(self) -> None:
+        """(storage) The GCS restarted and forgot its watchers: watch again
+        every actor this process calls that is not dead."""
+        with self.cond:
+            live = [a for a, state in self.actors.items() if state.state != p.ACTOR_DEAD]
+        for actor_id in live:
+            self.gcs.send(p.WatchActor(actor_id, self.address.endpoint))
 
     def actor_killed(self, actor_id: bytes) -> None:
         """We killed this actor: fail its calls now, whatever the GCS says later."""
-        self._on_actor_info(p.ActorInfo(actor_id, "DEAD", [], 0, "killed by zray.kill()", b""))
+        self._on_actor_info(p.ActorInfo(actor_id, p.ACTOR_DEAD, [], 0, "killed by zray.kill()", b""),
+                            known_only=False)

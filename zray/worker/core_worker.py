@@ -36,12 +36,13 @@ from ..object_ref import ObjectRef, ObjectRefGenerator
 from .._private.session import actor_ipc, inbox_ipc, route
 from ..store.arena import Arena
 from ..store.spill_file import read_spill_file
+from .._private.pids import pid_alive
 from . import serialization
 from .function_manager import FunctionManager
 from .raylet_link import RayletWatch, remove_leftovers
 from .actor_calls import ActorCalls, ActorState
 from .pending_task import PendingTask
-from .reference_table import PENDING, READY, ReferenceTable
+from .reference_table import PENDING, READY, ReferenceTable, actor_of_handle_id
 from .streams import GEN_DONE_INDEX, GeneratorState, Streams
 from .task_events import TaskEventReporter, error_info
 
@@ -74,8 +75,11 @@ class CoreWorker(ActorCalls, Streams):
         self.node_id = reply.node_id
         self.node_ip = reply.node_ip
         self.gcs_address = reply.gcs_address
+        # storage: rides out a GCS restart (waits, resends), RayError after the timeout
         self.gcs = RpcClient(sockets.tcp_endpoint(reply.gcs_address), config.rpc_timeout_s,
-                             "GCS")
+                             "GCS", reconnect_timeout=config.gcs_reconnect_timeout_s,
+                             unreachable_error=exc.GcsUnreachableError)
+        self._gcs_reconnections = 0
         self.arena = Arena.attach(reply.arena_path)
         self.raylet_watch = RayletWatch(raylet_endpoint, reply.node_id, reply.raylet_pid)
         #: set once the raylet died: every call that needs it raises this
@@ -100,6 +104,13 @@ class CoreWorker(ActorCalls, Streams):
         self.released_refs: collections.deque = collections.deque()
         self.released_views: collections.deque = collections.deque()
         self.released_generators: collections.deque = collections.deque()
+        self.actors_out_of_scope: collections.deque = collections.deque()   # to report
+        self.creating: dict = {}        # actor id -> (since, class, resources): not up yet
+        self.owned_actors = 0           # live non-detached actors we created
+        self._owns_lock = threading.Lock()
+        self._told_owns = False
+        self._next_creation_check = 0.0
+        self.dead_owners: dict[bytes, str] = {}     # worker id -> why (TOPIC_WORKER)
         self._deferred: collections.deque = collections.deque()
         self._views: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._task_counter = itertools.count(1)
@@ -111,7 +122,8 @@ class CoreWorker(ActorCalls, Streams):
         self.log_handler = None             # set by the driver: print worker logs
         self.lineage: dict[bytes, PendingTask] = {}   # finished tasks whose results live
                                                       # on other nodes: how to rebuild them
-        topics = [p.TOPIC_NODE] + ([p.log_topic(job_id)] if mode == "driver" else [])
+        topics = [p.TOPIC_NODE, p.TOPIC_WORKER] + (
+            [p.log_topic(job_id)] if mode == "driver" else [])
         self.pub_address = reply.pub_address        # the GCS event stream
         self._subscriber = sockets.subscriber(reply.pub_address, topics)
         self._running = True
@@ -214,8 +226,21 @@ class CoreWorker(ActorCalls, Streams):
             if entry.ret is not None and entry.ret[1] == p.RET_STORED:
                 pass                    # the owner frees the store copy
             give_back.setdefault(self.endpoint_of(entry.owner), []).append(object_id)
+        actor_id = actor_of_handle_id(object_id)
+        if actor_id is not None:            # our last handle to it and its calls are done
+            if entry.owned:
+                self.actors_out_of_scope.append(actor_id)
+                self.owned_actors -= 1
+            self.forget_actor(actor_id)
 
     def _send_frees(self, freed_stored, give_back) -> None:
+        while self.actors_out_of_scope:
+            try:
+                actor_id = self.actors_out_of_scope.popleft()
+            except IndexError:
+                break
+            self.gcs.send(p.ReportActorOutOfScope(actor_id))
+            self.tell_owns()
         if freed_stored:
             self.raylet.send(p.FreeObjects(freed_stored))
         for endpoint, ids in give_back.items():
@@ -726,7 +751,13 @@ class CoreWorker(ActorCalls, Streams):
             if entry.owned or entry.state == READY:
                 continue
             owner = ref._owner
-            if owner[3] == self.node_id and (not _pid_alive(owner[2]) or (
+            why = self.dead_owners.get(owner[1])
+            if why is None and owner[3] in self.dead_nodes:
+                why = f"its node {owner[3].hex()[:12]} died"
+            if why is not None:         # told by the GCS (TOPIC_WORKER, TOPIC_NODE)
+                self._owner_died_error(ref._id, entry, why)
+                continue
+            if owner[3] == self.node_id and (not pid_alive(owner[2]) or (
                     owner[2] == self.pid and owner[1] != self.worker_id)):
                 blob = serialization.serialize(exc.OwnerDiedError(
                     f"the owner of object {ref.hex()} (pid {owner[2]}) died"),
@@ -876,9 +907,13 @@ class CoreWorker(ActorCalls, Streams):
                 if error is not None:
                     self._raylet_died(error)
             try:
+                if self.gcs.reconnections() != self._gcs_reconnections:   # storage: the
+                    self._gcs_reconnections = self.gcs.reconnections()   # GCS restarted
+                    self.watch_actors_again()
                 self._run_deferred()
                 self.drain_releases()
                 self.task_events.maybe_flush(time.monotonic())
+                self.check_creations(time.monotonic())
             except Exception:
                 if self._running:
                     log.exception("core worker background work failed")
@@ -965,7 +1000,11 @@ class CoreWorker(ActorCalls, Streams):
             try:
                 if topic == p.TOPIC_NODE:
                     if event["event"] == "removed":
-                        self._node_died(event["node"]["node_id"])
+                        node_id = event["node"]["node_id"]
+                        self._node_died(node_id)
+                        self._owner_died(b"", node_id, f"its node {node_id.hex()[:12]} died")
+                elif topic == p.TOPIC_WORKER:
+                    self._owner_died(event["worker_id"], event["node_id"], event["message"])
                 elif self.log_handler:
                     pid, ip, lines = event
                     self.log_handler(pid, ip, lines)
@@ -1026,6 +1065,41 @@ class CoreWorker(ActorCalls, Streams):
         for task in {id(t): t for t in rebuild}.values():
             log.info("rebuilding the results of %s lost with a node", task.spec.function_name)
             self.raylet.send(p.SubmitTask(list(task.spec)))
+
+    def _owner_died(self, worker_id: bytes, node_id: bytes, message: str) -> None:
+        """(I/O thread) A worker or driver died (``worker_id`` b"": every one
+        of ``node_id``): the objects we borrow from it that have no value yet
+        become OwnerDiedError, now and when asked for later; it no longer
+        borrows what we own."""
+        why = message or f"worker {worker_id.hex()[:12]} died"
+        if worker_id:
+            if len(self.dead_owners) > 100_000:
+                self.dead_owners.clear()
+            self.dead_owners[worker_id] = why
+        freed_stored, give_back = [], {}
+        with self.cond:
+            for object_id, entry in list(self.refs.entries.items()):
+                if entry.owned:         # a dead borrower gives nothing back: drop it
+                    if worker_id and entry.borrowers and worker_id in entry.borrowers:
+                        gone = self.refs.remove_borrower(object_id, worker_id)
+                        if gone is not None:
+                            self._forget(object_id, gone, freed_stored, give_back)
+                    continue
+                if entry.state == READY:
+                    continue
+                owner = entry.owner
+                if (owner[1] == worker_id if worker_id else owner[3] == node_id):
+                    self._owner_died_error(object_id, entry, why)
+            self.cond.notify_all()
+        self._send_frees(freed_stored, give_back)
+
+    @staticmethod
+    def _owner_died_error(object_id: bytes, entry, why: str) -> None:
+        """(lock held) Make a borrowed entry an OwnerDiedError."""
+        entry.ret = [object_id, p.RET_ERROR, serialization.serialize(exc.OwnerDiedError(
+            f"the owner of object {object_id.hex()} died, so its value cannot be had: {why}"),
+            serialization.KIND_ERROR).to_bytes()]
+        entry.state = READY
 
     def check_raylet(self) -> None:
         """Raise NodeDiedError if this node's raylet died."""
@@ -1108,12 +1182,3 @@ class CoreWorker(ActorCalls, Streams):
         p.ActorInfo: _on_actor_info_msg,
         p.TaskPlaced: _on_task_placed,
     }
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -10,6 +10,22 @@ from __future__ import annotations
 
 PENDING, READY = 0, 1
 
+#: the index of the id that counts an actor's handles (Ray: ObjectID::ForActorHandle):
+#: ``actor_id + ACTOR_HANDLE_INDEX``, owned by the actor's creator, borrowed elsewhere
+ACTOR_HANDLE_INDEX = b"\xff\xff\xff\xfe"
+
+
+def actor_handle_id(actor_id: bytes) -> bytes:
+    """The object id whose references are an actor's handles."""
+    return actor_id + ACTOR_HANDLE_INDEX
+
+
+def actor_of_handle_id(object_id: bytes) -> bytes | None:
+    """The actor an id counts the handles of, or None for an ordinary object."""
+    if len(object_id) == 20 and object_id.endswith(ACTOR_HANDLE_INDEX):
+        return object_id[:16]
+    return None
+
 
 class Entry:
     __slots__ = ("owned", "owner", "state", "ret", "local", "submitted", "borrowers",

@@ -6,20 +6,22 @@ runs one ``training_step()`` of the subclass and returns RLlib's result keys
 (nested; ``result["env_runners/episode_return_mean"]`` also works).
 
 ``episode_return_mean`` (and ``episode_len_mean``, ``episode_return_max``,
-``episode_return_min``) follow RLlib's new API stack: they are taken over the
-last ``metrics_num_episodes_for_smoothing`` completed episodes (default 100,
-set with ``.reporting(...)``), across iterations, so a stop criterion ported
-from RLlib stops at the same point. NaN until the first episode completes.
+``episode_return_min``) are computed as RLlib 2.60's new API stack computes
+them, so a stop criterion ported from RLlib stops at the same point: each env
+runner contributes the episodes it completed in this iteration, at most its
+last ``ceil(metrics_num_episodes_for_smoothing / num_env_runners)`` of them
+(default 100 in all), and the result is the mean of the runners' means (max
+of maxima, min of minima). Episodes of earlier iterations never count. NaN
+for an iteration in which no episode completed.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import time
-from collections import deque
-
 import numpy as np
 import torch
 
@@ -83,8 +85,8 @@ class Algorithm:
         self.lifetime_trained = 0
         self.lifetime_episodes = 0
         self._time_total = 0.0
-        # (return, length) of the last metrics_num_episodes_for_smoothing episodes
-        self._recent = deque(maxlen=config.metrics_num_episodes_for_smoothing)
+        # this iteration's completed episodes: worker_index -> [(return, length)]
+        self._iter_by_runner: dict[int, list] = {}
         self._eval_runner = None
         self.learner_group = self.env_runner_group = None
         try:
@@ -181,11 +183,14 @@ class Algorithm:
             self._iter_steps += s["num_env_steps"]
             self._iter_returns.extend(s["episode_returns"].tolist())
             self._iter_lens.extend(s["episode_lens"].tolist())
+            self._iter_by_runner.setdefault(s.get("worker_index", 0), []).extend(
+                zip(s["episode_returns"].tolist(), s["episode_lens"].tolist()))
 
     def train(self) -> ResultDict:
         """One training iteration; RLlib's result dict."""
         start = time.perf_counter()
         self._iter_steps, self._iter_returns, self._iter_lens = 0, [], []
+        self._iter_by_runner = {}
         restarts_before = self.env_runner_group.restarts
         stats, trained = {}, 0
         while True:
@@ -199,7 +204,6 @@ class Algorithm:
         self.iteration += 1
         if not self.learner_group.local:
             self._module.set_state(self.learner_group.get_weights())
-        self._recent.extend(zip(self._iter_returns, self._iter_lens))
         self.lifetime_episodes += len(self._iter_returns)
         elapsed = time.perf_counter() - start
         self._time_total += elapsed
@@ -239,13 +243,20 @@ class Algorithm:
         return result
 
     def _window_stats(self) -> tuple[float, float, float, float]:
-        """(return mean, length mean, return max, return min) over the smoothing
-        window; NaNs while no episode has completed."""
-        if not self._recent:
+        """(return mean, length mean, return max, return min) of this iteration's
+        episodes as RLlib 2.60 reduces them: per runner the last
+        ceil(window / num_env_runners) episodes, then the mean of the runners'
+        means (max of maxima, min of minima); NaNs if no episode completed."""
+        per_runner = math.ceil(self.config.metrics_num_episodes_for_smoothing
+                               / max(1, self.config.num_env_runners))
+        windows = [np.asarray(eps[-per_runner:], float)
+                   for eps in self._iter_by_runner.values() if eps]
+        if not windows:
             return (float("nan"),) * 4
-        rets = np.fromiter((r for r, _ in self._recent), float, len(self._recent))
-        lens = np.fromiter((n for _, n in self._recent), float, len(self._recent))
-        return (float(rets.mean()), float(lens.mean()), float(rets.max()), float(rets.min()))
+        return (float(np.mean([w[:, 0].mean() for w in windows])),
+                float(np.mean([w[:, 1].mean() for w in windows])),
+                float(max(w[:, 0].max() for w in windows)),
+                float(min(w[:, 0].min() for w in windows)))
 
     # ---- acting and evaluation --------------------------------------------
     def get_module(self, module_id: str = DEFAULT_MODULE_ID):
@@ -294,8 +305,7 @@ class Algorithm:
         """Counters and algorithm-specific state (JSON-able; override to add)."""
         return {"iteration": self.iteration, "lifetime_steps": self.lifetime_steps,
                 "lifetime_trained": self.lifetime_trained,
-                "lifetime_episodes": self.lifetime_episodes, "time_total": self._time_total,
-                "recent_episodes": [list(e) for e in self._recent]}
+                "lifetime_episodes": self.lifetime_episodes, "time_total": self._time_total}
 
     def set_algo_state(self, state: dict) -> None:
         self.iteration = state["iteration"]
@@ -303,8 +313,6 @@ class Algorithm:
         self.lifetime_trained = state.get("lifetime_trained", 0)
         self.lifetime_episodes = state.get("lifetime_episodes", 0)
         self._time_total = state.get("time_total", 0.0)
-        self._recent.clear()
-        self._recent.extend((float(r), float(n)) for r, n in state.get("recent_episodes", []))
 
     def save(self, checkpoint_dir: str | None = None) -> Checkpoint:
         """Write a checkpoint directory: module_state.pt (the module's state

@@ -1,0 +1,1 @@
+../zray/cluster_launcher/zray-bootstrap.sh
