@@ -17,7 +17,8 @@ Two stop criteria are measured in one run (wall time counts from before
   episodes across iterations is >= the goal. 100 episodes of 450+ steps lie in
   that window, so ~45k env steps is its floor whatever the algorithm.
 
-A run goes on until both are reached (or ``--max-steps``).
+A run goes on until both are reached (or ``--max-steps``, or ``--timeout``:
+then the first criterion's result is kept and window-100 counts as not reached).
 
 ``--compare-rllib PYTHON`` runs the same config text under ``ray.rllib`` in
 that interpreter (Ray with RLlib and torch installed) and prints both.
@@ -96,6 +97,8 @@ while True:
         best = max(best, ret)
     if reached is None and ret >= {goal}:
         reached = {{"steps": int(steps), "wall": round(time.perf_counter() - t0, 1)}}
+        print("PROGRESS " + json.dumps({{"reached": reached, "window100": None, "best": best,
+                                        "iterations": it, "steps_run": int(steps)}}), flush=True)
     # zray's episodes of this iteration (a private attribute, read by this benchmark only)
     this_iter = getattr(algo, "_iter_returns", None)
     if this_iter is not None:
@@ -120,7 +123,12 @@ def run_one(python: str, pkg: str, algo: str, seed: int, goal: float, max_steps:
     try:
         proc = subprocess.run([python, "-c", code], capture_output=True, text=True,
                               timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as exc:
+        # A run that reached RLlib's metric but not window-100 keeps its first result.
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        for line in out.splitlines():
+            if line.startswith("PROGRESS "):
+                return dict(json.loads(line[9:]), timed_out=True)
         return {"error": f"timed out after {timeout:.0f} s"}
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):

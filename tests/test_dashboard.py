@@ -242,6 +242,36 @@ def test_job_runs_its_entrypoint_with_env_vars_and_joins_the_cluster(dash):
     assert again.status == 400 and "already exists" in again.json()["msg"]
 
 
+def test_entrypoint_resources_are_held_for_the_job_while_it_runs(dash):
+    script = ("import zray; zray.init(); "
+              "print('cpus free', zray.available_resources().get('CPU', 0), flush=True)")
+    sid = dash.post("/api/jobs/", {"entrypoint": f"{sys.executable} -c \"{script}\"",
+                                   "entrypoint_num_cpus": 2}).json()["submission_id"]
+    job = dash.wait_job(sid, {"SUCCEEDED", "FAILED"})
+    assert job["status"] == "SUCCEEDED", job["message"]
+    assert job["entrypoint_num_cpus"] == 2
+    assert "cpus free 0" in dash.get(f"/api/jobs/{sid}/logs").json()["logs"]
+    wait_for(lambda: zray.available_resources().get("CPU", 0) == 2, timeout=20)
+
+
+def test_job_waits_pending_for_entrypoint_resources_no_node_has_and_can_be_stopped(dash):
+    sid = dash.post("/api/jobs/", {"entrypoint": "echo never-runs",
+                                   "entrypoint_resources": {"unicorn": 1}}).json()[
+        "submission_id"]
+    wait_for(lambda: "waiting for its entrypoint resources" in
+             dash.get(f"/api/jobs/{sid}").json()["message"], timeout=20)
+    assert dash.get(f"/api/jobs/{sid}").json()["status"] == "PENDING"
+    assert dash.post(f"/api/jobs/{sid}/stop").json() == {"stopped": True}
+    job = dash.wait_job(sid, {"STOPPED", "FAILED", "SUCCEEDED"}, timeout=20)
+    assert job["status"] == "STOPPED"
+    assert "never-runs" not in dash.get(f"/api/jobs/{sid}/logs").json()["logs"]
+    wait_for(lambda: not [g for g in zray.util.placement_group_table().values()
+                          if g["name"] == f"_job_{sid}" and g["state"] != "REMOVED"],
+             timeout=20)
+    bad = dash.post("/api/jobs/", {"entrypoint": "true", "entrypoint_resources": {"x": -1}})
+    assert bad.status == 400 and "entrypoint_resources" in bad.json()["msg"]
+
+
 def test_failed_job_reports_its_exit_code_and_last_logs(dash):
     sid = dash.post("/api/jobs/", {"entrypoint": "echo oops-output; exit 3"}).json()[
         "submission_id"]

@@ -187,7 +187,7 @@ def test_object_on_another_node_names_its_owner_and_a_silent_node_only_warns():
         here = zray.get_runtime_context().get_node_id()
         ref = make_array.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
             other.node_id, soft=False)).remote(MB)
-        zray.wait([ref], timeout=60)
+        zray.wait([ref], timeout=60, fetch_local=False)     # made there, not fetched
         row = wait_for(lambda: _row(ref), 10)
         assert row["node_id"] == other.node_id and row["owner_node_id"] == here
         assert row["owner_pid"] == os.getpid() and row["owner_type"] == "DRIVER"

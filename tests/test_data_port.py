@@ -340,39 +340,32 @@ def test_a_login_is_good_once_for_its_endpoint_within_the_window(monkeypatch):
 # ---------------------------------------------------------------- two transfers, one process
 
 class _Raylet:
-    """Just what ObjectTransfer uses of a raylet: a store on a private arena,
-    the cluster view's data addresses, and the watch loop (shared by every
-    _Raylet of a test through ``loop``)."""
+    """Just what ObjectTransfer uses of a raylet: a store service on a
+    private arena, the cluster view's data addresses, and the watch loop
+    (shared by every _Raylet of a test through ``loop``)."""
 
     def __init__(self, name: str, loop: dict, peers: dict, tmp_path):
         from types import SimpleNamespace
         from zray.raylet.object_transfer import ObjectTransfer
+        from zray.raylet.store_service import StoreService
         from zray.store import Arena, ObjectStore
         self.arena = Arena.create(f"/dev/shm/zray_test-data-port-{os.getpid()}-{name}",
                                   64 * MB)
         self.store = ObjectStore(self.arena, str(tmp_path / name))
-        self.view = SimpleNamespace(data_address=peers.get)
-        self.pins_waiting_seal: dict = {}
+        self.view = SimpleNamespace(data_address=peers.get, alive=lambda node_id: True)
         self.loop = loop
-        self.transfer = ObjectTransfer(self, "127.0.0.1")
+        self.service = StoreService(self.arena, self.store)
+        self.transfer = ObjectTransfer(self.service, self.view, self.watch, "127.0.0.1")
 
     def watch(self, sock, handler) -> None:
-        self.loop[sock] = handler
-
-    def unwatch(self, sock) -> None:
-        self.loop.pop(sock, None)
-
-    def seal(self, object_id: bytes) -> None:
-        self.store.seal(object_id)
-
-    def handle_pin_objects(self, req, msg) -> None:
-        pass
+        if handler is None:
+            self.loop.pop(sock, None)
+        else:
+            self.loop[sock] = handler
 
     def close(self) -> None:
         self.transfer.close()
-        self.store.close()
-        self.arena.close()
-        self.arena.unlink()
+        self.service.close()
 
 
 def _run_until(loop: dict, predicate, timeout: float = 20.0) -> None:

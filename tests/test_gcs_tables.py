@@ -500,3 +500,22 @@ def test_a_registration_sent_again_after_a_gcs_restart_creates_nothing_new(make_
     assert gcs(create).value is True
     assert gcs(create).value is True                           # not "already exists"
     assert len([g for g in gcs.gcs.pgs.all() if g["pg_id"] == pg_id]) == 1
+
+
+def test_removed_groups_leave_the_table_past_a_bound_and_live_ones_survive_a_reload(
+        monkeypatch):
+    from zray.gcs import placement_group_manager as pgm
+    monkeypatch.setattr(pgm, "REMOVED_KEPT", 3)
+    storage = DeepCopyStorage()
+    groups = pgm.PlacementGroupManager(storage)
+    ids = [os.urandom(16) for _ in range(6)]
+    for pg_id in ids:
+        groups.create(p.CreatePlacementGroup(pg_id, [{"CPU": 1.0}], "PACK", "", b"", False))
+    for pg_id in ids[:5]:
+        groups.removed(pg_id)
+    assert [pg["pg_id"] for pg in groups.pending()] == [ids[5]]
+    kept = {pg_id for pg_id, _ in storage.items(pgm.TABLE)}
+    assert kept == set(ids[2:]), "only the last 3 removed groups and the live one stay"
+    reloaded = pgm.PlacementGroupManager(storage)
+    assert [pg["pg_id"] for pg in reloaded.pending()] == [ids[5]]
+    assert reloaded.get(ids[4])["state"] == p.PG_REMOVED

@@ -42,6 +42,7 @@ def test_row_names_and_units():
         "init_to_first_task": "s",
         "single_client_tasks_sync": "tasks/s",
         "single_client_tasks_async": "tasks/s",
+        "single_client_wait_1k_refs": "waits/s",
         "single_client_put_calls": "calls/s",
         "single_client_get_calls": "calls/s",
         "single_client_put_gigabytes": "GB/s",
@@ -60,6 +61,7 @@ def test_row_names_and_units():
         "transfer_500mb_between_nodes": "GB/s",
         "actor_create_drop_per_s": "actors/s",
         "gcs_restart_to_first_task_s": "s",
+        "placement_group_create_removal": "groups/s",
     }
     assert mb._UNITS == expected
     assert len(set(mb.ROW_NAMES)) == len(mb.ROW_NAMES)

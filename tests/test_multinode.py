@@ -205,7 +205,7 @@ class TestScheduling:
 
         n = 40 * MB // 8
         ref = make.options(**on(producer)).remote(n)
-        ready, _ = zray.wait([ref], timeout=60)       # made, not fetched
+        ready, _ = zray.wait([ref], timeout=60, fetch_local=False)       # made, not fetched
         assert ready
         got = zray.get([read.options(**on(reader)).remote([ref]) for _ in range(2)],
                        timeout=60)
@@ -322,7 +322,7 @@ class TestNodeLoss:
 
         n = 2 * MB // 8
         ref = make.options(**on(victim.node_id, soft=True)).remote(n)
-        ready, _ = zray.wait([ref], timeout=30)      # made there, never fetched here
+        ready, _ = zray.wait([ref], timeout=30, fetch_local=False)      # made there, never fetched here
         assert ready
         crash(dyn, victim)
         arr, made_on = zray.get(ref, timeout=30)
@@ -337,7 +337,7 @@ class TestNodeLoss:
             return np.arange(n, dtype=np.int64)
 
         ref = make.options(**on(victim.node_id, soft=True)).remote(2 * MB // 8)
-        ready, _ = zray.wait([ref], timeout=30)
+        ready, _ = zray.wait([ref], timeout=30, fetch_local=False)
         assert ready
         crash(dyn, victim)
         with pytest.raises(zexc.ObjectLostError):

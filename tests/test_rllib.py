@@ -191,6 +191,20 @@ def test_metrics_window_caps_the_episodes_counted_in_an_iteration():
         algo.stop()
 
 
+def test_metrics_window_is_split_among_env_runners_like_rllib(cluster):
+    # Each runner process counts its own episodes 1..8 in the first iteration;
+    # a window of 4 over 2 runners keeps each runner's last 2 episodes: (7 + 8) / 2.
+    algo = (counting_ppo(metrics_num_episodes_for_smoothing=4)
+            .env_runners(num_env_runners=2, num_cpus_per_env_runner=0.5).build_algo())
+    try:
+        result = algo.train()
+        assert result["env_runners/num_episodes"] == 16
+        assert result["env_runners/episode_return_mean"] == pytest.approx(7.5)
+        assert result["env_runners/episode_return_min"] == 7
+    finally:
+        algo.stop()
+
+
 class TwentyStepEnv(gym.Env):
     """Episodes of exactly 20 steps, reward 1 a step."""
     observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)

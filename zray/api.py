@@ -47,7 +47,7 @@ class RuntimeContext:
         return self._worker.job_id.hex()
 
     def get_task_id(self) -> str | None:
-        task_id = getattr(self._worker.current, "task_id", None)
+        task_id = self._worker.current_task_id()
         return task_id.hex() if task_id else None
 
     def get_node_id(self) -> str:
@@ -73,12 +73,13 @@ class RuntimeContext:
         return self._worker.namespace
 
     def get_assigned_resources(self) -> dict:
-        spec = getattr(self._worker.current, "spec", None)
+        spec = self._worker.current_spec()
         return dict(spec.resources) if spec else {}
 
     @property
     def was_current_actor_reconstructed(self) -> bool:
-        return bool(getattr(self._worker, "actor_restarted", False))
+        """True in an actor whose process was started by a restart."""
+        return self._worker.actor_reconstructed
 
 
 def is_initialized() -> bool:
@@ -391,7 +392,9 @@ def put(value) -> ObjectRef:
 def wait(object_refs, *, num_returns: int = 1, timeout: float | None = None,
          fetch_local: bool = True):
     """``(ready, not_ready)`` once ``num_returns`` refs are ready or time is up
-    (``([], [])`` for no refs, as Ray)."""
+    (``([], [])`` for no refs, as Ray). ``fetch_local=True``: a ref counts as
+    ready only once its value is on this node (a stored object of another
+    node is pulled here first); False: as soon as it exists anywhere."""
     if not object_refs:
         return [], []
     return require_worker().wait(list(object_refs) if not isinstance(object_refs, list)

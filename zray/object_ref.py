@@ -85,7 +85,7 @@ class ObjectRefGenerator:
         return self
 
     def __next__(self) -> ObjectRef:
-        ref = self._worker.next_generator_item(self._task_id, self._index, timeout=None)
+        ref = self._worker.next_generator_item(self._task_id, self._index)
         if ref is None:
             raise StopIteration
         self._index += 1
@@ -97,7 +97,7 @@ class ObjectRefGenerator:
     async def __anext__(self) -> ObjectRef:
         import asyncio
         ref = await asyncio.get_running_loop().run_in_executor(
-            None, self._worker.next_generator_item, self._task_id, self._index, None)
+            None, self._worker.next_generator_item, self._task_id, self._index)
         if ref is None:
             raise StopAsyncIteration
         self._index += 1

@@ -227,6 +227,18 @@ class _Bench:
         b, small = self.b, self.r["small"]
         return self.throughput(lambda: b.get([small.remote() for _ in range(BATCH)]), BATCH)
 
+    def single_client_wait_1k_refs(self):
+        """``wait`` calls/s: 1,000 small tasks submitted, then waited for one
+        ``wait`` at a time until none is left (as Ray's row does)."""
+        b, small = self.b, self.r["small"]
+
+        def batch():
+            not_ready = [small.remote() for _ in range(BATCH)]
+            while not_ready:
+                _, not_ready = b.wait(not_ready)
+
+        return self.throughput(batch, BATCH)
+
     def single_client_put_calls(self):
         b = self.b
         return self.throughput(lambda: b.put(0), 1)
@@ -338,6 +350,18 @@ class _Bench:
 
         return self.throughput(once, 1)
 
+    def placement_group_create_removal(self):
+        """Create a one-bundle placement group, wait until it is placed, remove it."""
+        b = self.b
+        util = importlib.import_module(f"{b.__name__}.util")
+
+        def once():
+            pg = util.placement_group([{"CPU": 1}])
+            b.get(pg.ready())
+            util.remove_placement_group(pg)
+
+        return self.throughput(once, 1)
+
     # -- task events (zray only) ------------------------------------------------
     ABSORB_TASKS = 100_000       # fill the table (100,000 rows by default), then as many again
 
@@ -430,6 +454,7 @@ ROWS = [
     ("init_to_first_task", "s", None),
     ("single_client_tasks_sync", "tasks/s", "single_client_tasks_sync"),
     ("single_client_tasks_async", "tasks/s", "single_client_tasks_async"),
+    ("single_client_wait_1k_refs", "waits/s", "single_client_wait_1k_refs"),
     ("single_client_put_calls", "calls/s", "single_client_put_calls"),
     ("single_client_get_calls", "calls/s", "single_client_get_calls"),
     ("single_client_put_gigabytes", "GB/s", "single_client_put_gigabytes"),
@@ -444,6 +469,7 @@ ROWS = [
     ("1_n_actor_calls_async", "calls/s", "n_actor_calls_async"),
     ("actor_create_call_kill", "actors/s", "actor_create_call_kill"),
     ("actor_create_drop_per_s", "actors/s", "actor_create_drop"),
+    ("placement_group_create_removal", "groups/s", "placement_group_create_removal"),
     ("gcs_restart_to_first_task_s", "s", None),
     ("task_events_absorbed", "tasks/s", "task_events_absorbed"),
     ("task_events_gcs_growth_past_bound", "MB", "task_events_gcs_growth"),
@@ -1040,6 +1066,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=argparse.SUPPRESS)
     p.add_argument("--_transfer-probe", dest="transfer_probe", action="store_true",
                    help=argparse.SUPPRESS)
+    p.add_argument("--gcs-storage", choices=["memory", "sqlite"], default="memory",
+                   help="where zray's local GCS keeps its tables during the run: in "
+                        "memory (the default of zray.init()) or in a fresh sqlite file "
+                        "(the default of `zray start --head`), to see what persistence costs")
     p.add_argument("--_gcs-restart-probe", dest="gcs_restart_probe", action="store_true",
                    help=argparse.SUPPRESS)
     p.add_argument("--scale", action="store_true",
@@ -1091,6 +1121,11 @@ def main(argv=None) -> int:
         return 0
 
     dashboard = args.with_dashboard and not _is_ray(args.backend)
+    if args.gcs_storage == "sqlite" and not _is_ray(args.backend):
+        import tempfile
+        db_dir = tempfile.mkdtemp(prefix="zray-bench-gcs-")
+        os.environ["ZRAY_GCS_STORAGE"] = f"sqlite:///{db_dir}/gcs.db"
+        importlib.import_module("zray.config").config.reload()
     if dashboard:
         _use_task_events(True)
 

@@ -9,6 +9,11 @@ environment, and ``ZRAY_ADDRESS`` naming the cluster, so a driver in it
 joins the cluster by itself. Its output goes to
 ``<session>/logs/job-driver-<submission_id>.log``.
 
+``entrypoint_num_cpus``/``_num_gpus``/``_memory``/``_resources`` are
+reserved for the entrypoint as Ray does: a placement group of one bundle
+holds them from before the entrypoint starts until it ends; the job stays
+PENDING, saying so, while the cluster cannot give them.
+
 Status: PENDING -> RUNNING -> SUCCEEDED | FAILED | STOPPED. Stopping sends
 SIGTERM to the job's process group, then SIGKILL after ``stop_grace_s``.
 Every row is written through to the GCS KV (namespace
@@ -50,6 +55,8 @@ MAX_UNPACKED_BYTES = 2 * 1024 ** 3
 _ID = re.compile(r"[A-Za-z0-9_.-]{1,128}\Z")
 _PACKAGE = re.compile(r"[A-Za-z0-9_.-]{1,200}\.zip\Z")
 LOG_TAIL_CHARS = 20_000
+#: how often a job waiting for its entrypoint resources asks the GCS again
+RESERVE_POLL_S = 0.2
 
 
 class JobError(Exception):
@@ -66,6 +73,7 @@ class _Job:
         self.row = row
         self.proc: subprocess.Popen | None = None
         self.stop_requested = False
+        self.pg_id: bytes | None = None     # the entrypoint resources' reservation
 
 
 class JobSupervisor:
@@ -105,6 +113,9 @@ class JobSupervisor:
                     os.killpg(pid, signal.SIGKILL)
             except (psutil.NoSuchProcess, ProcessLookupError, PermissionError):
                 pass
+            groups = self.gcs.call(p.GetPlacementGroups(b"", f"_job_{key.decode()}")).value
+            for group in groups or ():          # what it held for its entrypoint returns
+                self.gcs.call(p.RemovePlacementGroup(bytes.fromhex(group["placement_group_id"])))
             row.update(status=FAILED, end_time=_now_ms(), error_type="JOB_SUPERVISOR_LOST",
                        message="the dashboard that supervised this job exited while it ran")
             self._save(row)
@@ -202,11 +213,7 @@ class JobSupervisor:
         if not isinstance(metadata, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
             raise JobError(400, "'metadata' must map strings to strings")
-        for name in ("entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory"):
-            value = body.get(name)
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, (int, float)) or value < 0):
-                raise JobError(400, f"'{name}' must be a number >= 0")
+        bundle = _entrypoint_bundle(body)
         with self._lock:
             if self._closed:
                 raise JobError(503, "the dashboard is stopping")
@@ -229,8 +236,39 @@ class JobSupervisor:
             job = _Job(row)
             self._jobs[submission_id] = job
             self._save(row)
-        self._start(job, workdir, env_vars)
+        if bundle:
+            threading.Thread(target=self._reserve_then_start,
+                             args=(job, bundle, workdir, env_vars), daemon=True,
+                             name=f"job-{submission_id[:20]}-reserve").start()
+        else:
+            self._start(job, workdir, env_vars)
         return submission_id
+
+    def _reserve_then_start(self, job: _Job, bundle: dict, workdir, env_vars) -> None:
+        """Hold ``bundle`` for the job (a placement group), then start it; a
+        job stopped meanwhile ends STOPPED without starting."""
+        job.pg_id = os.urandom(16)
+        sid = job.row["submission_id"]
+        try:
+            self.gcs.call(p.CreatePlacementGroup(job.pg_id, [bundle], "PACK", f"_job_{sid}",
+                                                 b"", True))
+            with self._lock:
+                job.row["message"] = (f"Job is waiting for its entrypoint resources {bundle} "
+                                      f"to become available.")
+                self._save(job.row)
+            while not job.stop_requested and not self._closed:
+                groups = self.gcs.call(p.GetPlacementGroups(job.pg_id, "")).value
+                if groups and groups[0]["state"] == p.PG_CREATED:
+                    break
+                time.sleep(RESERVE_POLL_S)
+        except (TimeoutError, OSError) as err:
+            self._finish(job, FAILED, f"could not reserve the entrypoint resources {bundle}: "
+                                      f"{err}", None, "JOB_SUPERVISOR_ERROR")
+            return
+        if job.stop_requested or self._closed:
+            self._finish(job, STOPPED, "Job was intentionally stopped.", None)
+            return
+        self._start(job, workdir, env_vars)
 
     def _start(self, job: _Job, workdir: str | None, env_vars: dict) -> None:
         row = job.row
@@ -281,6 +319,12 @@ class JobSupervisor:
                                       f"chars):\n{tail}", code, "JOB_ENTRYPOINT_COMMAND_ERROR")
 
     def _finish(self, job: _Job, status: str, message: str, code, error_type=None) -> None:
+        if job.pg_id is not None:                   # its reserved resources return
+            try:
+                self.gcs.call(p.RemovePlacementGroup(job.pg_id))
+            except (TimeoutError, OSError) as err:
+                log.error("could not return the resources of job %s: %s",
+                          job.row["submission_id"], err)
         with self._lock:
             job.row.update(status=status, message=message, driver_exit_code=code,
                            end_time=_now_ms(), error_type=error_type)
@@ -383,6 +427,31 @@ class JobSupervisor:
                 job.proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self._signal(job, signal.SIGKILL)
+
+
+def _entrypoint_bundle(body: dict) -> dict:
+    """The resources a request asks to hold for its entrypoint, as one
+    bundle ({} for none); JobError (400) for a malformed amount."""
+    bundle = {}
+    for name, resource in (("entrypoint_num_cpus", "CPU"), ("entrypoint_num_gpus", "GPU"),
+                           ("entrypoint_memory", "memory")):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool)
+                                  or not isinstance(value, (int, float)) or value < 0):
+            raise JobError(400, f"'{name}' must be a number >= 0")
+        if value:
+            bundle[resource] = float(value)
+    resources = body.get("entrypoint_resources") or {}
+    if not isinstance(resources, dict) or not all(
+            isinstance(k, str) and k and not isinstance(v, bool) and isinstance(v, (int, float))
+            and v >= 0 for k, v in resources.items()):
+        raise JobError(400, "'entrypoint_resources' must map resource names to numbers >= 0")
+    if {"CPU", "GPU", "memory"} & set(resources):
+        raise JobError(400, "give CPU, GPU and memory with entrypoint_num_cpus, "
+                            "entrypoint_num_gpus and entrypoint_memory, not in "
+                            "entrypoint_resources")
+    bundle.update({k: float(v) for k, v in resources.items() if v})
+    return bundle
 
 
 def _public(row: dict) -> dict:

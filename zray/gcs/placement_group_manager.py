@@ -1,9 +1,15 @@
 """The placement group table: each group's bundles, the node each bundle is
 reserved on, and its state (``protocol.PG_*``: PENDING until every bundle has
 a node, then CREATED; REMOVED at the end). Bundles of a dead node go back to
-PENDING. Rows are written through ``storage.put``; callers get copies."""
+PENDING. Rows are written through ``storage.put``; callers get copies.
+
+The groups not removed are indexed in memory (rebuilt from the table), so
+the scans a heartbeat makes never read removed groups; the last
+``REMOVED_KEPT`` removed groups stay readable (``placement_group_table``
+shows them REMOVED), older ones leave the table."""
 from __future__ import annotations
 
+import collections
 import time
 
 from ..broker import protocol as p
@@ -14,19 +20,41 @@ PENDING, CREATED, REMOVED = p.PG_PENDING, p.PG_CREATED, p.PG_REMOVED
 STRATEGIES = p.PG_STRATEGIES
 
 
+#: removed groups kept in the table (past it, the oldest leave first)
+REMOVED_KEPT = 1000
+
+
 class PlacementGroupManager:
     def __init__(self, storage):
         self.storage = storage
+        rows = sorted(storage.items(TABLE), key=lambda kv: kv[1].get("created_at", 0.0))
+        #: ids of the groups not removed
+        self._live: set[bytes] = {pg_id for pg_id, pg in rows if pg["state"] != REMOVED}
+        #: ids of removed groups still in the table, oldest first
+        self._removed = collections.deque(pg_id for pg_id, pg in rows
+                                          if pg["state"] == REMOVED)
+        self._forget_old_removed()
 
     def _put(self, pg: dict) -> dict:
         self.storage.put(TABLE, pg["pg_id"], pg)
         return copy_row(pg)
+
+    def _live_rows(self):
+        for pg_id in list(self._live):
+            pg = self.storage.get(TABLE, pg_id)
+            if pg is not None:
+                yield pg
+
+    def _forget_old_removed(self) -> None:
+        while len(self._removed) > REMOVED_KEPT:
+            self.storage.delete(TABLE, self._removed.popleft())
 
     def create(self, msg: p.CreatePlacementGroup) -> dict:
         pg = {"pg_id": msg.pg_id, "name": msg.name, "bundles": [dict(b) for b in msg.bundles],
               "strategy": msg.strategy, "job_id": msg.job_id, "detached": bool(msg.detached),
               "state": PENDING, "nodes": [None] * len(msg.bundles),
               "created_at": time.time()}
+        self._live.add(msg.pg_id)
         return self._put(pg)
 
     def placed(self, pg_id: bytes, nodes_by_index: dict[int, bytes]) -> dict | None:
@@ -55,29 +83,30 @@ class PlacementGroupManager:
         if pg is None or pg["state"] == REMOVED:
             return None
         pg["state"] = REMOVED
-        return self._put(pg)
+        stored = self._put(pg)
+        self._live.discard(pg_id)
+        self._removed.append(pg_id)
+        self._forget_old_removed()
+        return stored
 
     def get(self, pg_id: bytes) -> dict | None:
         return copy_row(self.storage.get(TABLE, pg_id))
 
     def named(self, name: str) -> dict | None:
-        return next((copy_row(pg) for _, pg in self.storage.items(TABLE)
-                     if pg["name"] == name and pg["state"] != REMOVED), None)
+        return next((copy_row(pg) for pg in self._live_rows() if pg["name"] == name), None)
 
     def pending(self) -> list[dict]:
-        return [copy_row(pg) for _, pg in self.storage.items(TABLE)
-                if pg["state"] == PENDING]
+        return [copy_row(pg) for pg in self._live_rows() if pg["state"] == PENDING]
 
     def all(self) -> list[dict]:
         return [copy_row(pg) for _, pg in self.storage.items(TABLE)]
 
     def of_job(self, job_id: bytes) -> list[dict]:
-        return [copy_row(pg) for _, pg in self.storage.items(TABLE)
-                if pg["job_id"] == job_id and not pg["detached"] and pg["state"] != REMOVED]
+        return [copy_row(pg) for pg in self._live_rows()
+                if pg["job_id"] == job_id and not pg["detached"]]
 
     def on_node(self, node_id: bytes) -> list[dict]:
-        return [copy_row(pg) for _, pg in self.storage.items(TABLE)
-                if pg["state"] != REMOVED and node_id in pg["nodes"]]
+        return [copy_row(pg) for pg in self._live_rows() if node_id in pg["nodes"]]
 
     @staticmethod
     def public(pg: dict) -> dict:

@@ -33,7 +33,15 @@ served from its spill file instead (not pinned: a file that vanishes
 because the object was restored meanwhile is followed into the arena).
 
 A puller whose link drops makes a new one (a login is good once) and
-restarts its pulls from that source, up to LINK_ATTEMPTS links per pull.
+restarts its pulls from that source: a pull may use LINK_ATTEMPTS links, and
+more for up to LINK_RETRY_S from its start while its source is alive (a
+loaded source may miss the login handshake's deadline); a refused login
+ends the pull at once. A fetch of an object its source is still writing
+(its seal has not reached the source's raylet yet) waits for that seal.
+
+ObjectTransfer is given only the node's ``StoreService``, the cluster view
+(``data_address``, ``alive``) and ``watch(sock, handler)`` (handler None:
+stop watching) of the raylet's loop.
 """
 from __future__ import annotations
 
@@ -60,7 +68,9 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 8 * 1024 * 1024
 WINDOW = 4              # chunks in flight per pull
 LINK_WINDOW = 16        # chunks in flight per link (below sockets.DATA_PEER_HWM)
-LINK_ATTEMPTS = 3       # links one pull may use before it fails
+LINK_ATTEMPTS = 3       # links one pull may use before it fails ...
+LINK_RETRY_S = 60.0     # ... unless it started less than this ago (source alive)
+LINK_ATTEMPTS_MAX = 12  # and never more than this many
 FETCH_CORR = b"fetch\0\0\0"
 REFUSAL_LOG_INTERVAL_S = 30.0
 #: the largest answer frame a puller reads: a sealed chunk (16-byte tag) and slack
@@ -134,8 +144,10 @@ class ObjectTransfer:
     """Pulls in progress on this raylet, the links to peers, and the serving
     side of the transfer link (the data port)."""
 
-    def __init__(self, raylet, node_ip: str):
-        self.raylet = raylet
+    def __init__(self, store, view, watch, node_ip: str):
+        self.store = store                # StoreService
+        self.view = view                  # ClusterView: data_address(), alive()
+        self.watch = watch                # watch(sock, handler | None)
         self._seal = None                 # made at first use (imports cryptography)
         self.pulls: dict[bytes, Pull] = {}
         self.links: dict[bytes, _Link] = {}
@@ -146,8 +158,8 @@ class ObjectTransfer:
         self._by_fd: dict[int, _Session] = {}
         self._open_fds: set[int] = set()              # connections the port has open
         self._last_peer: str | None = None            # host of the last one (for logs)
-        raylet.watch(self.monitor, self._on_monitor)
-        raylet.watch(self.server, self._on_request)
+        watch(self.monitor, self._on_monitor)
+        watch(self.server, self._on_request)
         self._refusals: dict[str, tuple[float, int]] = {}   # kind -> (logged at, untold)
 
     @property
@@ -159,7 +171,7 @@ class ObjectTransfer:
     # -- pulling ----------------------------------------------------------
     def pull(self, object_id: bytes, source: bytes, on_done) -> None:
         """Make ``object_id`` local (a secondary copy); ``on_done(ok)`` after."""
-        if self.raylet.store.contains(object_id):
+        if self.store.contains(object_id):
             on_done(True)
             return
         pull = self.pulls.get(object_id)
@@ -191,7 +203,7 @@ class ObjectTransfer:
     def _link(self, node_id: bytes) -> _Link | None:
         link = self.links.get(node_id)
         if link is None:
-            address = self.raylet.view.data_address(node_id)
+            address = self.view.data_address(node_id)
             if not address:
                 return None
             try:
@@ -202,8 +214,8 @@ class ObjectTransfer:
             monitor = sockets.attach_monitor(sock, _LINK_EVENTS)
             link = self.links[node_id] = _Link(node_id, sock, monitor, login)
             self._link_of_monitor[monitor] = link
-            self.raylet.watch(sock, self._on_link)
-            self.raylet.watch(monitor, self._on_link_monitor)
+            self.watch(sock, self._on_link)
+            self.watch(monitor, self._on_link_monitor)
         return link
 
     def _send_request(self, link: _Link, corr: bytes, message) -> None:
@@ -272,14 +284,14 @@ class ObjectTransfer:
         if header.error:
             log.warning("pull of %s failed: %s", object_id.hex(), header.error)
             return self._finish(pull, False)
-        store = self.raylet.store
+        store = self.store
         if pull.pinned_on is None:
             pull.pinned_on = link       # the source pinned it at our first fetch
         if pull.offset < 0:
             pull.size = header.total_size
             try:
-                pull.offset = store.create(object_id, header.total_size, primary=False,
-                                           writer=PULL_WRITER + pull.source)
+                pull.offset = store.create_copy(object_id, header.total_size,
+                                                PULL_WRITER + pull.source)
             except ObjectExistsError:
                 return self._finish(pull, True)
             except ObjectStoreFullError as err:
@@ -296,7 +308,7 @@ class ObjectTransfer:
             log.warning("pull of %s: a chunk at %d of %d bytes does not fit the object",
                         object_id.hex(), header.offset, length)
             return self._finish(pull, False)
-        target = self.raylet.arena.writable_view(pull.offset + header.offset, length)
+        target = store.writable_view(pull.offset + header.offset, length)
         try:
             self.seal.open_into(frames[2].bytes, sealed, frames[1].bytes + link.login, target)
         except security.DataSealError as err:
@@ -306,7 +318,7 @@ class ObjectTransfer:
         if pull.next < pull.size:
             self._request(pull, link, pull.next)
         if pull.received >= pull.size:
-            self.raylet.seal(object_id)
+            store.seal(object_id)
             log.info("pulled %s (%d bytes) in %.3fs", object_id.hex()[:12], pull.size,
                      time.monotonic() - pull.started)
             self._finish(pull, True)
@@ -317,9 +329,7 @@ class ObjectTransfer:
         self.pulls.pop(pull.object_id, None)
         self._release_source_pin(pull)
         if not ok and pull.offset >= 0:
-            self.raylet.store.abort(pull.object_id)
-            for req, msg in self.raylet.pins_waiting_seal.pop(pull.object_id, ()):
-                self.raylet.handle_pin_objects(req, msg)      # answered: not here
+            self.store.abort(pull.object_id)    # what waited for its seal: not here
         for callback in pull.done:
             callback(ok)
 
@@ -345,7 +355,8 @@ class ObjectTransfer:
             if link is None or self.links.get(link.node_id) is not link:
                 return
             kind = event["event"]
-            if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            refused = kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            if refused:
                 why = (f"the source refused our login (ZAP status {event['value']}): "
                        f"another cluster key, or clocks apart by more than "
                        f"{security.DATA_LOGIN_WINDOW_S} s?")
@@ -353,20 +364,20 @@ class ObjectTransfer:
                 why = "the connection closed"
             else:
                 why = f"the login handshake failed (event {kind:#x}, {event['value']})"
-            self._link_lost(link, why)
+            self._link_lost(link, why, refused)
             return
 
     def _close_link(self, link: _Link) -> None:
         if self.links.get(link.node_id) is link:
             del self.links[link.node_id]
         self._link_of_monitor.pop(link.monitor, None)
-        self.raylet.unwatch(link.sock)
-        self.raylet.unwatch(link.monitor)
+        self.watch(link.sock, None)
+        self.watch(link.monitor, None)
         sockets.close_monitored(link.sock, link.monitor)
 
-    def _link_lost(self, link: _Link, why: str) -> None:
+    def _link_lost(self, link: _Link, why: str, refused: bool = False) -> None:
         """The link to a source failed: pulls from it start again on a new
-        link (a login is good once), or fail after LINK_ATTEMPTS links."""
+        link (a login is good once), or fail when :meth:`_may_relink` says so."""
         self._close_link(link)
         pulls = [q for q in self.pulls.values() if q.source == link.node_id]
         if not pulls:
@@ -375,12 +386,25 @@ class ObjectTransfer:
         log.warning("object transfer: link to %s lost with %d pulls in progress: %s",
                     link.node_id.hex()[:12], len(pulls), why)
         for pull in pulls:
-            if pull.links >= LINK_ATTEMPTS:
+            if not self._may_relink(pull, refused):
                 log.warning("pull of %s failed: %d links to its source failed; the last: %s",
                             pull.object_id.hex(), pull.links, why)
                 self._finish(pull, False)
             else:
                 self._start(pull)
+
+    def _may_relink(self, pull: Pull, refused: bool) -> bool:
+        """Whether ``pull`` may try one more link after its link failed: while
+        it used fewer than LINK_ATTEMPTS links; then, unless its login was
+        refused (another key fails the same way every time), while its
+        source is alive, for LINK_RETRY_S from its start (a loaded source may
+        miss a handshake deadline or drop a connection), up to LINK_ATTEMPTS_MAX."""
+        if pull.links < LINK_ATTEMPTS:
+            return True
+        if refused:
+            return False
+        return (pull.links < LINK_ATTEMPTS_MAX and self.view.alive(pull.source)
+                and time.monotonic() - pull.started < LINK_RETRY_S)
 
     def node_died(self, node_id: bytes) -> None:
         link = self.links.get(node_id)
@@ -423,7 +447,7 @@ class ObjectTransfer:
                      len(session.pinned), why)
         session.pinned.clear()
         session.from_file.clear()
-        self.raylet.store.release_client(session.client)
+        self.store.release_client(session.client)
 
     def _session_of(self, identity: bytes, first) -> _Session | None:
         """The session of the connection a message came in on (made at its
@@ -507,9 +531,21 @@ class ObjectTransfer:
             session.from_file.discard(message.object_id)
             if message.object_id in session.pinned:
                 session.pinned.discard(message.object_id)
-                self.raylet.store.release(message.object_id, session.client)
+                self.store.release(message.object_id, session.client)
+        elif message.offset == 0 and self.store.is_being_created(message.object_id) \
+                and message.object_id not in session.pinned:
+            # Its writer's seal has not reached us yet (seals are one-way and
+            # may come after the puller heard of the object): answer once sealed.
+            self.store.when_sealed(message.object_id,
+                                   lambda ok: self._serve_sealed(sock, session, corr, message))
         else:
             self._serve_chunk(sock, session, corr, message)
+
+    def _serve_sealed(self, sock, session: _Session, corr: bytes, fetch) -> None:
+        """Serve a fetch that waited for its object's seal, unless its
+        connection closed meanwhile."""
+        if self.sessions.get(session.identity) is session:
+            self._serve_chunk(sock, session, corr, fetch)
 
     def _refuse(self, why: str, peer: str | None) -> None:
         """Log a refusal, at most once per REFUSAL_LOG_INTERVAL_S for each kind
@@ -531,7 +567,7 @@ class ObjectTransfer:
         """Pin ``object_id`` for ``session``: ``(offset, size)`` in the arena,
         else ``(None, error)``; a spilled object the store has no room to
         restore is marked to be read from its spill file (``(None, "")``)."""
-        store = self.raylet.store
+        store = self.store
         try:
             loc = store.pin(object_id, session.client)
         except ObjectStoreFullError as err:
@@ -567,18 +603,18 @@ class ObjectTransfer:
                 if error:
                     return None, 0, error
                 continue
-            info = self.raylet.store.info(object_id)
+            info = self.store.info(object_id)
             if not info or info["offset"] is None:
                 return None, 0, "not in this node's store"
             base, size = info["offset"], info["size"]
             length = max(0, min(fetch.length, CHUNK_BYTES, size - fetch.offset))
-            return self.raylet.arena.read_view(base + min(fetch.offset, size), length), size, ""
+            return self.store.read_view(base + min(fetch.offset, size), length), size, ""
         return None, 0, "not in this node's store (it moved while being read)"
 
     def _read_spilled(self, object_id: bytes, fetch):
         """``(bytes, size, "")`` of one fetch read from the object's spill
         file, or None when the object is not (or no longer) on disk only."""
-        copy = self.raylet.store.spilled_copy(object_id)
+        copy = self.store.spilled_copy(object_id)
         if copy is None:
             return None
         path, size = copy

@@ -61,8 +61,7 @@ class Executor:
         self.worker_id = worker_id
         self.cw = CoreWorker("worker", raylet_endpoint, session_dir, worker_id=worker_id)
         global_state.worker = self.cw
-        self.cw.blocked_hook = self._blocked
-        self.cw.cancel_hook = self._cancel
+        self.cw.register_executor_hooks(blocked=self._blocked, cancel=self._cancel)
         self.task_sock = sockets.dealer(raylet_endpoint)
         self.jobs: set[bytes] = set()
         self.current = None
@@ -121,13 +120,9 @@ class Executor:
                     return
                 result = fn(*args, **kwargs)
                 del args, kwargs
-                returns = self._returns_of(spec, result)
-                if self.events.enabled:
-                    self.events.ended(spec.task_id, spec.attempt, p.TS_FINISHED)
+                returns = self._finished(spec, result)
             except ActorExit:
-                self._send_returns(spec, self._exited_returns(spec))
-                if self.events.enabled:
-                    self._ended(spec, exc.ActorDiedError("the actor called exit_actor()"))
+                self._exited(spec)
                 raise
             except BaseException as err:     # noqa: BLE001 — reported to the owner
                 if self.events.enabled:
@@ -149,13 +144,9 @@ class Executor:
                     self._running(spec)
                 result = await fn(*args, **kwargs)
                 del args, kwargs
-                returns = self._returns_of(spec, result)
-                if self.events.enabled:
-                    self.events.ended(spec.task_id, spec.attempt, p.TS_FINISHED)
+                returns = self._finished(spec, result)
             except ActorExit:
-                self._send_returns(spec, self._exited_returns(spec))
-                if self.events.enabled:
-                    self._ended(spec, exc.ActorDiedError("the actor called exit_actor()"))
+                self._exited(spec)
                 self._exit_actor()
             except BaseException as err:     # noqa: BLE001 — reported to the owner
                 if self.events.enabled:
@@ -165,10 +156,22 @@ class Executor:
         finally:
             self._leave()
 
+    def _finished(self, spec, result) -> list:
+        """The returns of a call that returned ``result`` (noted as finished)."""
+        returns = self._returns_of(spec, result)
+        if self.events.enabled:
+            self.events.ended(spec.task_id, spec.attempt, p.TS_FINISHED)
+        return returns
+
+    def _exited(self, spec) -> None:
+        """The call ran exit_actor(): its owner gets ActorDiedError."""
+        self._send_returns(spec, self._exited_returns(spec))
+        if self.events.enabled:
+            self._ended(spec, exc.ActorDiedError("the actor called exit_actor()"))
+
     def _enter(self, spec) -> None:
         self.current = spec
-        self.cw.current.task_id = spec.task_id
-        self.cw.current.spec = spec
+        self.cw.enter_task(spec)
 
     def _running(self, spec) -> None:
         """Note that ``spec`` starts running, with what it is (its owner may
@@ -205,43 +208,41 @@ class Executor:
 
     def _leave(self) -> None:
         self.current = None
-        self.cw.current.task_id = None
-        self.cw.current.spec = None
+        self.cw.leave_task()
         sys.stdout.flush()
         sys.stderr.flush()
 
     def _returns_of(self, spec, result) -> list:
         cw = self.cw
-        owner_id = spec.owner[1]
+        owner_id = p.Address(*spec.owner).worker_id
         returns = []
         for i, value in enumerate(self._split_returns(spec, result)):
             ser = serialization.serialize(value)
             cw.lend(ser.contained_refs, owner_id)
-            returns.append(cw._ret_of(cw.return_id(spec.task_id, i + 1), ser, owner_id=owner_id))
+            returns.append(cw.return_of(cw.return_id(spec.task_id, i + 1), ser, owner_id))
         return returns
 
     def _error_returns(self, spec, err) -> list:
         """Error results: ``err`` wrapped in a RayTaskError unless zray raised it
         on purpose (a zray error raised outside user code, like exit_actor's)."""
-        blob = self._error_blob(spec, err)
-        return [[self.cw.return_id(spec.task_id, i + 1), p.RET_ERROR, blob]
-                for i in range(max(spec.num_returns, 1))]
+        return self._returns_of_error(spec, self._error_blob(spec, err))
 
     def _exited_returns(self, spec) -> list:
-        blob = serialization.serialize(exc.ActorDiedError(
-            "The actor exited by calling exit_actor() in this call"),
-            serialization.KIND_ERROR).to_bytes()
-        return [[self.cw.return_id(spec.task_id, i + 1), p.RET_ERROR, blob]
+        return self._returns_of_error(spec, serialization.error_bytes(exc.ActorDiedError(
+            "The actor exited by calling exit_actor() in this call")))
+
+    def _returns_of_error(self, spec, blob: bytes) -> list:
+        return [p.Return(self.cw.return_id(spec.task_id, i + 1), p.RET_ERROR, blob)
                 for i in range(max(spec.num_returns, 1))]
 
     def _send_returns(self, spec, returns) -> None:
-        self.cw.sender.send(self.cw.endpoint_of(spec.owner), p.TaskReturned(spec.task_id, returns))
+        self.cw.send_to(spec.owner, p.TaskReturned(spec.task_id, returns))
 
     # -- actors -----------------------------------------------------------
     def become_actor(self, spec: p.TaskSpec) -> None:
         """Run the constructor; on success serve the actor's calls until it ends."""
         cw = self.cw
-        cw.actor_id = spec.actor_id
+        cw.become_actor(spec)
         error = b""
         self._enter(spec)
         try:
@@ -287,9 +288,9 @@ class Executor:
         while True:
             ready = poller.poll()
             if len(ready) == 1:
-                sock = ready[0][0]
+                (sock, _), = ready
             else:                        # both have calls: take turns
-                sock = ready[self._turn % len(ready)][0]
+                sock, _ = ready[self._turn % len(ready)]
                 self._turn += 1
             frames = sockets.recv_frames(sock)
             try:
@@ -352,35 +353,37 @@ class Executor:
         stream, or None."""
         cw = self.cw
         owner = spec.owner
+        owner_id = p.Address(*owner).worker_id
         index = 0
         error = None
         try:
             for value in fn(*args, **kwargs):
                 object_id = cw.return_id(spec.task_id, index + 1)
                 ser = serialization.serialize(value)
-                cw.lend(ser.contained_refs, owner[1])
-                ret = cw._ret_of(object_id, ser, owner_id=owner[1])
-                cw.sender.send(cw.endpoint_of(owner), p.GeneratorItem(spec.task_id, index, ret))
+                cw.lend(ser.contained_refs, owner_id)
+                ret = cw.return_of(object_id, ser, owner_id)
+                cw.send_to(owner, p.GeneratorItem(spec.task_id, index, ret))
                 index += 1
         except BaseException as err:     # noqa: BLE001
             error = err
             object_id = cw.return_id(spec.task_id, index + 1)
-            ret = [object_id, p.RET_ERROR, self._error_blob(spec, err)]
-            cw.sender.send(cw.endpoint_of(owner), p.GeneratorItem(spec.task_id, index, ret))
+            ret = p.Return(object_id, p.RET_ERROR, self._error_blob(spec, err))
+            cw.send_to(owner, p.GeneratorItem(spec.task_id, index, ret))
             index += 1
-        done = cw.return_id(spec.task_id, GEN_DONE_INDEX)
-        cw.sender.send(cw.endpoint_of(owner), p.TaskReturned(
-            spec.task_id, [[done, p.RET_INLINE, serialization.serialize(index).to_bytes()]]))
+        self._end_stream(spec, index)
         return error
 
     def _send_stream_error(self, spec, blob) -> None:
-        cw = self.cw
-        object_id = cw.return_id(spec.task_id, 1)
-        cw.sender.send(cw.endpoint_of(spec.owner), p.GeneratorItem(spec.task_id, 0,
-                                                      [object_id, p.RET_ERROR, blob]))
-        done = cw.return_id(spec.task_id, GEN_DONE_INDEX)
-        cw.sender.send(cw.endpoint_of(spec.owner), p.TaskReturned(
-            spec.task_id, [[done, p.RET_INLINE, serialization.serialize(1).to_bytes()]]))
+        object_id = self.cw.return_id(spec.task_id, 1)
+        self.cw.send_to(spec.owner, p.GeneratorItem(
+            spec.task_id, 0, p.Return(object_id, p.RET_ERROR, blob)))
+        self._end_stream(spec, 1)
+
+    def _end_stream(self, spec, count: int) -> None:
+        """Tell the owner the stream ended after ``count`` items."""
+        done = self.cw.return_id(spec.task_id, GEN_DONE_INDEX)
+        self.cw.send_to(spec.owner, p.TaskReturned(spec.task_id, [
+            p.Return(done, p.RET_INLINE, serialization.serialize(count).to_bytes())]))
 
     @staticmethod
     def _split_returns(spec, result) -> list:
@@ -399,16 +402,16 @@ class Executor:
     def _resolve_args(self, spec):
         cw = self.cw
         values = []
-        for arg in spec.args:
-            kind = arg[0]
-            if kind == p.ARG_VALUE:
-                values.append(serialization.deserialize(arg[1])[1])
-            elif kind == p.ARG_STORED:
-                pinned_at = (arg[4], arg[2]) if len(arg) == 5 else None
-                view = cw._view(arg[1], pinned_at, source=arg[3])
+        for entry in spec.args:
+            arg = p.task_arg(entry)
+            if arg.kind == p.ARG_VALUE:
+                values.append(serialization.deserialize(arg.blob)[1])
+            elif arg.kind == p.ARG_STORED:
+                pinned_at = (arg.offset, arg.size) if arg.offset >= 0 else None
+                view = cw.stored_view(arg.object_id, pinned_at, source=arg.node_id)
                 values.append(serialization.deserialize(view)[1])
             else:
-                ref = cw.deserialized_ref(arg[1], arg[2])
+                ref = cw.deserialized_ref(arg.object_id, arg.owner)
                 values.append(cw.get(ref))
                 del ref
         n_kw = len(spec.kwarg_names)
@@ -425,24 +428,23 @@ class Executor:
             tb = traceback.format_exc()
             error = exc.RayTaskError(spec.function_name, tb, err, os.getpid(), self.cw.node_ip)
         try:
-            return serialization.serialize(error, serialization.KIND_ERROR).to_bytes()
+            return serialization.error_bytes(error)
         except TypeError:
             cause = RuntimeError(f"{type(err).__name__}: {err} (the original exception "
                                  f"could not be serialized)")
             error = exc.RayTaskError(spec.function_name, traceback.format_exc(), cause,
                                      os.getpid(), self.cw.node_ip)
-            return serialization.serialize(error, serialization.KIND_ERROR).to_bytes()
+            return serialization.error_bytes(error)
 
     # -- jobs, logs, blocking, cancel -------------------------------------
     def _bind_job(self, job_id: bytes) -> None:
         if job_id in self.jobs:
             return
         self.jobs.add(job_id)
-        self.cw.job_id = job_id
         job = self.cw.gcs.call(p.GetJob(job_id)).value
+        self.cw.bind_job(job_id, job["namespace"] if job else None)
         if not job:
             return
-        self.cw.namespace = job["namespace"]
         for path in reversed(job["sys_path"]):
             if path not in sys.path:
                 sys.path.insert(1, path)

@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 
+def return_id(task_id: bytes, index: int) -> bytes:
+    """The object id of a task's return ``index`` (1-based)."""
+    return task_id + index.to_bytes(4, "big")
+
+
 class PendingTask:
     """A task this process submitted and has not seen finish."""
     __slots__ = ("spec", "return_ids", "held", "retries_left", "deps", "cancelled",
@@ -17,3 +22,14 @@ class PendingTask:
         self.retry_exceptions = retry_exceptions
         self.submitted = False
         self.node = b""                     # where it runs, when not on our node
+
+    def take_retry(self, new_attempt: bool = True) -> bool:
+        """Spend one retry (``max_retries`` -1: unlimited); False when none
+        is left. ``new_attempt``: the spec's attempt number goes up by one
+        (an actor call resent to a restarted actor keeps its attempt)."""
+        if self.retries_left == 0:
+            return False
+        self.retries_left -= 1
+        if new_attempt:
+            self.spec = self.spec._replace(attempt=self.spec.attempt + 1)
+        return True

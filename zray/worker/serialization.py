@@ -97,6 +97,12 @@ def serialize(value, kind: int = KIND_VALUE) -> Serialized:
     return Serialized(kind, inband, buffers, refs)
 
 
+def error_bytes(error: BaseException) -> bytes:
+    """``error`` as the bytes of a RET_ERROR value (what ``get`` raises).
+    Raises TypeError if ``error`` cannot be pickled."""
+    return serialize(error, KIND_ERROR).to_bytes()
+
+
 def _describe(value) -> str:
     text = repr(value)
     if len(text) > 80:

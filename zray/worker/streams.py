@@ -1,11 +1,22 @@
-"""Generator tasks, the owner's side (a part of CoreWorker): the items a
-generator yields arrive one by one (GeneratorItem) and are handed out in
-order; the stream ends with its count in the task's "done" object.
+"""Generator streams, the owner's side (a part of the core worker): the items
+a generator task yields arrive one by one (GeneratorItem) and are handed out
+in order; the stream ends with its count in the task's "done" object.
+
+It owns: one ``GeneratorState`` per streaming task that is still read, and
+the streams whose ``ObjectRefGenerator`` was garbage collected (``released``).
+A caller may rely on: ``next_item`` blocks until item ``index`` arrived or
+the stream ended; items nobody took are released with their stream.
+Guarded by the core worker's lock (``cond``); ``*_locked`` methods expect it
+held.
 """
 from __future__ import annotations
 
+import collections
+
 from ..broker import protocol as p
 from ..object_ref import ObjectRef
+from . import serialization
+from .pending_task import return_id
 
 #: the return index of a generator task's "done" object (its value: the count)
 GEN_DONE_INDEX = 0xFFFFFFFF
@@ -21,22 +32,58 @@ class GeneratorState:
 
 
 class Streams:
-    """Methods of CoreWorker for generator streams; they use its lock
-    (``cond``) and object table."""
+    DONE_INDEX = GEN_DONE_INDEX
 
-    def _on_generator_item(self, msg: p.GeneratorItem) -> None:
+    def __init__(self, cond, worker, references):
+        self.cond = cond
+        self._worker = worker
+        self.address = worker.address
+        self.references = references
+        self.refs = references.refs
+        self.generators: dict[bytes, GeneratorState] = {}
+        #: task ids of streams whose generator was garbage collected
+        self.released: collections.deque = collections.deque()
+
+    def open_locked(self, task_id: bytes) -> None:
+        self.generators[task_id] = GeneratorState()
+
+    def item_arrived(self, msg: p.GeneratorItem, is_pending) -> bool:
+        """Keep an item of a stream (``is_pending(task_id)``, called with the
+        lock held: its task has not ended); False if nobody reads the stream
+        (the caller frees the item)."""
+        ret = p.Return(*msg.ret)
         with self.cond:
             gen = self.generators.get(msg.task_id)
-            if gen is None or msg.task_id not in self.tasks:
-                self._free_orphans([msg.ret])
-                return
-            entry = self.refs.add_owned(msg.ret[0], msg.ret)
+            if gen is None or not is_pending(msg.task_id):
+                return False
+            entry = self.refs.add_owned(ret.object_id, ret)
             entry.held = True
-            gen.items[msg.index] = msg.ret[0]
+            gen.items[msg.index] = ret.object_id
             gen.received = max(gen.received, msg.index + 1)
-            self._wake()
+        return True
 
-    def next_generator_item(self, task_id: bytes, index: int, timeout=None):
+    def ended_locked(self, task_id: bytes, ret: p.Return) -> None:
+        """(lock held) The stream's "done" object arrived: its count."""
+        gen = self.generators.get(task_id)
+        if gen is not None:
+            gen.count = (serialization.deserialize(ret.payload)[1]
+                         if ret.kind == p.RET_INLINE else 0)
+
+    def failed_locked(self, task_id: bytes, blob: bytes) -> int:
+        """(lock held) The stream's task failed with ``blob``: the error
+        comes after the items received. Returns the stream's count."""
+        gen = self.generators.get(task_id)
+        if gen is None:
+            return 0
+        index = gen.received
+        gen.received += 1
+        item_id = return_id(task_id, index + 1)
+        entry = self.refs.add_owned(item_id, p.Return(item_id, p.RET_ERROR, blob))
+        entry.held = True
+        gen.items[index] = item_id
+        return gen.received
+
+    def next_item(self, task_id: bytes, index: int):
         """The ref of item ``index`` of a stream, or None past its end."""
         with self.cond:
             while True:
@@ -51,13 +98,22 @@ class Streams:
                     del gen.items[index]
                     if gen.count is not None and index + 1 >= gen.count:
                         self.generators.pop(task_id, None)
-                    return ObjectRef(object_id, self.address, self)
+                    return ObjectRef(object_id, self.address, self._worker)
                 if gen.count is not None and index >= gen.count:
                     self.generators.pop(task_id, None)
                     return None
-                self._wait_locked(None)
+                self.cond.wait(1.0)
 
-    def drop_generator(self, task_id: bytes) -> None:
+    def drain(self) -> None:
+        """Drop the streams whose generator was garbage collected."""
+        while self.released:
+            try:
+                task_id = self.released.popleft()
+            except IndexError:
+                break
+            self.drop(task_id)
+
+    def drop(self, task_id: bytes) -> None:
         with self.cond:
             gen = self.generators.pop(task_id, None)
             if gen is None:
@@ -67,4 +123,4 @@ class Streams:
                 if entry is not None:
                     entry.held = False
                     entry.local += 1
-                    self.released_refs.append(object_id)
+                    self.references.released.append(object_id)

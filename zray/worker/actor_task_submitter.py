@@ -1,6 +1,18 @@
-"""Calling actors, the caller's side (a part of CoreWorker): each actor's
-calls queue here and go straight to the actor's worker in submission order;
-the GCS tells us (WatchActor) where the actor is and when it restarts or dies.
+"""The actor task submitter (a part of the core worker): calling actors,
+the caller's side. Each actor's calls queue here and go straight to the
+actor's worker in submission order; the GCS tells us (WatchActor) where the
+actor is and when it restarts or dies.
+
+It owns: what this process knows of each actor it calls or created
+(``ActorState``: state, address, queued and in-flight calls), the actors it
+created that are not up yet (to warn when no node can host them), and how
+many live non-detached actors it owns. A caller may rely on: calls from this
+process run in submission order; a call in flight when its actor restarts is
+resent while it has retries, else fails with ActorDiedError; when the last
+handle to an actor this process created is gone here and in every borrower,
+and no call through one is pending, the GCS is told it is out of scope.
+Guarded by the core worker's lock (``cond``); ``*_locked`` methods expect it
+held.
 """
 from __future__ import annotations
 
@@ -17,7 +29,6 @@ from ..object_ref import ObjectRef, ObjectRefGenerator
 from . import serialization
 from .pending_task import PendingTask
 from .reference_table import actor_handle_id
-from .streams import GEN_DONE_INDEX
 
 _NONE = serialization.serialize(None).to_bytes()
 #: an actor this process created that no node can host is reported after this long
@@ -48,6 +59,8 @@ class ActorState:
             try:
                 cause = serialization.deserialize(self.death_blob)[1]
             except Exception:
+                log.warning("the error that killed actor %s cannot be read", self.actor_id.hex(),
+                            exc_info=True)
                 cause = None
         if cause is not None:
             text = f"The actor died because of an error raised in its constructor: {cause}"
@@ -58,10 +71,30 @@ class ActorState:
         return exc.ActorDiedError(text, cause)
 
 
-class ActorCalls:
-    """Methods of CoreWorker for actor creation specs and actor calls; they
-    use its lock (``cond``), task table and sender."""
+class ActorTaskSubmitter:
+    def __init__(self, cond, worker, references, tasks, getter, gcs, raylet, sender, routes):
+        """``tasks``: the TaskManager; ``routes``: the core worker's routing
+        (``actor_endpoint(address)``, ``forget_actor_route(address)``)."""
+        self.cond = cond
+        self._worker = worker
+        self.address = worker.address
+        self.references = references
+        self.refs = references.refs
+        self.tasks = tasks
+        self.getter = getter
+        self._gcs = gcs
+        self._raylet = raylet
+        self._sender = sender
+        self._routes = routes
+        self.actors: dict[bytes, ActorState] = {}
+        self.creating: dict = {}        # actor id -> (since, class, resources): not up yet
+        self.owned_actors = 0           # live non-detached actors we created
+        self._owns_lock = threading.Lock()
+        self._told_owns = False
+        self._next_creation_check = 0.0
+        self._out_of_scope: collections.deque = collections.deque()   # to report
 
+    # -- creation ----------------------------------------------------------
     def actor_creation_spec(self, actor_id: bytes, class_hash: bytes, class_name: str,
                             args, kwargs, resources: dict, options: dict):
         """The task that runs an actor's constructor, and the refs (and actor
@@ -71,18 +104,20 @@ class ActorCalls:
         entries, contained = [], []
         for index, value in enumerate(itertools.chain(args, kwargs.values())):
             if isinstance(value, ObjectRef):
-                value = self.get(value)
+                value = self._worker.get(value)
             try:
                 ser = serialization.serialize(value)
                 contained.extend(ser.contained_refs)
-                entries.append([p.ARG_VALUE, ser.to_bytes()])
+                entries.append(p.ValueArg(p.ARG_VALUE, ser.to_bytes()))
             except TypeError as err:
                 name = (f"argument {index}" if index < len(args) else
                         f"keyword argument {list(kwargs)[index - len(args)]!r}")
                 raise TypeError(f"{name} of {class_name}(): {err}") from None
-        return p.TaskSpec(self.new_task_id(), self.job_id, p.TASK_ACTOR_CREATION, class_hash,
-                          class_name, entries, list(kwargs), 0, resources, 0, False,
-                          list(self.address), 0, actor_id, "__init__", options), contained
+        worker = self._worker
+        return p.TaskSpec(self.tasks.new_task_id(), worker.job_id, p.TASK_ACTOR_CREATION,
+                          class_hash, class_name, entries, list(kwargs), 0, resources, 0,
+                          False, list(self.address), 0, actor_id, "__init__",
+                          options), contained
 
     # -- lifetimes: an actor's handles are counted like ObjectRefs ---------
     def own_actor_handle(self, actor_id: bytes) -> ObjectRef:
@@ -91,29 +126,48 @@ class ActorCalls:
         borrower, and no call through one is pending, the GCS is told the
         actor is out of scope (ReportActorOutOfScope) and ends it."""
         object_id = actor_handle_id(actor_id)
-        ref = self._new_owned_ref(object_id, [object_id, p.RET_INLINE, _NONE])
+        ref = self.references.new_owned_ref(object_id,
+                                            p.Return(object_id, p.RET_INLINE, _NONE))
         with self.cond:
             self.owned_actors += 1
         self.tell_owns()
         return ref
 
+    def handle_released_locked(self, actor_id: bytes, owned: bool):
+        """(lock held) The last reference to an actor's handles here is gone;
+        returns what to do once the lock is released."""
+        if owned:
+            self._out_of_scope.append(actor_id)
+            self.owned_actors -= 1
+        self.forget_actor_locked(actor_id)
+        return self._report_out_of_scope if owned else None
+
+    def _report_out_of_scope(self) -> None:
+        while self._out_of_scope:
+            try:
+                actor_id = self._out_of_scope.popleft()
+            except IndexError:
+                break
+            self._gcs.send(p.ReportActorOutOfScope(actor_id))
+            self.tell_owns()
+
     def tell_owns(self) -> None:
         """(a pooled worker) Tell the raylet when we start or stop owning
         actors: it does not stop an idle worker whose actors would die with it."""
-        if self.mode != "worker":
+        if self._worker.mode != "worker":
             return
         with self._owns_lock:
             owns = self.owned_actors > 0
             if owns != self._told_owns:
                 self._told_owns = owns
-                self.raylet.send(p.WorkerOwns(self.worker_id, owns))
+                self._raylet.send(p.WorkerOwns(self._worker.worker_id, owns))
 
     def borrow_actor_handle(self, actor_id: bytes, owner) -> ObjectRef | None:
         """A counted reference to another process's actor handle (its owner
         learns of us, as of any borrower); None for a detached actor."""
         if not owner:
             return None
-        return self.deserialized_ref(actor_handle_id(actor_id), owner)
+        return self.references.deserialized_ref(actor_handle_id(actor_id), owner)
 
     def watch_creation(self, actor_id: bytes, class_name: str, resources: dict,
                        keep=()) -> None:
@@ -127,7 +181,7 @@ class ActorCalls:
                 actor = self.actors[actor_id] = ActorState(actor_id)
             actor.keep = list(keep) or None
             self.creating[actor_id] = (time.monotonic(), class_name, dict(resources))
-        self.gcs.send(p.WatchActor(actor_id, self.address.endpoint))
+        self._gcs.send(p.WatchActor(actor_id, self.address.endpoint))
 
     def check_creations(self, now: float) -> None:
         """(I/O thread, cheap) Warn of the actors created here that wait too long."""
@@ -150,7 +204,7 @@ class ActorCalls:
 
     def _warn_unplaced(self, due) -> None:
         try:
-            nodes = [n for n in self.gcs.call(p.GetNodes()).value if n["alive"]]
+            nodes = [n for n in self._gcs.call(p.GetNodes()).value if n["alive"]]
         except Exception as err:    # noqa: BLE001 — a warning must not fail anything
             log.warning("could not ask the GCS why actors wait to be placed: %s", err)
             return
@@ -169,51 +223,45 @@ class ActorCalls:
             log.warning("%s", text)
             print(f"zray: warning: {text}", file=sys.stderr)
 
+    # -- calls -------------------------------------------------------------
     def submit_actor_task(self, actor_id: bytes, method_name: str, args, kwargs,
                           num_returns: int, max_task_retries: int, handle_ref=None):
         """Call an actor method: queued per actor, sent in submission order.
         The call holds ``handle_ref`` (the handle's counted reference) until
-        its result is in, so the actor outlives its pending calls.
-        Raises NodeDiedError once the raylet of this node died."""
-        self.check_raylet()
-        self.drain_releases()
-        task_id = self.new_task_id()
-        arg_entries, held, deps = self._prepare_args(args, kwargs)
-        if handle_ref is not None and handle_ref._worker is self:
+        its result is in, so the actor outlives its pending calls."""
+        tasks = self.tasks
+        task_id = tasks.new_task_id()
+        arg_entries, held, deps = tasks.prepare_args(args, kwargs)
+        if handle_ref is not None and handle_ref._worker is self._worker:
             with self.cond:
                 entry = self.refs.get(handle_ref._id)
                 if entry is not None:
                     entry.submitted += 1
                     held.append(handle_ref._id)
-        spec = p.TaskSpec(task_id, self.job_id, p.TASK_ACTOR_METHOD, b"", method_name,
+        spec = p.TaskSpec(task_id, self._worker.job_id, p.TASK_ACTOR_METHOD, b"", method_name,
                           arg_entries, list(kwargs), num_returns, {}, max_task_retries,
                           False, list(self.address), 0, actor_id, method_name, {})
-        streaming = num_returns == p.STREAMING
-        if streaming:
-            return_ids = [self.return_id(task_id, GEN_DONE_INDEX)]
-        else:
-            return_ids = [self.return_id(task_id, i + 1) for i in range(num_returns)]
-        task = PendingTask(spec, return_ids, held, False)
-        if self.task_events.enabled:
-            self.task_events.submitted(task_id, 0, p.TS_PENDING_ARGS_AVAIL, self._event_info(
+        if tasks.task_events.enabled:
+            tasks.task_events.submitted(task_id, 0, p.TS_PENDING_ARGS_AVAIL, tasks.event_info(
                 method_name, p.TASK_ACTOR_METHOD, actor_id, None))
-        watch = False
-        with self.cond:
-            refs = self._register(task, deps)
+        watch = []
+
+        def enqueue_locked(task):
             actor = self.actors.get(actor_id)
             if actor is None:
                 actor = self.actors[actor_id] = ActorState(actor_id)
-                watch = True
+                watch.append(actor_id)
             actor.queue.append(task)
+        _, refs = tasks.new_task(spec, False, held, deps, enqueue_locked)
         if watch:       # the GCS answers with where it is, then each change
-            self.gcs.send(p.WatchActor(actor_id, self.address.endpoint))
+            self._gcs.send(p.WatchActor(actor_id, self.address.endpoint))
         else:
-            self._pump_actor(actor_id)
-        if streaming:
-            return ObjectRefGenerator(task_id, self, refs[0])
+            self.pump(actor_id)
+        if num_returns == p.STREAMING:
+            return ObjectRefGenerator(task_id, self._worker, refs[0])
         return refs[0] if num_returns == 1 else refs
 
-    def _pump_actor(self, actor_id: bytes) -> None:
+    def pump(self, actor_id: bytes) -> None:
         """Send the actor's queued calls, in order, while it is alive and the
         call at the head has its arguments ready."""
         sends, fails = [], []
@@ -230,7 +278,7 @@ class ActorCalls:
                     task = queue.popleft()
                     if task.cancelled:
                         continue
-                    error = self._resolve_owned_args(task)
+                    error = self.tasks.resolve_owned_args_locked(task)
                     if error is not None:
                         fails.append((task, error))
                         continue
@@ -239,11 +287,20 @@ class ActorCalls:
                     sends.append(p.encode(p.ExecuteTask(list(task.spec))))
             address = actor.address
         if sends:
-            self.sender.send_many(self.actor_endpoint(address), sends)
+            self._sender.send_many(self._routes.actor_endpoint(address), sends)
         for task, error in fails:
-            self._fail_task(task.spec.task_id, error)
+            self.tasks.fail_task(task.spec.task_id, error)
 
-    def forget_actor(self, actor_id: bytes) -> None:
+    def call_ended_locked(self, task, failed: bool) -> None:
+        """(lock held) A call returned, or ``failed`` (perhaps before it was
+        sent): it is no longer in flight, nor queued."""
+        actor = self.actors.get(task.spec.actor_id)
+        if actor is not None:
+            actor.inflight.pop(task.spec.task_id, None)
+            if failed and task in actor.queue:
+                actor.queue.remove(task)
+
+    def forget_actor_locked(self, actor_id: bytes) -> None:
         """(lock held) No handle to this actor is left here and none of its
         calls is pending: drop what we knew of it and our socket to it."""
         actor = self.actors.get(actor_id)
@@ -251,10 +308,9 @@ class ActorCalls:
             return
         del self.actors[actor_id]
         if actor.address:
-            self.sender.forget(self.actor_endpoint(actor.address))
-            self._routes.pop((actor.address[1], actor.address[3], "actor"), None)
+            self._routes.forget_actor_route(actor.address)
 
-    def _on_actor_info(self, msg: p.ActorInfo, known_only: bool = True) -> None:
+    def handle_actor_info(self, msg: p.ActorInfo, known_only: bool = True) -> None:
         """What the GCS says of an actor we call (``known_only``: ignore
         actors we no longer follow)."""
         fails, retry, gone = [], False, None
@@ -267,7 +323,8 @@ class ActorCalls:
             if actor.state == p.ACTOR_DEAD:
                 return                  # dead is final
             new_incarnation = msg.state == p.ACTOR_ALIVE and msg.incarnation != actor.incarnation
-            lost = msg.state in (p.ACTOR_RESTARTING, p.ACTOR_DEAD) or (new_incarnation and actor.incarnation)
+            lost = msg.state in (p.ACTOR_RESTARTING, p.ACTOR_DEAD) or (
+                new_incarnation and actor.incarnation)
             if lost and actor.address:
                 gone = actor.address        # close our socket to its old process
             actor.state = msg.state
@@ -281,8 +338,7 @@ class ActorCalls:
             if lost and actor.inflight:
                 again = []
                 for task in actor.inflight.values():
-                    if msg.state != p.ACTOR_DEAD and task.retries_left != 0:
-                        task.retries_left -= 1
+                    if msg.state != p.ACTOR_DEAD and task.take_retry(new_attempt=False):
                         again.append(task)
                     else:
                         fails.append((task, actor.death_error(in_flight=True)))
@@ -290,12 +346,11 @@ class ActorCalls:
                 actor.queue.extendleft(reversed(again))
                 retry = bool(again)
         if gone is not None:
-            self.sender.forget(self.actor_endpoint(gone))
-            self._routes.pop((gone[1], gone[3], "actor"), None)
+            self._routes.forget_actor_route(gone)
         for task, error in fails:
-            self._fail_task(task.spec.task_id, error)
+            self.tasks.fail_task(task.spec.task_id, error)
         if msg.state in (p.ACTOR_ALIVE, p.ACTOR_DEAD) or retry:
-            self._pump_actor(msg.actor_id)
+            self.pump(msg.actor_id)
 
     def watch_actors_again(self) -> None:
         """(storage) The GCS restarted and forgot its watchers: watch again
@@ -303,9 +358,9 @@ class ActorCalls:
         with self.cond:
             live = [a for a, state in self.actors.items() if state.state != p.ACTOR_DEAD]
         for actor_id in live:
-            self.gcs.send(p.WatchActor(actor_id, self.address.endpoint))
+            self._gcs.send(p.WatchActor(actor_id, self.address.endpoint))
 
     def actor_killed(self, actor_id: bytes) -> None:
         """We killed this actor: fail its calls now, whatever the GCS says later."""
-        self._on_actor_info(p.ActorInfo(actor_id, p.ACTOR_DEAD, [], 0, "killed by zray.kill()", b""),
-                            known_only=False)
+        self.handle_actor_info(p.ActorInfo(actor_id, p.ACTOR_DEAD, [], 0,
+                                           "killed by zray.kill()", b""), known_only=False)
