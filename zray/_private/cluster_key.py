@@ -29,8 +29,8 @@ def locate_cluster_key(address: str, key_file: str | None = None,
             path = find_cluster_key(address)
         if path is None and not is_listening(address):
             raise ConnectionError(
-                f"could not reach a zray cluster at {address}: nothing listens there; check "
-                f"the address and that `zray start --head` runs there")
+                f"the zray cluster at {address} did not answer (nothing listens there): "
+                f"check the address and that `zray start --head` runs there")
         if path is None:
             raise ConnectionError(
                 f"no cluster key to join the zray cluster at {address}: pass "
