@@ -156,7 +156,28 @@ class NodeProcesses:
             except subprocess.TimeoutExpired:
                 _kill_tree(proc.pid)
                 proc.wait(1)
+        _end_session_processes(self.session_dir, max(0.5, deadline - time.monotonic()))
         sweep_session(self.session_dir)
+
+
+def _end_session_processes(session_dir: str, timeout: float) -> None:
+    """Wait up to ``timeout`` for every process of the session still alive
+    (workers orphaned by a raylet that died first, one still starting) to
+    exit, then SIGKILL the rest: a process gone cannot bind a socket file
+    after the session was swept."""
+    mine = []
+    for proc in zray_processes():
+        if any(session_dir in arg for arg in command_line(proc)):
+            mine.append(proc)
+    if not mine:
+        return
+    _, alive = psutil.wait_procs(mine, timeout=timeout)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=1)
 
 
 def _last_line(path: str) -> str:
