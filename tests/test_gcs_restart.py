@@ -454,26 +454,6 @@ def test_terminating_every_process_at_once_as_zray_stop_does_restarts_nothing():
         cluster.stop()
 
 
-def test_zray_stop_ends_the_supervised_head_and_leaves_nothing():
-    if zray.is_initialized():
-        zray.shutdown()
-    deadline = time.monotonic() + 10        # the previous test's processes may still be exiting
-    while (others := zray_processes()) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if others:
-        pytest.skip(f"`zray stop` would kill {len(others)} zray process(es) this test did "
-                    f"not start (pids {sorted(p.pid for p in others)[:8]}...)")
-    cluster = Head()
-    try:
-        old = cluster.kill_gcs()
-        cluster.wait_gcs_back(old)
-        out = zray_cli(cluster.env, "stop")
-        assert out.returncode == 0, out.stderr
-        cluster.assert_nothing_left()
-    finally:
-        cluster.stop()
-
-
 def test_a_replaced_head_on_redis_takes_the_cluster_over(tmp_path):
     """Ray's "head replaced": the head is lost (every process killed); a new
     head started elsewhere (here: another port) on the same Redis, with the
