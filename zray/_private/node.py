@@ -169,15 +169,19 @@ def _end_session_processes(session_dir: str, timeout: float) -> None:
     for proc in zray_processes():
         if any(session_dir in arg for arg in command_line(proc)):
             mine.append(proc)
-    if not mine:
-        return
-    _, alive = psutil.wait_procs(mine, timeout=timeout)
+    if mine:
+        _wait_then_kill(mine, timeout)
+
+
+def _wait_then_kill(procs: list, timeout: float) -> None:
+    """Wait up to ``timeout`` for ``procs`` to exit; SIGKILL those left."""
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
     for proc in alive:
         try:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(alive, timeout=1)
+    psutil.wait_procs(alive, timeout=2)
 
 
 def _last_line(path: str) -> str:
@@ -317,13 +321,7 @@ def stop_all(timeout: float = 5.0) -> int:
             proc.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=2)
+    _wait_then_kill(procs, timeout)
     # workers are the zygote's children: they die with it, but make sure
     for proc in zray_processes():
         try:
