@@ -6,25 +6,26 @@ of 450 (median over seeds), and env-runner sampling throughput.
     python benchmarks/rllib_cartpole.py --throughput-only
     python benchmarks/rllib_cartpole.py --algos PPO-RLLIB-TUNED --compare-rllib /tmp/rayvenv/bin/python
 
-Two stop criteria are measured in one run (wall time counts from before
-``zray.init``/``ray.init``):
+The measure both libraries report: wall time (from before ``zray.init`` /
+``ray.init``) and env steps until ``env_runners/episode_return_mean`` >= the
+goal. In RLlib 2.60 (and zray) that is the mean over env runners of each
+runner's episodes completed in *this iteration* (at most its last
+``ceil(100 / num_env_runners)``): a per-iteration figure. After reaching it a
+run trains on until ``--hold-episodes`` (100) more episodes ended and reports
+"hold": the episode-weighted mean of that metric over them and its lowest
+iteration -- whether the policy stays at the goal or falls off it.
 
-* RLlib's (the one both libraries report): ``env_runners/episode_return_mean``
-  >= the goal. In RLlib 2.60 (and zray since 2026-11-30) that is the mean over
-  env runners of each runner's episodes completed in *this iteration* (at most
-  its last ``ceil(100 / num_env_runners)``): a per-iteration figure.
-* window-100 (zray only, stricter): the mean of the last 100 completed
-  episodes across iterations is >= the goal. 100 episodes of 450+ steps lie in
-  that window, so ~45k env steps is its floor whatever the algorithm.
-
-A run goes on until both are reached (or ``--max-steps``, or ``--timeout``:
-then the first criterion's result is kept and window-100 counts as not reached).
+zray and RLlib runs alternate seed by seed (``--compare-rllib``), each with
+the 1-minute load average at its start; a run past ``--timeout`` keeps its
+steps to the goal if it got there. The end is one markdown table.
 
 ``--compare-rllib PYTHON`` runs the same config text under ``ray.rllib`` in
 that interpreter (Ray with RLlib and torch installed) and prints both.
 ``PPO-RLLIB-TUNED`` is RLlib's tuned example for PPO on CartPole
 (rllib/tuned_examples/ppo/cartpole_ppo.py: 2 env runners, batch 4000,
-lr 3e-4, 6 epochs, one 32-unit linear layer shared with the value head).
+lr 3e-4, 6 epochs, one 32-unit linear layer shared with the value head);
+``DQN-RLLIB-TUNED`` and ``APPO-RLLIB-TUNED`` are RLlib's DQN and APPO examples
+(see their comment in ``CONFIGS``).
 """
 from __future__ import annotations
 
@@ -70,13 +71,37 @@ CONFIGS = {
         .environment("CartPole-v1")
         .env_runners(num_env_runners=1, num_envs_per_env_runner=8, rollout_fragment_length=32)
         .training(lr=1e-3, gamma=0.99, train_batch_size_per_learner=512, vf_loss_coeff=0.5,
-                  entropy_coeff=0.0, grad_clip=40.0)
+                  entropy_coeff=0.0, grad_clip=40.0, target_network_update_freq=0.25)
         .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64],
                                                    fcnet_activation="tanh"))"""),
+    # RLlib's tuned examples (rllib/examples/algorithms/dqn/cartpole_dqn.py and
+    # appo/cartpole_appo.py), their training settings unchanged; only the runner
+    # count fits the 2-core machine (APPO's example asks for 5 runners x 16 envs)
+    # and the iteration length is fixed for both libraries (RLlib's APPO
+    # default, 10 s per iteration, would round "steps to 450" to 10 s of sampling).
+    "DQN-RLLIB-TUNED": ("dqn", "DQNConfig", """
+        .environment("CartPole-v1")
+        .training(lr=0.0005, train_batch_size_per_learner=32,
+                  replay_buffer_config={"type": "PrioritizedEpisodeReplayBuffer",
+                                        "capacity": 50000, "alpha": 0.6, "beta": 0.4},
+                  n_step=(2, 5), double_q=True, dueling=True,
+                  epsilon=[(0, 1.0), (10000, 0.02)])
+        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[256],
+                                                   fcnet_activation="tanh",
+                                                   fcnet_bias_initializer="zeros_",
+                                                   head_fcnet_bias_initializer="zeros_",
+                                                   head_fcnet_hiddens=[256]))"""),
+    "APPO-RLLIB-TUNED": ("appo", "APPOConfig", """
+        .environment("CartPole-v1")
+        .env_runners(num_env_runners=2, num_envs_per_env_runner=16)
+        .training(circular_buffer_iterations_per_batch=2, vf_loss_coeff=0.05,
+                  entropy_coeff=0.0)
+        .rl_module(model_config=DefaultModelConfig(vf_share_layers=True))
+        .reporting(min_time_s_per_iteration=0, min_sample_timesteps_per_iteration=2000)"""),
 }
 
 RUN_ONE = """
-import collections, json, sys, time
+import json, sys, time
 t0 = time.perf_counter()
 import {pkg}
 {pkg}.init(num_cpus=2, include_dashboard=False)
@@ -85,55 +110,77 @@ from {pkg}.rllib.core.rl_module.default_model_config import DefaultModelConfig
 config = ({cls}(){calls}
           .debugging(seed={seed}))
 algo = config.build_algo()
-best, steps, it, reached, window = float("-inf"), 0, 0, None, None
-last100 = collections.deque(maxlen=100)
+best, steps, it, reached = float("-inf"), 0, 0, None
+hold_sum, hold_n, hold_min = 0.0, 0, float("inf")
 while True:
     r = algo.train()
     it += 1
-    ret = r["env_runners"].get("episode_return_mean", float("nan"))
-    steps = r["env_runners"].get("num_env_steps_sampled_lifetime",
-                                 r.get("num_env_steps_sampled_lifetime", 0))
+    er = r["env_runners"]
+    ret = er.get("episode_return_mean", float("nan"))
+    n_eps = er.get("num_episodes", 0) or 0
+    steps = er.get("num_env_steps_sampled_lifetime", r.get("num_env_steps_sampled_lifetime", 0))
     if ret == ret:
         best = max(best, ret)
+    if reached is not None and ret == ret and n_eps:
+        # after first reaching the goal: the episode-weighted mean of the metric
+        hold_sum, hold_n, hold_min = hold_sum + ret * n_eps, hold_n + n_eps, min(hold_min, ret)
     if reached is None and ret >= {goal}:
         reached = {{"steps": int(steps), "wall": round(time.perf_counter() - t0, 1)}}
-        print("PROGRESS " + json.dumps({{"reached": reached, "window100": None, "best": best,
-                                        "iterations": it, "steps_run": int(steps)}}), flush=True)
-    # zray's episodes of this iteration (a private attribute, read by this benchmark only)
-    this_iter = getattr(algo, "_iter_returns", None)
-    if this_iter is not None:
-        last100.extend(this_iter)
-        if window is None and last100 and sum(last100) / len(last100) >= {goal}:
-            window = {{"steps": int(steps), "wall": round(time.perf_counter() - t0, 1)}}
-    if (reached and (window or this_iter is None)) or steps >= {max_steps}:
+    print("PROGRESS " + json.dumps({{"reached": reached, "best": best, "iterations": it,
+                                    "steps_run": int(steps), "last": ret,
+                                    "driver_cpu_s": round(time.process_time(), 1)}}),
+          flush=True)
+    if (reached and hold_n >= {hold_episodes}) or steps >= {max_steps}:
         break
 algo.stop()
-print("RESULT " + json.dumps({{"reached": reached, "window100": window, "best": best,
+hold = None if not hold_n else {{"mean": round(hold_sum / hold_n, 1), "episodes": hold_n,
+                                 "min_iteration": round(hold_min, 1)}}
+print("RESULT " + json.dumps({{"reached": reached, "hold": hold, "best": best,
                               "iterations": it, "steps_run": int(steps),
                               "driver_cpu_s": round(time.process_time(), 1)}}))
 """
 
 
 def run_one(python: str, pkg: str, algo: str, seed: int, goal: float, max_steps: int,
-            timeout: float) -> dict:
+            timeout: float, hold_episodes: int = 100) -> dict:
+    """One training run in a fresh interpreter; its result with the 1-minute
+    load average at its start (``load``)."""
+    import os
     mod, cls, calls = CONFIGS[algo]
     calls = textwrap.indent(textwrap.dedent(calls).strip(), " " * 10)
     code = RUN_ONE.format(pkg=pkg, mod=mod, cls=cls, calls="\n" + calls, seed=seed, goal=goal,
-                          max_steps=max_steps)
+                          max_steps=max_steps, hold_episodes=hold_episodes)
+    load = round(os.getloadavg()[0], 1)
+    proc = subprocess.Popen([python, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
-        proc = subprocess.run([python, "-c", code], capture_output=True, text=True,
-                              timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        # A run that reached RLlib's metric but not window-100 keeps its first result.
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        for line in out.splitlines():
-            if line.startswith("PROGRESS "):
-                return dict(json.loads(line[9:]), timed_out=True)
-        return {"error": f"timed out after {timeout:.0f} s"}
-    for line in proc.stdout.splitlines():
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()                 # SIGTERM first: ray/zray shut their daemons down
+        try:
+            stdout, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate(timeout=30)
+        # The last progress line: steps to the goal if reached, else how far it got.
+        last = [line for line in stdout.splitlines() if line.startswith("PROGRESS ")]
+        if last:
+            return dict(json.loads(last[-1][9:]), hold=None, timed_out=True, load=load,
+                        curve=_curve(stdout))
+        return {"error": f"timed out after {timeout:.0f} s", "reached": None, "load": load}
+    for line in stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]}
+            return dict(json.loads(line[7:]), load=load, curve=_curve(stdout))
+    return {"error": (stderr.strip().splitlines() or ["no output"])[-1][:200],
+            "reached": None, "load": load}
+
+
+def _curve(stdout: str) -> list:
+    """[(env steps, episode_return_mean, driver CPU s)] per iteration, from the
+    progress lines: compares runs at equal steps when one stopped early."""
+    rows = [json.loads(line[9:]) for line in stdout.splitlines() if line.startswith("PROGRESS ")]
+    return [(r["steps_run"], None if r["last"] != r["last"] else round(r["last"], 1),
+             r.get("driver_cpu_s")) for r in rows]
 
 
 def throughput(seconds: float = 5.0, num_runners: int = 2, num_envs: int = 8) -> float:
@@ -159,28 +206,47 @@ def throughput(seconds: float = 5.0, num_runners: int = 2, num_envs: int = 8) ->
         zray.shutdown()
 
 
-def _median(rows: list[dict], n: int) -> str:
-    """Median steps and wall over ``n`` runs; a run that did not reach the goal
-    counts as infinitely slow (so the median is "not reached" if half did not)."""
+def _cell(row: dict) -> tuple[str, str, str]:
+    """(steps, wall, hold) of one run as table cells."""
+    if row.get("error"):
+        return ("error", row["error"][:40], "")
+    r, h = row.get("reached"), row.get("hold")
+    steps = f"{r['steps'] / 1000:.1f}k" if r else \
+        f"not reached (>{row.get('steps_run', 0) / 1000:.0f}k, best {row.get('best', 0):.0f})"
+    wall = f"{r['wall']:.0f} s" if r else ("timed out" if row.get("timed_out") else "-")
+    hold = (f"{h['mean']:.0f} (lowest iteration {h['min_iteration']:.0f}, {h['episodes']} "
+             f"episodes)" if h else ("timed out" if r and row.get("timed_out") else "-"))
+    return steps, wall, hold
+
+
+def median_of(rows: list[dict]) -> tuple[str, str]:
+    """Median steps and wall to the goal; a run that did not reach it counts
+    as infinitely slow (so the median is "not reached" if half did not)."""
     inf = float("inf")
-    steps = statistics.median([r["steps"] for r in rows] + [inf] * (n - len(rows)))
-    wall = statistics.median([r["wall"] for r in rows] + [inf] * (n - len(rows)))
-    each = "/".join(f"{r['steps'] / 1000:.1f}k" for r in rows)
+    steps = statistics.median([r["reached"]["steps"] if r.get("reached") else inf
+                               for r in rows])
+    wall = statistics.median([r["reached"]["wall"] if r.get("reached") else inf
+                              for r in rows])
     if steps == inf:
-        return f"not reached ({len(rows)}/{n}: {each or '-'})"
-    return f"{steps:>8,.0f} steps {wall:6.1f} s ({each}; {len(rows)}/{n})"
+        return "not reached", "-"
+    return f"{steps / 1000:.1f}k", ("-" if wall == inf else f"{wall:.0f} s")
 
 
-def summarize(rows: list[dict], window100: bool) -> str:
-    """Median steps and wall to the goal by RLlib's metric (and window-100)."""
-    ok = [r for r in rows if "error" not in r]
-    if not ok:
-        return "error: " + rows[0]["error"]
-    text = "RLlib's metric: " + _median([r["reached"] for r in ok if r["reached"]], len(rows))
-    if window100:
-        text += "  |  window-100: " + _median([r["window100"] for r in ok if r["window100"]],
-                                              len(rows))
-    return text
+def table(results: dict) -> str:
+    """One markdown table: every run, then the medians per algorithm and library."""
+    lines = ["| config | library | seed | load (1 min) | steps to 450 | wall to 450 | "
+             "hold: mean return after reaching 450 |",
+             "|---|---|---|---|---|---|---|"]
+    for (algo, lib), rows in results.items():
+        for seed, row in rows:
+            steps, wall, hold = _cell(row)
+            lines.append(f"| {algo} | {lib} | {seed} | {row.get('load', '')} | {steps} | "
+                         f"{wall} | {hold} |")
+    for (algo, lib), rows in results.items():
+        steps, wall = median_of([r for _, r in rows])
+        lines.append(f"| {algo} | {lib} | **median of {len(rows)}** | | **{steps}** | "
+                     f"**{wall}** | |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -190,8 +256,11 @@ def main(argv=None) -> int:
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--no-zray", action="store_true", help="with --compare-rllib: RLlib only")
     ap.add_argument("--goal", type=float, default=450.0)
-    ap.add_argument("--max-steps", type=int, default=200_000)
-    ap.add_argument("--timeout", type=float, default=300.0, help="per run, seconds")
+    ap.add_argument("--hold-episodes", type=int, default=100,
+                    help="after reaching the goal, train on until this many episodes ended")
+    ap.add_argument("--max-steps", type=int, default=300_000)
+    ap.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")
+    ap.add_argument("--json", metavar="PATH", help="also write every run's result here")
     ap.add_argument("--throughput-only", action="store_true")
     ap.add_argument("--no-throughput", action="store_true")
     ap.add_argument("--compare-rllib", metavar="PYTHON",
@@ -200,29 +269,32 @@ def main(argv=None) -> int:
     import os
     print("load average at start: %.1f %.1f %.1f (on %d cores)"
           % (os.getloadavg() + (os.cpu_count(),)), flush=True)
+    results: dict = {}
     if not args.throughput_only:
         algos = [a.strip().upper() for a in args.algos.split(",") if a.strip()]
+        unknown = [a for a in algos if a not in CONFIGS]
+        if unknown:
+            ap.error(f"unknown --algos {unknown}; known: {', '.join(CONFIGS)}")
+        libs = ([] if args.no_zray else [("zray", sys.executable)]) + \
+            ([("rllib", args.compare_rllib)] if args.compare_rllib else [])
         for algo in algos:
-            seeds = range(args.first_seed, args.first_seed + args.seeds)
-            rows = []
-            for seed in seeds if not args.no_zray else ():
-                row = run_one(sys.executable, "zray", algo, seed, args.goal, args.max_steps,
-                              args.timeout)
-                print(f"  zray  {algo:<5} seed {seed}: {row}", flush=True)
-                rows.append(row)
-            if rows:
-                print(f"{algo:<5} zray.rllib  {summarize(rows, True)}", flush=True)
-            if args.compare_rllib:
-                rrows = []
-                for seed in seeds:
-                    row = run_one(args.compare_rllib, "ray", algo, seed, args.goal,
-                                  args.max_steps, args.timeout)
-                    print(f"  rllib {algo:<5} seed {seed}: {row}", flush=True)
-                    rrows.append(row)
-                print(f"{algo:<5} RLlib       {summarize(rrows, False)}", flush=True)
+            # zray and RLlib interleaved seed by seed, so load changes hit both alike
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
+                for lib, python in libs:
+                    row = run_one(python, "zray" if lib == "zray" else "ray", algo, seed,
+                                  args.goal, args.max_steps, args.timeout, args.hold_episodes)
+                    print(f"  {lib:<5} {algo} seed {seed}: {json.dumps(row)}", flush=True)
+                    results.setdefault((algo, lib), []).append((seed, row))
+                    if args.json:
+                        with open(args.json, "w") as f:
+                            json.dump([{"algo": a, "lib": lb, "seed": sd, **r}
+                                       for (a, lb), rs in results.items() for sd, r in rs],
+                                      f, indent=1)
+        print(table(results), flush=True)
     if not args.no_throughput:
         print(f"env-runner throughput (2 runners x 8 CartPole envs): "
               f"{throughput():,.0f} env steps/s", flush=True)
+    print("load average at end: %.1f %.1f %.1f" % os.getloadavg(), flush=True)
     return 0
 
 

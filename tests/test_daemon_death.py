@@ -358,7 +358,7 @@ def _answer_pings(router, stop) -> None:
     while not stop.is_set():
         if router.poll(50):
             identity, corr, _payload = router.recv_multipart()
-            router.send_multipart([identity, corr, p.encode(p.Ack("pong"))])
+            router.send_multipart([identity, corr, p.encode(p.Ack())])
 
 
 def test_raylet_watch_without_a_pid_declares_a_silent_raylet_dead(node_timeout, tmp_path):

@@ -42,8 +42,11 @@ def _dashboard_pids() -> list[int]:
 
 
 def _server_pid() -> int:
-    for pid in _dashboard_pids():
-        if "zray.dashboard.server" in command_line(psutil.Process(pid)):
+    """The web server's (gunicorn's master's; its worker is its child)."""
+    servers = [pid for pid in _dashboard_pids()
+               if "zray.dashboard.server" in command_line(psutil.Process(pid))]
+    for pid in servers:
+        if psutil.Process(pid).ppid() not in servers:
             return pid
     raise AssertionError("no dashboard server process")
 
@@ -54,7 +57,7 @@ def _server_pid() -> int:
 
 def test_local_init_starts_the_dashboard_and_shutdown_stops_it(dash):
     assert dash.get("/api/version").json()["ray_version"] >= "2"
-    assert len(_dashboard_pids()) == 2          # its supervisor and its server
+    assert len(_dashboard_pids()) == 3          # its supervisor, server and server's worker
     token_file = os.path.join(dash.session_dir, "dashboard.token")
     assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
     log_files = os.listdir(os.path.join(dash.session_dir, "logs"))

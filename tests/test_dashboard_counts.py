@@ -70,7 +70,7 @@ class TableGcs:
 
     def _answer(self, msg):
         if isinstance(msg, p.GetClusterInfo):
-            return p.Ack({"nodes": [], "jobs": [], "pub_address": "", "requests_served": 1})
+            return p.ClusterInfoReply([], [], "tcp://127.0.0.1:1", "c", "InMemoryStorage", 1)
         if isinstance(msg, p.GetTaskEvents):
             return p.TaskEventsReply(self.table.query(msg.limit, msg.filters),
                                      self.table.dropped)
@@ -79,8 +79,10 @@ class TableGcs:
             by_state, by_name, types = self.table.summary()
             return p.TaskSummaryReply(by_state, by_name, len(self.table.rows),
                                       self.table.dropped, types)
-        if isinstance(msg, (p.ListActors, p.KVKeys)):
-            return p.Ack([])
+        if isinstance(msg, p.ListActors):
+            return p.ActorsReply([])
+        if isinstance(msg, p.KVKeys):
+            return p.KVKeysReply([])
         if isinstance(msg, p.GetMetrics):
             return p.MetricsReply([])
         raise AssertionError(f"the dashboard asked the GCS for {type(msg).__name__}")

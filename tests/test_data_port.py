@@ -46,8 +46,8 @@ REFUSED_WAIT_MS = 1000         # a refused request: no answer within this
 
 # ---------------------------------------------------------------- helpers
 
-def _node() -> dict:
-    return global_state.worker.gcs.call(p.GetNodes()).value[0]
+def _node() -> p.NodeRow:
+    return global_state.worker.gcs.call(p.GetNodes()).nodes[0]
 
 
 def _key() -> security.ClusterKey:
@@ -55,7 +55,7 @@ def _key() -> security.ClusterKey:
 
 
 def _store_used() -> int:
-    return global_state.worker.raylet.call(p.GetStoreStats()).value["used"]
+    return global_state.worker.raylet.call(p.GetStoreStats()).stats["used"]
 
 
 def _raylet_log() -> str:
@@ -156,12 +156,12 @@ def _object_id(ref) -> bytes:
 # ---------------------------------------------------------------- tests
 
 def test_keyless_peers_sending_huge_frames_do_not_grow_the_raylet(node):
-    raylet = psutil.Process(node["pid"])
+    raylet = psutil.Process(node.pid)
     before = raylet.memory_info().rss
     piece = b"\0" * MB
     attackers = []
     for _ in range(8):                          # 8 connections x a 500 MB frame
-        sock = _raw_zmtp(node["data_address"])
+        sock = _raw_zmtp(node.data_address)
         t = threading.Thread(target=_blast, daemon=True, args=(
             sock, _long_frame_header(500 * MB), 500 * MB, piece))
         t.start()
@@ -177,12 +177,12 @@ def test_keyless_peers_sending_huge_frames_do_not_grow_the_raylet(node):
 
 
 def test_keyless_multipart_flood_is_not_buffered(node):
-    raylet = psutil.Process(node["pid"])
+    raylet = psutil.Process(node.pid)
     before = raylet.memory_info().rss
     part = bytes([0x01 | 0x02]) + struct.pack(">Q", 4000) + b"x" * 4000   # 4 kB, "more"
     attackers = []
     for _ in range(4):                          # small frames that never end a message
-        sock = _raw_zmtp(node["data_address"])
+        sock = _raw_zmtp(node.data_address)
         t = threading.Thread(target=_blast, daemon=True,
                              args=(sock, b"", 200 * MB, part * 256))
         t.start()
@@ -194,9 +194,9 @@ def test_keyless_multipart_flood_is_not_buffered(node):
 
 
 def test_logged_in_peer_sending_a_frame_over_the_request_limit_is_dropped(node):
-    raylet = psutil.Process(node["pid"])
+    raylet = psutil.Process(node.pid)
     before = raylet.memory_info().rss
-    puller = Puller(node["data_address"], _key())
+    puller = Puller(node.data_address, _key())
     monitor = puller.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
     try:
         puller.sock.send(b"\0" * (64 * MB))
@@ -209,7 +209,7 @@ def test_logged_in_peer_sending_a_frame_over_the_request_limit_is_dropped(node):
 
 
 def test_a_silent_stranger_is_dropped_within_the_handshake_time(node):
-    s = socket.create_connection(_host_port(node["data_address"]), timeout=15)
+    s = socket.create_connection(_host_port(node.data_address), timeout=15)
     started = time.monotonic()
     try:
         while s.recv(4096):               # the raylet's greeting, then its close
@@ -223,7 +223,7 @@ def test_a_silent_stranger_is_dropped_within_the_handshake_time(node):
 
 def test_login_without_the_key_is_refused(node):
     wrong = security.generate()
-    puller = Puller(node["data_address"], wrong)
+    puller = Puller(node.data_address, wrong)
     try:
         puller.fetch(b"\1" * 20)
         assert puller.answer(REFUSED_WAIT_MS) is None
@@ -234,7 +234,7 @@ def test_login_without_the_key_is_refused(node):
 
 def test_fetch_with_the_key_is_served(node):
     ref = zray.put(np.full(3 * MB, 7, dtype=np.uint8))
-    puller = Puller(node["data_address"], _key())
+    puller = Puller(node.data_address, _key())
     try:
         puller.fetch(_object_id(ref))
         answer = puller.answer()
@@ -250,7 +250,7 @@ def test_replayed_fetch_is_refused_on_every_other_socket(node):
     key = _key()
     ref = zray.put(np.ones(100 * MB // 8))
     object_id = _object_id(ref)
-    victim = Puller(node["data_address"], key)
+    victim = Puller(node.data_address, key)
     others = []
     try:
         captured = victim.fetch(object_id)
@@ -260,9 +260,9 @@ def test_replayed_fetch_is_refused_on_every_other_socket(node):
             if i < 3:
                 sock = sockets.context().socket(zmq.DEALER)
                 sock.linger = 0
-                sock.connect(node["data_address"])
+                sock.connect(node.data_address)
             else:
-                sock = Puller(node["data_address"], key).sock
+                sock = Puller(node.data_address, key).sock
             sock.send_multipart(captured)
             others.append(sock)
         for sock in others:
@@ -279,11 +279,11 @@ def test_replayed_fetch_is_refused_on_every_other_socket(node):
 
 def test_replayed_login_is_refused(node):
     key = _key()
-    first = Puller(node["data_address"], key)
+    first = Puller(node.data_address, key)
     try:
         first.fetch(b"\1" * 20)
         assert first.answer() is not None               # its login was good
-        second = Puller(node["data_address"], key, login=first.credentials)
+        second = Puller(node.data_address, key, login=first.credentials)
         try:
             second.seq = 100
             second.fetch(b"\1" * 20)
@@ -300,7 +300,7 @@ def test_pin_of_a_puller_that_vanished_is_released(node, chunks_unread):
     baseline = _store_used()
     ref = zray.put(np.ones(100 * MB // 8))
     assert _store_used() >= baseline + 100 * MB
-    puller = Puller(node["data_address"], _key())
+    puller = Puller(node.data_address, _key())
     puller.fetch(_object_id(ref))                       # pins it for this connection
     assert puller.answer() is not None, "the fetch was not served"
     for i in range(chunks_unread):                      # vanish mid-transfer
@@ -556,7 +556,7 @@ def test_full_store_error_names_the_object_transfer_that_pins(node, monkeypatch)
     monkeypatch.setattr(config, "object_store_full_timeout_s", 1.0)
     baseline = _store_used()
     refs = [zray.put(np.full(60 * MB, i, dtype=np.uint8)) for i in range(STORE_BYTES // (64 * MB))]
-    puller = Puller(node["data_address"], _key())
+    puller = Puller(node.data_address, _key())
     try:
         for ref in refs:                        # this connection pins them all
             puller.fetch(_object_id(ref))

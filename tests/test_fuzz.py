@@ -86,7 +86,7 @@ def _ping(sock: zmq.Socket, timeout: float = 5.0) -> bool:
             return False
         frames = sock.recv_multipart()
         if frames[0] == corr:
-            return p.decode(frames[1]) == p.Ack("pong")
+            return p.decode(frames[1]) == p.Ack()
 
 
 @zray.remote
@@ -220,6 +220,18 @@ def _valid_value(kind: str, rng: random.Random, endpoint: str):
         "int": lambda: rng.choice([0, 1, -1, rng.randrange(-(1 << 40), 1 << 40)]),
         "bool": lambda: rng.random() < 0.5, "float": lambda: rng.random(),
         "list": lambda: [], "dict": lambda: {},
+        # GCS rows, as replies and events carry them
+        "OptFloat": lambda: rng.choice([None, rng.random() * 1e9]),
+        "ByteStrings": lambda: [rid(rng.randrange(8)) for _ in range(rng.randrange(3))],
+        "BundleNodes": lambda: [rng.choice([None, rid(16)]) for _ in range(rng.randrange(3))],
+        "NodeRowFields": lambda: _valid_fields(p.NodeRow, rng, endpoint),
+        "JobRowFields": lambda: _valid_fields(p.JobRow, rng, endpoint),
+        "OptJobRowFields": lambda: rng.choice([[], _valid_fields(p.JobRow, rng, endpoint)]),
+        "ActorSummaryFields": lambda: _valid_fields(p.ActorSummary, rng, endpoint),
+        "NodeRows": lambda: [_valid_fields(p.NodeRow, rng, endpoint)],
+        "JobRows": lambda: [_valid_fields(p.JobRow, rng, endpoint)],
+        "ActorSummaries": lambda: [_valid_fields(p.ActorSummary, rng, endpoint)],
+        "PlacementGroupRows": lambda: [_valid_fields(p.PlacementGroupRow, rng, endpoint)],
     }
     return table.get(kind, lambda: rng.choice([None, 1, "x", b"x", [], {}]))()
 
@@ -352,3 +364,74 @@ def test_fuzzed_messages_leave_gcs_and_raylet_serving(start_cluster, peers, bann
         assert_cluster_serves(daemons, peers)
     except AssertionError as err:
         raise AssertionError(f"{err} (fuzz seed {FUZZ_SEED}, sent {sent})") from None
+
+
+# --------------------------------------------------------------------------
+# GCS rows, events and query replies (issue 7): garbage of their shape
+# --------------------------------------------------------------------------
+
+#: the records that carry GCS rows, and the events and replies of issue 7
+ROW_RECORDS = (p.NodeEvent, p.ResourcesEvent, p.JobEvent, p.ActorEvent, p.WorkerDiedEvent,
+               p.LogEvent, p.TaskRowsEvent, p.NodesReply, p.ClusterInfoReply,
+               p.RegisterJobReply, p.JobReply, p.KVValueReply, p.KVPutReply,
+               p.KVDeleteReply, p.KVKeysReply, p.RegisterActorReply, p.NamedActorReply,
+               p.ActorsReply, p.PlacementGroupsReply, p.StoreStatsReply, p.Ack)
+
+
+def _row_garbage(cls, rng: random.Random, endpoint: str):
+    """``cls`` with valid fields, then each field in turn made wrong, and each
+    nested row with each of its fields wrong (payloads, as msgpack)."""
+    fields = _valid_fields(cls, rng, endpoint)
+    yield fields
+    for index in range(len(fields)):
+        for _ in range(3):
+            wrong = list(fields)
+            wrong[index] = _invalid_value(rng, object)
+            yield wrong
+    one_row = {"NodeRowFields": p.NodeRow, "JobRowFields": p.JobRow,
+               "OptJobRowFields": p.JobRow, "ActorSummaryFields": p.ActorSummary}
+    row_lists = {"NodeRows": p.NodeRow, "JobRows": p.JobRow,
+                 "ActorSummaries": p.ActorSummary, "PlacementGroupRows": p.PlacementGroupRow}
+    for index, name in enumerate(cls._fields):
+        kind = cls.__annotations__.get(name)
+        row_cls = one_row.get(kind) or row_lists.get(kind)
+        if row_cls is None:
+            continue
+        for column in range(len(row_cls._fields)):
+            row = _valid_fields(row_cls, rng, endpoint)
+            row[column] = _invalid_value(rng, object)
+            wrong = list(fields)
+            wrong[index] = [row] if kind in row_lists else row
+            yield wrong
+
+
+def test_garbage_rows_events_and_replies_sent_to_the_gcs_leave_it_serving(start_cluster,
+                                                                          peers, banner):
+    """Every record that carries a GCS row, event or query reply, valid and
+    with each field (and each column of a row inside it) wrong, sent to the
+    GCS as a request: each gets an answer (the GCS serves none of them) and
+    the cluster still serves; a peer decoding such a reply gets a
+    ProtocolError naming the column."""
+    start_cluster()
+    daemons = local_daemons()
+    gcs = peers.connect(daemons["gcs"][0])
+    rng = random.Random(FUZZ_SEED)
+    sent = 0
+    for cls in ROW_RECORDS:
+        for fields in _row_garbage(cls, rng, banner.endpoint):
+            gcs.send_multipart([b"fz" + os.urandom(6),
+                                msgpack.packb([cls.CODE, *fields], use_bin_type=True)])
+            sent += 1
+    answered = 0
+    deadline = time.monotonic() + 20
+    while answered < sent and gcs.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+        frames = gcs.recv_multipart()
+        assert isinstance(p.decode(frames[1]), p.ErrorReply), frames
+        answered += 1
+    assert answered == sent, f"{sent - answered} of {sent} records got no answer " \
+                             f"(seed {FUZZ_SEED})"
+    assert_cluster_serves(daemons, peers)
+    bad_row = _valid_fields(p.NodeRow, rng, banner.endpoint)
+    bad_row[0] = b"short"
+    with pytest.raises(p.ProtocolError, match=r"NodeRow\.node_id"):
+        p.decode(msgpack.packb([p.NodesReply.CODE, [bad_row]], use_bin_type=True))

@@ -4,6 +4,7 @@ on the tables another one left (a restart)."""
 from __future__ import annotations
 
 import os
+import types
 
 import msgpack
 import pytest
@@ -74,21 +75,21 @@ def test_node_register_heartbeat_and_rows_are_copies():
     storage = DeepCopyStorage()
     nodes = NodeManager(storage, node_timeout_s=30)
     row = nodes.register(_register_node())
-    row["alive"] = False                      # a caller's copy: the table is untouched
-    assert nodes.get(A)["alive"] is True
+    row.resources["CPU"] = 99.0               # a caller's copy: the table is untouched
+    assert nodes.get(A).resources["CPU"] == 2.0 and nodes.get(A).alive is True
     status, node = nodes.heartbeat(_beat())
     assert status == p.HEARTBEAT_OK
-    assert node["available"] == {"CPU": 1.0} and node["stats"] == {"cpu_percent": 5.0}
-    assert storage.get("nodes", A)["store_used"] == 10       # written through
+    assert node.available == {"CPU": 1.0} and node.stats == {"cpu_percent": 5.0}
+    assert storage.get("nodes", A)["store_used"] == 10       # written through (a dict)
     nodes.reserve(A, {"CPU": 0.5})
-    assert nodes.get(A)["available"]["CPU"] == pytest.approx(0.5)
+    assert nodes.get(A).available["CPU"] == pytest.approx(0.5)
 
 
 def test_heartbeat_of_unknown_node_says_register_again_and_of_dead_node_says_dead():
     nodes = NodeManager(DeepCopyStorage(), node_timeout_s=30)
     assert nodes.heartbeat(_beat(B)) == (p.HEARTBEAT_UNKNOWN, None)
     nodes.register(_register_node(A))
-    assert nodes.mark_dead(A)["alive"] is False
+    assert nodes.mark_dead(A).alive is False
     assert nodes.mark_dead(A) is None                    # once
     assert nodes.heartbeat(_beat(A)) == (p.HEARTBEAT_DEAD, None)
 
@@ -146,8 +147,10 @@ def _started(actor_id: bytes, node_id=A) -> p.ActorStarted:
                           os.getpid(), b"")
 
 
-def _actor(max_restarts: int, restarts=0, no_restart=False) -> dict:
-    return {"max_restarts": max_restarts, "restarts": restarts, "no_restart": no_restart}
+def _actor(max_restarts: int, restarts=0, no_restart=False):
+    """What the restart policy reads of an ActorRow."""
+    return types.SimpleNamespace(max_restarts=max_restarts, restarts=restarts,
+                                 no_restart=no_restart)
 
 
 def test_restart_policy():
@@ -163,39 +166,40 @@ def test_actor_restarts_up_to_max_restarts_then_dies_for_good():
     actors = ActorManager(DeepCopyStorage())
     actor_id = os.urandom(16)
     spec = p.task_spec(_spec(actor_id))
-    assert actors.register(_register_actor(actor_id, max_restarts=1), spec)["state"] == \
+    assert actors.register(_register_actor(actor_id, max_restarts=1), spec).state == \
         p.ACTOR_PENDING
-    assert actors.started(_started(actor_id))["incarnation"] == 1
+    assert actors.started(_started(actor_id)).incarnation == 1
     actor, restart = actors.died(actor_id, "crashed", intentional=False)
-    assert restart and actor["state"] == p.ACTOR_RESTARTING and actor["restarts"] == 1
+    assert restart and actor.state == p.ACTOR_RESTARTING and actor.restarts == 1
     actors.started(_started(actor_id))
     actor, restart = actors.died(actor_id, "crashed again", intentional=False)
-    assert not restart and actor["state"] == p.ACTOR_DEAD
-    assert actor["death_message"] == "crashed again"
+    assert not restart and actor.state == p.ACTOR_DEAD
+    assert actor.death_message == "crashed again"
     assert actors.died(actor_id, "late report", False) == (None, False)
-    assert actors.get(actor_id)["owner_worker_id"] == OWNER_WORKER
+    assert actors.get(actor_id).owner_worker_id == OWNER_WORKER
 
 
 def test_a_dead_named_actor_frees_its_name():
     actors = ActorManager(DeepCopyStorage())
     actor_id = os.urandom(16)
     actors.register(_register_actor(actor_id, name="x"), p.task_spec(_spec(actor_id)))
-    assert actors.named("x", "ns")["actor_id"] == actor_id
+    assert actors.named("x", "ns").actor_id == actor_id
     assert actors.named("x", "other") is None
     actors.died(actor_id, "gone", intentional=True)
     assert actors.named("x", "ns") is None
 
 
 def test_actor_goes_to_the_node_with_most_free_cpu_or_where_its_options_say():
-    alive = [{"node_id": A, "resources": {"CPU": 4.0}, "available": {"CPU": 1.0}},
-             {"node_id": B, "resources": {"CPU": 4.0}, "available": {"CPU": 3.0}},
-             {"node_id": C, "resources": {"CPU": 1.0}, "available": {"CPU": 1.0}}]
+    def node(node_id, total, free):
+        return p.NodeRow(node_id, "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "127.0.0.1", "h",
+                         1, {"CPU": total}, {"CPU": free}, 0, 0, True, 0.0, "/tmp")
+    alive = [node(A, 4.0, 1.0), node(B, 4.0, 3.0), node(C, 1.0, 1.0)]
     spec = p.task_spec(_spec(os.urandom(16), resources={"CPU": 2.0}))
-    assert pick_node(spec, alive, {})["node_id"] == B
+    assert pick_node(spec, alive, {}).node_id == B
     spread = p.task_spec(_spec(os.urandom(16), options={"strategy": "SPREAD"}))
-    assert pick_node(spread, alive, {A: 0, B: 3, C: 1})["node_id"] == A
+    assert pick_node(spread, alive, {A: 0, B: 3, C: 1}).node_id == A
     pinned = p.task_spec(_spec(os.urandom(16), options={"strategy": "NODE", "node_id": C}))
-    assert pick_node(pinned, alive, {})["node_id"] == C
+    assert pick_node(pinned, alive, {}).node_id == C
     hard = p.task_spec(_spec(os.urandom(16), resources={"CPU": 2.0},
                              options={"strategy": "NODE", "node_id": C}))
     assert pick_node(hard, alive, {}) == "affinity"
@@ -228,7 +232,8 @@ class Recorded:
         self.gcs = GcsServer("127.0.0.1:0", session_dir, storage)
         self.replies, self.events = [], []
         self.sent = self.gcs.sender.sent          # from the constructor on (a reload)
-        self.gcs.reply = lambda req, msg, blobs=(): self.replies.append(msg)
+        # replies go through the wire codec, as a peer would read them
+        self.gcs.reply = lambda req, msg, blobs=(): self.replies.append(p.decode(p.encode(msg)))
         publish = self.gcs.publish
         self.gcs.publish = lambda topic, event: (self.events.append((topic, event)),
                                                  publish(topic, event))
@@ -264,15 +269,15 @@ def make_gcs(tmp_path, monkeypatch):
 
 def _live_actor(gcs: Recorded, **kw) -> bytes:
     actor_id = os.urandom(16)
-    assert gcs(_register_actor(actor_id, **kw)).value[0] is True
+    assert gcs(_register_actor(actor_id, **kw)).created is True
     gcs(_started(actor_id))
-    assert gcs.gcs.actors.get(actor_id)["state"] == p.ACTOR_ALIVE
+    assert gcs.gcs.actors.get(actor_id).state == p.ACTOR_ALIVE
     return actor_id
 
 
 def _state(gcs: Recorded, actor_id: bytes) -> tuple[str, str]:
     actor = gcs.gcs.actors.get(actor_id)
-    return actor["state"], actor["death_message"]
+    return actor.state, actor.death_message
 
 
 def test_out_of_scope_ends_a_non_detached_actor_without_restart(make_gcs):
@@ -284,7 +289,7 @@ def test_out_of_scope_ends_a_non_detached_actor_without_restart(make_gcs):
     gcs(p.ReportActorOutOfScope(detached))
     assert _state(gcs, actor_id) == (p.ACTOR_DEAD, OUT_OF_SCOPE)
     assert _state(gcs, detached)[0] == p.ACTOR_ALIVE
-    assert (gcs.gcs.nodes.get(A)["address"], p.KillActorWorker(actor_id)) in gcs.sent
+    assert (gcs.gcs.nodes.get(A).address, p.KillActorWorker(actor_id)) in gcs.sent
     gcs(p.ReportActorDied(actor_id, "worker exited", False))    # its process exits later
     assert _state(gcs, actor_id) == (p.ACTOR_DEAD, OUT_OF_SCOPE)
 
@@ -300,9 +305,9 @@ def test_owner_death_ends_the_actors_it_owned_and_is_published(make_gcs):
     assert _state(gcs, owned) == (p.ACTOR_DEAD, OWNER_DIED)
     assert _state(gcs, detached)[0] == p.ACTOR_ALIVE
     assert _state(gcs, not_owned)[0] == p.ACTOR_ALIVE
-    assert gcs(p.GetNamedActor("mine", "ns")).value is None
-    assert (p.TOPIC_WORKER, {"worker_id": OWNER_WORKER, "node_id": A,
-                             "message": "worker exited with code 1"}) in gcs.events
+    assert gcs(p.GetNamedActor("mine", "ns")).actor_id == b""
+    assert (p.TOPIC_WORKER, p.WorkerDiedEvent(OWNER_WORKER, A,
+                                              "worker exited with code 1")) in gcs.events
 
 
 def test_node_death_is_the_death_of_every_owner_on_it(make_gcs):
@@ -318,8 +323,8 @@ def test_node_death_is_the_death_of_every_owner_on_it(make_gcs):
     assert _state(gcs, owned_from_a) == (p.ACTOR_DEAD, OWNER_DIED)
     assert _state(gcs, restartable_on_b)[0] == p.ACTOR_ALIVE
     worker_events = [e for t, e in gcs.events if t == p.TOPIC_WORKER]
-    assert worker_events and worker_events[-1]["worker_id"] == b"" \
-        and worker_events[-1]["node_id"] == A
+    assert worker_events and worker_events[-1].worker_id == b"" \
+        and worker_events[-1].node_id == A
     gcs(p.UnregisterNode(B))                   # its actor restarts (no node to go to)
     assert _state(gcs, restartable_on_b)[0] == p.ACTOR_RESTARTING
 
@@ -333,7 +338,7 @@ def test_kill_without_restart_and_actor_restart_after_a_crash(make_gcs):
     submitted = [m for _, m in gcs.sent if isinstance(m, p.SubmitTask)]
     assert len(submitted) == 2 and p.task_spec(submitted[-1].spec).attempt == 1
     gcs(_started(actor_id))
-    assert gcs(p.KillActor(actor_id, True)).value is True
+    assert gcs(p.KillActor(actor_id, True)).ok is True
     assert _state(gcs, actor_id) == (p.ACTOR_DEAD, "killed by zray.kill()")
 
 
@@ -353,19 +358,19 @@ def test_placement_groups_reserve_bundles_and_go_pending_when_a_node_dies(make_g
     pg_id = os.urandom(16)
     gcs(p.CreatePlacementGroup(pg_id, [{"CPU": 1.0}, {"CPU": 1.0}], "STRICT_SPREAD", "g",
                                b"\0\0\0\1", False))
-    row = gcs(p.GetPlacementGroups(pg_id, "")).value[0]
-    assert row["state"] == p.PG_CREATED
-    assert sorted(row["bundles_to_node_id"].values()) == sorted([A.hex(), B.hex()])
+    row = gcs(p.GetPlacementGroups(pg_id, "")).groups[0]
+    assert row.state == p.PG_CREATED
+    assert sorted(row.nodes) == sorted([A, B])
     assert sum(isinstance(m, p.ReserveBundle) for _, m in gcs.sent) == 2
-    assert gcs.gcs.nodes.get(A)["available"]["CPU"] == pytest.approx(1.0)
+    assert gcs.gcs.nodes.get(A).available["CPU"] == pytest.approx(1.0)
     gcs(p.UnregisterNode(A))
-    assert gcs(p.GetPlacementGroups(b"", "g")).value[0]["state"] == p.PG_PENDING
+    assert gcs(p.GetPlacementGroups(b"", "g")).groups[0].state == p.PG_PENDING
     gcs(_register_node(C, cpus=2.0, address="tcp://127.0.0.1:13"))
     gcs(_beat(C, available={"CPU": 2.0}))
-    row = gcs(p.GetPlacementGroups(pg_id, "")).value[0]
-    assert row["state"] == p.PG_CREATED and A.hex() not in row["bundles_to_node_id"].values()
-    assert gcs(p.RemovePlacementGroup(pg_id)).value is True
-    assert gcs(p.GetPlacementGroups(pg_id, "")).value[0]["state"] == p.PG_REMOVED
+    row = gcs(p.GetPlacementGroups(pg_id, "")).groups[0]
+    assert row.state == p.PG_CREATED and A not in row.nodes
+    assert gcs(p.RemovePlacementGroup(pg_id)).ok is True
+    assert gcs(p.GetPlacementGroups(pg_id, "")).groups[0].state == p.PG_REMOVED
     assert sum(isinstance(m, p.ReturnBundle) for _, m in gcs.sent) == 2
 
 
@@ -401,7 +406,7 @@ def test_a_gcs_built_on_old_tables_reloads_them(make_gcs, tables, monkeypatch):
     first = make_gcs(storage)
     first(_register_node(A, address="tcp://127.0.0.1:21"))
     first(_register_node(B, address="tcp://127.0.0.1:22"))
-    job_id = first(p.RegisterJob(os.getpid(), [], "ns", [], "/")).value[0]
+    job_id = first(p.RegisterJob(os.getpid(), [], "ns", [], "/")).job_id
     first(p.KVPut("ns", b"k", b"v", True))
     first(p.ExportFunction(b"h" * 16, b"blob"))
     alive = _live_actor(first, name="named", detached=True)
@@ -424,20 +429,20 @@ def test_a_gcs_built_on_old_tables_reloads_them(make_gcs, tables, monkeypatch):
     assert second.gcs.session.cluster_id == cluster_id
     assert second(p.KVGet("ns", b"k")).value == b"v"
     assert second(p.GetFunction(b"h" * 16)).value == b"blob"
-    assert second(p.GetJob(job_id)).value["alive"] is True
-    assert second(p.GetNamedActor("named", "ns")).value[0] == alive
+    assert second(p.GetJob(job_id)).job.alive is True
+    assert second(p.GetNamedActor("named", "ns")).actor_id == alive
     assert _state(second, alive)[0] == p.ACTOR_ALIVE
-    assert second(p.GetPlacementGroups(pg_id, "")).value[0]["state"] == p.PG_CREATED
-    assert {n["node_id"] for n in second(p.GetNodes()).value if n["alive"]} == {A, B}
-    assert second(p.RegisterJob(os.getpid(), [], "ns", [], "/")).value[0] != job_id
+    assert second(p.GetPlacementGroups(pg_id, "")).groups[0].state == p.PG_CREATED
+    assert {n.node_id for n in second(p.GetNodes()).nodes if n.alive} == {A, B}
+    assert second(p.RegisterJob(os.getpid(), [], "ns", [], "/")).job_id != job_id
     # a node that reports again stays; one that does not is declared dead after the timeout
     clock.now += 0.6 * config.node_timeout_s
     second(_beat(B))
     second.gcs.check_node_health()
-    assert second.gcs.nodes.get(A)["alive"]               # a fresh deadline after the restart
+    assert second.gcs.nodes.get(A).alive               # a fresh deadline after the restart
     clock.now += 0.6 * config.node_timeout_s
     second.gcs.check_node_health()
-    assert not second.gcs.nodes.get(A)["alive"] and second.gcs.nodes.get(B)["alive"]
+    assert not second.gcs.nodes.get(A).alive and second.gcs.nodes.get(B).alive
     # the actor that waited for a GPU is scheduled again once a GPU node joins
     second(p.RegisterNode(C, "tcp://127.0.0.1:23", "tcp://127.0.0.1:24", "127.0.0.1", "h",
                           os.getpid(), {"CPU": 1.0, "GPU": 1.0}, 1 << 20, "/tmp/s"))
@@ -470,7 +475,7 @@ def test_a_second_start_report_changes_nothing(make_gcs):
     gcs(first)
     gcs(_started(actor_id))
     actor = gcs.gcs.actors.get(actor_id)
-    assert actor["incarnation"] == 1 and actor["worker_id"] == first.worker_id
+    assert actor.incarnation == 1 and actor.worker_id == first.worker_id
 
 
 def test_an_actor_being_created_on_a_node_that_dies_is_created_elsewhere(make_gcs):
@@ -492,14 +497,14 @@ def test_a_registration_sent_again_after_a_gcs_restart_creates_nothing_new(make_
     first = gcs(_register_actor(actor_id, name="once"))
     creations = [m for _, m in gcs.sent if isinstance(m, p.SubmitTask)]
     again = gcs(_register_actor(actor_id, name="once"))       # not "name already taken"
-    assert again.value == first.value
+    assert again == first
     assert [m for _, m in gcs.sent if isinstance(m, p.SubmitTask)] == creations
 
     pg_id = os.urandom(16)
     create = p.CreatePlacementGroup(pg_id, [{"CPU": 1.0}], "PACK", "group", b"\0" * 4, False)
-    assert gcs(create).value is True
-    assert gcs(create).value is True                           # not "already exists"
-    assert len([g for g in gcs.gcs.pgs.all() if g["pg_id"] == pg_id]) == 1
+    assert gcs(create).ok is True
+    assert gcs(create).ok is True                           # not "already exists"
+    assert len([g for g in gcs.gcs.pgs.all() if g.pg_id == pg_id]) == 1
 
 
 def test_removed_groups_leave_the_table_past_a_bound_and_live_ones_survive_a_reload(
@@ -513,9 +518,9 @@ def test_removed_groups_leave_the_table_past_a_bound_and_live_ones_survive_a_rel
         groups.create(p.CreatePlacementGroup(pg_id, [{"CPU": 1.0}], "PACK", "", b"", False))
     for pg_id in ids[:5]:
         groups.removed(pg_id)
-    assert [pg["pg_id"] for pg in groups.pending()] == [ids[5]]
+    assert [pg.pg_id for pg in groups.pending()] == [ids[5]]
     kept = {pg_id for pg_id, _ in storage.items(pgm.TABLE)}
     assert kept == set(ids[2:]), "only the last 3 removed groups and the live one stay"
     reloaded = pgm.PlacementGroupManager(storage)
-    assert [pg["pg_id"] for pg in reloaded.pending()] == [ids[5]]
-    assert reloaded.get(ids[4])["state"] == p.PG_REMOVED
+    assert [pg.pg_id for pg in reloaded.pending()] == [ids[5]]
+    assert reloaded.get(ids[4]).state == p.PG_REMOVED

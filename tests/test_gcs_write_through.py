@@ -47,8 +47,8 @@ def copying_cluster(request, start_cluster, monkeypatch, tmp_path):
                  "sqlite": (f"sqlite:///{tmp_path}/gcs.db", "SqliteStorage")}[request.param]
     monkeypatch.setenv("ZRAY_GCS_STORAGE", url)       # daemons inherit it
     start_cluster(num_cpus=2)
-    info = global_state.worker.gcs.call(p.GetClusterInfo()).value
-    assert info["storage"] == kind
+    info = global_state.worker.gcs.call(p.GetClusterInfo())
+    assert info.storage == kind
     return zray
 
 
@@ -106,12 +106,12 @@ def test_a_whole_workload_runs_on_tables_that_share_no_row(copying_cluster):
 
     # KV
     gcs = global_state.worker.gcs
-    assert gcs.call(p.KVPut("test", b"key", b"value", False)).value is True
-    assert gcs.call(p.KVPut("test", b"key", b"other", False)).value is False
+    assert gcs.call(p.KVPut("test", b"key", b"value", False)).added is True
+    assert gcs.call(p.KVPut("test", b"key", b"other", False)).added is False
     assert gcs.call(p.KVGet("test", b"key")).value == b"value"
-    assert gcs.call(p.KVKeys("test", b"k")).value == [b"key"]
-    assert gcs.call(p.KVDelete("test", b"key")).value is True
-    assert gcs.call(p.KVGet("test", b"key")).value is None
+    assert gcs.call(p.KVKeys("test", b"k")).keys == [b"key"]
+    assert gcs.call(p.KVDelete("test", b"key")).deleted is True
+    assert gcs.call(p.KVGet("test", b"key")).found is False
 
     # the node table, as zray.nodes() shows it
     nodes = zray.nodes()

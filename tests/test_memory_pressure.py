@@ -47,7 +47,7 @@ def consume(arr):
 
 
 def store_stats() -> dict:
-    return global_state.worker.raylet.call(protocol.GetStoreStats()).value
+    return global_state.worker.raylet.call(protocol.GetStoreStats()).stats
 
 
 def wait_store_empty(timeout: float = 30.0) -> None:
@@ -284,7 +284,7 @@ def test_pull_into_a_full_store_waits_for_pins_to_be_released(two_nodes):
 def test_get_of_a_remote_object_into_a_full_store_waits_for_pins_to_be_released(two_nodes):
     cluster, node_b = two_nodes
     remote = produce.options(**on_node(node_b)).remote(20 * MiB, 9)
-    zray.wait([remote], timeout=GET_TIMEOUT)
+    zray.wait([remote], timeout=GET_TIMEOUT, fetch_local=False)    # not pulled here yet
     holder = Holder.options(**on_node(cluster.head_node.node_id)).remote()
     assert zray.get(holder.hold.remote(3, 20 * MiB), timeout=GET_TIMEOUT) == 60 * MiB
     dropped = holder.drop_after.remote(1.5)        # the head's store is full until then
@@ -305,7 +305,7 @@ def test_pull_into_a_store_that_stays_full_raises_object_store_full_error(two_no
     cluster, node_b = two_nodes
     assert zray.get(holder.drop.remote(), timeout=GET_TIMEOUT)
     remote = produce.options(**on_node(node_b)).remote(20 * MiB, 9)
-    zray.wait([remote], timeout=GET_TIMEOUT)
+    zray.wait([remote], timeout=GET_TIMEOUT, fetch_local=False)    # not pulled here yet
     head_holder = Holder.options(**on_node(cluster.head_node.node_id)).remote()
     assert zray.get(head_holder.hold.remote(3, 20 * MiB), timeout=GET_TIMEOUT) == 60 * MiB
     outcome, err = call_bounded(lambda: zray.get(remote, timeout=GET_TIMEOUT), timeout=30)

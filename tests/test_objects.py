@@ -69,7 +69,7 @@ def too_big_for_the_store(n_bytes):
 
 def store_stats() -> dict:
     worker = global_state.worker
-    return worker.raylet.call(protocol.GetStoreStats()).value
+    return worker.raylet.call(protocol.GetStoreStats()).stats
 
 
 def store_used() -> int:
@@ -77,15 +77,17 @@ def store_used() -> int:
 
 
 def settle_baseline() -> int:
-    """Store usage once earlier tests' frees have landed."""
+    """Store usage once earlier tests' frees have landed and the blocks
+    reserved for their puts went back (unused for a second)."""
     gc.collect()
     last = [store_used()]
 
     def stable():
         gc.collect()
         zray.get(echo.remote(None), timeout=GET_TIMEOUT)     # drains pending releases
-        now = store_used()
-        same = now == last[0]
+        stats = store_stats()
+        now = stats["used"]
+        same = now == last[0] and stats["num_reserved"] == 0
         last[0] = now
         return same
     wait_for(stable, timeout=10, interval=0.2)

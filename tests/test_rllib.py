@@ -133,6 +133,84 @@ def test_impala_trains_with_vtrace_in_the_driver():
         algo.stop()
 
 
+# ---- RLlib's semantics: DQN replay and n-step, APPO's circular buffer -----------
+
+def test_prioritized_replay_draws_in_proportion_to_priority_and_reweights():
+    from zray.rllib.utils.replay_buffers import PrioritizedReplayBuffer
+    buf = PrioritizedReplayBuffer(100, alpha=1.0, beta=1.0, eps=0.0, seed=0)
+    buf.add({"x": np.arange(10)})
+    buf.update_priorities(np.arange(10), np.where(np.arange(10) == 3, 91.0, 1.0))
+    batch = buf.sample(10_000)                  # slot 3: 91 of 100 priority units
+    assert np.mean(batch["x"] == 3) == pytest.approx(0.91, abs=0.02)
+    assert (batch["x"] == batch["indices"]).all()
+    # importance weights undo the skew: the frequent item weighs least, the largest is 1
+    assert batch["weights"][batch["x"] == 3].max() == pytest.approx(1 / 91)
+    assert batch["weights"].max() == pytest.approx(1.0)
+    buf.add({"x": np.array([10])})              # new rows get the highest priority yet
+    assert buf.tree[buf.leaves + 10] == pytest.approx(91.0)
+
+
+def test_n_step_range_draws_n_per_row_and_stops_at_episode_end():
+    from zray.rllib.utils.replay_buffers import NStepAccumulator, nstep_targets
+    # one env, 6 steps, reward t+1 at step t; the episode terminates at step 5
+    T = 6
+    batch = {"obs": np.arange(T, dtype=np.float32).reshape(T, 1, 1),
+             "actions": np.zeros((T, 1), np.int64),
+             "rewards": np.arange(1, T + 1, dtype=np.float32).reshape(T, 1),
+             "next_obs": np.arange(1, T + 1, dtype=np.float32).reshape(T, 1, 1),
+             "terminateds": (np.arange(T) == 5).reshape(T, 1),
+             "truncateds": np.zeros((T, 1), bool)}
+    rows = NStepAccumulator(3, gamma=0.5).add_fragment(0, batch)
+    assert list(rows["obs"][:, 0]) == [0, 1, 2, 3, 4, 5] and list(rows["seq_len"]) == \
+        [3, 3, 3, 3, 2, 1]
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(30):
+        out = nstep_targets(rows, (2, 3), 0.5, rng)
+        k = np.round(np.log(out["discounts"]) / np.log(0.5)).astype(int)
+        seen |= set(k[:4].tolist())
+        assert (k[:4] >= 2).all() and k[4] <= 2 and k[5] == 1      # the end shortens k
+        for i in range(6):
+            assert out["rewards"][i] == pytest.approx(sum(0.5 ** j * (i + 1 + j)
+                                                          for j in range(k[i])))
+            assert out["next_obs"][i, 0] == i + k[i]
+        assert out["terminateds"][5] and not out["terminateds"][0]
+    assert seen == {2, 3}
+
+
+def test_dqn_auto_rollout_fragment_is_the_largest_n_step_like_rllib():
+    config = DQNConfig().environment("CartPole-v1").training(n_step=(2, 5))
+    config.validate()
+    assert config.get_rollout_fragment_length() == 5
+    with pytest.raises(ConfigError, match="n_step"):
+        DQNConfig().environment("CartPole-v1").training(n_step=(4, 2)).build_algo()
+
+
+def test_appo_trains_each_batch_k_times_and_updates_its_target_in_rllibs_unit():
+    algo = (APPOConfig().environment("CartPole-v1")
+            .env_runners(num_env_runners=0, num_envs_per_env_runner=2,
+                         rollout_fragment_length=25)
+            .training(train_batch_size_per_learner=50, circular_buffer_num_batches=2,
+                      circular_buffer_iterations_per_batch=3, target_network_update_freq=1)
+            .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[8]))
+            .reporting(min_sample_timesteps_per_iteration=50).debugging(seed=0).build_algo())
+    trained, targets = [], []
+    algo.learn_on = lambda batch: trained.append(id(batch)) or {}
+    real_foreach = algo.learner_group.foreach
+    algo.learner_group.foreach = lambda m, *a: targets.append(m) or real_foreach(m, *a)
+    try:
+        for _ in range(4):                      # one 50-step batch an iteration
+            result = algo.train()
+            assert result["learners/__all_modules__/num_env_steps_trained"] == 50
+        # every batch trained on exactly K=3 times, then evicted
+        assert len(trained) == 12 and sorted({trained.count(b) for b in trained}) == [3]
+        assert algo._buffer == []
+        # target every 1 x N=2 x K=3 x 50 = 300 trained env steps: after 600 steps, twice
+        assert targets == ["update_target", "update_target"]
+    finally:
+        algo.stop()
+
+
 # ---- metrics ------------------------------------------------------------------
 
 class CountingEnv(gym.Env):

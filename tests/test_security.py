@@ -159,7 +159,7 @@ def test_init_creates_a_private_key_file_in_the_session_dir(gcs):
 def test_plain_client_gets_no_answer_a_keyed_one_does(gcs, ctx):
     endpoint, _, key, _ = gcs
     assert _ping(ctx, endpoint, timeout=1.0) is None, "a plain client was answered over TCP"
-    assert _ping(ctx, endpoint, key, timeout=10.0) == p.Ack("pong")
+    assert _ping(ctx, endpoint, key, timeout=10.0) == p.Ack()
 
 
 def test_wrong_keys_are_refused_and_logged(gcs, ctx):
@@ -178,7 +178,7 @@ def test_wrong_keys_are_refused_and_logged(gcs, ctx):
     line = next(l for l in open(log_file) if "is not the cluster key" in l)
     assert "WARNING" in line and "127.0.0.1" in line, line
     # the GCS keeps serving the cluster and keyed clients
-    assert _ping(ctx, endpoint, key, timeout=10.0) == p.Ack("pong")
+    assert _ping(ctx, endpoint, key, timeout=10.0) == p.Ack()
     _still_serving()
 
 
@@ -203,7 +203,7 @@ def test_refusals_are_not_logged_on_every_retry(gcs, ctx):
 def test_ipc_endpoints_stay_plain(gcs, ctx):
     raylet = global_state.worker.raylet.endpoint
     assert raylet.startswith("ipc://")
-    assert _ping(ctx, raylet, timeout=10.0) == p.Ack("pong")
+    assert _ping(ctx, raylet, timeout=10.0) == p.Ack()
 
 
 def test_raylet_with_the_wrong_key_is_refused(gcs, tmp_path, monkeypatch):

@@ -216,9 +216,9 @@ def test_updated_rows_are_published_on_the_task_events_topic(cluster):
             zray.get(ref, timeout=30)
             task_ids.add(ref.hex()[:32])
             if sub.poll(1500):
-                for topic, rows in sockets.recv_events(sub, 100):
+                for topic, event in sockets.recv_events(sub, 100):
                     assert topic == p.TOPIC_TASK_EVENTS
-                    seen.extend(r for r in rows if r["task_id"] in task_ids)
+                    seen.extend(r for r in event.rows if r["task_id"] in task_ids)
             return any(r["state"] == "FINISHED" for r in seen)
         wait_for(got_finished, 30)
         assert ROW_FIELDS <= set(seen[-1])
@@ -232,7 +232,7 @@ def test_malformed_task_events_are_dropped_and_the_gcs_keeps_serving(cluster):
                            [["not an id", "x", 99], [b"t" * 16, 0, 42, 1.0, None], 7], 0)
     _gcs().send(junk)
     wait_for(lambda: _gcs().call(p.GetTaskEvents(1, {})).dropped >= before + 3)
-    assert _gcs().call(p.Ping()).value == "pong"
+    assert _gcs().call(p.Ping()) == p.Ack()
 
 
 # ------------------------------------------------------------ the table bound
@@ -272,8 +272,8 @@ def test_a_gcs_that_does_not_read_never_blocks_the_reporter_and_drops_are_counte
 
 def test_nodes_report_cpu_memory_disk_store_and_worker_stats(cluster):
     def stats():
-        nodes = [n for n in _gcs().call(p.GetNodes()).value if n["alive"]]
-        return nodes[0]["stats"] if nodes and nodes[0].get("stats") else None
+        nodes = [n for n in _gcs().call(p.GetNodes()).nodes if n.alive]
+        return nodes[0].stats if nodes and nodes[0].stats else None
     s = wait_for(stats, 10)
     assert set(s) == {"cpu_percent", "mem_used", "mem_total", "disk_used", "disk_total",
                       "store_used", "store_spilled", "store_capacity", "num_workers", "time"}

@@ -2,6 +2,7 @@
 a node's resource accounting, a raylet's view of the other nodes, and a
 core worker's reference table."""
 from zray._private.resource_set import fits
+from zray.broker import protocol as p
 from zray.raylet.cluster_view import ClusterView
 from zray.raylet.resources import ResourceSet
 from zray.worker.reference_table import PENDING, READY, ReferenceTable
@@ -48,9 +49,9 @@ def test_resource_set_bundle_resources_come_and_go():
 
 # -- the cluster view ------------------------------------------------------
 def _node(node_id, cpus, free=None, alive=True):
-    return {"node_id": node_id, "address": f"tcp://10.0.0.{node_id[0] % 250}:1",
-            "data_address": "tcp://10.0.0.1:2", "resources": {"CPU": cpus},
-            "available": {"CPU": cpus if free is None else free}, "alive": alive}
+    return p.NodeRow(node_id, f"tcp://10.0.0.{node_id[0] % 250}:1", "tcp://10.0.0.1:2",
+                     "10.0.0.1", "h", 1, {"CPU": cpus},
+                     {"CPU": cpus if free is None else free}, 0, 0, alive, 0.0, "/tmp")
 
 
 def test_with_room_picks_the_freest_other_node_and_books_it():
@@ -59,14 +60,14 @@ def test_with_room_picks_the_freest_other_node_and_books_it():
     assert view.with_room({"CPU": 1}).node_id == B
     assert view.with_room({"CPU": 1}).node_id == B        # 3 -> 2 free: still the freest
     assert view.with_room({"CPU": 2}) is None             # booked until their next report
-    view.on_resources({"node_id": B, "available": {"CPU": 3}, "total": {"CPU": 4}})
+    view.on_resources(p.ResourcesEvent(B, {"CPU": 3}, {"CPU": 4}))
     assert view.with_room({"CPU": 2}).node_id == B
 
 
 def test_a_dead_node_is_not_offered():
     view = ClusterView(ME)
     view.load([_node(ME, 1), _node(A, 4)])
-    assert view.on_node_event({"event": "removed", "node": _node(A, 4)}) == A
+    assert view.on_node_event(p.NodeEvent(p.NODE_REMOVED, _node(A, 4))) == A
     assert not view.alive(A) and view.address(A) is None
     assert view.with_room({"CPU": 1}) is None and view.feasible({"CPU": 4}) is None
 

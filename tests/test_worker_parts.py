@@ -86,6 +86,7 @@ class Parts:
                                  self.raylet, FakeEvents(), self.pumped.append,
                                  lambda task, failed: None)
         self.tasks.wake_locked = self.cond.notify_all
+        self.tasks.leases.enabled = False   # leases: see test_worker_leases.py
 
     def send_to(self, address, msg):
         self.messages.append((p.Address(*address), msg))

@@ -120,10 +120,11 @@ class ActorClass:
             {"max_concurrency": concurrency, "is_async": is_async,
              "detached": detached, **held, **strategy_options(strategy)})
         try:
-            created, actor_id, meta_blob = worker.gcs.call(p.RegisterActor(
+            reply = worker.gcs.call(p.RegisterActor(
                 actor_id, list(spec), name, namespace, lifetime == "detached",
                 opts["max_restarts"], bool(opts["get_if_exists"]), self._name,
-                meta_blob)).value
+                meta_blob))
+            created, actor_id, meta_blob = reply.created, reply.actor_id, reply.handle_meta
         except RemoteError as err:
             if err.error_type == "ValueError":
                 raise ValueError(err.message) from None
@@ -236,14 +237,14 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     """The live actor called ``name`` in ``namespace`` (default: this job's)."""
     worker = require_worker()
     ns = worker.namespace if namespace is None else namespace
-    found = worker.gcs.call(p.GetNamedActor(name, ns)).value
-    if found is None:
+    found = worker.gcs.call(p.GetNamedActor(name, ns))
+    if not found.actor_id:
         raise ValueError(f"Failed to look up actor with name {name!r} in namespace {ns!r}: "
                          f"no live actor has that name there (check the name and the "
                          f"namespace, and that the actor was created with name=...)")
-    meta = cloudpickle.loads(found[1])
-    return ActorHandle(found[0], meta, worker.gcs_address,
-                       worker.borrow_actor_handle(found[0], meta.get("owner")))
+    meta = cloudpickle.loads(found.handle_meta)
+    return ActorHandle(found.actor_id, meta, worker.gcs_address,
+                       worker.borrow_actor_handle(found.actor_id, meta.get("owner")))
 
 
 class ActorExit(SystemExit):

@@ -229,7 +229,7 @@ def _find_cluster(address: str) -> tuple[str, str, str]:
         key_source = _use_cluster_key(address)
     gcs = RpcClient(sockets.tcp_endpoint(address), config.rpc_timeout_s, "GCS")
     try:
-        nodes = gcs.call(p.GetNodes(), timeout=config.connect_timeout_s).value
+        nodes = gcs.call(p.GetNodes(), timeout=config.connect_timeout_s).nodes
     except TimeoutError as err:
         if getattr(err, "wrong_key", False):        # the CURVE handshake failed for a key
             raise ConnectionError(
@@ -248,10 +248,9 @@ def _find_cluster(address: str) -> tuple[str, str, str]:
         gcs.close()
     local_ips = _local_ips()
     for node in nodes:
-        if node["alive"] and node["node_ip"] in local_ips \
-                and os.path.isdir(node["session_dir"]):
-            return address, session.raylet_ipc(node["session_dir"], node["node_id"]), \
-                node["session_dir"]
+        if node.alive and node.node_ip in local_ips and os.path.isdir(node.session_dir):
+            return address, session.raylet_ipc(node.session_dir, node.node_id), \
+                node.session_dir
     raise ConnectionError(f"the cluster at {address} has no live node on this host: "
                           f"run `zray start --address={address}` here first")
 
@@ -300,9 +299,9 @@ def _connect(gcs_address, raylet_endpoint, session_dir, namespace, log_to_driver
     namespace = namespace or f"anonymous-{uuid.uuid4().hex[:12]}"
     gcs = RpcClient(sockets.tcp_endpoint(gcs_address), config.rpc_timeout_s, "GCS")
     try:
-        job_id, pub_address = gcs.call(p.RegisterJob(
+        job_id = gcs.call(p.RegisterJob(
             os.getpid(), [], namespace, [path for path in sys.path if path],
-            os.getcwd()), timeout=config.connect_timeout_s).value
+            os.getcwd()), timeout=config.connect_timeout_s).job_id
     except TimeoutError as err:
         raise ConnectionError(f"the GCS at {gcs_address} did not answer within "
                               f"{config.connect_timeout_s:.0f}s: "
@@ -417,13 +416,13 @@ def nodes() -> list[dict]:
     """Every node that joined, in Ray's format (``Alive`` false for dead ones)."""
     worker = require_worker()
     out = []
-    for node in worker.gcs.call(p.GetNodes()).value:
+    for node in worker.gcs.call(p.GetNodes()).nodes:
         out.append({
-            "NodeID": node["node_id"].hex(), "Alive": node["alive"],
-            "NodeManagerAddress": node["node_ip"], "NodeManagerHostname": node["hostname"],
-            "NodeName": node["node_ip"], "Resources": node["resources"] if node["alive"] else {},
-            "alive": node["alive"], "RayletSocketName": node["address"],
-            "ObjectStoreSocketName": node["address"],
+            "NodeID": node.node_id.hex(), "Alive": node.alive,
+            "NodeManagerAddress": node.node_ip, "NodeManagerHostname": node.hostname,
+            "NodeName": node.node_ip, "Resources": node.resources if node.alive else {},
+            "alive": node.alive, "RayletSocketName": node.address,
+            "ObjectStoreSocketName": node.address,
         })
     return out
 
@@ -441,8 +440,8 @@ def available_resources() -> dict:
 def _sum_resources(field: str) -> dict:
     worker = require_worker()
     total: dict = {}
-    for node in worker.gcs.call(p.GetNodes()).value:
-        if node["alive"]:
-            for k, v in node[field].items():
+    for node in worker.gcs.call(p.GetNodes()).nodes:
+        if node.alive:
+            for k, v in getattr(node, field).items():
                 total[k] = total.get(k, 0.0) + v
     return total

@@ -103,7 +103,7 @@ class Cluster:
     def _alive(self) -> set[str]:
         gcs = RpcClient(sockets.tcp_endpoint(self.gcs_address), 2.0, "GCS")
         try:
-            return {n["node_id"].hex() for n in gcs.call(p.GetNodes()).value if n["alive"]}
+            return {n.node_id.hex() for n in gcs.call(p.GetNodes()).nodes if n.alive}
         except TimeoutError:
             return set()
         finally:

@@ -50,6 +50,11 @@ class Config:
     #: a call that needs the GCS while it is down waits this long for it to
     #: come back, then raises a RayError saying the GCS is unreachable
     gcs_reconnect_timeout_s: float = 60.0
+    # -- task path
+    #: a driver leases a worker from its raylet and sends it its tasks
+    #: directly; it gives the worker (and the CPU it holds) back after the
+    #: lease was idle this long; 0 turns worker leases off
+    worker_lease_idle_ms: int = 100
 
     @classmethod
     def from_env(cls, environ=None) -> "Config":

@@ -75,8 +75,8 @@ def cmd_start(args) -> int:
                   f"{config.connect_timeout_s:.0f}s: {_why_silent(gcs_address, key_source)}",
                   file=sys.stderr)
             return 1
-        head = next((n for n in nodes if n["alive"]), None)
-        session_dir = head["session_dir"] if head and os.path.isdir(head["session_dir"]) \
+        head = next((n for n in nodes if n.alive), None)
+        session_dir = head.session_dir if head and os.path.isdir(head.session_dir) \
             else session.new_session_dir()
     # the daemons get the key this process uses, through their environment
     node = NodeProcesses(session_dir, detached=True)
@@ -94,7 +94,7 @@ def cmd_start(args) -> int:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         nodes = _nodes(gcs_address, 1.0) or []
-        if any(n["node_id"] == node_id and n["alive"] for n in nodes):
+        if any(n.node_id == node_id and n.alive for n in nodes):
             break
         try:
             node.check_alive()
@@ -255,7 +255,7 @@ def _use_cluster_key(gcs_address: str, key_file: str | None) -> tuple[str, str |
 def _nodes(gcs_address: str, timeout: float):
     gcs = RpcClient(sockets.tcp_endpoint(gcs_address), timeout, "GCS")
     try:
-        return gcs.call(p.GetNodes(), timeout=timeout).value
+        return gcs.call(p.GetNodes(), timeout=timeout).nodes
     except (TimeoutError, OSError):
         return None
     finally:
@@ -314,19 +314,19 @@ def cmd_status(args) -> int:
               f"{_orphan_raylets(address)}", file=sys.stderr)
         return 1
     print(f"======== zray cluster at {address} ========")
-    alive = [n for n in nodes if n["alive"]]
-    dead = [n for n in nodes if not n["alive"]]
+    alive = [n for n in nodes if n.alive]
+    dead = [n for n in nodes if not n.alive]
     print(f"Nodes: {len(alive)} alive, {len(dead)} dead")
     total: dict = {}
     avail: dict = {}
     for n in nodes:
-        state = "ALIVE" if n["alive"] else "DEAD"
-        print(f"  {n['node_id'].hex()[:12]}  {n['node_ip']:<15} {n['hostname']:<20} {state}"
-              f"  store {_gib(n['store_used'])} / {_gib(n['arena_size'])}")
-        if n["alive"]:
-            for k, v in n["resources"].items():
+        state = "ALIVE" if n.alive else "DEAD"
+        print(f"  {n.node_id.hex()[:12]}  {n.node_ip:<15} {n.hostname:<20} {state}"
+              f"  store {_gib(n.store_used)} / {_gib(n.arena_size)}")
+        if n.alive:
+            for k, v in n.resources.items():
                 total[k] = total.get(k, 0.0) + v
-            for k, v in n["available"].items():
+            for k, v in n.available.items():
                 avail[k] = avail.get(k, 0.0) + v
     print("Resources (used / total):")
     for key in sorted(total):
@@ -370,11 +370,11 @@ def _cluster_call(command: str, args, query):
 def cmd_list(args) -> int:
     if args.what != "actors" or args.filter or args.format == "json":
         return _print_state(args)
-    actors = _cluster_call("list", args, lambda gcs: gcs.call(p.ListActors()).value)
+    actors = _cluster_call("list", args, lambda gcs: gcs.call(p.ListActors()).actors)
     print(f"{'ACTOR ID':<34}{'CLASS':<24}{'STATE':<18}{'NODE':<14}{'PID':<8}NAME")
     for a in actors:
-        print(f"{a['actor_id'].hex():<34}{a['class_name'][:23]:<24}{a['state']:<18}"
-              f"{a['node_id'].hex()[:12]:<14}{a['pid'] or '':<8}{a['name']}")
+        print(f"{a.actor_id.hex():<34}{a.class_name[:23]:<24}{a.state:<18}"
+              f"{a.node_id.hex()[:12]:<14}{a.pid or '':<8}{a.name}")
     return 0
 
 

@@ -2,7 +2,8 @@
 Events, Prometheus metrics, and the guard every request passes first.
 
 ``create_app`` wires it to a GCS client, a ClusterView, a JobSupervisor and a
-Guard; ``python -m zray.dashboard`` serves it with waitress.
+Guard; ``python -m zray.dashboard`` serves it with gunicorn (server.py). Job
+log tailing over a websocket, as Ray's clients use it, is in log_tail.py.
 """
 from __future__ import annotations
 
@@ -16,13 +17,17 @@ from flask import (Flask, Response, abort, jsonify, make_response, redirect, ren
                    request, stream_with_context, url_for)
 
 from ..broker.rpc import RemoteError
-from . import metrics, rows, store_objects
+from . import log_tail, metrics, rows, store_objects
 from .jobs import MAX_PACKAGE_BYTES, JobError
 
 log = logging.getLogger(__name__)
 
 #: largest body of any request but a package upload
 MAX_BODY = 1 << 20
+#: a refused (too large) body up to this size is read and dropped, so its
+#: client gets the 413 (see _discard_body)
+DISCARD_MAX = 2 * (MAX_PACKAGE_BYTES + (1 << 20))
+DISCARD_S = 10.0
 #: Server-Sent Event streams open at once (each holds a server thread)
 MAX_STREAMS = 8
 #: a stream ends after this long (EventSource reconnects by itself)
@@ -42,8 +47,11 @@ MEMORY_PAGE_OBJECTS = 1000
 MEMORY_PAGE_ROWS = 200
 
 
-def create_app(*, gcs, view, supervisor, guard, session_dir: str) -> Flask:
+def create_app(*, gcs, view, supervisor, guard, session_dir: str,
+               stopping: threading.Event | None = None) -> Flask:
+    """The app. ``stopping``, once set, ends live streams and websockets."""
     app = Flask(__name__)
+    stopping = stopping or threading.Event()
     app.config["MAX_CONTENT_LENGTH"] = MAX_PACKAGE_BYTES + (1 << 20)
     registry = metrics.make_registry(gcs)
     streams = threading.BoundedSemaphore(MAX_STREAMS)
@@ -64,7 +72,10 @@ def create_app(*, gcs, view, supervisor, guard, session_dir: str) -> Flask:
                         (request.headers.get("Host") or "")[:100], request.remote_addr)
             return api_error(403, "this Host is not served here (allowed: the dashboard's "
                                   "bind address, localhost, and --dashboard-allowed-hosts)")
-        if request.method in ("POST", "PUT", "PATCH", "DELETE") and not guard.origin_allowed(
+        # a websocket is opened by any page: its Origin is checked like a mutation's
+        upgrade = (request.headers.get("Upgrade") or "").lower() == "websocket"
+        if (upgrade or request.method in ("POST", "PUT", "PATCH", "DELETE")) and \
+                not guard.origin_allowed(
                 request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"),
                 request.headers.get("Host")):
             log.warning("refused a %s %s from Origin %r", request.method, request.path,
@@ -101,6 +112,7 @@ def create_app(*, gcs, view, supervisor, guard, session_dir: str) -> Flask:
 
     @app.errorhandler(413)
     def too_large(err):
+        _discard_body()
         return api_error(413, f"the request body is too large (at most {MAX_BODY} bytes; a "
                               f"package upload at most {MAX_PACKAGE_BYTES} bytes)")
 
@@ -286,7 +298,7 @@ def create_app(*, gcs, view, supervisor, guard, session_dir: str) -> Flask:
             deadline = time.monotonic() + STREAM_S
             try:
                 yield "retry: 1000\n\n"
-                while time.monotonic() < deadline:
+                while time.monotonic() < deadline and not stopping.is_set():
                     try:
                         with open(path, "rb") as f:
                             f.seek(pos)
@@ -298,7 +310,7 @@ def create_app(*, gcs, view, supervisor, guard, session_dir: str) -> Flask:
                         yield _sse("log", {"offset": pos, "text": data.decode(errors="replace")})
                     else:
                         yield ": idle\n\n"
-                        time.sleep(0.3)
+                        stopping.wait(0.3)
             finally:
                 streams.release()
         return _sse_response(gen())
@@ -315,7 +327,7 @@ def create_app(*, gcs, view, supervisor, guard, session_dir: str) -> Flask:
             deadline = time.monotonic() + STREAM_S
             try:
                 yield "retry: 1000\n\n"
-                while time.monotonic() < deadline:
+                while time.monotonic() < deadline and not stopping.is_set():
                     sent = time.monotonic()
                     version = view.wait_change(version, 1.0)
                     now_ms = time.time() * 1000
@@ -325,7 +337,7 @@ def create_app(*, gcs, view, supervisor, guard, session_dir: str) -> Flask:
                     summary["jobs"] = job_summaries()
                     since_ms = now_ms - 1000
                     yield _sse("summary", summary)
-                    time.sleep(max(0.0, EVENT_INTERVAL_S - (time.monotonic() - sent)))
+                    stopping.wait(max(0.0, EVENT_INTERVAL_S - (time.monotonic() - sent)))
             finally:
                 streams.release()
         return _sse_response(gen())
@@ -394,6 +406,9 @@ def create_app(*, gcs, view, supervisor, guard, session_dir: str) -> Flask:
             return api_error(404, f"Job {job_id[:200]} does not exist")
         return tail_stream(supervisor.log_file(job["submission_id"]), _int_arg("offset", 0, 0))
 
+    log_tail.register(app, supervisor=supervisor, streams=streams, stopping=stopping,
+                      api_error=api_error)
+
     @app.post("/api/jobs/<job_id>/stop")
     def api_stop_job(job_id):
         return jsonify({"stopped": supervisor.stop(job_id)})
@@ -449,6 +464,27 @@ def _sse_response(gen) -> Response:
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["X-Accel-Buffering"] = "no"
     return resp
+
+
+def _discard_body() -> None:
+    """Read and drop a refused body of at most DISCARD_MAX bytes (within
+    DISCARD_S), so a client that sends it all before reading the answer
+    (requests, http.client) gets the answer, not a broken pipe; a larger or
+    slower one finds the connection closed."""
+    length = request.content_length or 0
+    if not 0 < length <= DISCARD_MAX:
+        return
+    stream = request.environ.get("wsgi.input")
+    deadline = time.monotonic() + DISCARD_S
+    left = length
+    try:
+        while left > 0 and time.monotonic() < deadline:
+            chunk = stream.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            left -= len(chunk)
+    except OSError as err:
+        log.info("a refused request body was cut short: %s", err)
 
 
 def _json_body():

@@ -53,7 +53,7 @@ class ClusterView:
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         self.version = 0                        # bumped at every change
-        self.nodes: dict[bytes, dict] = {}
+        self.nodes: dict[bytes, p.NodeRow] = {}
         self.history: collections.deque = collections.deque(maxlen=int(HISTORY_S / SAMPLE_S))
         self.tasks: collections.OrderedDict = collections.OrderedDict()
         self.state_counts: dict = {}            # the GCS's, see _recount
@@ -78,11 +78,11 @@ class ClusterView:
     def snapshot(self) -> None:
         """Read the tables afresh from the GCS: nodes, the newest
         ``SNAPSHOT_ROWS`` task rows, the task counts."""
-        info = self.gcs.call(p.GetClusterInfo()).value
+        info = self.gcs.call(p.GetClusterInfo())
         events, _ = rows.task_events(self.gcs, SNAPSHOT_ROWS)
         with self.lock:
-            self.pub_address = info.get("pub_address", self.pub_address)
-            self.nodes = {n["node_id"]: n for n in info["nodes"]}
+            self.pub_address = info.pub_address or self.pub_address
+            self.nodes = {n.node_id: n for n in info.nodes}
             self.tasks.clear()
             for e in sorted(events, key=lambda e: e.get("start_time_ms") or 0):
                 self._task_event(e)
@@ -162,31 +162,32 @@ class ClusterView:
     def _on_event(self, topic: bytes, event) -> None:
         with self.lock:
             if topic == p.TOPIC_RESOURCES:
-                node = self.nodes.get(event["node_id"])
+                node = self.nodes.get(event.node_id)
                 if node is not None:
-                    node["available"] = event.get("available", node.get("available"))
-                    node["resources"] = event.get("total", node.get("resources"))
-                    stats = event.get("stats")
-                    if isinstance(stats, dict):
-                        node["stats"] = stats
-                        node["store_used"] = stats.get("store_used", node.get("store_used", 0))
+                    node = node._replace(available=event.available, resources=event.total)
+                    if event.stats:
+                        node = node._replace(stats=event.stats, store_used=event.stats.get(
+                            "store_used", node.store_used))
+                    self.nodes[event.node_id] = node
             elif topic == p.TOPIC_NODE:
-                node = event["node"]
-                self.nodes[node["node_id"]] = node
+                node = event.node
+                self.nodes[node.node_id] = node
             elif topic == TOPIC_TASK_EVENTS:
                 self._tasks_changed = True
-                for e in event if isinstance(event, list) else [event]:
+                for e in event.rows:
                     if isinstance(e, dict):
                         self._task_event(e)
             self._bump()
 
     def _task_event(self, e: dict) -> None:
-        row = rows.task_row(e)
-        if not row["task_id"]:
+        """Keep the GCS's record as it came: made a State API row only when
+        a page reads it (recent_tasks), so an idle dashboard costs the
+        cluster next to nothing however many tasks run."""
+        task_id = e.get("task_id")
+        if not task_id:
             return
-        task_id = row["task_id"]
         self.tasks.pop(task_id, None)
-        self.tasks[task_id] = row
+        self.tasks[task_id] = [e, None]         # [record, its row once read]
         while len(self.tasks) > MAX_TASKS:
             self.tasks.popitem(last=False)
 
@@ -196,10 +197,10 @@ class ClusterView:
 
     def _sample(self) -> None:
         with self.lock:
-            alive = [n for n in self.nodes.values() if n.get("alive")]
-            cpu_total = sum(n.get("resources", {}).get("CPU", 0.0) for n in alive)
-            cpu_free = sum(n.get("available", {}).get("CPU", 0.0) for n in alive)
-            stats = [n.get("stats") or {} for n in alive]
+            alive = [n for n in self.nodes.values() if n.alive]
+            cpu_total = sum(n.resources.get("CPU", 0.0) for n in alive)
+            cpu_free = sum(n.available.get("CPU", 0.0) for n in alive)
+            stats = [n.stats or {} for n in alive]
             sample = {
                 "t": time.time(), "cpu_used": max(0.0, cpu_total - cpu_free),
                 "cpu_total": cpu_total,
@@ -207,8 +208,8 @@ class ClusterView:
                                 if stats else 0.0),
                 "mem_used": sum(s.get("mem_used", 0) for s in stats),
                 "mem_total": sum(s.get("mem_total", 0) for s in stats),
-                "store_used": sum(n.get("store_used", 0) for n in alive),
-                "store_total": sum(n.get("arena_size", 0) for n in alive),
+                "store_used": sum(n.store_used for n in alive),
+                "store_total": sum(n.arena_size for n in alive),
                 "store_spilled": sum(s.get("store_spilled", 0) for s in stats),
             }
             self.history.append(sample)
@@ -223,21 +224,21 @@ class ClusterView:
 
     def summary(self) -> dict:
         with self.lock:
-            alive = [n for n in self.nodes.values() if n.get("alive")]
+            alive = [n for n in self.nodes.values() if n.alive]
             total: dict = {}
             avail: dict = {}
             for n in alive:
-                for k, v in n.get("resources", {}).items():
+                for k, v in n.resources.items():
                     total[k] = total.get(k, 0.0) + v
-                for k, v in n.get("available", {}).items():
+                for k, v in n.available.items():
                     avail[k] = avail.get(k, 0.0) + v
             return {
                 "nodes_alive": len(alive), "nodes_dead": len(self.nodes) - len(alive),
                 "resources_total": {k: v for k, v in total.items() if not k.startswith("node:")},
                 "resources_available": {k: v for k, v in avail.items()
                                         if not k.startswith("node:")},
-                "store_used": sum(n.get("store_used", 0) for n in alive),
-                "store_total": sum(n.get("arena_size", 0) for n in alive),
+                "store_used": sum(n.store_used for n in alive),
+                "store_total": sum(n.arena_size for n in alive),
                 "tasks_by_state": {s: n for s, n in self.state_counts.items() if n > 0},
                 "tasks_total": self.tasks_total, "tasks_dropped": self.tasks_dropped,
                 "history": list(self.history),
@@ -245,7 +246,11 @@ class ClusterView:
             }
 
     def recent_tasks(self, since_ms: float = 0, limit: int = 2000) -> list[dict]:
+        now_ms = time.time() * 1000
         with self.lock:
-            out = [t for t in self.tasks.values()
-                   if (t.get("end_time_ms") or time.time() * 1000) >= since_ms]
-        return out[-limit:]
+            out = [entry for entry in self.tasks.values()
+                   if (entry[0].get("end_time_ms") or now_ms) >= since_ms][-limit:]
+        for entry in out:           # each record is made a row once, however many read it
+            if entry[1] is None:
+                entry[1] = rows.task_row(entry[0])
+        return [entry[1] for entry in out]

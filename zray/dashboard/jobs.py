@@ -97,12 +97,12 @@ class JobSupervisor:
 
     def _load(self, submission_id: str) -> dict | None:
         raw = self.gcs.call(p.KVGet(JOBS_KV_NAMESPACE, submission_id.encode())).value
-        return json.loads(raw) if raw else None
+        return json.loads(raw) if raw else None     # KVValueReply: b"" when not found
 
     def recover(self) -> None:
         """Mark jobs a previous dashboard left RUNNING or PENDING as FAILED
         (ending their processes if they still run): nobody supervises them."""
-        for key in self.gcs.call(p.KVKeys(JOBS_KV_NAMESPACE, b"")).value:
+        for key in self.gcs.call(p.KVKeys(JOBS_KV_NAMESPACE, b"")).keys:
             row = self._load(key.decode(errors="replace"))
             if not row or row["status"] in TERMINAL:
                 continue
@@ -113,9 +113,9 @@ class JobSupervisor:
                     os.killpg(pid, signal.SIGKILL)
             except (psutil.NoSuchProcess, ProcessLookupError, PermissionError):
                 pass
-            groups = self.gcs.call(p.GetPlacementGroups(b"", f"_job_{key.decode()}")).value
-            for group in groups or ():          # what it held for its entrypoint returns
-                self.gcs.call(p.RemovePlacementGroup(bytes.fromhex(group["placement_group_id"])))
+            groups = self.gcs.call(p.GetPlacementGroups(b"", f"_job_{key.decode()}")).groups
+            for group in groups:          # what it held for its entrypoint returns
+                self.gcs.call(p.RemovePlacementGroup(group.pg_id))
             row.update(status=FAILED, end_time=_now_ms(), error_type="JOB_SUPERVISOR_LOST",
                        message="the dashboard that supervised this job exited while it ran")
             self._save(row)
@@ -257,8 +257,8 @@ class JobSupervisor:
                                       f"to become available.")
                 self._save(job.row)
             while not job.stop_requested and not self._closed:
-                groups = self.gcs.call(p.GetPlacementGroups(job.pg_id, "")).value
-                if groups and groups[0]["state"] == p.PG_CREATED:
+                groups = self.gcs.call(p.GetPlacementGroups(job.pg_id, "")).groups
+                if groups and groups[0].state == p.PG_CREATED:
                     break
                 time.sleep(RESERVE_POLL_S)
         except (TimeoutError, OSError) as err:

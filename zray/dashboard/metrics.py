@@ -50,7 +50,7 @@ class ClusterCollector:
         return max(0.0, (served - last[1]) / (now - last[0]))
 
     def collect(self):
-        info = self.gcs.call(p.GetClusterInfo()).value
+        info = self.gcs.call(p.GetClusterInfo())
         per_node = {
             "node_cpu_total": GaugeMetricFamily("zray_node_cpu_total",
                                                 "logical CPUs of the node", labels=["NodeId"]),
@@ -83,22 +83,22 @@ class ClusterCollector:
         }
         nodes_by_state = GaugeMetricFamily("zray_nodes", "nodes by state", labels=["State"])
         counts = {"ALIVE": 0, "DEAD": 0}
-        for n in info["nodes"]:
-            counts["ALIVE" if n["alive"] else "DEAD"] += 1
-            if not n["alive"]:
+        for n in info.nodes:
+            counts["ALIVE" if n.alive else "DEAD"] += 1
+            if not n.alive:
                 continue
-            node_id = n["node_id"].hex()
-            stats = n.get("stats") or {}
-            total = n.get("resources", {}).get("CPU", 0.0)
+            node_id = n.node_id.hex()
+            stats = n.stats or {}
+            total = n.resources.get("CPU", 0.0)
             values = {
                 "node_cpu_total": total,
-                "node_cpu_used": max(0.0, total - n.get("available", {}).get("CPU", 0.0)),
+                "node_cpu_used": max(0.0, total - n.available.get("CPU", 0.0)),
                 "node_cpu_percent": stats.get("cpu_percent", 0.0),
                 "node_mem_used_bytes": stats.get("mem_used", 0),
                 "node_mem_total_bytes": stats.get("mem_total", 0),
-                "node_object_store_used_bytes": stats.get("store_used", n.get("store_used", 0)),
+                "node_object_store_used_bytes": stats.get("store_used", n.store_used),
                 "node_object_store_spilled_bytes": stats.get("store_spilled", 0),
-                "node_object_store_capacity_bytes": n.get("arena_size", 0),
+                "node_object_store_capacity_bytes": n.arena_size,
                 "node_workers": stats.get("num_workers", 0),
                 "node_disk_used_bytes": stats.get("disk_used", 0),
                 "node_disk_total_bytes": stats.get("disk_total", 0),
@@ -120,14 +120,15 @@ class ClusterCollector:
 
         actors = GaugeMetricFamily("zray_actors", "actors by state", labels=["State"])
         by_state = {s: 0 for s in p.ACTOR_STATES}
-        by_state.update(rows.counts_by(self.gcs.call(p.ListActors()).value, "state"))
+        for actor in self.gcs.call(p.ListActors()).actors:
+            by_state[actor.state] = by_state.get(actor.state, 0) + 1
         for state, count in by_state.items():
             actors.add_metric([str(state)], count)
         yield actors
 
         rate = GaugeMetricFamily("zray_gcs_requests_per_second",
                                  "requests the GCS served per second since the last scrape")
-        rate.add_metric([], self._requests_per_s(info.get("requests_served")))
+        rate.add_metric([], self._requests_per_s(info.requests_served))
         yield rate
         yield from self._user_metrics()
 

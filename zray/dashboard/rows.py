@@ -45,22 +45,22 @@ def _ms(seconds) -> int | None:
 # --------------------------------------------------------------------------
 
 def node_rows(gcs) -> list[dict]:
-    nodes = gcs.call(p.GetNodes()).value
-    first = min((n.get("start_time") or 0 for n in nodes), default=0)
+    nodes = gcs.call(p.GetNodes()).nodes
+    first = min((n.start_time or 0 for n in nodes), default=0)
     rows = []
     for n in nodes:
         rows.append({
-            "node_id": n["node_id"].hex(), "node_ip": n["node_ip"],
-            "is_head_node": bool(n.get("start_time") == first),
-            "state": "ALIVE" if n["alive"] else "DEAD",
-            "state_message": None if n["alive"] else "the node stopped or missed heartbeats",
-            "node_name": n["node_ip"], "hostname": n.get("hostname", ""),
-            "resources_total": dict(n.get("resources", {})),
-            "resources_available": dict(n.get("available", {})),
-            "object_store_used_bytes": n.get("store_used", 0),
-            "object_store_capacity_bytes": n.get("arena_size", 0),
-            "stats": n.get("stats") or {}, "raylet_pid": n.get("pid"),
-            "start_time_ms": _ms(n.get("start_time")), "end_time_ms": _ms(n.get("end_time")),
+            "node_id": n.node_id.hex(), "node_ip": n.node_ip,
+            "is_head_node": bool(n.start_time == first),
+            "state": "ALIVE" if n.alive else "DEAD",
+            "state_message": None if n.alive else "the node stopped or missed heartbeats",
+            "node_name": n.node_ip, "hostname": n.hostname,
+            "resources_total": dict(n.resources),
+            "resources_available": dict(n.available),
+            "object_store_used_bytes": n.store_used,
+            "object_store_capacity_bytes": n.arena_size,
+            "stats": n.stats or {}, "raylet_pid": n.pid,
+            "start_time_ms": _ms(n.start_time), "end_time_ms": _ms(n.end_time),
             "labels": {},
         })
     return rows
@@ -68,17 +68,17 @@ def node_rows(gcs) -> list[dict]:
 
 def actor_rows(gcs) -> list[dict]:
     rows = []
-    for a in gcs.call(p.ListActors()).value:
+    for a in gcs.call(p.ListActors()).actors:
         rows.append({
-            "actor_id": a["actor_id"].hex(), "class_name": a["class_name"],
-            "state": a["state"], "job_id": _hex(a.get("job_id")), "name": a["name"] or "",
-            "node_id": _hex(a.get("node_id")), "pid": a.get("pid") or None,
-            "ray_namespace": a.get("namespace", ""), "num_restarts": a.get("restarts", 0),
-            "is_detached": bool(a.get("detached")),
-            "death_cause": ({"actor_died_error_context": {"error_message": a["death_message"]}}
-                            if a.get("death_message") else None),
-            "repr_name": "", "start_time_ms": _ms(a.get("start_time")),
-            "end_time_ms": _ms(a.get("end_time")),
+            "actor_id": a.actor_id.hex(), "class_name": a.class_name,
+            "state": a.state, "job_id": _hex(a.job_id), "name": a.name or "",
+            "node_id": _hex(a.node_id), "pid": a.pid or None,
+            "ray_namespace": a.namespace, "num_restarts": a.restarts,
+            "is_detached": bool(a.detached),
+            "death_cause": ({"actor_died_error_context": {"error_message": a.death_message}}
+                            if a.death_message else None),
+            "repr_name": "", "start_time_ms": _ms(a.start_time),
+            "end_time_ms": _ms(a.end_time),
         })
     return rows
 
@@ -96,11 +96,7 @@ def task_events(gcs, limit: int = 0, filters: dict | None = None) -> tuple[list,
     if request is None:
         return [], 0
     reply = gcs.call(request(limit, filters or {}))
-    events = getattr(reply, "events", None)
-    if events is None:              # an Ack-style reply
-        value = getattr(reply, "value", None) or {}
-        return list(value.get("events", [])), int(value.get("dropped", 0))
-    return list(events), int(getattr(reply, "dropped", 0))
+    return list(reply.events), int(reply.dropped)
 
 
 def task_row(e: dict) -> dict:
@@ -144,21 +140,21 @@ def task_summary(gcs) -> dict:
             "dropped": int(reply.dropped)}
 
 
-def driver_jobs(gcs) -> list[dict]:
+def driver_jobs(gcs) -> list[p.JobRow]:
     """The GCS's job table (one entry per driver that connected)."""
-    return gcs.call(p.GetClusterInfo()).value.get("jobs", [])
+    return gcs.call(p.GetClusterInfo()).jobs
 
 
 def submitted_jobs(gcs) -> list[dict]:
     """Job rows the job supervisor keeps in the GCS KV (Ray's JobDetails)."""
     import json
     rows = []
-    for key in gcs.call(p.KVKeys(JOBS_KV_NAMESPACE, b"")).value:
-        raw = gcs.call(p.KVGet(JOBS_KV_NAMESPACE, key)).value
-        if raw is None:
+    for key in gcs.call(p.KVKeys(JOBS_KV_NAMESPACE, b"")).keys:
+        found = gcs.call(p.KVGet(JOBS_KV_NAMESPACE, key))
+        if not found.found:
             continue
         try:
-            rows.append(json.loads(raw))
+            rows.append(json.loads(found.value))
         except ValueError as err:
             log.warning("job row %r in the GCS is not JSON (%s): skipped", key[:40], err)
     return rows
@@ -171,19 +167,19 @@ def job_rows(gcs) -> list[dict]:
     by_pid = {row.get("driver_pid"): row for row in submitted if row.get("driver_pid")}
     rows = []
     for job in driver_jobs(gcs):
-        job_id = job["job_id"].hex()
-        owner = by_pid.get(job.get("driver_pid"))
+        job_id = job.job_id.hex()
+        owner = by_pid.get(job.driver_pid)
         if owner is not None:
             owner["job_id"] = job_id
             continue
         rows.append({
             "type": "DRIVER", "job_id": job_id, "submission_id": None,
-            "status": "RUNNING" if job["alive"] else "SUCCEEDED",
+            "status": "RUNNING" if job.alive else "SUCCEEDED",
             "entrypoint": "", "message": None, "error_type": None,
-            "start_time": _ms(job.get("start_time")), "end_time": _ms(job.get("end_time")),
+            "start_time": _ms(job.start_time), "end_time": _ms(job.end_time),
             "metadata": {}, "runtime_env": {},
             "driver_info": {"id": job_id, "node_ip_address": "",
-                            "pid": str(job.get("driver_pid", ""))},
+                            "pid": str(job.driver_pid)},
             "driver_agent_http_address": None, "driver_node_id": None,
             "driver_exit_code": None,
         })
@@ -197,15 +193,13 @@ def job_rows(gcs) -> list[dict]:
 
 def placement_group_rows(gcs) -> list[dict]:
     rows = []
-    for pg in gcs.call(p.GetPlacementGroups(b"", "")).value:
-        bundles = pg.get("bundles", {})
-        nodes = pg.get("bundles_to_node_id", {})
+    for pg in gcs.call(p.GetPlacementGroups(b"", "")).groups:
         rows.append({
-            "placement_group_id": pg["placement_group_id"], "name": pg.get("name", ""),
-            "state": pg["state"], "strategy": pg.get("strategy"),
-            "creator_job_id": _hex(pg.get("job_id")), "is_detached": bool(pg.get("detached")),
-            "bundles": [{"bundle_id": int(i), "node_id": nodes.get(i),
-                         "unit_resources": b} for i, b in bundles.items()],
+            "placement_group_id": pg.pg_id.hex(), "name": pg.name,
+            "state": pg.state, "strategy": pg.strategy,
+            "creator_job_id": _hex(pg.job_id), "is_detached": bool(pg.detached),
+            "bundles": [{"bundle_id": i, "node_id": _hex(node_id), "unit_resources": bundle}
+                        for i, (bundle, node_id) in enumerate(zip(pg.bundles, pg.nodes))],
         })
     return rows
 

@@ -21,24 +21,24 @@ log = logging.getLogger(__name__)
 NODE_TIMEOUT_S = 2.0
 
 
-def _ask(node: dict, limit: int, timeout: float, out: dict) -> None:
-    client = RpcClient(node["address"], timeout, f"raylet of node {node['node_id'].hex()[:12]}")
+def _ask(node: p.NodeRow, limit: int, timeout: float, out: dict) -> None:
+    client = RpcClient(node.address, timeout, f"raylet of node {node.node_id.hex()[:12]}")
     try:
-        out[node["node_id"]] = client.call(p.ListStoreObjects(limit), timeout=timeout)
+        out[node.node_id] = client.call(p.ListStoreObjects(limit), timeout=timeout)
     except (TimeoutError, RemoteError, OSError) as err:
-        out[node["node_id"]] = err
+        out[node.node_id] = err
     finally:
         client.close()
 
 
-def ask_raylets(nodes: list[dict], limit: int, timeout: float = NODE_TIMEOUT_S
+def ask_raylets(nodes: list[p.NodeRow], limit: int, timeout: float = NODE_TIMEOUT_S
                 ) -> tuple[dict, list[str]]:
     """({node id: StoreObjectsReply} of the live nodes that answered within
     ``timeout``; a warning per node that did not). ``nodes``: GCS node rows."""
     replies: dict = {}
     threads = []
     for node in nodes:
-        if not node.get("alive") or not node.get("address"):
+        if not node.alive or not node.address:
             continue
         t = threading.Thread(target=_ask, args=(node, limit, timeout, replies),
                              name="zray-dashboard-store-query", daemon=True)
@@ -48,10 +48,10 @@ def ask_raylets(nodes: list[dict], limit: int, timeout: float = NODE_TIMEOUT_S
     answers = {}
     for node, t in threads:
         t.join(timeout + 1.0)
-        reply = replies.get(node["node_id"])
-        name = f"node {node['node_id'].hex()[:12]} ({node.get('node_ip', '?')})"
+        reply = replies.get(node.node_id)
+        name = f"node {node.node_id.hex()[:12]} ({node.node_ip or '?'})"
         if isinstance(reply, p.StoreObjectsReply):
-            answers[node["node_id"]] = reply
+            answers[node.node_id] = reply
         elif reply is None:
             warnings.append(f"{name} did not answer within {timeout:.1f}s: its objects "
                             f"are not listed")
@@ -70,9 +70,9 @@ def object_rows(gcs, limit: int = 100, timeout: float = NODE_TIMEOUT_S
     text), is_primary, freed, owner_worker_id, owner_pid, owner_type
     (DRIVER | WORKER), owner_node_id, owner_ip; and Ray's ``pid``, ``ip``,
     ``type`` (the owner's)."""
-    nodes = gcs.call(p.GetNodes()).value
+    nodes = gcs.call(p.GetNodes()).nodes
     answers, warnings = ask_raylets(nodes, limit, timeout)
-    ip_of = {n["node_id"]: n.get("node_ip", "") for n in nodes}
+    ip_of = {n.node_id: n.node_ip for n in nodes}
     owners = {}                                      # worker id -> (pid, kind, node id)
     for node_id, reply in answers.items():
         for worker_id, pid, kind in reply.clients:

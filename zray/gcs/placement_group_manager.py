@@ -1,7 +1,8 @@
 """The placement group table: each group's bundles, the node each bundle is
 reserved on, and its state (``protocol.PG_*``: PENDING until every bundle has
 a node, then CREATED; REMOVED at the end). Bundles of a dead node go back to
-PENDING. Rows are written through ``storage.put``; callers get copies.
+PENDING. Rows (``protocol.PlacementGroupRow``) are stored as dicts through
+``storage.put``; callers get copies.
 
 The groups not removed are indexed in memory (rebuilt from the table), so
 the scans a heartbeat makes never read removed groups; the last
@@ -13,7 +14,7 @@ import collections
 import time
 
 from ..broker import protocol as p
-from .rows import copy_row
+from . import rows
 
 TABLE = "placement_groups"
 PENDING, CREATED, REMOVED = p.PG_PENDING, p.PG_CREATED, p.PG_REMOVED
@@ -27,21 +28,21 @@ REMOVED_KEPT = 1000
 class PlacementGroupManager:
     def __init__(self, storage):
         self.storage = storage
-        rows = sorted(storage.items(TABLE), key=lambda kv: kv[1].get("created_at", 0.0))
+        table = sorted((rows.load(p.PlacementGroupRow, pg) for _, pg in storage.items(TABLE)),
+                       key=lambda pg: pg.created_at)
         #: ids of the groups not removed
-        self._live: set[bytes] = {pg_id for pg_id, pg in rows if pg["state"] != REMOVED}
+        self._live: set[bytes] = {pg.pg_id for pg in table if pg.state != REMOVED}
         #: ids of removed groups still in the table, oldest first
-        self._removed = collections.deque(pg_id for pg_id, pg in rows
-                                          if pg["state"] == REMOVED)
+        self._removed = collections.deque(pg.pg_id for pg in table if pg.state == REMOVED)
         self._forget_old_removed()
 
-    def _put(self, pg: dict) -> dict:
-        self.storage.put(TABLE, pg["pg_id"], pg)
-        return copy_row(pg)
+    def _put(self, pg: p.PlacementGroupRow) -> p.PlacementGroupRow:
+        self.storage.put(TABLE, pg.pg_id, rows.stored(pg))
+        return pg
 
     def _live_rows(self):
         for pg_id in list(self._live):
-            pg = self.storage.get(TABLE, pg_id)
+            pg = self.get(pg_id)
             if pg is not None:
                 yield pg
 
@@ -49,70 +50,59 @@ class PlacementGroupManager:
         while len(self._removed) > REMOVED_KEPT:
             self.storage.delete(TABLE, self._removed.popleft())
 
-    def create(self, msg: p.CreatePlacementGroup) -> dict:
-        pg = {"pg_id": msg.pg_id, "name": msg.name, "bundles": [dict(b) for b in msg.bundles],
-              "strategy": msg.strategy, "job_id": msg.job_id, "detached": bool(msg.detached),
-              "state": PENDING, "nodes": [None] * len(msg.bundles),
-              "created_at": time.time()}
+    def create(self, msg: p.CreatePlacementGroup) -> p.PlacementGroupRow:
+        pg = p.PlacementGroupRow(
+            pg_id=msg.pg_id, name=msg.name, bundles=[dict(b) for b in msg.bundles],
+            strategy=msg.strategy, job_id=msg.job_id, detached=bool(msg.detached),
+            state=PENDING, nodes=[None] * len(msg.bundles), created_at=time.time())
         self._live.add(msg.pg_id)
         return self._put(pg)
 
-    def placed(self, pg_id: bytes, nodes_by_index: dict[int, bytes]) -> dict | None:
+    def placed(self, pg_id: bytes,
+               nodes_by_index: dict[int, bytes]) -> p.PlacementGroupRow | None:
         """Record bundles reserved on nodes; the group is CREATED when all are."""
-        pg = self.storage.get(TABLE, pg_id)
-        if pg is None or pg["state"] == REMOVED:
+        pg = self.get(pg_id)
+        if pg is None or pg.state == REMOVED:
             return None
+        nodes = list(pg.nodes)
         for i, node_id in nodes_by_index.items():
-            pg["nodes"][i] = node_id
-        if all(n is not None for n in pg["nodes"]):
-            pg["state"] = CREATED
-        return self._put(pg)
+            nodes[i] = node_id
+        state = CREATED if all(n is not None for n in nodes) else pg.state
+        return self._put(pg._replace(nodes=nodes, state=state))
 
-    def lose_node(self, pg_id: bytes, node_id: bytes) -> dict | None:
+    def lose_node(self, pg_id: bytes, node_id: bytes) -> p.PlacementGroupRow | None:
         """The bundles on a dead node have no node now: the group is PENDING again."""
-        pg = self.storage.get(TABLE, pg_id)
-        if pg is None or pg["state"] == REMOVED:
+        pg = self.get(pg_id)
+        if pg is None or pg.state == REMOVED:
             return None
-        pg["nodes"] = [None if n == node_id else n for n in pg["nodes"]]
-        pg["state"] = PENDING
-        return self._put(pg)
+        return self._put(pg._replace(nodes=[None if n == node_id else n for n in pg.nodes],
+                                     state=PENDING))
 
-    def removed(self, pg_id: bytes) -> dict | None:
+    def removed(self, pg_id: bytes) -> p.PlacementGroupRow | None:
         """Mark it REMOVED; None if it is unknown or removed already."""
-        pg = self.storage.get(TABLE, pg_id)
-        if pg is None or pg["state"] == REMOVED:
+        pg = self.get(pg_id)
+        if pg is None or pg.state == REMOVED:
             return None
-        pg["state"] = REMOVED
-        stored = self._put(pg)
+        stored = self._put(pg._replace(state=REMOVED))
         self._live.discard(pg_id)
         self._removed.append(pg_id)
         self._forget_old_removed()
         return stored
 
-    def get(self, pg_id: bytes) -> dict | None:
-        return copy_row(self.storage.get(TABLE, pg_id))
+    def get(self, pg_id: bytes) -> p.PlacementGroupRow | None:
+        return rows.load(p.PlacementGroupRow, self.storage.get(TABLE, pg_id))
 
-    def named(self, name: str) -> dict | None:
-        return next((copy_row(pg) for pg in self._live_rows() if pg["name"] == name), None)
+    def named(self, name: str) -> p.PlacementGroupRow | None:
+        return next((pg for pg in self._live_rows() if pg.name == name), None)
 
-    def pending(self) -> list[dict]:
-        return [copy_row(pg) for pg in self._live_rows() if pg["state"] == PENDING]
+    def pending(self) -> list[p.PlacementGroupRow]:
+        return [pg for pg in self._live_rows() if pg.state == PENDING]
 
-    def all(self) -> list[dict]:
-        return [copy_row(pg) for _, pg in self.storage.items(TABLE)]
+    def all(self) -> list[p.PlacementGroupRow]:
+        return [rows.load(p.PlacementGroupRow, pg) for _, pg in self.storage.items(TABLE)]
 
-    def of_job(self, job_id: bytes) -> list[dict]:
-        return [copy_row(pg) for pg in self._live_rows()
-                if pg["job_id"] == job_id and not pg["detached"]]
+    def of_job(self, job_id: bytes) -> list[p.PlacementGroupRow]:
+        return [pg for pg in self._live_rows() if pg.job_id == job_id and not pg.detached]
 
-    def on_node(self, node_id: bytes) -> list[dict]:
-        return [copy_row(pg) for pg in self._live_rows() if node_id in pg["nodes"]]
-
-    @staticmethod
-    def public(pg: dict) -> dict:
-        """The row as ``placement_group_table()`` reads it."""
-        return {"placement_group_id": pg["pg_id"].hex(), "name": pg["name"],
-                "strategy": pg["strategy"], "state": pg["state"],
-                "bundles": {i: b for i, b in enumerate(pg["bundles"])},
-                "bundles_to_node_id": {i: (n.hex() if n else None)
-                                       for i, n in enumerate(pg["nodes"])}}
+    def on_node(self, node_id: bytes) -> list[p.PlacementGroupRow]:
+        return [pg for pg in self._live_rows() if node_id in pg.nodes]

@@ -69,22 +69,22 @@ class GcsPlacementGroupScheduler:
     def place_pending(self) -> None:
         """Reserve bundles for groups still waiting, where the nodes now fit them."""
         for pg in self.pgs.pending():
-            alive = {n["node_id"]: n for n in self.nodes.alive()}
-            free = {nid: n["available"] for nid, n in alive.items()}
-            if pg["strategy"] == "STRICT_SPREAD":       # keep off the nodes of placed peers
-                for node_id in pg["nodes"]:
+            alive = {n.node_id: n for n in self.nodes.alive()}
+            free = {nid: n.available for nid, n in alive.items()}
+            if pg.strategy == "STRICT_SPREAD":       # keep off the nodes of placed peers
+                for node_id in pg.nodes:
                     free.pop(node_id, None)
-            missing = [i for i, n in enumerate(pg["nodes"]) if n is None]
-            placement = place([pg["bundles"][i] for i in missing], pg["strategy"], free)
+            missing = [i for i, n in enumerate(pg.nodes) if n is None]
+            placement = place([pg.bundles[i] for i in missing], pg.strategy, free)
             if placement is None:
                 continue
             for i, node_id in zip(missing, placement):
-                self.nodes.reserve(node_id, pg["bundles"][i])     # until its next report
-                self.sender.send(alive[node_id]["address"],
-                                 p.ReserveBundle(pg["pg_id"], i, pg["bundles"][i]))
-            pg = self.pgs.placed(pg["pg_id"], dict(zip(missing, placement)))
-            log.info("placement group %s placed on %s", pg["pg_id"].hex()[:12],
-                     [n.hex()[:12] for n in pg["nodes"]])
+                self.nodes.reserve(node_id, pg.bundles[i])     # until its next report
+                self.sender.send(alive[node_id].address,
+                                 p.ReserveBundle(pg.pg_id, i, pg.bundles[i]))
+            pg = self.pgs.placed(pg.pg_id, dict(zip(missing, placement)))
+            log.info("placement group %s placed on %s", pg.pg_id.hex()[:12],
+                     [n.hex()[:12] for n in pg.nodes if n])
 
     def remove(self, pg_id: bytes) -> bool:
         """Return its bundles to their live nodes and mark it REMOVED; False if
@@ -92,16 +92,16 @@ class GcsPlacementGroupScheduler:
         pg = self.pgs.removed(pg_id)
         if pg is None:
             return False
-        for i, node_id in enumerate(pg["nodes"]):
+        for i, node_id in enumerate(pg.nodes):
             node = self.nodes.get(node_id) if node_id else None
-            if node is not None and node["alive"]:
-                self.sender.send(node["address"], p.ReturnBundle(pg_id, i))
+            if node is not None and node.alive:
+                self.sender.send(node.address, p.ReturnBundle(pg_id, i))
         return True
 
     def node_lost(self, node_id: bytes) -> None:
         """Bundles on a dead node go back to pending, and are placed again where they fit."""
         for pg in self.pgs.on_node(node_id):
-            self.pgs.lose_node(pg["pg_id"], node_id)
+            self.pgs.lose_node(pg.pg_id, node_id)
             log.warning("placement group %s lost bundles with node %s; placing them again",
-                        pg["pg_id"].hex()[:12], node_id.hex()[:12])
+                        pg.pg_id.hex()[:12], node_id.hex()[:12])
         self.place_pending()

@@ -100,7 +100,8 @@ class GcsServer(Service):
         self.requests_served += 1           # for the dashboard's requests/s
         return super().dispatch_frames(identity, frames, sock)
 
-    def publish(self, topic: bytes, event) -> None:
+    def publish(self, topic: bytes, event: tuple) -> None:
+        """Send a declared event record (NodeEvent, ...) on ``topic``."""
         self.pub.send_multipart([topic, p.encode_event(event)])
 
     # -- nodes ------------------------------------------------------------
@@ -108,15 +109,15 @@ class GcsServer(Service):
         node = self.nodes.register(msg)
         log.info("node %s joined from %s with %s", msg.node_id.hex()[:12], msg.node_ip,
                  msg.resources)
-        self.publish(p.TOPIC_NODE, {"event": "added", "node": node})
+        self.publish(p.TOPIC_NODE, p.NodeEvent(p.NODE_ADDED, node))
         self.reply(req, p.RegisterNodeReply(self.pub_address, self.session_dir))
         self.actor_scheduler.retry_unscheduled()
 
     def handle_heartbeat(self, req, msg: p.Heartbeat):
         status, node = self.nodes.heartbeat(msg)
         if node is not None:
-            self.publish(p.TOPIC_RESOURCES, {"node_id": msg.node_id, "available": msg.available,
-                                            "total": msg.total, "stats": node["stats"]})
+            self.publish(p.TOPIC_RESOURCES, p.ResourcesEvent(msg.node_id, msg.available,
+                                                             msg.total, node.stats))
             self.pg_scheduler.place_pending()
         self.reply(req, p.HeartbeatReply(status))
 
@@ -133,46 +134,44 @@ class GcsServer(Service):
         if node is None:
             return
         log.warning("node %s is dead: %s", node_id.hex()[:12], reason)
-        self.publish(p.TOPIC_NODE, {"event": "removed", "node": node, "reason": reason})
+        self.publish(p.TOPIC_NODE, p.NodeEvent(p.NODE_REMOVED, node, reason))
         # every owner on the node died with it (the GCS does not know which lived there)
         self._owner_died(b"", node_id, f"its node {node_id.hex()[:12]} died ({reason})")
         self.pg_scheduler.node_lost(node_id)
         for actor in self.actors.being_created_on(node_id):    # its creation went with it
             self.actor_scheduler.schedule(actor)
         for actor in self.actors.alive_on(node_id):
-            self._actor_died(actor["actor_id"], f"its node {node_id.hex()[:12]} died", False)
+            self._actor_died(actor.actor_id, f"its node {node_id.hex()[:12]} died", False)
 
     def handle_get_nodes(self, req, msg):
-        self.reply(req, p.Ack(self.nodes.all()))
+        self.reply(req, p.NodesReply(self.nodes.all()))
 
     def handle_get_cluster_info(self, req, msg):
-        self.reply(req, p.Ack({"nodes": self.nodes.all(), "jobs": self.jobs.all(),
-                               "pub_address": self.pub_address,
-                               "cluster_id": self.session.cluster_id,
-                               "storage": type(self.storage).__name__,
-                               "requests_served": self.requests_served}))
+        self.reply(req, p.ClusterInfoReply(self.nodes.all(), self.jobs.all(), self.pub_address,
+                                           self.session.cluster_id,
+                                           type(self.storage).__name__, self.requests_served))
 
     # -- jobs -------------------------------------------------------------
     def handle_register_job(self, req, msg: p.RegisterJob):
         job = self.jobs.register(msg)
-        log.info("job %s started by pid %d", job["job_id"].hex(), msg.driver_pid)
-        self.publish(p.TOPIC_JOB, {"event": "started", "job": job})
-        self.reply(req, p.Ack([job["job_id"], self.pub_address]))
+        log.info("job %s started by pid %d", job.job_id.hex(), msg.driver_pid)
+        self.publish(p.TOPIC_JOB, p.JobEvent(p.JOB_STARTED, job))
+        self.reply(req, p.RegisterJobReply(job.job_id, self.pub_address))
 
     def handle_finish_job(self, req, msg: p.FinishJob):
         job = self.jobs.finish(msg.job_id)
         if job is not None:
             log.info("job %s finished", msg.job_id.hex())
-            self.publish(p.TOPIC_JOB, {"event": "finished", "job": job})
+            self.publish(p.TOPIC_JOB, p.JobEvent(p.JOB_FINISHED, job))
             for pg in self.pgs.of_job(msg.job_id):
-                self.pg_scheduler.remove(pg["pg_id"])
+                self.pg_scheduler.remove(pg.pg_id)
             for actor in self.actors.of_job(msg.job_id):
                 self._kill_actor(actor, no_restart=True,
                                  reason="its owner (the driver of its job) exited")
         self.reply(req, p.Ack(job is not None))
 
     def handle_get_job(self, req, msg: p.GetJob):
-        self.reply(req, p.Ack(self.jobs.get(msg.job_id)))
+        self.reply(req, p.JobReply(self.jobs.get(msg.job_id) or []))
 
     # -- functions and KV -------------------------------------------------
     def handle_export_function(self, req, msg: p.ExportFunction):
@@ -180,33 +179,38 @@ class GcsServer(Service):
         self.reply(req, p.Ack(True))
 
     def handle_get_function(self, req, msg: p.GetFunction):
-        self.reply(req, p.Ack(self.kv.get(FUNCTIONS, msg.function_hash)))
+        self.reply(req, self._kv_value(self.kv.get(FUNCTIONS, msg.function_hash)))
 
     def handle_kv_put(self, req, msg: p.KVPut):
-        self.reply(req, p.Ack(self.kv.put(msg.namespace, msg.key, msg.value, msg.overwrite)))
+        self.reply(req, p.KVPutReply(self.kv.put(msg.namespace, msg.key, msg.value,
+                                                 msg.overwrite)))
 
     def handle_kv_get(self, req, msg: p.KVGet):
-        self.reply(req, p.Ack(self.kv.get(msg.namespace, msg.key)))
+        self.reply(req, self._kv_value(self.kv.get(msg.namespace, msg.key)))
+
+    @staticmethod
+    def _kv_value(value: bytes | None) -> p.KVValueReply:
+        return p.KVValueReply(False) if value is None else p.KVValueReply(True, value)
 
     def handle_kv_delete(self, req, msg: p.KVDelete):
-        self.reply(req, p.Ack(self.kv.delete(msg.namespace, msg.key)))
+        self.reply(req, p.KVDeleteReply(self.kv.delete(msg.namespace, msg.key)))
 
     def handle_kv_keys(self, req, msg: p.KVKeys):
-        self.reply(req, p.Ack(self.kv.keys(msg.namespace, msg.prefix)))
+        self.reply(req, p.KVKeysReply(self.kv.keys(msg.namespace, msg.prefix)))
 
     # -- actors -----------------------------------------------------------
     def handle_register_actor(self, req, msg: p.RegisterActor):
         if self.actors.get(msg.actor_id) is not None:
             # sent again by a caller whose first try met a GCS restart after it was stored:
             # the same answer, and no second creation
-            self.reply(req, p.Ack([True, msg.actor_id, msg.handle_meta]))
+            self.reply(req, p.RegisterActorReply(True, msg.actor_id, msg.handle_meta))
             return
         if msg.name:
             existing = self.actors.named(msg.name, msg.namespace)
             if existing is not None:
                 if msg.get_if_exists:
-                    self.reply(req, p.Ack([False, existing["actor_id"],
-                                           existing["handle_meta"]]))
+                    self.reply(req, p.RegisterActorReply(False, existing.actor_id,
+                                                         existing.handle_meta))
                     return
                 self.reply(req, p.ErrorReply(
                     "ValueError", f"The name {msg.name!r} (namespace={msg.namespace!r}) is "
@@ -217,26 +221,26 @@ class GcsServer(Service):
         log.info("actor %s (%s) registered", msg.actor_id.hex()[:12], msg.class_name)
         self._actor_changed(actor)
         self.actor_scheduler.schedule(actor)
-        self.reply(req, p.Ack([True, msg.actor_id, msg.handle_meta]))
+        self.reply(req, p.RegisterActorReply(True, msg.actor_id, msg.handle_meta))
 
     def handle_actor_started(self, req, msg: p.ActorStarted):
         current = self.actors.get(msg.actor_id)
-        if current is not None and current["state"] == ALIVE:
+        if current is not None and current.state == ALIVE:
             # the report sent again after a GCS restart, or a creation a restarted GCS
             # sent again: the first worker to start it is the actor
-            if current["worker_id"] != msg.worker_id:
+            if current.worker_id != msg.worker_id:
                 log.warning("actor %s started a second time, in worker %s; it lives in "
                             "worker %s", msg.actor_id.hex()[:12], msg.worker_id.hex()[:12],
-                            current["worker_id"].hex()[:12])
+                            current.worker_id.hex()[:12])
             self.reply(req, p.Ack(True))
             return
         actor = self.actors.started(msg)
         if actor is None:           # killed while it was being created
             node = self.nodes.get(msg.node_id)
             if node is not None:
-                self.sender.send(node["address"], p.KillActorWorker(msg.actor_id))
+                self.sender.send(node.address, p.KillActorWorker(msg.actor_id))
         else:
-            log.info("actor %s is %s", msg.actor_id.hex()[:12], actor["state"])
+            log.info("actor %s is %s", msg.actor_id.hex()[:12], actor.state)
             self._actor_changed(actor)
         self.reply(req, p.Ack(True))
 
@@ -256,7 +260,7 @@ class GcsServer(Service):
 
     def handle_report_actor_out_of_scope(self, req, msg: p.ReportActorOutOfScope):
         actor = self.actors.get(msg.actor_id)
-        if actor is not None and not actor["detached"]:
+        if actor is not None and not actor.detached:
             self._kill_actor(actor, no_restart=True, reason=OUT_OF_SCOPE)
         self.reply(req, p.Ack(actor is not None))
 
@@ -269,8 +273,7 @@ class GcsServer(Service):
         node_id) owned, and tell subscribers its objects are lost."""
         for actor in self.actors.of_owner(worker_id, node_id):
             self._kill_actor(actor, no_restart=True, reason=OWNER_DIED)
-        self.publish(p.TOPIC_WORKER, {"worker_id": worker_id, "node_id": node_id,
-                                      "message": message})
+        self.publish(p.TOPIC_WORKER, p.WorkerDiedEvent(worker_id, node_id, message))
 
     def handle_watch_actor(self, req, msg: p.WatchActor):
         actor = self.actors.get(msg.actor_id)
@@ -280,7 +283,7 @@ class GcsServer(Service):
                                "cluster?)", b"")
             self.sender.send(msg.reply_to, info)
             return
-        if actor["state"] != DEAD:
+        if actor.state != DEAD:
             self.actors.watchers.setdefault(msg.actor_id, set()).add(msg.reply_to)
         self.sender.send(msg.reply_to, self.actors.info(actor))
 
@@ -290,36 +293,36 @@ class GcsServer(Service):
             self._kill_actor(actor, msg.no_restart, "killed by zray.kill()")
         self.reply(req, p.Ack(actor is not None))
 
-    def _kill_actor(self, actor: dict, no_restart: bool, reason: str) -> None:
+    def _kill_actor(self, actor: p.ActorRow, no_restart: bool, reason: str) -> None:
         """Stop the actor's worker; without restart the actor is DEAD at once."""
-        if actor["state"] == DEAD:
+        if actor.state == DEAD:
             return
         if no_restart:
-            self.actors.forbid_restart(actor["actor_id"])
-        if actor["state"] == ALIVE:
-            node = self.nodes.get(actor["node_id"])
-            if node is not None and node["alive"]:
-                self.sender.send(node["address"], p.KillActorWorker(actor["actor_id"]))
+            self.actors.forbid_restart(actor.actor_id)
+        if actor.state == ALIVE:
+            node = self.nodes.get(actor.node_id)
+            if node is not None and node.alive:
+                self.sender.send(node.address, p.KillActorWorker(actor.actor_id))
                 if not no_restart:
                     return          # its death report decides the restart
         if no_restart:              # dead now, whether or not its process has exited
-            self._actor_died(actor["actor_id"], reason, True)
+            self._actor_died(actor.actor_id, reason, True)
 
-    def _actor_changed(self, actor: dict) -> None:
+    def _actor_changed(self, actor: p.ActorRow) -> None:
         info = self.actors.info(actor)
-        for endpoint in self.actors.watchers.get(actor["actor_id"], ()):
+        for endpoint in self.actors.watchers.get(actor.actor_id, ()):
             self.sender.send(endpoint, info)
-        if actor["state"] == DEAD:
-            self.actors.watchers.pop(actor["actor_id"], None)
-        self.publish(p.TOPIC_ACTOR, {"event": actor["state"], "actor": self.actors.public(actor)})
+        if actor.state == DEAD:
+            self.actors.watchers.pop(actor.actor_id, None)
+        self.publish(p.TOPIC_ACTOR, p.ActorEvent(actor.state, self.actors.summary(actor)))
 
     def handle_get_named_actor(self, req, msg: p.GetNamedActor):
         actor = self.actors.named(msg.name, msg.namespace)
-        self.reply(req, p.Ack(None if actor is None else
-                              [actor["actor_id"], actor["handle_meta"]]))
+        self.reply(req, p.NamedActorReply(b"") if actor is None else
+                   p.NamedActorReply(actor.actor_id, actor.handle_meta))
 
     def handle_list_actors(self, req, msg):
-        self.reply(req, p.Ack([self.actors.public(a) for a in self.actors.all()]))
+        self.reply(req, p.ActorsReply([self.actors.summary(a) for a in self.actors.all()]))
 
     # -- placement groups -------------------------------------------------
     def handle_create_placement_group(self, req, msg: p.CreatePlacementGroup):
@@ -350,7 +353,7 @@ class GcsServer(Service):
             pgs = [pg for pg in [self.pgs.get(msg.pg_id)] if pg]
         else:
             pgs = self.pgs.all()
-        self.reply(req, p.Ack([self.pgs.public(pg) for pg in pgs]))
+        self.reply(req, p.PlacementGroupsReply(pgs))
 
     # -- events -----------------------------------------------------------
     def handle_add_task_events(self, req, msg: p.AddTaskEvents):
@@ -364,7 +367,7 @@ class GcsServer(Service):
         """Publish the task rows changed since the last call, each once."""
         rows = self.task_events.take_changed(self.TASK_ROWS_PUBLISHED_MAX)
         if rows:
-            self.publish(p.TOPIC_TASK_EVENTS, rows)
+            self.publish(p.TOPIC_TASK_EVENTS, p.TaskRowsEvent(rows))
 
     def handle_get_task_events(self, req, msg: p.GetTaskEvents):
         self.reply(req, p.TaskEventsReply(self.task_events.query(msg.limit, msg.filters),
@@ -382,10 +385,10 @@ class GcsServer(Service):
         self.reply(req, p.MetricsReply(self.metrics.query()))
 
     def handle_publish_logs(self, req, msg: p.PublishLogs):
-        self.publish(p.log_topic(msg.job_id), [msg.pid, msg.node_ip, msg.lines])
+        self.publish(p.log_topic(msg.job_id), p.LogEvent(msg.pid, msg.node_ip, msg.lines))
 
     def handle_ping(self, req, msg):
-        self.reply(req, p.Ack("pong"))
+        self.reply(req, p.Ack())
 
     def close(self) -> None:
         self.sender.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 from .._private.resource_set import fits
+from ..broker import protocol as p
 
 
 class NodeView:
@@ -27,28 +28,28 @@ class ClusterView:
         self.nodes: dict[bytes, NodeView] = {}
         self._spread = itertools.count()
 
-    def load(self, nodes: list[dict]) -> None:
+    def load(self, nodes: list[p.NodeRow]) -> None:
         for n in nodes:
-            self.nodes[n["node_id"]] = NodeView(n["node_id"], n["address"], n["data_address"],
-                                                n["resources"], n["available"], n["alive"])
+            self.nodes[n.node_id] = NodeView(n.node_id, n.address, n.data_address,
+                                             n.resources, n.available, n.alive)
 
-    def on_node_event(self, event: dict) -> bytes | None:
+    def on_node_event(self, event: p.NodeEvent) -> bytes | None:
         """Apply an added/removed event; returns the id of a node that died."""
-        n = event["node"]
-        if event["event"] == "added":
-            self.nodes[n["node_id"]] = NodeView(n["node_id"], n["address"], n["data_address"],
-                                                n["resources"], n["available"], True)
+        n = event.node
+        if event.event == p.NODE_ADDED:
+            self.nodes[n.node_id] = NodeView(n.node_id, n.address, n.data_address,
+                                             n.resources, n.available, True)
             return None
-        view = self.nodes.get(n["node_id"])
+        view = self.nodes.get(n.node_id)
         if view is not None:
             view.alive = False
-        return n["node_id"]
+        return n.node_id
 
-    def on_resources(self, event: dict) -> None:
-        view = self.nodes.get(event["node_id"])
+    def on_resources(self, event: p.ResourcesEvent) -> None:
+        view = self.nodes.get(event.node_id)
         if view is not None and view.alive:
-            view.available = dict(event["available"])
-            view.total = dict(event["total"])
+            view.available = dict(event.available)
+            view.total = dict(event.total)
 
     def alive(self, node_id: bytes) -> bool:
         view = self.nodes.get(node_id)

@@ -198,8 +198,8 @@ class GcsLink:
         self._seen_reconnections = count
         log.info("the GCS at %s restarted (its connection came back); reading the cluster "
                  "from its tables", self.gcs_address)
-        self._on_cluster(reply.value["nodes"])
-        pub_address = reply.value.get("pub_address")
+        self._on_cluster(reply.nodes)
+        pub_address = reply.pub_address
         if pub_address and pub_address != self.pub_address:
             self.subscribe(pub_address)
 

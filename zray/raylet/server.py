@@ -72,7 +72,8 @@ class Raylet(Service):
         arena = Arena.create(arena_path(session_name(session_dir), node_id.hex()),
                              object_store_memory)
         self.store = StoreService(arena, ObjectStore(
-            arena, spill_dir(session_dir, node_id.hex()), describe_client=self._describe_client))
+            arena, spill_dir(session_dir, node_id.hex()), describe_client=self._describe_client),
+            ask_to_let_go=self._ask_to_let_go)
         self.resources = ResourceSet(resources)
         self.num_cpus = int(resources.get("CPU", 0))
         self.clients = ClientRegistry(session_dir)
@@ -106,7 +107,7 @@ class Raylet(Service):
         these synchronous calls hold up nothing else)."""
         reply = self.gcs.call(self._registration(), timeout=config.connect_timeout_s)
         self.gcs_link.subscribe(reply.pub_address)
-        self.view.load(self.gcs.call(p.GetNodes()).value)
+        self.view.load(self.gcs.call(p.GetNodes()).nodes)
         for _ in range(max(self.num_cpus, 1)):
             self.pool.start_worker()
         log.info("raylet %s serving at %s with %s", self.node_id.hex()[:12], self.endpoint,
@@ -178,6 +179,12 @@ class Raylet(Service):
     # ---------------------------------------------------------------- tasks
     def handle_submit_task(self, req, msg: p.SubmitTask):
         spec = p.task_spec(msg.spec)
+        if spec.kind == p.TASK_LEASE:       # task path: only a driver of this node leases
+            client = self.clients.of_worker(p.Address(*spec.owner).worker_id)
+            if client is None or client.kind != "driver" or client.identity != req.identity:
+                log.warning("a lease asked for by %r, not a driver of this node: dropped",
+                            req.identity[:16])
+                return
         if spec.kind == p.TASK_ACTOR_CREATION and self.tasks.has_actor(spec.actor_id):
             # A GCS that restarted may send a creation again: one worker per actor.
             log.info("actor %s is already hosted or queued here: its creation task sent "
@@ -293,6 +300,14 @@ class Raylet(Service):
             self.pool.start_worker()       # keep the pool warm
 
     # ---------------------------------------------------------------- store
+    def _ask_to_let_go(self, identities) -> None:
+        """(objects) The store is full: ask the local clients among these pin
+        holders to stop keeping views they no longer read."""
+        for identity in identities:
+            client = self.clients.get(identity)
+            if client is not None and client.inbox:
+                self.sender.send(client.inbox, p.ReleaseKeptViews())
+
     def _describe_client(self, identity) -> str:
         """Who a store client is, for full-store messages: a local driver or
         worker, an object transfer to another node, or a pull from one."""
@@ -330,6 +345,29 @@ class Raylet(Service):
     def handle_seal_object(self, req, msg: p.SealObject):
         """One-way: the object is written. Pins that waited for it are answered."""
         self.store.seal(msg.object_id, writer=req.identity)
+
+    # -- objects (issue 13): blocks a client reserves and fills without asking
+    def handle_reserve_objects(self, req, msg: p.ReserveObjects):
+        try:
+            offsets = self.store.reserve(msg.placeholder_ids, msg.size, req.identity)
+        except ObjectStoreFullError as err:
+            if not err.never_fits:
+                self.store.log_full(f"reserving {msg.size} bytes", err)
+            code = p.CREATE_NEVER_FITS if err.never_fits else p.CREATE_FULL
+            self.reply(req, p.ReserveObjectsReply([], code, str(err)))
+            return
+        except ObjectExistsError as err:
+            self.reply(req, p.ReserveObjectsReply([], p.CREATE_EXISTS, str(err)))
+            return
+        self.reply(req, p.ReserveObjectsReply(offsets, 0, ""))
+
+    def handle_seal_reserved(self, req, msg: p.SealReserved):
+        """One-way: a reserved block holds a complete object now."""
+        self.store.seal_reserved(msg.placeholder_id, msg.object_id, msg.size,
+                                 msg.owner_id or None, req.identity)
+
+    def handle_release_reserved(self, req, msg: p.ReleaseReserved):
+        self.store.release_reserved(msg.placeholder_ids, req.identity)
 
     def handle_pin_objects(self, req, msg: p.PinObjects):
         """Pin objects for the caller; a pin of an object still being written
@@ -383,7 +421,7 @@ class Raylet(Service):
             self.store.free(object_id)
 
     def handle_get_store_stats(self, req, msg):
-        self.reply(req, p.Ack(self.store.stats()))
+        self.reply(req, p.StoreStatsReply(self.store.stats()))
 
     def handle_list_store_objects(self, req, msg: p.ListStoreObjects):
         """What the store holds (``ray memory``), holders named as in
@@ -405,13 +443,13 @@ class Raylet(Service):
         self.gcs_link.send(p.PublishLogs(msg.job_id, msg.pid, self.node_ip, msg.lines))
 
     def handle_ping(self, req, msg):
-        self.reply(req, p.Ack("pong"))
+        self.reply(req, p.Ack())
 
-    def _on_gcs_event(self, topic: bytes, event: dict) -> None:
+    def _on_gcs_event(self, topic: bytes, event) -> None:
         if topic == p.TOPIC_RESOURCES:
-            view = self.view.nodes.get(event["node_id"])
+            view = self.view.nodes.get(event.node_id)
             grew = view is not None and any(
-                k not in view.total for k in event["total"])
+                k not in view.total for k in event.total)
             self.view.on_resources(event)
             if grew and self.tasks.infeasible:
                 self.tasks.retry_infeasible()
@@ -420,7 +458,7 @@ class Raylet(Service):
         elif topic == p.TOPIC_NODE:
             self._on_node_event(event)
 
-    def _on_node_event(self, event: dict) -> None:
+    def _on_node_event(self, event: p.NodeEvent) -> None:
         dead = self.view.on_node_event(event)
         if dead is not None:
             self.transfer.node_died(dead)
@@ -444,11 +482,11 @@ class Raylet(Service):
         """After a GCS restart: learn from its node rows what its event stream
         said meanwhile (nodes that died or joined)."""
         for node in nodes:
-            known = self.view.nodes.get(node["node_id"])
-            if not node["alive"] and known is not None and known.alive:
-                self._on_node_event({"event": "removed", "node": node})
-            elif node["alive"] and (known is None or not known.alive):
-                self._on_node_event({"event": "added", "node": node})
+            known = self.view.nodes.get(node.node_id)
+            if not node.alive and known is not None and known.alive:
+                self._on_node_event(p.NodeEvent(p.NODE_REMOVED, node))
+            elif node.alive and (known is None or not known.alive):
+                self._on_node_event(p.NodeEvent(p.NODE_ADDED, node))
 
     def _rejoin(self) -> None:
         """The GCS declared this node dead (it missed heartbeats): its work

@@ -111,6 +111,9 @@ class LocalTaskManager:
 
     def submit(self, spec) -> None:
         """Run a task here, forward it, or park it as infeasible."""
+        if spec.kind == p.TASK_LEASE:
+            self._lease(spec)
+            return
         target = self._placement(spec)
         if target is None:
             return                          # failed, or parked as infeasible
@@ -150,6 +153,17 @@ class LocalTaskManager:
             log.warning(text)
             self._tell_owner(spec.owner, p.TaskInfeasible(spec.task_id, text))
         return None
+
+    def _lease(self, spec) -> None:
+        """A worker lease for a local owner: queued like a task (it holds its
+        resources from when a worker takes it until the worker is idle again),
+        never forwarded; refused at once if this node can never fit it."""
+        if not self.resources.feasible(spec.resources):
+            self._tell_owner(spec.owner, p.TaskFailed(
+                spec.task_id, "LeaseRefused",
+                f"node {self.node_id.hex()[:12]} cannot fit {spec.resources}"))
+            return
+        self._enqueue(spec)
 
     def _forward(self, spec, node_id: bytes) -> None:
         """Spill a task to another raylet; tell its owner where it went."""
@@ -281,8 +295,9 @@ class LocalTaskManager:
 
     @staticmethod
     def _may_spill(spec) -> bool:
-        """Tasks move at most twice, and never actor creations or pinned tasks."""
-        return (spec.kind != p.TASK_ACTOR_CREATION and spec.options.get("spilled", 0) < 2
+        """Tasks move at most twice, and never actor creations, leases or pinned tasks."""
+        return (spec.kind not in (p.TASK_ACTOR_CREATION, p.TASK_LEASE)
+                and spec.options.get("spilled", 0) < 2
                 and spec.options.get("strategy") != "NODE")
 
     def _assign(self, worker, spec) -> None:

@@ -129,6 +129,29 @@ class ObjectStore:
         self._touch(e)
         return offset
 
+    def rename(self, old_id: bytes, new_id: bytes, size: int, owner=None) -> None:
+        """Give a CREATED object (a block reserved ahead, see the raylet's
+        StoreService.reserve) its real id, size (at most the reserved size)
+        and owner. KeyError if ``old_id`` is not being created;
+        ObjectExistsError if ``new_id`` is present; ValueError on a size
+        larger than the block."""
+        e = self._objects.get(old_id)
+        if e is None or e.state != CREATED:
+            raise KeyError(old_id)
+        if new_id in self._objects:
+            raise ObjectExistsError(f"object {new_id.hex()} already exists")
+        if not 0 <= size <= e.size:
+            raise ValueError(f"object of {size} bytes does not fit a reserved block "
+                             f"of {e.size} bytes")
+        del self._objects[old_id]
+        e.object_id, e.size, e.owner = new_id, size, owner
+        self._objects[new_id] = e
+        self._touch(e)
+
+    def known(self, object_id: bytes) -> bool:
+        """True if the table has any record of the object (any state)."""
+        return object_id in self._objects
+
     def seal(self, object_id: bytes) -> None:
         """Mark a created object immutable and readable. KeyError if unknown;
         sealing twice is a no-op."""
@@ -223,6 +246,10 @@ class ObjectStore:
         if len(ranked) > _NAMED:
             parts.append(f"{len(ranked) - _NAMED} more holder(s)")
         return f"{_fmt(busy)} is pinned or being written: " + "; ".join(parts)
+
+    def pin_holders(self) -> list:
+        """The clients that hold at least one pin now."""
+        return list(self._by_client)
 
     def has_room(self, size: int) -> bool:
         """True if ``create(size)`` would find room now, counting what it may

@@ -100,18 +100,25 @@ def remove_placement_group(placement_group: PlacementGroup) -> None:
 
 
 def get_placement_group(name: str) -> PlacementGroup:
-    found = require_worker().gcs.call(p.GetPlacementGroups(b"", name)).value
+    found = require_worker().gcs.call(p.GetPlacementGroups(b"", name)).groups
     if not found:
         raise ValueError(f"no placement group named {name!r}")
-    pg = found[0]
-    return PlacementGroup(bytes.fromhex(pg["placement_group_id"]),
-                          [pg["bundles"][i] for i in sorted(pg["bundles"])])
+    return PlacementGroup(found[0].pg_id, found[0].bundles)
+
+
+def _table_entry(pg: p.PlacementGroupRow) -> dict:
+    """A group as Ray's ``placement_group_table()`` shows it."""
+    return {"placement_group_id": pg.pg_id.hex(), "name": pg.name,
+            "strategy": pg.strategy, "state": pg.state,
+            "bundles": dict(enumerate(pg.bundles)),
+            "bundles_to_node_id": {i: (n.hex() if n else None) for i, n in enumerate(pg.nodes)}}
 
 
 def placement_group_table(placement_group: PlacementGroup | None = None) -> dict:
     """State of every group (or one): strategy, state, bundles and their nodes."""
     pg_id = placement_group.id if placement_group is not None else b""
-    rows = require_worker().gcs.call(p.GetPlacementGroups(pg_id, "")).value
+    rows = [_table_entry(pg) for pg in
+            require_worker().gcs.call(p.GetPlacementGroups(pg_id, "")).groups]
     if placement_group is not None:
         return rows[0] if rows else {}
     return {row["placement_group_id"]: row for row in rows}

@@ -204,16 +204,16 @@ class ActorTaskSubmitter:
 
     def _warn_unplaced(self, due) -> None:
         try:
-            nodes = [n for n in self._gcs.call(p.GetNodes()).value if n["alive"]]
+            nodes = [n for n in self._gcs.call(p.GetNodes()).nodes if n.alive]
         except Exception as err:    # noqa: BLE001 — a warning must not fail anything
             log.warning("could not ask the GCS why actors wait to be placed: %s", err)
             return
         for actor_id, name, resources, waited in due:
-            if any(all(n["resources"].get(k, 0.0) + 1e-9 >= v for k, v in resources.items())
+            if any(all(n.resources.get(k, 0.0) + 1e-9 >= v for k, v in resources.items())
                    for n in nodes):
                 continue            # a node can host it: its raylet warns if it starves
             missing = sorted({k for k, v in resources.items()
-                              if not any(n["resources"].get(k, 0.0) + 1e-9 >= v
+                              if not any(n.resources.get(k, 0.0) + 1e-9 >= v
                                          for n in nodes)})
             text = (f"actor {name} ({actor_id.hex()[:12]}) cannot be scheduled: it requires "
                     f"{resources}, and the cluster does not have the resources {missing} "

@@ -42,6 +42,7 @@ from .actor_task_submitter import ActorTaskSubmitter
 from .function_manager import FunctionManager
 from .inbox import InboxDispatcher
 from .object_getter import ObjectGetter
+from .store_writer import StoreWriter
 from .pending_task import return_id
 from .raylet_link import RayletWatch, remove_leftovers
 from .reference_counter import ReferenceCounter
@@ -112,6 +113,7 @@ class CoreWorker:
                                            self._on_freed_locked)
         self.getter = ObjectGetter(self.cond, self, self.references, self.raylet, self.arena,
                                    self.send_to, lambda: self.raylet_error)
+        self.store_writer = StoreWriter(self.raylet, self.arena, self._let_go_of_views)
         self.streams = Streams(self.cond, self, self.references)
         self.task_manager = TaskManager(
             self.cond, self, self.references, self.getter, self.streams, self.raylet,
@@ -253,6 +255,7 @@ class CoreWorker:
 
     def _on_freed_locked(self, object_id: bytes, entry):
         """(lock held) An entry lost its last hold (see ReferenceCounter)."""
+        self.getter.forget_locked(object_id)    # objects: its view is no longer kept
         if entry.owned:
             self.task_manager.forget_lineage_locked(object_id, entry.ret)
         actor_id = actor_of_handle_id(object_id)
@@ -274,31 +277,19 @@ class CoreWorker:
         return self.references.new_owned_ref(object_id, ret, ser.contained_refs)
 
     def store_put(self, object_id: bytes, ser, owner_id: bytes) -> None:
-        """Write ``ser`` into this node's store and seal it. A store full of
-        pinned or half-written objects is asked again with backoff
-        (``object_store_full_delay_ms`` doubling to 1 s) for up to
-        ``object_store_full_timeout_s``; then, or at once for an object larger
-        than the whole store, ObjectStoreFullError naming who holds the room."""
-        create = p.CreateObject(object_id, ser.size, owner_id)
-        reply = self.raylet.call(create)
-        started = time.monotonic()
-        delay = 0.0                     # first retry at once: our own dead views
-        while reply.offset == p.CREATE_FULL:
-            self.drain_releases()       # our own dead views may be what blocks it
-            waited = time.monotonic() - started
-            if waited >= config.object_store_full_timeout_s:
-                raise exc.ObjectStoreFullError(
-                    f"{reply.error} (still full after waiting {waited:.1f}s, "
-                    f"object_store_full_timeout_s={config.object_store_full_timeout_s:g})")
-            time.sleep(min(delay, config.object_store_full_timeout_s - waited))
-            delay = min(max(delay * 2, config.object_store_full_delay_ms / 1000), 1.0)
-            reply = self.raylet.call(create)
-        if reply.offset == p.CREATE_EXISTS:
-            return                      # a retried task's result that is already there
-        if reply.offset < 0:
-            raise exc.ObjectStoreFullError(reply.error)
-        self.arena.write(reply.offset, ser.chunks())
-        self.raylet.send(p.SealObject(object_id))
+        """Write ``ser`` into this node's store and seal it (see StoreWriter.put)."""
+        self.store_writer.put(object_id, ser, owner_id)
+
+    def _let_go_of_views(self) -> None:
+        """The store is full: stop keeping views, release the unused ones."""
+        self.getter.let_go()
+        self.drain_releases()
+
+    def let_go_of_store(self) -> None:
+        """(the raylet asked: the store needs room) Give back kept views and
+        reserved blocks."""
+        self.store_writer.release_all()
+        self._let_go_of_views()
 
     # ------------------------------------------------------------- submit
     def submit_task(self, function_hash: bytes, function_name: str, args, kwargs,
@@ -441,6 +432,10 @@ class CoreWorker:
         self.task_manager.run_deferred()
         self.drain_releases()
         now = time.monotonic()
+        self.store_writer.tick(now)
+        if self.task_manager.leases.by_id:          # task path: idle leases go back
+            with self.cond:
+                self.task_manager.leases.return_idle_locked(now)
         self.task_events.maybe_flush(now)
         self.actor_calls.check_creations(now)
         self._flush_wakes()
@@ -452,15 +447,14 @@ class CoreWorker:
     def _on_event(self, topic, event) -> None:
         """(I/O thread) An event of the GCS stream."""
         if topic == p.TOPIC_NODE:
-            if event["event"] == "removed":
-                node_id = event["node"]["node_id"]
+            if event.event == p.NODE_REMOVED:
+                node_id = event.node.node_id
                 self.task_manager.node_died(node_id)
                 self._owner_died(b"", node_id, f"its node {node_id.hex()[:12]} died")
         elif topic == p.TOPIC_WORKER:
-            self._owner_died(event["worker_id"], event["node_id"], event["message"])
+            self._owner_died(event.worker_id, event.node_id, event.message)
         elif self.log_handler:
-            pid, ip, lines = event
-            self.log_handler(pid, ip, lines)
+            self.log_handler(event.pid, event.node_ip, event.lines)
         self._flush_wakes()
 
     def _owner_died(self, worker_id: bytes, node_id: bytes, message: str) -> None:
@@ -504,6 +498,8 @@ class CoreWorker:
             return
         try:
             self.drain_releases()
+            with self.cond:                         # task path: leased workers go back
+                self.task_manager.leases.return_all_locked()
             self.raylet.send(p.DisconnectClient(self.worker_id))
         except Exception:
             log.debug("could not say goodbye to the raylet", exc_info=True)

@@ -1,6 +1,11 @@
 """The worker process main loop: pull a task from the raylet, run it, send
 its results straight to its owner, ask for the next one.
 
+A task may also be a lease (TASK_LEASE): the worker then runs the tasks the
+lease's owner sends to its direct ROUTER, until the owner returns the lease
+or dies, and only then asks the raylet for the next one (see
+``lease_manager.py``). An actor serves its calls on that same ROUTER.
+
 The main thread owns the task socket (a DEALER to the raylet) and runs user
 code; the core worker's I/O thread serves the inbox meanwhile.
 """
@@ -19,12 +24,16 @@ from .. import exceptions as exc
 from ..broker import protocol as p
 from ..actor import ActorExit
 from ..broker import sockets
+from .._private.pids import pid_alive
 from .._private.session import actor_ipc
 from . import global_state, serialization
 from .core_worker import GEN_DONE_INDEX, CoreWorker
 from .task_events import MAX_ERROR_CHARS, error_info
 
 log = logging.getLogger(__name__)
+
+#: how often a leased worker waiting for tasks checks that its owner lives
+LEASE_OWNER_CHECK_MS = 1000
 
 
 class LogForwarder:
@@ -69,6 +78,9 @@ class Executor:
         self.cancel_requested = None
         self.events = self.cw.task_events
         self._call_infos: dict[tuple, dict] = {}    # (function, job, actor) -> event info
+        self._direct = None             # ROUTER for direct calls (see _direct_sock)
+        self.leased_by = None           # the lease this worker serves, if any
+        self.cancelled_early: set[bytes] = set()    # lease tasks cancelled before they ran
         signal.signal(signal.SIGINT, self._on_sigint)
         sys.stdout = LogForwarder(sys.stdout, self)
         sys.stderr = LogForwarder(sys.stderr, self)
@@ -97,6 +109,9 @@ class Executor:
         self._bind_job(spec.job_id)
         if spec.kind == p.TASK_ACTOR_CREATION:
             self.become_actor(spec)
+            return
+        if spec.kind == p.TASK_LEASE:
+            self.serve_lease(spec)
             return
         try:
             fn = self.cw.functions.load(spec.function_hash)
@@ -261,7 +276,7 @@ class Executor:
             self._leave()
         endpoint = ""
         if not error:
-            self.actor_socks = [sockets.inbox_router(actor_ipc(cw.session_dir, self.worker_id))[0]]
+            self.actor_socks = [self._direct_sock()]
             sock, endpoint = sockets.inbox_router(f"tcp://{cw.node_ip}:0")
             self.actor_socks.append(sock)
         cw.gcs.call(p.ActorStarted(spec.actor_id, self.worker_id, endpoint,
@@ -272,13 +287,64 @@ class Executor:
         self._turn = 0
         self.serve_actor(spec.options.get("max_concurrency", 1), spec.options.get("is_async"))
 
+    # -- leases -----------------------------------------------------------
+    def _direct_sock(self):
+        """The ROUTER a local caller sends this worker tasks on directly (an
+        actor's calls, a lease's tasks): bound once, at the actor endpoint."""
+        if self._direct is None:
+            self._direct = sockets.inbox_router(actor_ipc(self.cw.session_dir,
+                                                          self.worker_id))[0]
+        return self._direct
+
+    def serve_lease(self, lease: p.TaskSpec) -> None:
+        """Run the tasks the lease's owner sends straight here, one at a time,
+        until it returns the lease (ReturnLease) or dies; then the caller
+        tells the raylet this worker is idle (which frees the lease's
+        resources)."""
+        sock = self._direct_sock()
+        owner = p.Address(*lease.owner)
+        self.cw.send_to(lease.owner, p.LeaseGranted(lease.task_id, list(self.cw.address)))
+        self.leased_by = lease.task_id
+        try:
+            while True:
+                if not sock.poll(LEASE_OWNER_CHECK_MS):
+                    if not pid_alive(owner.pid):
+                        log.info("the owner (pid %d) of lease %s died: idle again",
+                                 owner.pid, lease.task_id.hex()[:12])
+                        return
+                    continue
+                frames = sockets.recv_frames(sock)
+                try:
+                    msg = p.decode(frames[2].buffer)
+                    spec = p.task_spec(msg.spec) if isinstance(msg, p.ExecuteTask) else None
+                except (p.ProtocolError, IndexError) as err:
+                    log.warning("lease: dropped a message: %s", err)
+                    continue
+                if isinstance(msg, p.ReturnLease):
+                    if msg.lease_id == lease.task_id:
+                        return
+                    continue                    # of an earlier lease: already idle
+                if spec is None or spec.kind != p.TASK_NORMAL or spec.job_id != lease.job_id:
+                    log.warning("lease: dropped a %s", type(msg).__name__)
+                    continue
+                if spec.task_id in self.cancelled_early:
+                    self.cancelled_early.discard(spec.task_id)
+                    self._send_returns(spec, self._error_returns(spec, exc.TaskCancelledError(
+                        f"task {spec.function_name} was cancelled before it ran")))
+                    continue
+                self.execute(spec)
+        finally:
+            self.leased_by = None
+            self.cancelled_early.clear()
+
     def serve_actor(self, max_concurrency: int, is_async: bool) -> None:
         """Receive calls on the actor's ROUTER and run them: in order on this
         thread, on a thread pool, or on an asyncio loop."""
-        submit = self._call_inline
         if is_async:
-            submit = self._start_event_loop(max_concurrency)
-        elif max_concurrency > 1:
+            self._serve_async(max_concurrency)
+            return
+        submit = self._call_inline
+        if max_concurrency > 1:
             from concurrent.futures import ThreadPoolExecutor
             pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="zray-actor")
             submit = lambda spec, fn: pool.submit(self._call_guarded, spec, fn)  # noqa: E731
@@ -292,22 +358,67 @@ class Executor:
             else:                        # both have calls: take turns
                 sock, _ = ready[self._turn % len(ready)]
                 self._turn += 1
-            frames = sockets.recv_frames(sock)
-            try:
-                msg = p.decode(frames[2].buffer)
-            except (p.ProtocolError, IndexError) as err:
-                log.warning("actor: dropped a message: %s", err)
-                continue
+            call = self._next_call(sock)
+            if call is not None:
+                submit(*call)
+
+    def _next_call(self, sock):
+        """Receive one message from an actor socket that has one: the call
+        to run, ``(spec, method)``, or None when it was dropped (logged) or
+        answered here (no such method)."""
+        try:
+            frames = sockets.recv_frames(sock, zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        try:
+            msg = p.decode(frames[2].buffer)
             if not isinstance(msg, p.ExecuteTask):
                 log.warning("actor: dropped a %s", type(msg).__name__)
-                continue
+                return None
             spec = p.task_spec(msg.spec)
-            fn = getattr(self.instance, spec.method_name, None)
-            if fn is None:
-                self._send_returns(spec, self._error_returns(spec, AttributeError(
-                    f"actor has no method {spec.method_name!r}")))
-                continue
-            submit(spec, fn)
+        except (p.ProtocolError, IndexError) as err:
+            log.warning("actor: dropped a message: %s", err)
+            return None
+        fn = getattr(self.instance, spec.method_name, None)
+        if fn is None:
+            self._send_returns(spec, self._error_returns(spec, AttributeError(
+                f"actor has no method {spec.method_name!r}")))
+            return None
+        return spec, fn
+
+    def _serve_async(self, max_concurrency: int) -> None:
+        """An async actor: its event loop, on this thread, reads the calls
+        itself (no hand-off between threads) and runs up to
+        ``max_concurrency`` of them at once, started in arrival order."""
+        import asyncio
+        import inspect
+        loop = asyncio.new_event_loop()
+        limit = asyncio.Semaphore(max_concurrency)
+        running = set()                 # the loop keeps only weak references to tasks
+
+        async def bounded(spec, fn):
+            async with limit:
+                if inspect.iscoroutinefunction(fn):
+                    await self.run_call_async(spec, fn)
+                else:
+                    self._call_inline(spec, fn)
+
+        def drain(sock):
+            # ZeroMQ's descriptor is edge-triggered: read while a message waits
+            for _ in range(1000):
+                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    return
+                call = self._next_call(sock)
+                if call is not None:
+                    task = loop.create_task(bounded(*call))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+            loop.call_soon(drain, sock)     # more wait: after the loop's other work
+
+        for sock in self.actor_socks:
+            loop.add_reader(sock.getsockopt(zmq.FD), drain, sock)
+            loop.call_soon(drain, sock)
+        loop.run_forever()
 
     def _call_inline(self, spec, fn) -> None:
         try:
@@ -322,22 +433,6 @@ class Executor:
             self._exit_actor()
         except BaseException:     # noqa: BLE001 — a pool thread must not die silently
             log.exception("actor call failed")
-
-    def _start_event_loop(self, max_concurrency: int):
-        import asyncio
-        import inspect
-        loop = asyncio.new_event_loop()
-        limit = asyncio.Semaphore(max_concurrency)
-
-        async def bounded(spec, fn):
-            async with limit:
-                if inspect.iscoroutinefunction(fn):
-                    await self.run_call_async(spec, fn)
-                else:
-                    self._call_inline(spec, fn)
-
-        threading.Thread(target=loop.run_forever, name="zray-actor-loop", daemon=True).start()
-        return lambda spec, fn: asyncio.run_coroutine_threadsafe(bounded(spec, fn), loop)
 
     def _exit_actor(self) -> None:
         """End this actor's process cleanly (no restart: exit code 0)."""
@@ -441,17 +536,17 @@ class Executor:
         if job_id in self.jobs:
             return
         self.jobs.add(job_id)
-        job = self.cw.gcs.call(p.GetJob(job_id)).value
-        self.cw.bind_job(job_id, job["namespace"] if job else None)
+        job = self.cw.gcs.call(p.GetJob(job_id)).job
+        self.cw.bind_job(job_id, job.namespace if job else None)
         if not job:
             return
-        for path in reversed(job["sys_path"]):
+        for path in reversed(job.sys_path):
             if path not in sys.path:
                 sys.path.insert(1, path)
-        if job["cwd"] and job["cwd"] not in sys.path:
-            sys.path.insert(0, job["cwd"])
+        if job.cwd and job.cwd not in sys.path:
+            sys.path.insert(0, job.cwd)
         try:
-            os.chdir(job["cwd"])
+            os.chdir(job.cwd)
         except OSError:
             pass
 
@@ -477,6 +572,8 @@ class Executor:
         if spec is not None and spec.task_id == task_id:
             self.cancel_requested = task_id
             os.kill(os.getpid(), signal.SIGINT)
+        elif self.leased_by is not None and len(self.cancelled_early) < 10_000:
+            self.cancelled_early.add(task_id)   # sent on the lease, not started yet
 
     def _on_sigint(self, signum, frame) -> None:
         spec = self.current

@@ -36,10 +36,10 @@ class FunctionManager:
         fn = self._loaded.get(digest)
         if fn is not None:
             return fn
-        blob = self.gcs.call(p.GetFunction(digest)).value
-        if blob is None:
+        reply = self.gcs.call(p.GetFunction(digest))
+        if not reply.found:
             raise RuntimeError(f"function {digest.hex()} is not in the GCS function table")
-        fn = cloudpickle.loads(blob)
+        fn = cloudpickle.loads(reply.value)
         with self._lock:
             self._loaded[digest] = fn
         return fn

@@ -105,7 +105,18 @@ class InboxDispatcher(Service):
         self._worker.references.remove_borrower(msg.object_ids, msg.borrower)
 
     def handle_task_infeasible(self, req, msg: p.TaskInfeasible) -> None:
+        if self._worker.task_manager.leases.is_lease(msg.task_id):
+            return              # a lease waits: its tasks went the raylet's way
         print(f"zray: warning: {msg.message}", file=sys.stderr)
+
+    def handle_lease_granted(self, req, msg: p.LeaseGranted) -> None:
+        worker = self._worker
+        with worker.cond:
+            worker.task_manager.leases.granted(msg)
+
+    def handle_release_kept_views(self, req, msg: p.ReleaseKeptViews) -> None:
+        """(objects) The store needs room: give back kept views and reserved blocks."""
+        self._worker.let_go_of_store()
 
     def handle_cancel_running(self, req, msg: p.CancelRunning) -> None:
         self._worker.cancel_running(msg.task_id)

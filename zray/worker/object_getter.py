@@ -3,11 +3,14 @@ values of objects this process owns or borrows, read-only views of stored
 objects, and the owner's side of fetching (GetObject -> ObjectValue).
 
 It owns: the views handed out (one per object, pinned while it lives), the
-views garbage collected but not yet released, the owners known to be dead,
-and the hook the worker process sets to lend its CPU while it waits. A
-caller may rely on: waits are bounded by their ``timeout``; a borrowed
-object whose owner died becomes OwnerDiedError; once the raylet died every
-waiter raises its NodeDiedError.
+views kept while a ref to their object lives here, the views garbage
+collected but not yet released, the owners known to be dead, and the hook
+the worker process sets to lend its CPU while it waits. A caller may rely
+on: waits are bounded by their ``timeout``; a borrowed object whose owner
+died becomes OwnerDiedError; once the raylet died every waiter raises its
+NodeDiedError; a repeated get of a stored object whose ref lives here asks
+the raylet nothing (the view and its pin are kept) until the store needs the
+room (see :meth:`ObjectGetter.let_go`).
 """
 from __future__ import annotations
 
@@ -54,6 +57,11 @@ class ObjectGetter:
         self.dead_owners: dict[bytes, str] = {}     # worker id -> why (TOPIC_WORKER)
         self.dead_nodes: set[bytes] = set()
         self._views: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        #: object id -> its pinned view, kept while a ref to it lives here
+        #: (dropped by ``forget_locked`` and ``let_go``)
+        self._kept: dict[bytes, object] = {}
+        #: PinObjects requests sent (tests: a kept view needs none)
+        self.pin_requests = 0
         #: object ids of views garbage collected here, released by ``drain``
         self.released_views: collections.deque = collections.deque()
 
@@ -90,8 +98,28 @@ class ObjectGetter:
         if rets is None:
             raise exc.GetTimeoutError(
                 f"get timed out after {timeout}s waiting for {len(refs)} object(s)")
+        held = self._pin_local(rets) if len(rets) > 1 else None
         values = [self.value_of(ret) for ret in rets]
+        del held
         return values[0] if single else values
+
+    def _pin_local(self, rets) -> list:
+        """Pin, in one request, the objects of a multi-get stored on this
+        node that have no view here yet; their views (the caller holds them
+        until it has the values). Objects it could not pin are left to
+        ``view``, which asks again and handles full stores and spill files."""
+        ids = []
+        for ret in rets:
+            if ret.kind == p.RET_STORED and ret.object_id not in self._views \
+                    and ret.stored_at.node_id == self.node_id:
+                ids.append(ret.object_id)
+        ids = list(dict.fromkeys(ids))
+        if len(ids) < 2:
+            return []
+        self.pin_requests += 1
+        reply = self._raylet.call(p.PinObjects(ids, [self.node_id] * len(ids), [0] * len(ids)))
+        return [self.view(object_id, pinned_at=location)
+                for object_id, location in zip(ids, reply.locations) if location is not None]
 
     def wait(self, refs, num_returns: int = 1, timeout=None, fetch_local: bool = True):
         """``(ready, not_ready)``. ``fetch_local``: an object counts as ready
@@ -131,6 +159,7 @@ class ObjectGetter:
         where = ret.stored_at
         if where.node_id == self.node_id or ret.object_id in self._views:
             return True
+        self.pin_requests += 1
         reply = self._raylet.call(p.PinObjects([ret.object_id], [where.node_id], [where.size]))
         location, spilled, full = reply.locations[0], reply.spilled[0], reply.full[0]
         if location is not None:        # pulled and pinned: keep it while the view lives
@@ -160,11 +189,22 @@ class ObjectGetter:
             blocked = False
             last_check = time.monotonic()
             pending = [e for e in entries if e.state != READY]
+            # task path: a get (every ref) skips the ready head of ``pending``
+            # instead of rescanning it at each wake-up (O(n) in all, not O(n²))
+            whole, head = num_ready >= len(entries), 0
+            # only borrowed objects can lose their owner: check those alone
+            borrowed = [(ref, e) for ref, e in zip(refs, entries) if not e.owned]
             while True:
-                if pending:
-                    pending = [e for e in pending if e.state != READY]
-                if len(entries) - len(pending) >= num_ready:
-                    break
+                if whole:
+                    while head < len(pending) and pending[head].state == READY:
+                        head += 1
+                    if head == len(pending):
+                        break
+                else:
+                    if pending:
+                        pending = [e for e in pending if e.state != READY]
+                    if len(entries) - len(pending) >= num_ready:
+                        break
                 error = self._raylet_error()
                 if error is not None:
                     if blocked:
@@ -189,7 +229,8 @@ class ObjectGetter:
                     self._set_blocked(True)
                 if now - last_check > 1.0:
                     last_check = now
-                    self._check_owners(refs, entries)
+                    if borrowed:
+                        self._check_owners([r for r, _ in borrowed], [e for _, e in borrowed])
                 wait = 1.0 if deadline is None else min(1.0, deadline - now)
                 self.cond.wait(wait)
             if blocked:
@@ -292,14 +333,40 @@ class ObjectGetter:
             return view
         if pinned_at is None:
             pinned_at, view = self._pin_or_read_spilled(object_id, source, size)
-            if view is not None:
+            if view is not None:        # a private copy of a spill file: nothing pinned
                 self._views[object_id] = view
                 return view
         offset, length = pinned_at
         view = self._arena.read_view(offset, length)
         weakref.finalize(view, self.released_views.append, object_id)
         self._views[object_id] = view
+        self._keep(object_id, view)
         return view
+
+    def _keep(self, object_id: bytes, view) -> None:
+        """Keep ``view`` (and so its pin) while a ref to the object lives
+        here. No lock: dict operations are atomic, and the second look
+        undoes a keep that raced with ``forget_locked``."""
+        if self.refs.get(object_id) is None:
+            return
+        self._kept[object_id] = view
+        if self.refs.get(object_id) is None:
+            self._kept.pop(object_id, None)
+
+    def forget_locked(self, object_id: bytes) -> None:
+        """(lock held) No ref to ``object_id`` lives here any more: its view
+        is no longer kept (its pin goes once the user's arrays go too)."""
+        self._kept.pop(object_id, None)
+
+    def let_go(self) -> None:
+        """The store needs room: stop keeping views. Their pins are
+        released at the next ``drain`` unless the user still holds them."""
+        if self._kept:
+            self._kept.clear()
+
+    def kept_count(self) -> int:
+        """How many views are kept for live refs (for tests and stats)."""
+        return len(self._kept)
 
     def _pin_or_read_spilled(self, object_id: bytes, source: bytes, size: int = 0):
         """``(location, None)`` once the raylet pinned the object for us, or
@@ -311,6 +378,7 @@ class ObjectGetter:
         ObjectStoreFullError. ObjectLostError only when it is nowhere."""
         started, delay, rereads = None, 0.0, 0
         while True:
+            self.pin_requests += 1
             reply = self._raylet.call(p.PinObjects([object_id], [source], [size]))
             location, spilled, full = reply.locations[0], reply.spilled[0], reply.full[0]
             if location is not None:
@@ -322,7 +390,8 @@ class ObjectGetter:
                     raise exc.ObjectStoreFullError(
                         f"{full} (still full after waiting {now - started:.1f}s, "
                         f"object_store_full_timeout_s={config.object_store_full_timeout_s:g})")
-                self._worker.drain_releases()   # our own dead views may be what blocks it
+                self.let_go()                   # our own kept views may be what blocks it
+                self._worker.drain_releases()
                 time.sleep(delay)
                 delay = min(max(delay * 2, config.object_store_full_delay_ms / 1000), 1.0)
                 continue

@@ -10,7 +10,7 @@ def return_id(task_id: bytes, index: int) -> bytes:
 class PendingTask:
     """A task this process submitted and has not seen finish."""
     __slots__ = ("spec", "return_ids", "held", "retries_left", "deps", "cancelled",
-                 "retry_exceptions", "submitted", "node")
+                 "retry_exceptions", "submitted", "node", "lease")
 
     def __init__(self, spec, return_ids, held, retry_exceptions):
         self.spec = spec
@@ -22,6 +22,7 @@ class PendingTask:
         self.retry_exceptions = retry_exceptions
         self.submitted = False
         self.node = b""                     # where it runs, when not on our node
+        self.lease = None                   # the Lease it was sent on, if any
 
     def take_retry(self, new_attempt: bool = True) -> bool:
         """Spend one retry (``max_retries`` -1: unlimited); False when none

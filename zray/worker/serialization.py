@@ -19,6 +19,7 @@ import struct
 import threading
 
 import cloudpickle
+import numpy as np
 
 MAGIC = b"ZRY1"
 KIND_VALUE = 0
@@ -27,6 +28,7 @@ KIND_ERROR = 1
 _HEADER = struct.Struct("<4sB3xIQ")
 _ALIGN = 64
 _SIMPLE = (int, float, str, bytes, bool, type(None))
+_NDARRAY = np.ndarray
 
 _local = threading.local()
 
@@ -83,6 +85,12 @@ def serialize(value, kind: int = KIND_VALUE) -> Serialized:
     """Serialize ``value``; raises TypeError naming it when it cannot be pickled."""
     if type(value) in _SIMPLE:
         return Serialized(kind, pickle.dumps(value, 5), [], [])
+    if type(value) is _NDARRAY and not value.dtype.hasobject:
+        # a plain array holds no code and no refs: the C pickler is enough
+        # (cloudpickle looks up numpy's reconstructors module by module)
+        buffers: list = []
+        inband = pickle.dumps(value, 5, buffer_callback=buffers.append)
+        return Serialized(kind, inband, buffers, [])
     buffers: list = []
     refs: list = []
     outer = getattr(_local, "refs", None)

@@ -9,8 +9,10 @@ decided in one place (``_retry``): a task that raised (with
 ``retry_exceptions``), whose worker crashed, whose node died, or whose
 result was lost is resubmitted while ``PendingTask.take_retry`` allows. A
 caller may rely on: every submitted task ends exactly once, with its
-results or an error in each of its return objects. Guarded by the core
-worker's lock (``cond``); ``*_locked`` methods expect it held.
+results or an error in each of its return objects. A driver's plain task
+goes straight to a worker it leased when one is idle (``leases``, see
+lease_manager.py), else to the raylet. Guarded by the core worker's lock
+(``cond``); ``*_locked`` methods expect it held.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from ..broker import protocol as p
 from ..config import config
 from ..object_ref import ObjectRef
 from . import serialization
+from .lease_manager import LeaseManager
 from .object_getter import error_return
 from .pending_task import PendingTask, return_id
 from .reference_table import PENDING, READY
@@ -60,6 +63,7 @@ class TaskManager:
         self._task_counter = itertools.count(1)
         self._id_prefix = worker.worker_id[:8]
         self.wake_locked = None             # set by the core worker: wake get/wait
+        self.leases = LeaseManager(worker, self.new_task_id, raylet, lambda: len(self.tasks))
 
     # -- ids -----------------------------------------------------------------
     def new_task_id(self) -> bytes:
@@ -166,17 +170,23 @@ class TaskManager:
         if task.spec.kind == p.TASK_ACTOR_METHOD:
             self._pump_actor(task.spec.actor_id)
             return
+        sent, ask = False, None
         with self.cond:
             error = self.resolve_owned_args_locked(task)
             if error is None:
                 task.submitted = True
+                if self.leases.enabled:
+                    sent, ask = self.leases.send_locked(task)
         if error is not None:
             self.fail_task(task.spec.task_id, error)
             return
         if not first and self.task_events.enabled:
             self.task_events.record(task.spec.task_id, task.spec.attempt,
                                     p.TS_PENDING_NODE_ASSIGNMENT)
-        self._raylet.send(p.SubmitTask(list(task.spec)))
+        if not sent:
+            self._raylet.send(p.SubmitTask(list(task.spec)))
+        if ask is not None:
+            self.leases.ask(ask)
 
     def run_deferred(self) -> None:
         """Dispatch the tasks whose last dependency became ready."""
@@ -230,6 +240,8 @@ class TaskManager:
                 if task.spec.kind == p.TASK_ACTOR_METHOD:
                     self._actor_call_ended_locked(task, False)
                 self._complete_locked(returns, task)
+            if task.lease is not None:
+                self.leases.task_ended_locked(task)
         if resubmit:
             self._free_orphans(returns)
             self._retry(task, "")
@@ -282,6 +294,11 @@ class TaskManager:
         return task_id in self.tasks
 
     def handle_task_failed(self, msg: p.TaskFailed) -> None:
+        if self.leases.is_lease(msg.task_id):
+            with self.cond:         # a lease ended: so did the task in flight on it
+                msg = self.leases.lease_failed_locked(msg)
+            if msg is None:
+                return
         self.task_events.done(msg.task_id)
         error_cls = exc.BY_NAME.get(msg.error_type, exc.RaySystemError)
         error = error_cls(msg.message)
@@ -303,6 +320,8 @@ class TaskManager:
             task = self.tasks.pop(task_id, None)
             if task is None:
                 return
+            if task.lease is not None:
+                self.leases.task_ended_locked(task)
             if self.task_events.enabled:
                 self.task_events.done(task_id)
                 self.task_events.record(task_id, task.spec.attempt, p.TS_FAILED,
@@ -337,9 +356,12 @@ class TaskManager:
                 return
             task.cancelled = True
             local = not task.submitted
+            leased = task.lease is not None
         if local:
             self.fail_task(task_id, exc.TaskCancelledError(
                 f"task {task.spec.function_name} was cancelled before it ran"))
+        elif leased:
+            self.leases.cancel(task, force)
         else:
             self._raylet.send(p.CancelTask(task_id, force))
 

@@ -1,6 +1,12 @@
-"""APPO: IMPALA's asynchronous sampling and V-trace with PPO's clipped
-surrogate against a target ("old") network, and a circular buffer that
-replays each arrived batch ``circular_buffer_iterations_per_batch`` times.
+"""APPO (IMPACT, Luo et al. 2020): IMPALA's asynchronous sampling and
+V-trace with PPO's clipped surrogate against a target ("old") network.
+
+Circular buffer (RLlib's semantics): it holds up to
+``circular_buffer_num_batches`` (N) train batches; every update trains on a
+batch drawn at random from it; a batch leaves once drawn
+``circular_buffer_iterations_per_batch`` (K) times, or, being the oldest,
+when a new one arrives into a full buffer. Each arriving batch is followed
+by K updates, so every batch is trained on K times when the learner keeps up.
 
     is = clip(mu(a|s) / pi_target(a|s), 0, 2)
     r  = is * pi(a|s) / mu(a|s)                 (= pi / pi_target, bounded)
@@ -9,12 +15,13 @@ replays each arrived batch ``circular_buffer_iterations_per_batch`` times.
            [+ kl_coeff * KL(pi_target || pi) if use_kl_loss]
 
 V-trace weights use pi_target / mu. The target network tracks the module
-every ``target_network_update_freq`` updates (tau=1: copy).
+(tau=1: copy) each time ``target_network_update_freq`` x N x K x
+``train_batch_size_per_learner`` env steps have been trained on (RLlib's
+unit, IMPACT 4.1.1; RLlib's defaults 2, 8, 2: every 32 updates).
 """
 from __future__ import annotations
 
 import copy
-from collections import deque
 
 import torch
 
@@ -36,9 +43,9 @@ class APPOConfig(IMPALAConfig):
         self.use_kl_loss = False
         self.kl_coeff = 1.0
         self.kl_target = 0.01
-        self.target_network_update_freq = 1
+        self.target_network_update_freq = 2
         self.tau = 1.0
-        self.circular_buffer_num_batches = 4
+        self.circular_buffer_num_batches = 8
         self.circular_buffer_iterations_per_batch = 2
         self.target_worker_clipping = 2.0
         self.use_critic = True
@@ -50,7 +57,7 @@ class APPOConfig(IMPALAConfig):
         self._positive("clip_param")
         self._positive("circular_buffer_num_batches", integer=True)
         self._positive("circular_buffer_iterations_per_batch", integer=True)
-        self._positive("target_network_update_freq", integer=True)
+        self._positive("target_network_update_freq")
 
 
 class APPOLearner(TargetNetworkMixin, IMPALALearner):
@@ -98,17 +105,32 @@ class APPO(IMPALA):
 
     def setup(self) -> None:
         super().setup()
-        self._buffer = deque(maxlen=self.config.circular_buffer_num_batches)
-        self._updates = 0
+        self._buffer: list[list] = []          # [batch, times drawn], oldest first
+        self._trained_since_target = 0
+
+    def target_update_period(self) -> float:
+        """Trained env steps between target-network updates."""
+        cfg = self.config
+        return (cfg.target_network_update_freq * cfg.circular_buffer_num_batches
+                * cfg.circular_buffer_iterations_per_batch * cfg.train_batch_size_per_learner)
 
     def train_on_batch(self, batch: dict) -> dict:
         cfg = self.config
-        self._buffer.append(batch)
+        if len(self._buffer) >= cfg.circular_buffer_num_batches:
+            self._buffer.pop(0)
+        self._buffer.append([batch, 0])
         stats = {}
         for _ in range(cfg.circular_buffer_iterations_per_batch):
-            pick = self._buffer[int(self.rng.integers(len(self._buffer)))]
-            stats = self.learn_on(pick)
-            self._updates += 1
-            if self._updates % cfg.target_network_update_freq == 0:
+            if not self._buffer:
+                break
+            i = int(self.rng.integers(len(self._buffer)))
+            entry = self._buffer[i]
+            stats = self.learn_on(entry[0])
+            entry[1] += 1
+            if entry[1] >= cfg.circular_buffer_iterations_per_batch:
+                self._buffer.pop(i)
+            self._trained_since_target += int(entry[0]["rewards"].size)
+            if self._trained_since_target >= self.target_update_period():
                 self.learner_group.foreach("update_target", cfg.tau)
+                self._trained_since_target = 0
         return stats

@@ -1,25 +1,32 @@
 """DQN (Mnih et al. 2015) with double Q (van Hasselt 2016), dueling heads
-(Wang 2016) and n-step returns.
+(Wang 2016), n-step returns and prioritized replay (Schaul et al. 2016).
 
-Each round: env runners step ``rollout_fragment_length`` steps per env with
-epsilon-greedy actions (epsilon decays linearly along the ``epsilon``
-schedule); the transitions become n-step transitions in the replay buffer.
-Once ``num_steps_sampled_before_learning_starts`` steps are in, each round
-does ``training_intensity``-many updates (default: one) on uniform samples of
-``train_batch_size_per_learner`` transitions, minimising the Huber loss of
+Each round: env runners step ``rollout_fragment_length`` steps per env
+("auto", as in RLlib: the largest ``n_step``) with epsilon-greedy actions
+(epsilon decays linearly along the ``epsilon`` schedule, in sampled env
+steps); the transitions go to the replay buffer. Once
+``num_steps_sampled_before_learning_starts`` steps are in, each round does
+``training_intensity``-many updates (default: one, RLlib's "natural" ratio
+``train_batch_size / (rollout_fragment_length x envs)``) on samples of
+``train_batch_size_per_learner`` transitions, minimising the (importance-
+weighted) Huber loss of
 
-    Q(s, a) - [R_n + gamma^n (1 - terminated) Q_target(s_n, argmax_a' Q(s_n, a'))]
+    Q(s, a) - [R_k + gamma^k (1 - terminated) Q_target(s_k, argmax_a' Q(s_k, a'))]
 
-(plain max over Q_target without double_q). The target network copies
-(tau=1) or tracks (tau<1) the online one every ``target_network_update_freq``
-sampled env steps. The replay buffer is uniform: a ``replay_buffer_config``
-asking for prioritized replay is accepted and served uniformly (logged).
+(plain max over Q_target without double_q). ``k`` is ``n_step``, or for
+``n_step=(lo, hi)`` drawn uniformly from [lo, hi] for every sampled row;
+an episode end shortens it. A ``replay_buffer_config`` whose type names
+"Prioritized" gets proportional prioritized replay with its ``alpha`` and
+``beta`` (0.6, 0.4 by default; priorities are |TD error| + 1e-6); any other
+type replays uniformly. The target network copies (tau=1) or tracks (tau<1)
+the online one every ``target_network_update_freq`` sampled env steps.
 """
 from __future__ import annotations
 
 import copy
 import logging
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -29,7 +36,8 @@ from zray.rllib.core.learner.learner import Learner, TargetNetworkMixin
 from zray.rllib.core.models import mlp
 from zray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 from zray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
-from zray.rllib.utils.replay_buffers import NStepAccumulator, ReplayBuffer
+from zray.rllib.utils.replay_buffers import (NStepAccumulator, PrioritizedReplayBuffer,
+                                             ReplayBuffer, nstep_targets)
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +54,7 @@ class DQNConfig(AlgorithmConfig):
         self.lr = 5e-4
         self.grad_clip = 40.0
         self.train_batch_size_per_learner = 32
-        self.rollout_fragment_length = 4
+        self.rollout_fragment_length = "auto"
         self.replay_buffer_config = {"type": "PrioritizedEpisodeReplayBuffer", "capacity": 50000}
         self.target_network_update_freq = 500
         self.tau = 1.0
@@ -64,8 +72,14 @@ class DQNConfig(AlgorithmConfig):
     def validate(self) -> None:
         super().validate()
         if isinstance(self.n_step, (tuple, list)):
-            self.n_step = int(max(self.n_step))   # RLlib samples from a range; use its top
-        self._positive("n_step", integer=True)
+            lo_hi = list(self.n_step)
+            if len(lo_hi) != 2 or not all(isinstance(x, int) and not isinstance(x, bool)
+                                          and x > 0 for x in lo_hi) or lo_hi[0] > lo_hi[1]:
+                raise ConfigError(f"n_step must be a positive integer or a range (lo, hi) of "
+                                  f"positive integers with lo <= hi, got {self.n_step!r}")
+            self.n_step = tuple(lo_hi)
+        else:
+            self._positive("n_step", integer=True)
         self._positive("target_network_update_freq", allow_zero=True, integer=True)
         self._positive("num_steps_sampled_before_learning_starts", allow_zero=True)
         if not 0 < self.tau <= 1:
@@ -88,6 +102,15 @@ class DQNConfig(AlgorithmConfig):
         if not pts or any(not 0 <= e <= 1 for _, e in pts):
             raise ConfigError("epsilon values must lie in [0, 1]")
         self.epsilon = pts
+
+    def max_n_step(self) -> int:
+        return int(self.n_step[1] if isinstance(self.n_step, tuple) else self.n_step)
+
+    def get_rollout_fragment_length(self) -> int:
+        """"auto" is the largest n-step (RLlib's DQN), else the value given."""
+        if self.rollout_fragment_length == "auto":
+            return self.max_n_step()
+        return int(self.rollout_fragment_length)
 
     def epsilon_at(self, t: int) -> float:
         pts = self.epsilon
@@ -130,23 +153,38 @@ class DQNLearner(TargetNetworkMixin, Learner):
     def build(self) -> None:
         self.target = copy.deepcopy(self.module)
         self.target.requires_grad_(False)
+        self.last_td_errors = None
+
+    def pop_td_errors(self):
+        """The per-row |TD errors| of the last loss (for replay priorities)."""
+        td, self.last_td_errors = self.last_td_errors, None
+        return td
 
     def compute_loss(self, batch):
         cfg = self.config
-        q = self.module.forward_train(batch)["q_values"]
+        n = len(batch["obs"])
+        if cfg.double_q:
+            # one forward pass of the online net over obs and next obs (same result)
+            q_both = self.module.forward_train(
+                {"obs": torch.cat([batch["obs"], batch["next_obs"]])})["q_values"]
+            q, best = q_both[:n], q_both[n:].detach().argmax(1)
+        else:
+            q = self.module.forward_train(batch)["q_values"]
         q_taken = q.gather(1, batch["actions"].long().unsqueeze(1)).squeeze(1)
         with torch.no_grad():
             q_next_target = self.target.forward_train({"obs": batch["next_obs"]})["q_values"]
-            if cfg.double_q:
-                best = self.module.forward_train({"obs": batch["next_obs"]})["q_values"].argmax(1)
-            else:
+            if not cfg.double_q:
                 best = q_next_target.argmax(1)
             q_next = q_next_target.gather(1, best.unsqueeze(1)).squeeze(1)
             target = batch["rewards"] + batch["discounts"] * \
                 (1.0 - batch["terminateds"].float()) * q_next
         td = q_taken - target
-        loss = (F.smooth_l1_loss(q_taken, target) if cfg.td_error_loss_fn == "huber"
-                else F.mse_loss(q_taken, target))
+        per_row = (F.smooth_l1_loss(q_taken, target, reduction="none")
+                   if cfg.td_error_loss_fn == "huber" else F.mse_loss(q_taken, target,
+                                                                      reduction="none"))
+        weights = batch.get("weights")
+        loss = (per_row * weights).mean() if weights is not None else per_row.mean()
+        self.last_td_errors = td.detach().abs().numpy()
         return loss, {"qf_loss": loss.item(), "qf_mean": q_taken.mean().item(),
                       "td_error_mean": td.abs().mean().item()}
 
@@ -171,9 +209,14 @@ class DQN(Algorithm):
         cfg = self.config
         rb = dict(cfg.replay_buffer_config or {})
         if "Prioritized" in str(rb.get("type", "")):
-            log.info("DQN: prioritized replay requested; zray.rllib samples uniformly")
-        self.buffer = ReplayBuffer(rb.get("capacity", 50000), seed=cfg.seed)
-        self.nstep = NStepAccumulator(cfg.n_step, cfg.gamma)
+            self.buffer = PrioritizedReplayBuffer(
+                rb.get("capacity", 50000),
+                alpha=rb.get("alpha", rb.get("prioritized_replay_alpha", 0.6)),
+                beta=rb.get("beta", rb.get("prioritized_replay_beta", 0.4)),
+                eps=rb.get("prioritized_replay_eps", 1e-6), seed=cfg.seed)
+        else:
+            self.buffer = ReplayBuffer(rb.get("capacity", 50000), seed=cfg.seed)
+        self.nstep = NStepAccumulator(cfg.max_n_step(), cfg.gamma)
         self._last_target_update = 0
 
     def training_step(self) -> dict:
@@ -186,7 +229,7 @@ class DQN(Algorithm):
         sampled = 0
         for s in samples:
             trans = self.nstep.add_fragment(s["worker_index"], s["batch"])
-            if len(trans["obs"]):
+            if trans:
                 self.buffer.add(trans)
             sampled += s["num_env_steps"]
         if self.lifetime_steps < cfg.num_steps_sampled_before_learning_starts:
@@ -196,7 +239,12 @@ class DQN(Algorithm):
             max(1, round(sampled * cfg.training_intensity / bs))
         stats = {}
         for _ in range(updates):
-            stats = self.learner_group.update(self.buffer.sample(bs), bs, 1, self.rng)
+            batch = nstep_targets(self.buffer.sample(bs), cfg.n_step, cfg.gamma, self.rng)
+            indices = batch.pop("indices", None)
+            stats = self.learner_group.update(batch, bs, 1, self.rng)
+            if indices is not None:
+                td = [t for t in self.learner_group.foreach("pop_td_errors") if t is not None]
+                self.buffer.update_priorities(indices, np.concatenate(td))
         if self.lifetime_steps - self._last_target_update >= cfg.target_network_update_freq:
             self.learner_group.foreach("update_target", cfg.tau)
             self._last_target_update = self.lifetime_steps

@@ -2,8 +2,10 @@
 
 Every env runner always has one ``sample`` request in flight; the driver
 ``zray.wait``s for whichever arrive, relaunches those runners at once with
-the newest weights (one ``zray.put`` per update), and trains once
-``train_batch_size_per_learner`` env steps have arrived. Runners may act
+the newest weights (one ``zray.put`` per round of updates), and cuts what
+arrived into train batches of ``train_batch_size_per_learner`` env steps
+(whole env rows of ``rollout_fragment_length`` steps; the rest waits for
+the next arrival), training on each. Runners may act
 with slightly old weights; V-trace corrects for it:
 
     loss = -log pi(a|s) * rho_pg (r + gamma v_{s'} - V(s))
@@ -135,15 +137,32 @@ class IMPALA(Algorithm):
     def training_step(self) -> dict:
         samples = self._sample()
         self._record(samples)
-        self._pending.extend(samples)
-        have = sum(s["num_env_steps"] for s in self._pending)
-        if have < self.config.train_batch_size_per_learner:
+        if samples:
+            self._pending.append(env_major(samples))
+        stats, trained = {}, 0
+        for batch in self._take_batches():
+            stats = self.train_on_batch(batch)
+            trained += int(batch["rewards"].size)
+        if not trained:
             return {}
-        batch, self._pending = env_major(self._pending), []
-        stats = self.train_on_batch(batch)
         self._publish_weights()
-        stats["num_env_steps_trained"] = have
+        stats["num_env_steps_trained"] = trained
         return stats
+
+    def _take_batches(self) -> list[dict]:
+        """Train batches of ``train_batch_size_per_learner`` env steps (rounded
+        to whole env rows) from what arrived; leftover rows stay pending."""
+        if not self._pending:
+            return []
+        pending = {k: np.concatenate([p[k] for p in self._pending]) for k in _KEYS}
+        rows, T = pending["rewards"].shape
+        per = max(1, round(self.config.train_batch_size_per_learner / T))
+        full = rows // per
+        batches = [{k: v[i * per:(i + 1) * per] for k, v in pending.items()}
+                   for i in range(full)]
+        self._pending = [{k: v[full * per:] for k, v in pending.items()}] \
+            if rows > full * per else []
+        return batches
 
     def train_on_batch(self, batch: dict) -> dict:
         return self.learn_on(batch)

@@ -9,12 +9,17 @@ from typing import Optional
 class DefaultModelConfig:
     """Layer sizes and activations of the default modules. ``fcnet_*`` is the
     shared/policy trunk, ``head_fcnet_*`` the heads after it (DQN's dueling
-    heads, the policy and value heads when ``vf_share_layers``)."""
+    heads, the policy and value heads when ``vf_share_layers``). Weights start
+    orthogonal and biases at zero whatever the ``*_initializer`` keys say (they
+    are accepted so RLlib's examples run; RLlib's ``"zeros_"`` bias matches)."""
     fcnet_hiddens: list = dataclasses.field(default_factory=lambda: [256, 256])
     fcnet_activation: str = "tanh"
     fcnet_kernel_initializer: Optional[str] = None
+    fcnet_bias_initializer: Optional[str] = None
     head_fcnet_hiddens: list = dataclasses.field(default_factory=list)
     head_fcnet_activation: str = "relu"
+    head_fcnet_kernel_initializer: Optional[str] = None
+    head_fcnet_bias_initializer: Optional[str] = None
     vf_share_layers: bool = False
     free_log_std: bool = False
 

@@ -1,0 +1,50 @@
+"""benchmarks/dashboard_overhead.py (what the running dashboard costs the
+core rows) runs its paired rounds and reports per row, on a short run."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "dashboard_overhead.py")
+
+
+@pytest.mark.timeout(180)
+def test_overhead_benchmark_reports_the_median_cost_of_each_row_over_paired_rounds(tmp_path):
+    out_json = tmp_path / "overhead.json"
+    done = subprocess.run(
+        [sys.executable, SCRIPT, "--rounds", "2", "--duration", "0.1", "--watch",
+         "--rows", "single_client_put_calls,1_1_actor_calls_sync", "--limit-pct", "1000",
+         "--json", str(out_json)],
+        capture_output=True, text=True, timeout=150, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    assert "2 paired rounds" in done.stdout
+    assert "the dashboard used" in done.stdout
+    result = json.loads(out_json.read_text())
+    assert result["values"]["_cpu"]["cluster_s"] > 0
+    rows = {r["name"]: r for r in result["rows"]}
+    assert set(rows) == {"single_client_put_calls", "1_1_actor_calls_sync"}
+    for row in rows.values():
+        assert row["rounds"] == 2 and row["ok"] is True
+        assert row["min_pct"] <= row["median_pct"] <= row["max_pct"]
+
+
+def test_overhead_benchmark_fails_when_a_median_exceeds_the_limit(tmp_path):
+    sys.path.insert(0, os.path.dirname(SCRIPT))
+    try:
+        import dashboard_overhead as bench
+    finally:
+        sys.path.pop(0)
+    values = {"single_client_tasks_sync": {"off": [1000.0, 1000.0, 1000.0],
+                                           "on": [900.0, 960.0, 1000.0]},
+              "get_large_array_1mb": {"off": [1.0, 1.0, 1.0], "on": [1.02, 1.0, 1.01]}}
+    rows = {r["name"]: r for r in bench.summarize(values, limit_pct=5.0)}
+    assert rows["single_client_tasks_sync"]["median_pct"] == pytest.approx(4.0)
+    assert rows["single_client_tasks_sync"]["max_pct"] == pytest.approx(10.0)
+    assert rows["get_large_array_1mb"]["median_pct"] == pytest.approx(1.0)   # latency: on/off-1
+    assert all(r["ok"] for r in rows.values())
+    rows = bench.summarize(values, limit_pct=3.0)
+    assert [r["name"] for r in rows if not r["ok"]] == ["single_client_tasks_sync"]

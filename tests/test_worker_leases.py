@@ -1,0 +1,362 @@
+"""Worker leases (issue 13): a driver's plain tasks go straight to a worker
+it leased from its raylet, and every behaviour of the raylet's way stays:
+the CPU goes back when the lease is idle, a burst still uses every CPU, a
+leased worker that dies has its task retried (or failed), cancel works,
+and garbage sent to a leased worker leaves it serving. Also the async
+actor whose event loop reads its own socket (the same issue's actor path)."""
+from __future__ import annotations
+
+import glob
+import os
+import time
+
+import pytest
+import zmq
+
+import zray
+from zray import exceptions as zexc
+from zray.broker import protocol as p
+from zray.broker import sockets
+from zray._private.session import actor_ipc
+from zray.config import config
+from zray.worker import global_state
+
+from conftest import process_gone, wait_for
+
+GET_TIMEOUT = 30
+CANCEL_TIMEOUT = 5
+
+
+@zray.remote
+def pid_of():
+    return os.getpid()
+
+
+@zray.remote
+def sleep_and_count(path, seconds):
+    with open(path, "a") as f:
+        f.write("x")
+    time.sleep(seconds)
+    return "slept"
+
+
+@zray.remote
+def die_once(path):
+    """Kills its worker on the first run, returns on the next."""
+    if not os.path.exists(path):
+        open(path, "w").close()
+        os._exit(1)
+    return "second run"
+
+
+@zray.remote
+def meet(mine, other):
+    """Returns once the other task of the pair runs at the same time."""
+    open(mine, "w").close()
+    deadline = time.monotonic() + 20
+    while not os.path.exists(other):
+        if time.monotonic() > deadline:
+            return "alone"
+        time.sleep(0.01)
+    return "met"
+
+
+def cpus_free() -> float:
+    return zray.available_resources().get("CPU", 0.0)
+
+
+def leases():
+    return global_state.worker.task_manager.leases
+
+
+def granted_lease():
+    """Sync tasks until the driver holds a granted lease; its worker's Address."""
+    def granted():
+        zray.get(pid_of.remote(), timeout=GET_TIMEOUT)
+        held = [lease for lease in leases().by_id.values() if lease.address is not None]
+        return held[0].address if held else None
+    return wait_for(granted, timeout=20, interval=0)
+
+
+def runs_in(path) -> int:
+    try:
+        with open(path) as f:
+            return len(f.read())
+    except FileNotFoundError:
+        return 0
+
+
+def test_sync_tasks_run_on_one_leased_worker_and_its_cpu_goes_back_when_idle(cluster):
+    address = granted_lease()
+    pids = {zray.get(pid_of.remote(), timeout=GET_TIMEOUT) for _ in range(30)}
+    assert pids == {address.pid}            # every one ran on the leased worker
+    # idle, the lease goes back: the raylet has both CPUs again
+    wait_for(lambda: not leases().by_id and cpus_free() == 2, timeout=10)
+
+
+def test_a_burst_uses_every_cpu_while_a_lease_is_held(cluster, tmp_path):
+    granted_lease()
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    pair = [meet.remote(a, b), meet.remote(b, a)]
+    assert zray.get(pair, timeout=GET_TIMEOUT) == ["met", "met"]
+    wait_for(lambda: cpus_free() == 2, timeout=10)
+
+
+def test_a_leased_worker_that_dies_has_its_task_retried(cluster, tmp_path):
+    address = granted_lease()
+    marker = str(tmp_path / "died")
+    assert zray.get(die_once.options(max_retries=1).remote(marker),
+                    timeout=GET_TIMEOUT) == "second run"
+    assert process_gone(address.pid)
+    wait_for(lambda: cpus_free() == 2, timeout=10)
+
+
+def test_a_leased_worker_that_dies_without_retries_left_fails_the_task(cluster, tmp_path):
+    granted_lease()
+    with pytest.raises(zexc.WorkerCrashedError):
+        zray.get(die_once.options(max_retries=0).remote(str(tmp_path / "died")),
+                 timeout=GET_TIMEOUT)
+    wait_for(lambda: cpus_free() == 2, timeout=10)
+    assert zray.get(pid_of.remote(), timeout=GET_TIMEOUT) > 0
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_cancel_of_a_task_running_on_a_lease(cluster, tmp_path, force):
+    address = granted_lease()
+    counter = str(tmp_path / "runs")
+    ref = sleep_and_count.options(max_retries=3).remote(counter, 20)
+    wait_for(lambda: runs_in(counter) == 1)
+    task = global_state.worker.task_manager.tasks[ref._id[:16]]
+    assert task.lease is not None and task.lease.address.pid == address.pid
+    zray.cancel(ref, force=force)
+    with pytest.raises(zexc.TaskCancelledError):
+        zray.get(ref, timeout=CANCEL_TIMEOUT)
+    wait_for(lambda: cpus_free() == 2, timeout=10)
+    assert runs_in(counter) == 1            # cancelled, not retried
+    assert process_gone(address.pid) == force
+    assert zray.get(pid_of.remote(), timeout=GET_TIMEOUT) > 0
+
+
+def test_garbage_sent_to_a_leased_worker_leaves_it_serving(cluster):
+    address = granted_lease()
+    sock = sockets.dealer(actor_ipc(global_state.worker.session_dir, address.worker_id))
+    try:
+        junk = [[b"", b"\x93garbage"], [b""], [b"", p.encode(p.ReturnLease(b"\0" * 16))],
+                [b"", p.encode(p.Ping())], [b"", p.encode(p.ExecuteTask([1, 2, 3]))],
+                [b"", p.encode(p.LeaseGranted(b"\1" * 16, list(global_state.worker.address)))]]
+        for frames in junk:
+            sock.send_multipart(frames, zmq.NOBLOCK)
+        pids = {zray.get(pid_of.remote(), timeout=GET_TIMEOUT) for _ in range(20)}
+        assert pids == {address.pid}        # still leased, still serving
+    finally:
+        sock.close(linger=0)
+    # a LeaseGranted for a lease the driver never asked for is given back (to
+    # a worker that ignores a ReturnLease not of its lease): the lease stays
+    lease_id = b"\2" * 16
+    global_state.worker.send_to(global_state.worker.address,
+                                p.LeaseGranted(lease_id, list(address)))
+    assert zray.get(pid_of.remote(), timeout=GET_TIMEOUT) == address.pid
+    wait_for(lambda: not leases().by_id and cpus_free() == 2, timeout=10)
+
+
+def test_a_lease_asked_for_by_a_peer_that_is_not_a_local_driver_is_dropped(cluster):
+    cw = global_state.worker
+    lease = p.TaskSpec(os.urandom(16), cw.job_id, p.TASK_LEASE, b"", "<worker lease>", [],
+                       [], 0, {"CPU": 2.0}, 0, False, list(cw.address))
+    sock = sockets.dealer(cw.raylet.endpoint)       # not the driver's registered socket
+    try:
+        sock.send_multipart([b"", p.encode(p.SubmitTask(list(lease)))], zmq.NOBLOCK)
+        wait_for(lambda: "not a driver of this node: dropped" in _raylet_log(cw), timeout=10)
+        # the raylet keeps serving, and the driver never heard of that lease
+        assert zray.get(pid_of.remote(), timeout=GET_TIMEOUT) > 0
+        wait_for(lambda: not leases().by_id and cpus_free() == 2, timeout=10)
+    finally:
+        sock.close(linger=0)
+
+
+def _raylet_log(cw) -> str:
+    text = ""
+    for path in glob.glob(os.path.join(cw.session_dir, "logs", "raylet_*.log")):
+        with open(path, errors="replace") as f:
+            text += f.read()
+    return text
+
+
+@zray.remote
+class AsyncCounter:
+    def __init__(self):
+        self.n = 0
+
+    async def add(self):
+        self.n += 1
+        return self.n
+
+    def pid(self):
+        return os.getpid()
+
+
+def test_an_async_actor_reads_its_calls_in_order_and_survives_garbage(cluster):
+    """The async actor's event loop reads its socket itself: calls still run
+    in the order sent, and junk on that socket is dropped."""
+    actor = AsyncCounter.remote()
+    assert zray.get([actor.add.remote() for _ in range(200)], timeout=GET_TIMEOUT) \
+        == list(range(1, 201))
+    pid = zray.get(actor.pid.remote(), timeout=GET_TIMEOUT)
+    worker_id = p.Address(*global_state.worker.actors[actor._actor_id].address).worker_id
+    sock = sockets.dealer(actor_ipc(global_state.worker.session_dir, worker_id))
+    try:
+        for frames in ([b"", b"\x93garbage"], [b""], [b"", p.encode(p.Ping())],
+                       [b"", p.encode(p.ExecuteTask([1, 2, 3]))]):
+            sock.send_multipart(frames, zmq.NOBLOCK)
+        assert zray.get(actor.add.remote(), timeout=GET_TIMEOUT) == 201
+        assert zray.get(actor.pid.remote(), timeout=GET_TIMEOUT) == pid
+    finally:
+        sock.close(linger=0)
+        zray.kill(actor)
+
+
+# -- the lease manager alone (no cluster) -------------------------------------
+
+class _Sender:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, endpoint, message):
+        self.sent.append((endpoint, message))
+        return True
+
+
+class _Owner:
+    """What the lease manager asks of the core worker."""
+    mode = "driver"
+    address = p.Address("tcp://127.0.0.1:1", b"o" * 16, 1, b"n" * 16)
+
+    def __init__(self):
+        self.sender = _Sender()
+        self.told = []
+
+    def actor_endpoint(self, address):
+        return f"ipc:///direct/{p.Address(*address).pid}"
+
+    def send_to(self, address, message):
+        self.told.append(message)
+
+
+class _Raylet:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, message):
+        self.sent.append(message)
+
+
+def _manager(pending):
+    from zray.worker.lease_manager import LeaseManager
+    ids = iter(range(1, 1000))
+    owner, raylet = _Owner(), _Raylet()
+    manager = LeaseManager(owner, lambda: next(ids).to_bytes(16, "big"), raylet,
+                           lambda: len(pending))
+    manager.enabled = True
+    return manager, owner, raylet
+
+
+def _task(pending, resources=None, args=(), options=None):
+    from zray.worker.pending_task import PendingTask
+    spec = p.TaskSpec(os.urandom(16), b"j" * 4, p.TASK_NORMAL, b"h", "f", list(args), [], 1,
+                      {"CPU": 1.0} if resources is None else resources, 3, False,
+                      list(_Owner.address), 0, b"", "", options or {})
+    task = PendingTask(spec, [], [], False)
+    pending.append(task)
+    return task
+
+
+def _grant(manager, lease_spec_msg, pid=77):
+    lease_id = p.task_spec(lease_spec_msg.spec).task_id
+    worker = p.Address("tcp://127.0.0.1:2", b"w" * 16, pid, b"n" * 16)
+    manager.granted(p.LeaseGranted(lease_id, list(worker)))
+    return lease_id
+
+
+def test_a_lone_task_asks_for_a_lease_and_the_next_one_goes_on_it():
+    pending = []
+    manager, owner, _ = _manager(pending)
+    sent, ask = manager.send_locked(_task(pending))
+    assert not sent and p.task_spec(ask.spec).kind == p.TASK_LEASE
+    assert p.task_spec(ask.spec).resources == {"CPU": 1.0}
+    pending.clear()
+    _grant(manager, ask)
+    task = _task(pending)
+    assert manager.send_locked(task) == (True, None)
+    endpoint, message = owner.sender.sent[-1]
+    assert endpoint == "ipc:///direct/77" and isinstance(message, p.ExecuteTask)
+    # busy: the next task goes the raylet's way, and no second lease is asked
+    assert manager.send_locked(_task(pending)) == (False, None)
+
+
+def test_a_burst_asks_for_no_lease_and_an_idle_lease_goes_back_while_tasks_wait():
+    pending = []
+    manager, owner, _ = _manager(pending)
+    first = _task(pending)
+    _task(pending)
+    assert manager.send_locked(first) == (False, None)      # two pending: a burst
+    pending.pop()
+    _, ask = manager.send_locked(first)
+    _task(pending)                                          # another waits at the raylet
+    lease_id = _grant(manager, ask)
+    assert owner.sender.sent[-1][1] == p.ReturnLease(lease_id)
+    assert not manager.by_id
+
+
+def test_only_plain_tasks_with_inline_arguments_go_on_a_lease():
+    from zray.worker.lease_manager import leasable
+    pending = []
+    assert leasable(_task(pending).spec)
+    assert not leasable(_task(pending, options={"strategy": "SPREAD"}).spec)
+    assert not leasable(_task(pending, resources={"CPU_group_ab": 1.0}).spec)
+    assert not leasable(_task(pending, args=[[p.ARG_REF, b"x" * 20, []]]).spec)
+    assert leasable(_task(pending, args=[[p.ARG_VALUE, b"v"]]).spec)
+
+
+def test_a_refused_shape_is_not_asked_again_and_a_dead_lease_fails_its_task():
+    pending = []
+    manager, _, _ = _manager(pending)
+    task = _task(pending)
+    _, ask = manager.send_locked(task)
+    lease_id = p.task_spec(ask.spec).task_id
+    assert manager.lease_failed_locked(p.TaskFailed(lease_id, "LeaseRefused", "no")) is None
+    assert manager.send_locked(task) == (False, None)       # refused: no new ask
+    # a granted lease whose worker died: its task fails as a crash (and is retried)
+    manager2, _, _ = _manager(pending := [])
+    _, ask = manager2.send_locked(_task(pending))
+    pending.clear()
+    lease_id = _grant(manager2, ask)
+    task = _task(pending)
+    assert manager2.send_locked(task)[0]
+    failed = manager2.lease_failed_locked(p.TaskFailed(
+        lease_id, "WorkerCrashedError", "the worker running <worker lease> died"))
+    assert failed == p.TaskFailed(task.spec.task_id, "WorkerCrashedError",
+                                  "the worker running f died")
+    assert task.lease is None and not manager2.by_id
+
+
+def test_an_idle_lease_goes_back_after_the_idle_time_and_unknown_grants_go_back_at_once():
+    pending = []
+    manager, owner, _ = _manager(pending)
+    _, ask = manager.send_locked(_task(pending))
+    pending.clear()
+    lease_id = _grant(manager, ask)
+    manager.return_idle_locked(time.monotonic())
+    assert manager.by_id                                    # not idle long enough yet
+    manager.return_idle_locked(time.monotonic() + 10)
+    assert not manager.by_id and owner.sender.sent[-1][1] == p.ReturnLease(lease_id)
+    stray = b"s" * 16
+    manager.granted(p.LeaseGranted(stray, list(_Owner.address)))
+    assert owner.sender.sent[-1][1] == p.ReturnLease(stray)
+
+
+# last: it stops the module's cluster
+def test_leases_off_sends_every_task_the_raylets_way(start_cluster, monkeypatch):
+    monkeypatch.setattr(config, "worker_lease_idle_ms", 0)
+    start_cluster(num_cpus=1)
+    assert [zray.get(pid_of.remote(), timeout=GET_TIMEOUT) for _ in range(10)]
+    assert not leases().enabled and not leases().by_id
