@@ -77,6 +77,8 @@ CONFIGS = {
     # RLlib's tuned examples (rllib/examples/algorithms/dqn/cartpole_dqn.py and
     # appo/cartpole_appo.py), their training settings unchanged; only the runner
     # count fits the 2-core machine (APPO's example asks for 5 runners x 16 envs)
+    # (RLlib 2.60's APPO holds a CPU for its learner even with num_learners=0:
+    # with 2 runners on num_cpus=2 its build_algo() never returns, so 1 runner)
     # and the iteration length is fixed for both libraries (RLlib's APPO
     # default, 10 s per iteration, would round "steps to 450" to 10 s of sampling).
     "DQN-RLLIB-TUNED": ("dqn", "DQNConfig", """
@@ -93,7 +95,7 @@ CONFIGS = {
                                                    head_fcnet_hiddens=[256]))"""),
     "APPO-RLLIB-TUNED": ("appo", "APPOConfig", """
         .environment("CartPole-v1")
-        .env_runners(num_env_runners=2, num_envs_per_env_runner=16)
+        .env_runners(num_env_runners=1, num_envs_per_env_runner=16)
         .training(circular_buffer_iterations_per_batch=2, vf_loss_coeff=0.05,
                   entropy_coeff=0.0)
         .rl_module(model_config=DefaultModelConfig(vf_share_layers=True))

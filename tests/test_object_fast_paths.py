@@ -51,9 +51,13 @@ def settled_usage() -> int:
     def stable():
         gc.collect()
         zray.put(0)                     # any call lets the driver send its releases
+        if core().store_writer.pooled_count():
+            last[0] = -1                # blocks still held: no reading counts yet
+            return False
+        # two equal readings, both taken after the driver gave its blocks back
         now = store_used()
         same, last[0] = now == last[0], now
-        return same and core().store_writer.pooled_count() == 0
+        return same
     wait_for(stable, timeout=15, interval=0.3)
     return last[0]
 

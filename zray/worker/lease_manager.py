@@ -55,10 +55,7 @@ def leasable(spec) -> bool:
     for name in spec.resources:
         if "_group_" in name:
             return False
-    for arg in spec.args:
-        if arg[0] != p.ARG_VALUE:
-            return False
-    return True
+    return all(type(arg) is p.ValueArg for arg in spec.args)
 
 
 class LeaseManager:
