@@ -10,8 +10,9 @@ instead, on ONE local cluster (2 CPUs, task events reported as always):
 
 * a round runs every row with the dashboard off, then starts the dashboard
   daemon on the same cluster (``python -m zray.dashboard``, as ``zray.init``
-  does), waits until it answers and settles, runs every row again, and stops
-  it; odd rounds run "on" first, so a drift of the machine cancels out;
+  does), waits until it answers and its processes are idle (its start-up
+  CPU is never timed), runs every row again, and stops it; odd rounds run
+  "on" first, so a drift of the machine cancels out;
 * a row's cost in a round is its "on" value against its "off" value of that
   round (throughput: 1 - on/off; latency: on/off - 1), so the noise of
   cluster start-up and of the rows' placement is out of every ratio;
@@ -40,15 +41,38 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 #: rows measured by default: the core operations of ``zray microbenchmark``
 EXCLUDED = ("init_to_first_task",)
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
-#: after the dashboard answers, its start-up work (imports, snapshot) ends first
-SETTLE_S = 1.5
+#: after the dashboard answers, its start-up work (imports, fork, app, first
+#: snapshot; with --watch the stream's first full read) must end first: the
+#: rows start once its processes used less than IDLE_CPU of a core over
+#: IDLE_WINDOW_S (at most SETTLE_MAX_S, then it is reported and they start)
+IDLE_WINDOW_S = 0.5
+IDLE_CPU = 0.05
+SETTLE_MAX_S = 15.0
+
+
+#: the --watch reader (argv: port; the token in $WATCH_TOKEN): reads the
+#: dashboard's live stream as an open page does, reopening it when it ends
+WATCHER = """
+import http.client, os, sys, time
+port, token, parent = int(sys.argv[1]), os.environ["WATCH_TOKEN"], os.getppid()
+while os.getppid() == parent:       # the benchmark died: so does this
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/api/events", headers={"Authorization": "Bearer " + token})
+        resp = conn.getresponse()
+        while resp.readline():
+            pass
+    except OSError:
+        time.sleep(0.2)
+    finally:
+        conn.close()
+"""
 
 
 class Dashboard:
@@ -71,14 +95,12 @@ class Dashboard:
                 env={**os.environ, "ZRAY_DIE_WITH_PARENT": "1"})
         finally:
             log.close()
-        self._watching = threading.Event()
-        self._watcher = None
+        self._watcher: subprocess.Popen | None = None
         try:
             self._wait_ready()
             if watch:
-                self._watcher = threading.Thread(target=self._watch, daemon=True)
-                self._watcher.start()
-            time.sleep(SETTLE_S)
+                self._watch()
+            self.settled = self._wait_idle()
         except BaseException:
             self.stop()
             raise
@@ -108,21 +130,26 @@ class Dashboard:
                 raise RuntimeError(f"the dashboard did not answer within {READY_TIMEOUT_S}s")
             time.sleep(0.1)
 
+    def _wait_idle(self) -> bool:
+        """Wait until the dashboard's processes are idle (see IDLE_CPU);
+        False if they were not within SETTLE_MAX_S."""
+        deadline = time.monotonic() + SETTLE_MAX_S
+        last = self.cpu_s()
+        while time.monotonic() < deadline:
+            time.sleep(IDLE_WINDOW_S)
+            now = self.cpu_s()
+            if now - last < IDLE_CPU * IDLE_WINDOW_S:
+                return True
+            last = now
+        return False
+
     def _watch(self) -> None:
-        """Read the live stream (as an open Overview page does) until stop()."""
-        self._watching.set()
-        while self._watching.is_set():
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-            try:
-                conn.request("GET", "/api/events",
-                             headers={"Authorization": f"Bearer {self.token}"})
-                resp = conn.getresponse()
-                while self._watching.is_set() and resp.readline():
-                    pass
-            except OSError:
-                time.sleep(0.2)         # the stream's end or a restart: open it again
-            finally:
-                conn.close()
+        """Read the live stream (as an open Overview page does) until
+        stop(), from a process of its own: a browser is not in the driver,
+        and a reader thread here would take the driver's GIL from the rows."""
+        self._watcher = subprocess.Popen(
+            [sys.executable, "-c", WATCHER, str(self.port)], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, env={**os.environ, "WATCH_TOKEN": self.token})
 
     def cpu_s(self) -> float:
         """CPU seconds its processes (supervisor, server, worker) used so far."""
@@ -141,7 +168,9 @@ class Dashboard:
         return total
 
     def stop(self) -> None:
-        self._watching.clear()
+        if self._watcher is not None:
+            self._watcher.kill()
+            self._watcher.wait(STOP_TIMEOUT_S)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
@@ -149,8 +178,6 @@ class Dashboard:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(STOP_TIMEOUT_S)
-        if self._watcher is not None:
-            self._watcher.join(STOP_TIMEOUT_S)
 
 
 def measure(names, rounds: int, duration: float, row_timeout: float, watch: bool,
@@ -187,6 +214,9 @@ def measure(names, rounds: int, duration: float, row_timeout: float, watch: bool
                     run_rows("off")
                     continue
                 dashboard = Dashboard(worker.gcs_address, worker.session_dir, watch)
+                if not dashboard.settled:
+                    progress(f"  the dashboard was still busy {SETTLE_MAX_S:g}s after it "
+                             f"answered; timing anyway")
                 try:
                     before = dashboard.cpu_s(), _cluster_cpu_s()
                     run_rows("on")

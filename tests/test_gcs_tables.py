@@ -10,6 +10,7 @@ import msgpack
 import pytest
 
 from zray.broker import protocol as p
+from zray.gcs import rows
 from zray.gcs.actor_manager import OUT_OF_SCOPE, OWNER_DIED, ActorManager, should_restart
 from zray.gcs.actor_scheduler import pick_node
 from zray.gcs.node_manager import NodeManager
@@ -71,15 +72,19 @@ def _beat(node_id=A, available=None) -> p.Heartbeat:
                                                              "bogus": "x"})
 
 
-def test_node_register_heartbeat_and_rows_are_copies():
+def test_node_register_heartbeat_and_rows_cannot_change_the_table():
     storage = DeepCopyStorage()
     nodes = NodeManager(storage, node_timeout_s=30)
     row = nodes.register(_register_node())
-    row.resources["CPU"] = 99.0               # a caller's copy: the table is untouched
+    with pytest.raises(TypeError, match="read-only"):     # a row is read-only, deep down
+        row.resources["CPU"] = 99.0
+    with pytest.raises(TypeError, match="read-only"):
+        row.available.update(CPU=99.0)
     assert nodes.get(A).resources["CPU"] == 2.0 and nodes.get(A).alive is True
     status, node = nodes.heartbeat(_beat())
     assert status == p.HEARTBEAT_OK
     assert node.available == {"CPU": 1.0} and node.stats == {"cpu_percent": 5.0}
+    assert row.available == {"CPU": 2.0}      # a row got before is a snapshot: not changed
     assert storage.get("nodes", A)["store_used"] == 10       # written through (a dict)
     nodes.reserve(A, {"CPU": 0.5})
     assert nodes.get(A).available["CPU"] == pytest.approx(0.5)
@@ -187,6 +192,70 @@ def test_a_dead_named_actor_frees_its_name():
     assert actors.named("x", "other") is None
     actors.died(actor_id, "gone", intentional=True)
     assert actors.named("x", "ns") is None
+
+
+def _scan(actors: ActorManager, keep) -> set[bytes]:
+    """What a scan over every row answers (the indexes must agree with it)."""
+    return {a.actor_id for a in actors.all() if keep(a)}
+
+
+def _answers(actors: ActorManager) -> dict:
+    return {
+        "of_owner": {o: {a.actor_id for a in actors.of_owner(o, b"")} for o in (OWNER_WORKER, B)},
+        "of_node_owner": {a.actor_id for a in actors.of_owner(b"", C)},
+        "alive_on": {n: {a.actor_id for a in actors.alive_on(n)} for n in (A, B)},
+        "being_created_on": {n: {a.actor_id for a in actors.being_created_on(n)}
+                             for n in (A, B)},
+        "unfinished": {a.actor_id for a in actors.unfinished()},
+        "counts": actors.alive_count_by_node(),
+    }
+
+
+def test_actor_queries_follow_moves_deaths_and_a_reload():
+    storage = DeepCopyStorage()
+    actors = ActorManager(storage)
+    ids = [os.urandom(16) for _ in range(6)]
+    for i, actor_id in enumerate(ids):
+        owner = OWNER_WORKER if i % 2 else B
+        msg = _register_actor(actor_id, max_restarts=1, owner_worker=owner, owner_node=C)
+        actors.register(msg, p.task_spec(msg.spec))
+    actors.scheduled(ids[0], A)
+    actors.scheduled(ids[0], B)                   # moved before it started
+    actors.started(_started(ids[1], A))
+    actors.started(_started(ids[2], B))
+    actors.died(ids[2], "crashed", intentional=False)       # restarting
+    actors.started(_started(ids[3], A))
+    actors.died(ids[3], "exit", intentional=True)           # dead
+    actors.died(ids[4], "never started", intentional=True)  # dead while pending
+    live = lambda a: a.state != p.ACTOR_DEAD                 # noqa: E731
+    answers = _answers(actors)
+    assert answers["of_owner"] == {
+        o: _scan(actors, lambda a, o=o: live(a) and a.owner_worker_id == o)
+        for o in (OWNER_WORKER, B)}
+    assert answers["of_node_owner"] == _scan(actors, live) == {ids[0], ids[1], ids[2], ids[5]}
+    assert answers["alive_on"] == {A: {ids[1]}, B: set()}
+    assert answers["being_created_on"] == {A: set(), B: {ids[0], ids[2]}}
+    assert answers["unfinished"] == {ids[0], ids[2], ids[5]}
+    assert answers["counts"] == {A: 1}
+    assert _answers(ActorManager(storage)) == answers        # rebuilt from the table
+
+
+def test_table_rows_are_read_only_deep_down_and_stored_as_plain_dicts():
+    storage = DeepCopyStorage()
+    actors = ActorManager(storage)
+    actor_id = os.urandom(16)
+    row = actors.register(_register_actor(actor_id), p.task_spec(_spec(actor_id)))
+    for change in (lambda: row.spec.append(1), lambda: row.spec[8].update(GPU=1.0),
+                   lambda: row.spec[11].__setitem__(0, "x")):
+        with pytest.raises(TypeError, match="read-only"):
+            change()
+    assert p.task_spec(rows.plain(row.spec)).actor_id == actor_id        # reads as before
+    msgpack.packb([[k, v] for k, v in storage.items("actors")], use_bin_type=True,
+                  strict_types=True)                 # stored as plain dicts and lists
+    assert actors.get(actor_id) is row             # no copy: a read-only row is shared
+    started = actors.started(_started(actor_id))
+    assert row.state == p.ACTOR_PENDING and started.state == p.ACTOR_ALIVE   # a snapshot
+    assert storage.get("actors", actor_id)["state"] == p.ACTOR_ALIVE        # written through
 
 
 def test_actor_goes_to_the_node_with_most_free_cpu_or_where_its_options_say():

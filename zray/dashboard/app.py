@@ -17,7 +17,7 @@ from flask import (Flask, Response, abort, jsonify, make_response, redirect, ren
                    request, stream_with_context, url_for)
 
 from ..broker.rpc import RemoteError
-from . import log_tail, metrics, rows, store_objects
+from . import log_tail, metrics, priority, rows, store_objects
 from .jobs import MAX_PACKAGE_BYTES, JobError
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ MAX_STREAMS = 8
 STREAM_S = 60.0
 #: a live page gets at most one update per this long
 EVENT_INTERVAL_S = 1.0
+#: the live pages' job rows are re-read at least this often (else on a change)
+JOBS_REREAD_S = 10.0
 API_VERSION = "4"
 #: the Ray version whose Jobs API this one answers as (Ray's clients check it)
 RAY_COMPATIBLE_VERSION = "2.60.0"
@@ -322,6 +324,7 @@ def create_app(*, gcs, view, supervisor, guard, session_dir: str,
             return api_error(503, "too many live streams are open; close a tab and retry")
 
         def gen():
+            priority.lower_this_thread()    # a live page yields to the cluster
             version = -1
             since_ms = 0.0
             deadline = time.monotonic() + STREAM_S
@@ -332,7 +335,7 @@ def create_app(*, gcs, view, supervisor, guard, session_dir: str,
                     version = view.wait_change(version, 1.0)
                     now_ms = time.time() * 1000
                     summary = view.summary()
-                    summary["tasks"] = view.recent_tasks(since_ms or now_ms - 60_000)
+                    summary["tasks"] = view.recent_tasks(since_ms or now_ms - 60_000, stream=True)
                     summary["now_ms"] = now_ms
                     summary["jobs"] = job_summaries()
                     since_ms = now_ms - 1000
@@ -342,14 +345,19 @@ def create_app(*, gcs, view, supervisor, guard, session_dir: str,
                 streams.release()
         return _sse_response(gen())
 
-    jobs_cache = {"at": 0.0, "rows": []}
+    jobs_cache = {"at": 0.0, "rows": [], "versions": None}
     jobs_lock = threading.Lock()
 
     def job_summaries() -> list[dict]:
-        """The jobs' rows for the live pages, read at most once a second
-        whatever the number of open pages."""
+        """The jobs' rows for the live pages, read from the GCS when a job
+        changed (a driver's job event, a submitted job's row), at most once
+        a second, and every JOBS_REREAD_S whatever happened."""
+        versions = (view.jobs_version, getattr(supervisor, "version", 0))
         with jobs_lock:
-            if time.monotonic() - jobs_cache["at"] > EVENT_INTERVAL_S:
+            age = time.monotonic() - jobs_cache["at"]
+            if age > JOBS_REREAD_S or (versions != jobs_cache["versions"]
+                                       and age > EVENT_INTERVAL_S):
+                jobs_cache["versions"] = versions
                 jobs_cache["rows"] = [{k: j.get(k) for k in ("submission_id", "job_id",
                                                             "status", "type", "entrypoint")}
                                       for j in rows.job_rows(gcs)]

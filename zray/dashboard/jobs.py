@@ -22,6 +22,7 @@ was running when its dashboard died is marked FAILED when the next one starts.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import os
@@ -89,11 +90,20 @@ class JobSupervisor:
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._closed = False
+        #: bumped at every change of a job row (live pages re-read them then)
+        self.version = 0
+        # entrypoints start from this thread, made now (by the app's builder,
+        # at the normal priority): a request thread may run lowered (see
+        # priority.py) and a child inherits its thread's priority
+        self._launcher = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="zray-job-launcher")
+        self._launcher.submit(int).result()
 
     # -- rows in the GCS ----------------------------------------------------
     def _save(self, row: dict) -> None:
         self.gcs.call(p.KVPut(JOBS_KV_NAMESPACE, row["submission_id"].encode(),
                               json.dumps(row).encode(), True))
+        self.version += 1                   # the live pages re-read the job rows
 
     def _load(self, submission_id: str) -> dict | None:
         raw = self.gcs.call(p.KVGet(JOBS_KV_NAMESPACE, submission_id.encode())).value
@@ -284,10 +294,11 @@ class JobSupervisor:
         path = self.log_file(row["submission_id"])
         out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            job.proc = subprocess.Popen(
-                row["entrypoint"], shell=True, cwd=workdir or self.session_dir, env=env,
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, close_fds=True)
+            job.proc = self._launcher.submit(
+                subprocess.Popen, row["entrypoint"], shell=True,
+                cwd=workdir or self.session_dir, env=env, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                close_fds=True).result()
         except OSError as err:
             self._finish(job, FAILED, f"the entrypoint could not start: {err}", None,
                          "JOB_ENTRYPOINT_COMMAND_START_ERROR")
@@ -421,6 +432,7 @@ class JobSupervisor:
             for job in running:
                 job.stop_requested = True
                 self._signal(job, signal.SIGTERM)
+        self._launcher.shutdown(wait=False)
         deadline = time.monotonic() + self.stop_grace_s
         for job in running:
             try:

@@ -20,6 +20,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--allowed-hosts", default="",
                     help="comma-separated extra host names requests may name in Host")
     ap.add_argument("--threads", type=int, default=16)
+    ap.add_argument("--nice", type=int, default=10,
+                    help="how much lower the threads following the cluster's events and "
+                         "feeding live pages run, so they yield the CPU to the cluster "
+                         "(0: not lowered; default 10)")
     ap.add_argument("--start-delay", type=float, default=0.0,
                     help="seconds the supervisor waits before starting the server")
     return ap
@@ -39,5 +43,7 @@ def parse_args(argv):
                 f" (refusing to serve on {args.host} without one: anyone who reaches that "
                 f"address could run commands on this host)")
             ap.error(f"no dashboard token{where}: pass --token-file or set {ENV_TOKEN}")
+    if not 0 <= args.nice <= 19:
+        ap.error(f"--nice must be 0-19, got {args.nice}")
     args.allowed = [h for h in args.allowed_hosts.split(",") if h.strip()]
     return args

@@ -120,6 +120,16 @@ def task_row(e: dict) -> dict:
     }
 
 
+#: the fields of a task row a live page draws (its task stream and table)
+STREAM_TASK_FIELDS = ("task_id", "name", "func_or_class_name", "state", "worker_id",
+                      "start_time_ms", "end_time_ms", "error_type")
+
+
+def stream_task_row(row: dict) -> dict:
+    """A task row cut to ``STREAM_TASK_FIELDS``, for the live stream."""
+    return {k: row[k] for k in STREAM_TASK_FIELDS}
+
+
 def task_rows(gcs, limit: int = DEFAULT_LIMIT) -> tuple[list[dict], int]:
     """(the ``limit`` newest task rows as State API rows, oldest first; how
     many events the GCS dropped). ``limit`` 0 reads the whole table, which

@@ -142,7 +142,9 @@ def _make_app(args, token):
     from .auth import Guard
     from .cluster_view import ClusterView
     from .jobs import JobSupervisor
+    from . import priority
 
+    priority.NICE = args.nice
     gcs = RpcClient(sockets.tcp_endpoint(args.gcs_address), config.rpc_timeout_s, "GCS")
     view = ClusterView(gcs)
     try:

@@ -2,10 +2,12 @@
 restarts, and who watches it. States (``protocol.ACTOR_*``):
 PENDING_CREATION -> ALIVE -> (RESTARTING -> ALIVE)* -> DEAD.
 
-Rows are ``protocol.ActorRow`` records, stored as dicts through
-``storage.put`` on every change; callers get copies. Watchers (endpoints
-told of every change) live in memory only: after a GCS restart whoever
-watches must watch again.
+Rows are ``protocol.ActorRow`` records kept in memory by a ``rows.Table``
+and stored as dicts through ``storage.put`` on every change; callers get the
+read-only rows themselves. The actors not DEAD are indexed by owner and by
+node (rebuilt from the table), so the scans a death makes never read dead
+actors. Watchers (endpoints told of every change) live in memory only:
+after a GCS restart whoever watches must watch again.
 """
 from __future__ import annotations
 
@@ -22,6 +24,14 @@ OUT_OF_SCOPE = "all references to the actor were removed"
 OWNER_DIED = "its owner died"
 
 
+def _unindex(index: dict, key: bytes, actor_id: bytes) -> None:
+    ids = index.get(key)
+    if ids is not None:
+        ids.pop(actor_id, None)
+        if not ids:
+            del index[key]
+
+
 def should_restart(actor: p.ActorRow, intentional: bool) -> bool:
     """The restart policy: not after an intentional exit or a kill without
     restart; else while restarts < max_restarts (-1: always)."""
@@ -33,19 +43,48 @@ def should_restart(actor: p.ActorRow, intentional: bool) -> bool:
 class ActorManager:
     def __init__(self, storage):
         self.storage = storage
+        self._table = rows.Table(storage, TABLE, p.ActorRow)
         self.watchers: dict[bytes, set[str]] = {}
         self._names: dict[tuple, bytes] = {}    # (namespace, name) -> id of the live actor
-        for actor in self._rows(lambda a: a.name and a.state != DEAD):
-            self._names[(actor.namespace, actor.name)] = actor.actor_id
+        # indexes of the actors not DEAD (dicts as ordered sets: ids in table order)
+        self._live: dict[bytes, None] = {}
+        self._by_owner_worker: dict[bytes, dict[bytes, None]] = {}
+        self._by_owner_node: dict[bytes, dict[bytes, None]] = {}
+        self._by_node: dict[bytes, dict[bytes, None]] = {}
+        for actor in self._table.rows():
+            self._index(None, actor)
 
-    def _rows(self, keep=None) -> list[p.ActorRow]:
-        return rows.select(self.storage, TABLE, p.ActorRow, keep)
+    def _index(self, old: p.ActorRow | None, new: p.ActorRow) -> None:
+        """Move ``new.actor_id`` in the indexes from where ``old`` had it."""
+        actor_id = new.actor_id
+        was_live = old is not None and old.state != DEAD
+        live = new.state != DEAD
+        if was_live and (not live or old.node_id != new.node_id):
+            _unindex(self._by_node, old.node_id, actor_id)
+        if was_live and not live:
+            del self._live[actor_id]
+            _unindex(self._by_owner_worker, old.owner_worker_id, actor_id)
+            _unindex(self._by_owner_node, old.owner_node_id, actor_id)
+            key = (old.namespace, old.name)
+            if old.name and self._names.get(key) == actor_id:
+                del self._names[key]
+        if live and not was_live:
+            self._live[actor_id] = None
+            self._by_owner_worker.setdefault(new.owner_worker_id, {})[actor_id] = None
+            self._by_owner_node.setdefault(new.owner_node_id, {})[actor_id] = None
+            if new.name:
+                self._names[(new.namespace, new.name)] = actor_id
+        if live and (not was_live or old.node_id != new.node_id):
+            self._by_node.setdefault(new.node_id, {})[actor_id] = None
+
+    def _live_rows(self, ids) -> list[p.ActorRow]:
+        get = self._table.get
+        return [get(actor_id) for actor_id in ids]
 
     def _put(self, actor: p.ActorRow) -> p.ActorRow:
-        self.storage.put(TABLE, actor.actor_id, rows.stored(actor))
-        key = (actor.namespace, actor.name)
-        if actor.name and actor.state == DEAD and self._names.get(key) == actor.actor_id:
-            del self._names[key]
+        old = self._table.get(actor.actor_id)
+        actor = self._table.put(actor.actor_id, actor)
+        self._index(old, actor)
         return actor
 
     def register(self, msg: p.RegisterActor, spec: p.TaskSpec) -> p.ActorRow:
@@ -59,12 +98,10 @@ class ActorManager:
             owner_worker_id=owner.worker_id, owner_node_id=owner.node_id,
             death_message="", death_error=b"", no_restart=False,
             start_time=time.time(), end_time=None)
-        if msg.name:
-            self._names[(msg.namespace, msg.name)] = msg.actor_id
         return self._put(actor)
 
     def get(self, actor_id: bytes) -> p.ActorRow | None:
-        return rows.load(p.ActorRow, self.storage.get(TABLE, actor_id))
+        return self._table.get(actor_id)
 
     def named(self, name: str, namespace: str) -> p.ActorRow | None:
         """The live (not DEAD) actor of that name, or None."""
@@ -115,34 +152,37 @@ class ActorManager:
 
     def of_job(self, job_id: bytes) -> list[p.ActorRow]:
         """The job's live non-detached actors."""
-        return self._rows(lambda a: a.job_id == job_id and not a.detached and a.state != DEAD)
+        return [a for a in self._live_rows(self._live) if a.job_id == job_id and not a.detached]
 
     def of_owner(self, worker_id: bytes, node_id: bytes) -> list[p.ActorRow]:
         """Live non-detached actors owned by that worker (worker_id b"": by any
         owner on ``node_id``)."""
-        return self._rows(lambda a: not a.detached and a.state != DEAD
-                          and (a.owner_worker_id == worker_id if worker_id
-                               else a.owner_node_id == node_id))
+        ids = (self._by_owner_worker.get(worker_id, ()) if worker_id
+               else self._by_owner_node.get(node_id, ()))
+        return [a for a in self._live_rows(list(ids)) if not a.detached]
 
     def alive_on(self, node_id: bytes) -> list[p.ActorRow]:
-        return self._rows(lambda a: a.state == ALIVE and a.node_id == node_id)
+        return [a for a in self._live_rows(list(self._by_node.get(node_id, ())))
+                if a.state == ALIVE]
 
     def being_created_on(self, node_id: bytes) -> list[p.ActorRow]:
         """Actors whose creation task went to ``node_id`` and has not started yet."""
-        return self._rows(lambda a: a.state in (PENDING, RESTARTING) and a.node_id == node_id)
+        return [a for a in self._live_rows(list(self._by_node.get(node_id, ())))
+                if a.state in (PENDING, RESTARTING)]
 
     def alive_count_by_node(self) -> dict[bytes, int]:
         counts: dict[bytes, int] = {}
-        for a in self._rows(lambda a: a.state == ALIVE):
-            counts[a.node_id] = counts.get(a.node_id, 0) + 1
+        for a in self._live_rows(self._live):
+            if a.state == ALIVE:
+                counts[a.node_id] = counts.get(a.node_id, 0) + 1
         return counts
 
     def unfinished(self) -> list[p.ActorRow]:
         """Actors waiting for a worker (PENDING_CREATION or RESTARTING)."""
-        return self._rows(lambda a: a.state in (PENDING, RESTARTING))
+        return [a for a in self._live_rows(self._live) if a.state in (PENDING, RESTARTING)]
 
     def all(self) -> list[p.ActorRow]:
-        return self._rows()
+        return self._table.rows()
 
     @staticmethod
     def info(actor: p.ActorRow) -> p.ActorInfo:

@@ -7,6 +7,7 @@ import logging
 import time
 
 from ..broker import protocol as p
+from . import rows
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class GcsActorScheduler:
 
     def schedule(self, actor: p.ActorRow) -> None:
         """Send the actor's creation task to the node ``pick_node`` chooses."""
-        spec = p.task_spec(actor.spec)
+        spec = p.task_spec(rows.plain(actor.spec))     # the wire check wants plain lists
         spread = spec.options.get("strategy") == "SPREAD"
         node = pick_node(spec, self.nodes.alive(),
                          self.actors.alive_count_by_node() if spread else {})

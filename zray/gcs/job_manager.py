@@ -1,5 +1,6 @@
 """The job table: one ``protocol.JobRow`` per driver that connected (rows
-stored as dicts through ``storage.put``; callers get copies)."""
+kept in memory by a ``rows.Table``, stored as dicts through ``storage.put``;
+callers get the read-only rows themselves)."""
 from __future__ import annotations
 
 import time
@@ -13,12 +14,12 @@ TABLE = "jobs"
 class JobManager:
     def __init__(self, storage):
         self.storage = storage
-        self._next = max([int.from_bytes(k, "big") for k, _ in storage.items(TABLE)],
+        self._table = rows.Table(storage, TABLE, p.JobRow)
+        self._next = max([int.from_bytes(k, "big") for k in self._table.keys()],
                          default=0) + 1
 
     def _put(self, job: p.JobRow) -> p.JobRow:
-        self.storage.put(TABLE, job.job_id, rows.stored(job))
-        return job
+        return self._table.put(job.job_id, job)
 
     def register(self, msg: p.RegisterJob) -> p.JobRow:
         job_id = self._next.to_bytes(4, "big")
@@ -36,7 +37,7 @@ class JobManager:
         return self._put(job._replace(alive=False, end_time=time.time()))
 
     def get(self, job_id: bytes) -> p.JobRow | None:
-        return rows.load(p.JobRow, self.storage.get(TABLE, job_id))
+        return self._table.get(job_id)
 
     def all(self) -> list[p.JobRow]:
-        return [rows.load(p.JobRow, j) for _, j in self.storage.items(TABLE)]
+        return self._table.rows()

@@ -1,7 +1,8 @@
 """The node table: raylets that joined, their resources and their health.
 
-Rows are ``protocol.NodeRow`` records, stored as dicts through
-``storage.put`` on every change; callers get copies. Heartbeat deadlines
+Rows are ``protocol.NodeRow`` records kept in memory by a ``rows.Table``
+and stored as dicts through ``storage.put`` on every change; callers get
+the read-only rows themselves. Heartbeat deadlines
 live in memory only: a GCS that reloads the table gives every node that was
 alive a fresh deadline.
 """
@@ -21,14 +22,14 @@ STATS = frozenset({"cpu_percent", "mem_used", "mem_total", "disk_used", "disk_to
 class NodeManager:
     def __init__(self, storage, node_timeout_s: float):
         self.storage = storage
+        self._table = rows.Table(storage, TABLE, p.NodeRow)
         self.node_timeout_s = node_timeout_s
         fresh = time.monotonic() + node_timeout_s      # after a reload: a fresh deadline
         self._deadline: dict[bytes, float] = {
             n.node_id: fresh for n in self.all() if n.alive}
 
     def _put(self, node: p.NodeRow) -> p.NodeRow:
-        self.storage.put(TABLE, node.node_id, rows.stored(node))
-        return node
+        return self._table.put(node.node_id, node)
 
     def register(self, msg: p.RegisterNode) -> p.NodeRow:
         """Record a node joining (or joining again under its id after a GCS restart)."""
@@ -55,7 +56,7 @@ class NodeManager:
         if msg.stats:
             stats = {k: v for k, v in msg.stats.items()
                      if k in STATS and type(v) in (int, float)}
-        node = node._replace(available=dict(msg.available), resources=dict(msg.total),
+        node = node._replace(available=msg.available, resources=msg.total,   # the table copies
                              store_used=msg.store_used, stats=stats)
         self._deadline[msg.node_id] = time.monotonic() + self.node_timeout_s
         return p.HEARTBEAT_OK, self._put(node)
@@ -84,10 +85,10 @@ class NodeManager:
         return [nid for nid, due in self._deadline.items() if due < now]
 
     def get(self, node_id: bytes) -> p.NodeRow | None:
-        return rows.load(p.NodeRow, self.storage.get(TABLE, node_id))
+        return self._table.get(node_id)
 
     def alive(self) -> list[p.NodeRow]:
-        return [n for n in self.all() if n.alive]
+        return [n for n in self._table.rows() if n.alive]
 
     def all(self) -> list[p.NodeRow]:
-        return [rows.load(p.NodeRow, n) for _, n in self.storage.items(TABLE)]
+        return self._table.rows()

@@ -1,8 +1,9 @@
 """The placement group table: each group's bundles, the node each bundle is
 reserved on, and its state (``protocol.PG_*``: PENDING until every bundle has
 a node, then CREATED; REMOVED at the end). Bundles of a dead node go back to
-PENDING. Rows (``protocol.PlacementGroupRow``) are stored as dicts through
-``storage.put``; callers get copies.
+PENDING. Rows (``protocol.PlacementGroupRow``) are kept in memory by a
+``rows.Table`` and stored as dicts through ``storage.put``; callers get the
+read-only rows themselves.
 
 The groups not removed are indexed in memory (rebuilt from the table), so
 the scans a heartbeat makes never read removed groups; the last
@@ -28,8 +29,8 @@ REMOVED_KEPT = 1000
 class PlacementGroupManager:
     def __init__(self, storage):
         self.storage = storage
-        table = sorted((rows.load(p.PlacementGroupRow, pg) for _, pg in storage.items(TABLE)),
-                       key=lambda pg: pg.created_at)
+        self._table = rows.Table(storage, TABLE, p.PlacementGroupRow)
+        table = sorted(self._table.rows(), key=lambda pg: pg.created_at)
         #: ids of the groups not removed
         self._live: set[bytes] = {pg.pg_id for pg in table if pg.state != REMOVED}
         #: ids of removed groups still in the table, oldest first
@@ -37,8 +38,7 @@ class PlacementGroupManager:
         self._forget_old_removed()
 
     def _put(self, pg: p.PlacementGroupRow) -> p.PlacementGroupRow:
-        self.storage.put(TABLE, pg.pg_id, rows.stored(pg))
-        return pg
+        return self._table.put(pg.pg_id, pg)
 
     def _live_rows(self):
         for pg_id in list(self._live):
@@ -48,7 +48,7 @@ class PlacementGroupManager:
 
     def _forget_old_removed(self) -> None:
         while len(self._removed) > REMOVED_KEPT:
-            self.storage.delete(TABLE, self._removed.popleft())
+            self._table.delete(self._removed.popleft())
 
     def create(self, msg: p.CreatePlacementGroup) -> p.PlacementGroupRow:
         pg = p.PlacementGroupRow(
@@ -90,7 +90,7 @@ class PlacementGroupManager:
         return stored
 
     def get(self, pg_id: bytes) -> p.PlacementGroupRow | None:
-        return rows.load(p.PlacementGroupRow, self.storage.get(TABLE, pg_id))
+        return self._table.get(pg_id)
 
     def named(self, name: str) -> p.PlacementGroupRow | None:
         return next((pg for pg in self._live_rows() if pg.name == name), None)
@@ -99,7 +99,7 @@ class PlacementGroupManager:
         return [pg for pg in self._live_rows() if pg.state == PENDING]
 
     def all(self) -> list[p.PlacementGroupRow]:
-        return [rows.load(p.PlacementGroupRow, pg) for _, pg in self.storage.items(TABLE)]
+        return self._table.rows()
 
     def of_job(self, job_id: bytes) -> list[p.PlacementGroupRow]:
         return [pg for pg in self._live_rows() if pg.job_id == job_id and not pg.detached]
