@@ -5,7 +5,6 @@ not inherit that."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import threading
 
