@@ -211,6 +211,14 @@ def test_blocks_reserved_after_a_question_do_not_make_it_wait(service):
     assert seen == [False, False]
 
 
+def test_an_object_made_on_another_node_never_waits_for_blocks_reserved_here(service):
+    """A pin of an object its owner says another node made pulls at once:
+    a block a local writer holds cannot turn out to be it."""
+    service.reserve([oid(101)], 1024, "writer")
+    assert service.is_being_created(oid(3))                     # made here: it may be
+    assert not service.is_being_created(oid(3), made_here=False)  # made there: it is not
+
+
 def test_an_object_freed_before_its_block_is_named_is_dropped(service):
     (offset,) = service.reserve([oid(101)], 2048, "writer")
     service.free(oid(1))                                     # the owner was quick

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import threading
 import time
 
 import pytest
@@ -237,6 +238,7 @@ class _Owner:
     def __init__(self):
         self.sender = _Sender()
         self.told = []
+        self.cond = threading.Condition(threading.Lock())
 
     def actor_endpoint(self, address):
         return f"ipc:///direct/{p.Address(*address).pid}"
@@ -364,3 +366,24 @@ def test_leases_off_sends_every_task_the_raylets_way(start_cluster, monkeypatch)
     start_cluster(num_cpus=1)
     assert [zray.get(pid_of.remote(), timeout=GET_TIMEOUT) for _ in range(10)]
     assert not leases().enabled and not leases().by_id
+
+
+def test_no_task_follows_a_force_cancelled_one_onto_its_lease():
+    """The raylet kills whatever the leased worker runs when a force-cancel
+    lands: a task sent after the cancelled one ended must not be that."""
+    pending = []
+    manager, owner, raylet = _manager(pending)
+    _, ask = manager.send_locked(_task(pending))
+    pending.clear()
+    lease_id = _grant(manager, ask)
+    cancelled = _task(pending)
+    assert manager.send_locked(cancelled)[0]
+    manager.cancel(cancelled, force=True)
+    assert raylet.sent[-1] == p.CancelTask(lease_id, True)
+    pending.remove(cancelled)
+    with owner.cond:
+        manager.task_ended_locked(cancelled)        # it finished before the kill landed
+        assert manager.send_locked(_task(pending)) == (False, None)   # the raylet's way
+    # the kill's report ends the lease without failing any task of ours
+    assert manager.lease_failed_locked(p.TaskFailed(lease_id, "TaskCancelledError", "x")) is None
+    assert not manager.by_id

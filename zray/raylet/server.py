@@ -380,7 +380,8 @@ class Raylet(Service):
         here or known not to be (``sources``: where to pull each from, b""
         for nowhere)."""
         for object_id, source in zip(object_ids, sources):
-            if self.store.is_being_created(object_id):
+            remote = bool(source) and source != self.node_id
+            if self.store.is_being_created(object_id, made_here=not remote):
                 self.store.when_sealed(object_id, lambda ok: self._pin_objects(
                     req, object_ids, sources, sizes))
                 return

@@ -312,11 +312,15 @@ class StoreService:
     def contains(self, object_id: bytes) -> bool:
         return self.store.contains(object_id)
 
-    def is_being_created(self, object_id: bytes) -> bool:
+    def is_being_created(self, object_id: bytes, made_here: bool = True) -> bool:
         """True while the object is created but not sealed here, or while
         it is unknown and a block reserved before it was first asked about
-        is not named yet (it may turn out to be it)."""
-        return self.store.is_being_created(object_id) or bool(self._may_become(object_id))
+        is not named yet (it may turn out to be it). ``made_here`` False: its
+        owner says another node made it, so no block reserved here can turn
+        out to be it (a pin of it pulls at once instead of waiting)."""
+        if self.store.is_being_created(object_id):
+            return True
+        return made_here and bool(self._may_become(object_id))
 
     def has_room(self, size: int) -> bool:
         return self.store.has_room(size)

@@ -36,7 +36,7 @@ LEASE_NAME = "<worker lease>"
 
 class Lease:
     """One lease: asked for (``address`` None) or granted."""
-    __slots__ = ("lease_id", "key", "address", "endpoint", "task", "idle_since")
+    __slots__ = ("lease_id", "key", "address", "endpoint", "task", "idle_since", "doomed")
 
     def __init__(self, lease_id: bytes, key):
         self.lease_id = lease_id
@@ -45,6 +45,7 @@ class Lease:
         self.endpoint = None            # its direct ROUTER, once granted
         self.task = None                # the PendingTask in flight on it
         self.idle_since = 0.0
+        self.doomed = False             # its worker is being killed (force-cancel): no new task
 
 
 def leasable(spec) -> bool:
@@ -97,7 +98,7 @@ class LeaseManager:
             return False, p.SubmitTask(list(p.TaskSpec(
                 lease.lease_id, spec.job_id, p.TASK_LEASE, b"", LEASE_NAME, [], [], 0,
                 dict(spec.resources), 0, False, list(self._worker.address))))
-        if lease.endpoint is None or lease.task is not None:
+        if lease.endpoint is None or lease.task is not None or lease.doomed:
             return False, None
         if not self._worker.sender.send(lease.endpoint, p.ExecuteTask(list(spec))):
             self._drop_locked(lease)        # its socket is gone: the raylet's way
@@ -172,13 +173,19 @@ class LeaseManager:
     def cancel(self, task, force: bool) -> None:
         """Cancel a task in flight on a lease: interrupt it in the leased
         worker, or (``force``) have the raylet kill that worker."""
-        lease = task.lease
-        if lease is None or lease.address is None:
-            return
+        with self._worker.cond:
+            lease = task.lease
+            if lease is None or lease.address is None:
+                return
+            if force:
+                # the raylet kills whatever the worker runs when the cancel
+                # lands: no later task of ours may go onto this lease
+                lease.doomed = True
+            lease_id, address = lease.lease_id, lease.address
         if force:
-            self._raylet.send(p.CancelTask(lease.lease_id, True))
+            self._raylet.send(p.CancelTask(lease_id, True))
         else:
-            self._worker.send_to(lease.address, p.CancelRunning(task.spec.task_id))
+            self._worker.send_to(address, p.CancelRunning(task.spec.task_id))
 
     # -- returning -------------------------------------------------------------
     def return_idle_locked(self, now: float) -> None:
