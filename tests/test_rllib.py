@@ -102,14 +102,16 @@ def test_appo_improves_clearly_with_async_sampling_despite_a_runner_kill(cluster
               .env_runners(num_env_runners=2, num_envs_per_env_runner=4,
                            rollout_fragment_length=32, num_cpus_per_env_runner=0.5)
               .training(lr=1e-3, train_batch_size_per_learner=256, vf_loss_coeff=0.5,
-                        entropy_coeff=0.0)
+                        entropy_coeff=0.0, target_network_update_freq=0.25)
               .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64]))
               .debugging(seed=0))
     algo = config.build_algo()
     try:
         first = algo.train()["env_runners/episode_return_mean"]
         zray.kill(algo.env_runner_group.remote[1])      # its in-flight sample is lost
-        result = train_until(algo, 100, 30_000)
+        # sampling is asynchronous, so runs differ: the target period is the
+        # benchmark's APPO config's, and the step budget leaves room for a slow run
+        result = train_until(algo, 100, 40_000)
         assert first < 40
         assert result["env_runners/episode_return_mean"] >= 100, result["env_runners"]
         assert result["fault_tolerance/num_remote_worker_restarts"] == 1
