@@ -32,6 +32,7 @@ from zray.gcs.server import GcsServer
 from zray.raylet.server import Raylet
 from zray._private.cli import main as zray_status
 from zray.worker import global_state
+from zray._private.session import inbox_ipc
 
 from conftest import TcpPeer, local_daemons, wait_for
 
@@ -232,8 +233,25 @@ def _valid_value(kind: str, rng: random.Random, endpoint: str):
         "JobRows": lambda: [_valid_fields(p.JobRow, rng, endpoint)],
         "ActorSummaries": lambda: [_valid_fields(p.ActorSummary, rng, endpoint)],
         "PlacementGroupRows": lambda: [_valid_fields(p.PlacementGroupRow, rng, endpoint)],
+        # entries of list fields (wire review)
+        "ReturnFields": lambda: _valid_return(rng),
+        "Returns": lambda: [_valid_return(rng) for _ in range(rng.randrange(3))],
+        "OptPinnedList": lambda: [rng.choice([None, [rng.randrange(1 << 20), 5]])],
+        "OptSpilledList": lambda: [rng.choice([None, ["/nonexistent/fuzz", 5]])],
+        "StoreClients": lambda: [[rid(16), rng.randrange(1 << 22), "worker"]],
+        "StoreObjects": lambda: [[rid(20), 5, rng.choice([b"", rid(16)]), "SEALED",
+                                  [["driver pid 1", 1]], True, False]],
+        "Offsets": lambda: [rng.randrange(1 << 20) for _ in range(rng.randrange(3))],
     }
     return table.get(kind, lambda: rng.choice([None, 1, "x", b"x", [], {}]))()
+
+
+def _valid_return(rng: random.Random) -> list:
+    """A Return as a list, of any kind (ids that name nothing)."""
+    object_id = os.urandom(20)
+    kind = rng.choice([p.RET_INLINE, p.RET_STORED, p.RET_ERROR])
+    payload = [os.urandom(16), rng.randrange(1 << 20)] if kind == p.RET_STORED else b"fuzz"
+    return [object_id, kind, payload]
 
 
 _WRONG_CONTENT = {      # values of the wire type a kind needs, but not of the kind
@@ -435,3 +453,73 @@ def test_garbage_rows_events_and_replies_sent_to_the_gcs_leave_it_serving(start_
     bad_row[0] = b"short"
     with pytest.raises(p.ProtocolError, match=r"NodeRow\.node_id"):
         p.decode(msgpack.packb([p.NodesReply.CODE, [bad_row]], use_bin_type=True))
+
+
+# --------------------------------------------------------------------------
+# wire review: entries of list fields (returns, pinned locations, spill
+# files, store clients) are records, checked at decode
+# --------------------------------------------------------------------------
+
+#: record -> (the message field that holds entries of it, a message around entries)
+_ENTRY_FIELDS = {
+    p.Pinned: lambda entry: p.PinObjectsReply([entry], [None], [""]),
+    p.SpilledCopy: lambda entry: p.PinObjectsReply([None], [entry], [""]),
+    p.StoreClient: lambda entry: p.StoreObjectsReply([], 0, [entry]),
+    p.StoreObject: lambda entry: p.StoreObjectsReply([entry], 1, []),
+    p.PinHolder: lambda entry: p.StoreObjectsReply([
+        [b"o" * 20, 5, b"", "PINNED", [entry], True, False]], 1, []),
+    p.Return: lambda entry: p.ObjectValue(b"o" * 20, entry),
+}
+
+
+def _entry_garbage(rng: random.Random):
+    """(message, garbage entry) pairs: each entry record with each column
+    wrong in turn, with too few and too many columns, and not a list."""
+    valid = {p.Pinned: [4096, 10], p.SpilledCopy: ["/tmp/x", 10],
+             p.StoreClient: [os.urandom(16), 1234, "driver"],
+             p.StoreObject: [os.urandom(20), 10, b"", "SEALED", [], True, False],
+             p.PinHolder: ["worker pid 2", 3],
+             p.Return: [os.urandom(20), p.RET_STORED, [os.urandom(16), 10]]}
+    for record, make in _ENTRY_FIELDS.items():
+        entry = valid[record]
+        p.decode(p.encode(make(entry)))                 # the valid one decodes
+        for column in range(len(entry)):
+            right = type(entry[column])
+            others = [v for v in (None, -1, 1.5, "x", b"x", [], {}, [1, "x"], True)
+                      if type(v) is not right and {right, type(v)} != {int, bool}]
+            for value in rng.sample(others, 4):
+                wrong = list(entry)
+                wrong[column] = value
+                yield record, make(wrong)
+        yield record, make(entry[:-1])
+        yield record, make(entry + [1])
+        yield record, make(b"not a list")
+    for payload in ([b"short", 1], [os.urandom(16), -1], b"bytes", None):
+        yield p.StoredAt, p.TaskReturned(b"t" * 16, [[os.urandom(20), p.RET_STORED, payload]])
+    yield p.Return, p.GeneratorItem(b"t" * 16, 0, [os.urandom(20), p.RET_INLINE, 5])
+    yield p.Return, p.TaskReturned(b"t" * 16, [[os.urandom(20), 7, b""]])
+
+
+def test_garbage_entries_are_refused_at_decode_and_leave_a_driver_serving(start_cluster, peers):
+    """Each garbage entry makes ``decode`` raise a ProtocolError naming the
+    field (no handler reads it by position and trips); sent to a live
+    driver's inbox (returns of tasks it never ran), they leave it serving."""
+    start_cluster()
+    cw = global_state.worker
+    inbox = peers.connect(inbox_ipc(cw.session_dir, cw.worker_id))
+    rng = random.Random(FUZZ_SEED)
+    count = 0
+    for record, message in _entry_garbage(rng):
+        payload = p.encode(message)
+        with pytest.raises(p.ProtocolError) as info:
+            p.decode(payload)
+        assert type(message).__name__ in str(info.value), (record, message, info.value)
+        if isinstance(message, (p.TaskReturned, p.GeneratorItem, p.ObjectValue)):
+            inbox.send_multipart([b"", payload])
+            count += 1
+    for _ in range(50):         # well-formed returns of tasks it never ran: freed, not kept
+        inbox.send_multipart([b"", p.encode(p.TaskReturned(os.urandom(16), [
+            _valid_return(rng) for _ in range(3)]))])
+    assert count >= 20
+    assert zray.get([echo.remote(i) for i in range(4)], timeout=20) == list(range(4))
+    assert zray.get(zray.put(b"x" * 200_000), timeout=20) == b"x" * 200_000

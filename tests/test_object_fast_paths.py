@@ -254,3 +254,79 @@ def test_reserved_blocks_are_not_listed_as_objects(service):
     records, total = service.list_objects(10)
     assert [r["object_id"] for r in records] == [oid(1)] and total == 1
     assert service.stats()["num_reserved"] == 2
+
+
+# ------------------------------------------- reserved blocks: nothing lost or leaked
+
+def test_a_reservation_that_fails_half_way_gives_the_caller_the_blocks_it_got(service):
+    """A later block that cannot be had (its id is taken) ends the list: the
+    caller gets the blocks already reserved, none is left unknown to it."""
+    service.create(oid(102), 1024, b"o" * 16, "writer")
+    service.seal(oid(102), "writer")
+    offsets = service.reserve([oid(101), oid(102), oid(103)], 1024, "pooler")
+    assert len(offsets) == 1 and service.reserved_count() == 1
+    service.release_reserved([oid(101)], "pooler")
+    assert service.reserved_count() == 0
+    assert [r["object_id"] for r in service.list_objects(10)[0]] == [oid(102)]
+
+
+def test_a_reservation_that_raises_half_way_leaves_nothing_reserved(service, monkeypatch):
+    real_create = service.store.create
+    calls = []
+
+    def create(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise RuntimeError("broken allocator")
+        return real_create(*args, **kwargs)
+
+    monkeypatch.setattr(service.store, "create", create)
+    with pytest.raises(RuntimeError):
+        service.reserve([oid(101), oid(102), oid(103)], 1024, "pooler")
+    assert service.reserved_count() == 0 and service.stats()["used"] == 0
+
+
+def test_a_reservation_with_no_answer_gives_its_blocks_back():
+    """The raylet may have reserved blocks for a ReserveObjects whose answer
+    never came: the writer gives all of them back."""
+    from zray.worker.store_writer import StoreWriter
+
+    class Raylet:
+        def __init__(self):
+            self.sent = []
+
+        def call(self, message):
+            raise TimeoutError("the raylet did not answer")
+
+        def send(self, message):
+            self.sent.append(message)
+
+    class Arena_:
+        size = 64 * MiB
+
+    class Ser:
+        size = 1000
+
+    raylet = Raylet()
+    writer = StoreWriter(raylet, Arena_(), lambda: None)
+    with pytest.raises(TimeoutError):
+        writer.put(oid(1), Ser(), b"o" * 16)
+    (release,) = raylet.sent
+    assert isinstance(release, protocol.ReleaseReserved) and len(release.placeholder_ids) > 1
+    assert writer.pooled_count() == 0
+
+
+def test_early_frees_are_never_forgotten_while_a_block_may_become_them(service):
+    """However many objects are freed before a block reserved earlier is
+    named, the first of them is still dropped when that block is named so;
+    and once no block reserved before them is left, none is remembered."""
+    (first,) = service.reserve([oid(101)], 2048, "writer")
+    freed = [i.to_bytes(8, "big") + b"\x02" * 12 for i in range(100_050)]
+    for object_id in freed:
+        service.free(object_id)
+    assert service.freed_early_count() == len(freed)
+    service.reserve([oid(102)], 2048, "writer")             # after the frees
+    service.seal_reserved(oid(101), freed[0], 2000, b"o" * 16, "writer")
+    assert not service.contains(freed[0])                   # dropped: its owner freed it
+    assert service.freed_early_count() == 0                 # no block left that could be them
+    assert service.reserved_count() == 1

@@ -170,12 +170,79 @@ def test_a_lease_asked_for_by_a_peer_that_is_not_a_local_driver_is_dropped(clust
     sock = sockets.dealer(cw.raylet.endpoint)       # not the driver's registered socket
     try:
         sock.send_multipart([b"", p.encode(p.SubmitTask(list(lease)))], zmq.NOBLOCK)
-        wait_for(lambda: "not a driver of this node: dropped" in _raylet_log(cw), timeout=10)
+        wait_for(lambda: "a lease asked for by" in _raylet_log(cw), timeout=10)
         # the raylet keeps serving, and the driver never heard of that lease
         assert zray.get(pid_of.remote(), timeout=GET_TIMEOUT) > 0
         wait_for(lambda: not leases().by_id and cpus_free() == 2, timeout=10)
     finally:
         sock.close(linger=0)
+
+
+def test_a_refused_lease_is_told_to_the_client_that_asked(cluster, tmp_path):
+    """A registered client asking for a lease the raylet will not grant (it
+    names another owner) reads a LeaseRefused at its own inbox, instead of
+    waiting for a grant forever."""
+    cw = global_state.worker
+    inbox_endpoint = f"ipc://{tmp_path}/inbox"
+    inbox, _ = sockets.inbox_router(inbox_endpoint)
+    sock = sockets.dealer(cw.raylet.endpoint)
+    fake_worker_id = os.urandom(16)
+    try:
+        sock.send_multipart([b"\1" * 8, p.encode(p.RegisterClient(
+            "worker", fake_worker_id, os.getpid(), cw.job_id, inbox_endpoint))])
+        assert sock.poll(10_000), "the raylet did not answer RegisterClient"
+        sock.recv_multipart()
+        lease_id = os.urandom(16)
+        lease = p.TaskSpec(lease_id, cw.job_id, p.TASK_LEASE, b"", "<worker lease>", [],
+                           [], 0, {"CPU": 1.0}, 0, False, list(cw.address))
+        sock.send_multipart([b"", p.encode(p.SubmitTask(list(lease)))])
+        assert inbox.poll(10_000), "the asker was never told its lease was refused"
+        refusal = p.decode(inbox.recv_multipart()[2])
+        assert isinstance(refusal, p.TaskFailed) and refusal.task_id == lease_id
+        assert refusal.error_type == p.LEASE_REFUSED and "driver" in refusal.message
+        assert cpus_free() == 2
+    finally:
+        sock.send_multipart([b"", p.encode(p.DisconnectClient(fake_worker_id))])
+        sock.close(linger=1000)
+        inbox.close(linger=0)
+
+
+def test_a_lease_whose_grant_is_lost_goes_back_with_its_cpu(cluster, monkeypatch):
+    """The LeaseGranted never reaches the driver (a full send queue drops
+    it): the driver gives the lease up after GRANT_WAIT_S, the raylet ends
+    it on the worker, and its CPU is free again; the next lease works."""
+    from zray.worker import lease_manager
+    monkeypatch.setattr(lease_manager, "GRANT_WAIT_S", 2.0)
+    manager = leases()
+    lost = []
+    monkeypatch.setattr(manager, "granted", lost.append)      # the grant is lost
+    assert zray.get(pid_of.remote(), timeout=GET_TIMEOUT) > 0
+    wait_for(lambda: lost, timeout=10)
+    wait_for(lambda: cpus_free() <= 1, timeout=2)   # the worker holds the lease's CPU
+    wait_for(lambda: not manager.by_id and cpus_free() == 2, timeout=15)
+    monkeypatch.setattr(manager, "granted", type(manager).granted.__get__(manager))
+    address = granted_lease()
+    assert zray.get(pid_of.remote(), timeout=GET_TIMEOUT) == address.pid
+
+
+def test_a_dropped_return_lease_is_sent_again(cluster, monkeypatch):
+    """The first ReturnLease of an idle lease is dropped by the send queue:
+    the driver sends it again, and the worker's CPU comes back."""
+    cw = global_state.worker
+    granted_lease()
+    real_send = cw.sender.send
+    dropped = []
+
+    def send(endpoint, message, blobs=()):
+        if isinstance(message, p.ReturnLease) and not dropped:
+            dropped.append(message)
+            return False
+        return real_send(endpoint, message, blobs)
+
+    monkeypatch.setattr(cw.sender, "send", send)
+    wait_for(lambda: dropped, timeout=15)           # the idle lease went back: dropped once
+    wait_for(lambda: not leases().by_id and cpus_free() == 2, timeout=15)
+    assert zray.get(pid_of.remote(), timeout=GET_TIMEOUT) > 0
 
 
 def _raylet_log(cw) -> str:
@@ -358,6 +425,49 @@ def test_an_idle_lease_goes_back_after_the_idle_time_and_unknown_grants_go_back_
     stray = b"s" * 16
     manager.granted(p.LeaseGranted(stray, list(_Owner.address)))
     assert owner.sender.sent[-1][1] == p.ReturnLease(stray)
+
+
+def test_a_lease_not_granted_in_time_is_given_up_and_the_raylet_told():
+    from zray.worker import lease_manager
+    pending = []
+    manager, owner, raylet = _manager(pending)
+    _, ask = manager.send_locked(_task(pending))
+    lease_id = p.task_spec(ask.spec).task_id
+    manager.return_idle_locked(time.monotonic())
+    assert manager.is_lease(lease_id) and raylet.sent == []    # not waited long enough
+    manager.return_idle_locked(time.monotonic() + lease_manager.GRANT_WAIT_S)
+    assert not manager.by_id and raylet.sent == [p.CancelTask(lease_id, False)]
+    # a new task asks again; the late grant of the old lease goes back at once
+    pending.clear()
+    _, again = manager.send_locked(_task(pending))
+    assert again is not None and p.task_spec(again.spec).task_id != lease_id
+    manager.granted(p.LeaseGranted(lease_id, list(_Owner.address)))
+    assert owner.sender.sent[-1][1] == p.ReturnLease(lease_id)
+
+
+def test_a_return_lease_the_queue_drops_is_sent_until_it_goes():
+    pending = []
+    manager, owner, _ = _manager(pending)
+    _, ask = manager.send_locked(_task(pending))
+    pending.clear()
+    lease_id = _grant(manager, ask, pid=os.getpid())
+    owner.sender.send = lambda endpoint, message: False     # the queue is full
+    manager.return_idle_locked(time.monotonic() + 10)
+    assert manager.is_lease(lease_id)                       # kept, to send again
+    sent = []
+    owner.sender.send = lambda endpoint, message: sent.append(message) or True
+    manager.return_idle_locked(time.monotonic())
+    assert sent == [p.ReturnLease(lease_id)] and not manager.by_id
+    # a returning lease whose worker is gone is forgotten (nothing to return to)
+    manager2, owner2, _ = _manager(pending := [])
+    _, ask = manager2.send_locked(_task(pending))
+    pending.clear()
+    gone = _grant(manager2, ask, pid=2 ** 31 - 2)
+    owner2.sender.send = lambda endpoint, message: False
+    manager2.return_idle_locked(time.monotonic() + 10)
+    assert manager2.is_lease(gone)
+    manager2.return_idle_locked(time.monotonic())
+    assert not manager2.by_id
 
 
 # last: it stops the module's cluster

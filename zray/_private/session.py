@@ -15,6 +15,7 @@ import json
 import os
 import time
 
+from ..broker.protocol import Address
 from ..config import config
 
 
@@ -110,9 +111,10 @@ def actor_ipc(session_dir: str, worker_id: bytes) -> str:
 def route(address, node_id: bytes, session_dir: str, local=inbox_ipc) -> str:
     """How to reach ``address`` (endpoint, worker id, pid, node id) from
     ``node_id``: its local IPC endpoint on the same node, else its TCP one."""
-    if address[3] == node_id:
-        return local(session_dir, address[1])
-    return address[0]
+    address = Address._make(address)        # a list, off the wire: read it by name
+    if address.node_id == node_id:
+        return local(session_dir, address.worker_id)
+    return address.endpoint
 
 
 def log_path(session_dir: str, name: str) -> str:

@@ -259,6 +259,9 @@ class TaskSpec(NamedTuple):
     method_name: str = ""
     options: dict = {}
 
+    owner_address = property(lambda self: Address._make(self.owner),
+                             doc="the owner, as an Address")
+
 
 _typed(TaskSpec)
 
@@ -342,6 +345,9 @@ class RefArg(NamedTuple):
     object_id: bytes
     owner: list                # the owner's Address, as a list
 
+    owner_address = property(lambda self: Address._make(self.owner),
+                             doc="the owner, as an Address")
+
 
 _ARG_RECORDS = {ARG_VALUE: ValueArg, ARG_STORED: StoredArg, ARG_REF: RefArg}
 
@@ -357,8 +363,8 @@ def task_arg(values):
 
 class StoredAt(NamedTuple):
     """Where a stored return lives: the payload of a RET_STORED Return."""
-    node_id: bytes
-    size: int
+    node_id: NodeId
+    size: Count
 
 
 class Return(NamedTuple):
@@ -372,7 +378,133 @@ class Return(NamedTuple):
     @property
     def stored_at(self) -> StoredAt:
         """Where a RET_STORED value lives."""
-        return StoredAt(*self.payload)
+        return StoredAt._make(self.payload)
+
+
+# --------------------------------------------------------------------------
+# wire review: records that travel as entries of a message's list field.
+# ``decode`` checks each entry (a ProtocolError names the field); read an
+# entry through its record (the message's properties below), by name.
+# --------------------------------------------------------------------------
+
+class Pinned(NamedTuple):
+    """An object pinned in this node's arena (a ``PinObjectsReply.locations``
+    entry; also what the raylet tells a worker of a pinned argument)."""
+    offset: Count
+    size: Count
+
+
+class SpilledCopy(NamedTuple):
+    """The spill file of an object (a ``PinObjectsReply.spilled`` entry)."""
+    path: str
+    size: Count
+
+
+class StoreClient(NamedTuple):
+    """A driver or worker of a raylet's node (a ``StoreObjectsReply.clients`` entry)."""
+    worker_id: WorkerId
+    pid: Pid
+    kind: str               # "driver" | "worker"
+
+
+class PinHolder(NamedTuple):
+    """Who pins a stored object, and how many times (a ``StoreObject.pinned_by`` entry)."""
+    who: str                # named as full-store messages name a client
+    count: Count
+
+
+class StoreObject(NamedTuple):
+    """One object of a raylet's store, as ``ray memory`` shows it (a
+    ``StoreObjectsReply.objects`` entry)."""
+    object_id: ObjectId
+    size: Count
+    owner_id: OptId         # b"": not known here
+    state: str              # BEING_WRITTEN | PINNED | SEALED | SPILLED
+    pinned_by: PinHolders
+    primary: bool
+    freed: bool
+
+    holders = property(lambda self: [PinHolder._make(h) for h in self.pinned_by],
+                       doc="who pins it, as PinHolder records")
+
+
+PinHolders = list       # [PinHolder as a list, ...]
+StoreObjects = list     # [StoreObject as a list, ...]
+
+_typed(Pinned)
+_typed(SpilledCopy)
+_typed(StoreClient)
+_typed(StoredAt)
+_typed(PinHolder)
+
+ReturnFields = list     # a Return as a list: [ObjectId, RET_*, payload]
+Returns = list          # [Return as a list, ...]
+OptPinnedList = list    # [Pinned as a list, or None, ...]
+OptSpilledList = list   # [SpilledCopy as a list, or None, ...]
+StoreClients = list     # [StoreClient as a list, ...]
+Offsets = list          # [Count, ...]
+
+
+def _entry_check(cls, optional: bool = False):
+    """Check of one entry that must be ``cls`` as a list (or None if ``optional``)."""
+    size = len(cls._fields)
+
+    def check(value) -> None:
+        if value is None and optional:
+            return
+        if type(value) not in (list, tuple) or len(value) != size:
+            raise _bad(f"must hold {cls.__name__} entries [{', '.join(cls._fields)}]"
+                       f"{' or None' if optional else ''}", value)
+        _check(cls, value)
+    return check
+
+
+def _entries_check(cls, optional: bool = False):
+    one = _entry_check(cls, optional)
+
+    def check(value: list) -> None:
+        for item in value:
+            one(item)
+    return check
+
+
+_stored_at_check = _entry_check(StoredAt)
+
+
+def _return_fields(value) -> None:
+    if type(value) not in (list, tuple) or len(value) != 3 or type(value[0]) is not bytes \
+            or len(value[0]) != 20 or value[1] not in (RET_INLINE, RET_STORED, RET_ERROR) \
+            or type(value[1]) is not int:
+        raise _bad("must be a return [object id (20 bytes), RET_INLINE | RET_STORED | "
+                   "RET_ERROR, payload]", value)
+    if value[1] == RET_STORED:
+        _stored_at_check(value[2])
+    elif type(value[2]) is not bytes:
+        raise _bad("must be a return whose payload is bytes (RET_INLINE, RET_ERROR)", value)
+
+
+def _returns(value: list) -> None:
+    for item in value:
+        _return_fields(item)
+
+
+_KINDS.update({
+    "ReturnFields": (list, _return_fields), "Returns": (list, _returns),
+    "OptPinnedList": (list, _entries_check(Pinned, optional=True)),
+    "OptSpilledList": (list, _entries_check(SpilledCopy, optional=True)),
+    "StoreClients": (list, _entries_check(StoreClient)),
+    "Offsets": (list, _list_of(int, _count, "offsets (integers >= 0)")),
+    "PinHolders": (list, _entries_check(PinHolder)),
+})
+_typed(StoreObject)         # its pinned_by kind is known now
+_KINDS["StoreObjects"] = (list, _entries_check(StoreObject))
+
+
+def _opt_entries(record, field: str, doc: str) -> property:
+    """A property reading the entries in ``field`` as ``record``s (None stays None)."""
+    make = record._make
+    return property(lambda self: [None if e is None else make(e) for e in getattr(self, field)],
+                    doc=doc)
 
 
 # --------------------------------------------------------------------------
@@ -407,6 +539,9 @@ class SubmitTask(NamedTuple):
 
 @_declare(4)
 class CancelTask(NamedTuple):
+    """Cancel a queued or running task. For a lease (a TASK_LEASE task id)
+    not ``force``: its owner gives it up, and the raylet ends it on the
+    worker that took it (as a ReturnLease would)."""
     task_id: TaskId
     force: bool
 
@@ -482,9 +617,13 @@ class PinObjectsReply(NamedTuple):
     the file instead; ask again if it vanished), and ``full[i]`` says why,
     when it is on another node and this store is too full of pinned objects
     to take it now (ask again later); else it is not to be had (lost)."""
-    locations: list
-    spilled: list
+    locations: OptPinnedList
+    spilled: OptSpilledList
     full: Strings
+
+    pinned = _opt_entries(Pinned, "locations", "per id, a Pinned record or None")
+
+    spill_files = _opt_entries(SpilledCopy, "spilled", "per id, a SpilledCopy record or None")
 
 
 @_declare(13)
@@ -519,7 +658,7 @@ class ReserveObjects(NamedTuple):
 class ReserveObjectsReply(NamedTuple):
     """``offsets``: one per block reserved (maybe fewer than asked, never
     none unless ``code`` < 0: a CREATE_* code, and ``error`` says why)."""
-    offsets: list
+    offsets: Offsets
     code: int
     error: str
 
@@ -585,13 +724,16 @@ class ListStoreObjects(NamedTuple):
 
 @_declare(22)
 class StoreObjectsReply(NamedTuple):
-    """``objects``: dicts {object_id, size, owner_id, state (``BEING_WRITTEN``
-    | ``PINNED`` | ``SEALED`` | ``SPILLED``), pinned_by [[who, count], ...],
-    primary, freed}; ``total``: objects in the store; ``clients``: this
-    node's drivers and workers as [worker_id, pid, kind] (to name owners)."""
-    objects: list
+    """``objects``: StoreObject entries; ``total``: objects in the store;
+    ``clients``: this node's drivers and workers as StoreClient entries (to
+    name owners). Read them through ``store_objects`` and ``store_clients``."""
+    objects: StoreObjects
     total: Count
-    clients: list = []
+    clients: StoreClients = []
+
+    store_objects = _opt_entries(StoreObject, "objects", "the objects, as StoreObject records")
+
+    store_clients = _opt_entries(StoreClient, "clients", "the clients, as StoreClient records")
 
 
 # --------------------------------------------------------------------------
@@ -603,7 +745,9 @@ class TaskReturned(NamedTuple):
     """Results of a finished task: ``returns`` is a list of
     ``[object_id, RET_*, payload]`` (blob, ``[node_id, size]``, or error blob)."""
     task_id: TaskId
-    returns: list
+    returns: Returns
+
+    results = _opt_entries(Return, "returns", "the returns, as Return records")
 
 
 @_declare(31)
@@ -618,7 +762,9 @@ class TaskFailed(NamedTuple):
 class GeneratorItem(NamedTuple):
     task_id: TaskId
     index: Count
-    ret: list              # [object_id, RET_*, payload]
+    ret: ReturnFields      # [object_id, RET_*, payload]
+
+    returned = property(lambda self: Return._make(self.ret), doc="the item, as a Return")
 
 
 @_declare(33)
@@ -631,7 +777,9 @@ class GetObject(NamedTuple):
 @_declare(34)
 class ObjectValue(NamedTuple):
     object_id: ObjectId
-    ret: list              # [object_id, RET_*, payload]
+    ret: ReturnFields      # [object_id, RET_*, payload]
+
+    returned = property(lambda self: Return._make(self.ret), doc="the value, as a Return")
 
 
 @_declare(35)
@@ -674,6 +822,14 @@ class LeaseGranted(NamedTuple):
     its direct ROUTER, until the owner sends ReturnLease."""
     lease_id: TaskId
     worker: PeerAddress         # the leased worker's Address
+
+    worker_address = property(lambda self: Address._make(self.worker),
+                              doc="the leased worker, as an Address")
+
+
+#: (leases) TaskFailed.error_type of a lease the raylet will not grant: the
+#: node can never fit its shape, or the asker is not the driver the lease names
+LEASE_REFUSED = "LeaseRefused"
 
 
 @_declare(46)

@@ -190,20 +190,35 @@ class Service:
 
     def run(self) -> None:
         while self.running:
-            now = time.monotonic()
-            wait = 1.0
-            for timer in self._timers:
-                if timer[0] <= now:
-                    timer[0] = now + timer[1]
-                    try:
-                        timer[2]()
-                    except Exception:
-                        log.exception("%s: timer %s failed", self.name, timer[2])
-                wait = min(wait, timer[0] - now)
-            for sock, _ in self._poller.poll(max(0, int(wait * 1000))):
-                handler = self._handlers.get(sock)
-                if handler is not None:
-                    handler(sock)
+            self.run_once()
+
+    def run_once(self, max_wait: float = 1.0) -> None:
+        """Run the timers that are due, then wait at most ``max_wait``
+        seconds (less if a timer falls due first) for the sockets and serve
+        what arrived. ``stop()`` ends the wait at once. Only one thread at a
+        time may run it (ZeroMQ sockets are not thread-safe)."""
+        now = time.monotonic()
+        wait = max_wait
+        for timer in self._timers:
+            if timer[0] <= now:
+                timer[0] = now + timer[1]
+                try:
+                    timer[2]()
+                except Exception:
+                    log.exception("%s: timer %s failed", self.name, timer[2])
+            wait = min(wait, timer[0] - now)
+        for sock, _ in self._poller.poll(max(0, int(wait * 1000))):
+            handler = self._handlers.get(sock)
+            if handler is not None:
+                handler(sock)
+
+    def interrupt(self) -> None:
+        """End the wait of ``run_once`` now, without stopping ``run``."""
+        try:
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"x")
+        except OSError:         # full: a wakeup is pending anyway
+            pass
 
     def stop(self) -> None:
         """End ``run()`` now (safe to call from a signal handler)."""

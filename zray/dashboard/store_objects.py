@@ -75,21 +75,22 @@ def object_rows(gcs, limit: int = 100, timeout: float = NODE_TIMEOUT_S
     ip_of = {n.node_id: n.node_ip for n in nodes}
     owners = {}                                      # worker id -> (pid, kind, node id)
     for node_id, reply in answers.items():
-        for worker_id, pid, kind in reply.clients:
-            owners[worker_id] = (pid, kind, node_id)
+        for client in reply.store_clients:
+            owners[client.worker_id] = (client.pid, client.kind, node_id)
     rows, total = [], 0
     for node_id, reply in answers.items():
         total += reply.total
-        for o in reply.objects:
-            pid, kind, owner_node = owners.get(o["owner_id"], (None, None, None))
+        for o in reply.store_objects:
+            pid, kind, owner_node = owners.get(o.owner_id, (None, None, None))
             owner_ip = ip_of.get(owner_node) if owner_node else None
             rows.append({
-                "object_id": o["object_id"].hex(), "object_size": o["size"],
+                "object_id": o.object_id.hex(), "object_size": o.size,
                 "node_id": node_id.hex(), "node_ip": ip_of.get(node_id, ""),
-                "state": o["state"],
-                "pinned_by": [who if n == 1 else f"{who} (x{n})" for who, n in o["pinned_by"]],
-                "is_primary": bool(o["primary"]), "freed": bool(o["freed"]),
-                "owner_worker_id": o["owner_id"].hex() or None, "owner_pid": pid,
+                "state": o.state,
+                "pinned_by": [h.who if h.count == 1 else f"{h.who} (x{h.count})"
+                              for h in o.holders],
+                "is_primary": bool(o.primary), "freed": bool(o.freed),
+                "owner_worker_id": o.owner_id.hex() or None, "owner_pid": pid,
                 "owner_type": kind.upper() if kind else None,
                 "owner_node_id": owner_node.hex() if owner_node else None,
                 "owner_ip": owner_ip,

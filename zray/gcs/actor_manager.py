@@ -88,7 +88,7 @@ class ActorManager:
         return actor
 
     def register(self, msg: p.RegisterActor, spec: p.TaskSpec) -> p.ActorRow:
-        owner = p.Address(*spec.owner)
+        owner = spec.owner_address
         actor = p.ActorRow(
             actor_id=msg.actor_id, spec=list(msg.spec), name=msg.name,
             namespace=msg.namespace, detached=bool(msg.detached),

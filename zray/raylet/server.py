@@ -33,7 +33,7 @@ from ..broker import sockets
 from ..broker.rpc import RpcClient, Sender
 from ..broker.service import Service
 from ..config import config
-from .._private.session import log_path, raylet_ipc, route, session_name, spill_dir
+from .._private.session import actor_ipc, log_path, raylet_ipc, route, session_name, spill_dir
 from ..store import Arena, ObjectStore, arena_path
 from ..store.object_table import ObjectExistsError, ObjectStoreFullError
 from .store_service import StoreService
@@ -180,10 +180,9 @@ class Raylet(Service):
     def handle_submit_task(self, req, msg: p.SubmitTask):
         spec = p.task_spec(msg.spec)
         if spec.kind == p.TASK_LEASE:       # task path: only a driver of this node leases
-            client = self.clients.of_worker(p.Address(*spec.owner).worker_id)
+            client = self.clients.of_worker(spec.owner_address.worker_id)
             if client is None or client.kind != "driver" or client.identity != req.identity:
-                log.warning("a lease asked for by %r, not a driver of this node: dropped",
-                            req.identity[:16])
+                self._refuse_lease(req, spec)
                 return
         if spec.kind == p.TASK_ACTOR_CREATION and self.tasks.has_actor(spec.actor_id):
             # A GCS that restarted may send a creation again: one worker per actor.
@@ -191,6 +190,18 @@ class Raylet(Service):
                      "again is ignored", spec.actor_id.hex()[:12])
             return
         self.tasks.submit(spec)
+
+    def _refuse_lease(self, req, spec) -> None:
+        """(leases) A lease asked for by a client that is not the driver of
+        this node the spec names: refused, and the asker (if it registered)
+        told so by a LeaseRefused at its own inbox, so it stops waiting."""
+        asker = self.clients.get(req.identity)
+        why = (f"node {self.node_id.hex()[:12]} leases workers only to the driver of this "
+               f"node that asks for itself over its own raylet connection")
+        log.warning("a lease asked for by %s: refused (%s)",
+                    f"{asker.kind} pid {asker.pid}" if asker else repr(req.identity[:16]), why)
+        if asker is not None and asker.inbox:
+            self.sender.send(asker.inbox, p.TaskFailed(spec.task_id, p.LEASE_REFUSED, why))
 
     def handle_worker_ready(self, req, msg: p.WorkerReady):
         worker = self.pool.workers.get(msg.worker_id)
@@ -252,12 +263,25 @@ class Raylet(Service):
             return
         for worker in self.pool.workers.values():
             if worker.task is not None and worker.task.task_id == msg.task_id:
+                if worker.task.kind == p.TASK_LEASE and not msg.force:
+                    self._end_lease(worker)
+                    return
                 if msg.force:
                     worker.cancelled = True
                     self.pool.kill(worker)
                 elif worker.inbox:
                     self.sender.send(worker.inbox, p.CancelRunning(msg.task_id))
                 return
+
+    def _end_lease(self, worker) -> None:
+        """(leases) The owner gave up a lease it never saw granted (its
+        LeaseGranted was lost): tell the worker, as its owner would, to end
+        it; it then says WorkerReady and the lease's resources are free."""
+        lease = worker.task
+        log.info("lease %s given up by its owner: worker pid %d ends it",
+                 lease.task_id.hex()[:12], worker.pid)
+        self.sender.send(actor_ipc(self.session_dir, worker.worker_id),
+                         p.ReturnLease(lease.task_id))
 
     # -------------------------------------------------------------- workers
     def _on_zygote(self) -> None:
@@ -430,13 +454,13 @@ class Raylet(Service):
         records, total = self.store.list_objects(min(msg.limit, 100_000))
         objects = []
         for r in records:
-            holders = ([[self._describe_client(r["writer"]), 1]] if r["state"] == "BEING_WRITTEN"
-                       else [[self._describe_client(c), n] for c, n in r["pins"].items()])
-            objects.append({"object_id": r["object_id"], "size": r["size"],
-                            "owner_id": r["owner"] or b"", "state": r["state"],
-                            "pinned_by": holders, "primary": r["primary"],
-                            "freed": r["freed"]})
-        clients = [[c.worker_id, c.pid, c.kind] for c in self.clients.all()]
+            holders = ([p.PinHolder(self._describe_client(r["writer"]), 1)]
+                       if r["state"] == "BEING_WRITTEN" else
+                       [p.PinHolder(self._describe_client(c), n) for c, n in r["pins"].items()])
+            objects.append(p.StoreObject(r["object_id"], r["size"], r["owner"] or b"",
+                                         r["state"], holders, bool(r["primary"]),
+                                         bool(r["freed"])))
+        clients = [p.StoreClient(c.worker_id, c.pid, c.kind) for c in self.clients.all()]
         self.reply(req, p.StoreObjectsReply(objects, total, clients))
 
     # ---------------------------------------------------------------- misc

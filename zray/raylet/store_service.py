@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 
+from ..broker import protocol as p
 from ..store import Arena, ObjectStore
 from ..store.object_table import ObjectExistsError, ObjectStoreFullError
 
@@ -58,9 +59,11 @@ class StoreService:
         #: unknown object -> the last block reserved when it was first
         #: waited for: blocks reserved later cannot turn out to be it
         self._settled: dict[bytes, int] = {}
-        #: unknown objects freed while blocks were reserved: one of those
-        #: blocks may still be named so (then it is dropped at once)
-        self._freed_early: set[bytes] = set()
+        #: unknown objects freed while blocks were reserved -> the last
+        #: block reserved then: one of the blocks up to it may still be named
+        #: so (then it is dropped at once). Kept, in free order, until every
+        #: such block is named or dropped (``_unreserve``).
+        self._freed_early: dict[bytes, int] = {}
 
     # -- writing ----------------------------------------------------------
     def create(self, object_id: bytes, size: int, owner: bytes | None, writer) -> int:
@@ -104,14 +107,27 @@ class StoreService:
         """Blocks of ``size`` bytes ``writer`` may fill without asking, one
         per placeholder id: their offsets. The first may evict or spill (it
         raises ObjectStoreFullError or ObjectExistsError as ``create``); the
-        others are taken only from free space (fewer offsets then)."""
+        others are taken only from free space (fewer offsets then: a later
+        block that cannot be had ends the list, and the blocks already
+        reserved are the caller's). Nothing stays reserved if it raises."""
         offsets = []
-        for i, placeholder in enumerate(placeholder_ids):
-            if i and self.store.allocator.largest_free() < self.store.allocator.block_size(size):
-                break
-            offsets.append(self.create(placeholder, size, None, writer))
-            self._reserve_seq += 1
-            self._reserved[placeholder] = (self._reserve_seq, writer)
+        try:
+            for i, placeholder in enumerate(placeholder_ids):
+                if i and self.store.allocator.largest_free() \
+                        < self.store.allocator.block_size(size):
+                    break
+                try:
+                    offsets.append(self.create(placeholder, size, None, writer))
+                except (ObjectStoreFullError, ObjectExistsError):
+                    if not i:
+                        raise
+                    break
+                self._reserve_seq += 1
+                self._reserved[placeholder] = (self._reserve_seq, writer)
+        except BaseException:
+            # the caller gets no offsets: give back what it would not know of
+            self.release_reserved(placeholder_ids[:len(offsets)], writer)
+            raise
         return offsets
 
     def seal_reserved(self, placeholder: bytes, object_id: bytes, size: int,
@@ -123,8 +139,7 @@ class StoreService:
             log.warning("seal of a block %s reserved by another client dropped",
                         placeholder.hex()[:16])
             return
-        if object_id in self._freed_early:      # its owner freed it already
-            self._freed_early.discard(object_id)
+        if self._freed_early.pop(object_id, None) is not None:   # its owner freed it already
             self.abort(placeholder)
             return
         try:
@@ -146,10 +161,7 @@ class StoreService:
             self._owner_of[object_id] = owner
             self._owned.setdefault(owner, set()).add(object_id)
         self.seal(object_id, writer)
-        self._reserved.pop(placeholder, None)
-        if not self._reserved:
-            self._freed_early.clear()
-            self._settled.clear()
+        self._unreserve(placeholder)
         self._wake(placeholder)
 
     def release_reserved(self, placeholder_ids, writer) -> None:
@@ -165,6 +177,12 @@ class StoreService:
     def reserved_count(self) -> int:
         """Reserved blocks not named yet (for tests and stats)."""
         return len(self._reserved)
+
+    def freed_early_count(self) -> int:
+        """Objects freed before a block reserved earlier was named, still
+        remembered: at most those freed while the oldest such block is
+        unnamed (for tests and stats)."""
+        return len(self._freed_early)
 
     def _may_become(self, object_id: bytes) -> list[bytes]:
         """The reserved blocks that may still turn out to be ``object_id``
@@ -223,10 +241,25 @@ class StoreService:
     def abort(self, object_id: bytes) -> None:
         """Drop a copy that will never be complete; waiters learn it is not here."""
         self.store.abort(object_id)
-        if self._reserved.pop(object_id, None) is not None and not self._reserved:
+        self._unreserve(object_id)
+        self._wake(object_id)
+
+    def _unreserve(self, placeholder: bytes) -> None:
+        """A reserved block was named or dropped: forget the early frees
+        that no block left can turn out to be."""
+        if self._reserved.pop(placeholder, None) is None:
+            return
+        if not self._reserved:
             self._freed_early.clear()       # no block left that could become them
             self._settled.clear()
-        self._wake(object_id)
+            return
+        oldest = next(iter(self._reserved.values()))[0]     # blocks are kept in seq order
+        freed = self._freed_early
+        while freed:
+            object_id, seq = next(iter(freed.items()))
+            if seq >= oldest:
+                break
+            del freed[object_id]            # every block reserved before its free is gone
 
     def when_sealed(self, object_id: bytes, callback) -> None:
         """Call ``callback(ok)`` once the object being created here is sealed
@@ -250,19 +283,21 @@ class StoreService:
                               object_id.hex()[:16])
 
     # -- reading ----------------------------------------------------------
-    def pin(self, object_id: bytes, client) -> tuple[int, int] | None:
-        """``(offset, size)`` pinned for ``client``, None if not here;
+    def pin(self, object_id: bytes, client) -> p.Pinned | None:
+        """Where the object is pinned for ``client``, None if not here;
         raises ObjectStoreFullError when a spilled object has no room back."""
         try:
-            return self.store.pin(object_id, client)
+            loc = self.store.pin(object_id, client)
         except ObjectStoreFullError as err:
             self._full(err)
             raise
+        return None if loc is None else p.Pinned._make(loc)
 
     def pin_all(self, object_ids, client, what: str = "restoring") -> tuple[list, list]:
-        """Pin each object for ``client``: ``(locations, spill files)``, one
-        of each per object (None where it does not apply); an object with no
-        room to be restored is read from its spill file instead."""
+        """Pin each object for ``client``: ``(locations, spill files)``
+        (``Pinned`` and ``SpilledCopy`` records), one of each per object
+        (None where it does not apply); an object with no room to be
+        restored is read from its spill file instead."""
         locations, spilled = [], []
         for object_id in object_ids:
             copy = None
@@ -272,8 +307,8 @@ class StoreService:
                 self._full(err)
                 self.log_full(f"{what} {object_id.hex()[:16]}", err)
                 loc, copy = None, self.store.spilled_copy(object_id)
-            locations.append(list(loc) if loc else None)
-            spilled.append(list(copy) if copy else None)
+            locations.append(p.Pinned._make(loc) if loc else None)
+            spilled.append(p.SpilledCopy._make(copy) if copy else None)
         return locations, spilled
 
     def release(self, object_id: bytes, client) -> None:
@@ -282,9 +317,8 @@ class StoreService:
     def free(self, object_id: bytes) -> None:
         """The owner freed it: drop it here (once unpinned)."""
         if self._reserved and not self.store.known(object_id):
-            if len(self._freed_early) > 100_000:
-                self._freed_early.clear()
-            self._freed_early.add(object_id)
+            self._freed_early.pop(object_id, None)      # kept in free order
+            self._freed_early[object_id] = self._reserve_seq
         self.store.free(object_id)
         owner = self._owner_of.pop(object_id, None)
         if owner is not None:

@@ -90,11 +90,11 @@ class LocalTaskManager:
     def drop_tasks_of(self, owner_id: bytes) -> None:
         """Forget the queued tasks of an owner that is gone."""
         for shape, queue in self.queues.items():
-            keep = [s for s in queue if p.Address(*s.owner).worker_id != owner_id]
+            keep = [s for s in queue if s.owner_address.worker_id != owner_id]
             if len(keep) != len(queue):
                 self.queues[shape] = collections.deque(keep)
         self.infeasible = [s for s in self.infeasible
-                           if p.Address(*s.owner).worker_id != owner_id]
+                           if s.owner_address.worker_id != owner_id]
 
     def has_actor(self, actor_id: bytes) -> bool:
         """Whether this node hosts the actor, or has its creation queued."""
@@ -160,7 +160,7 @@ class LocalTaskManager:
         never forwarded; refused at once if this node can never fit it."""
         if not self.resources.feasible(spec.resources):
             self._tell_owner(spec.owner, p.TaskFailed(
-                spec.task_id, "LeaseRefused",
+                spec.task_id, p.LEASE_REFUSED,
                 f"node {self.node_id.hex()[:12]} cannot fit {spec.resources}"))
             return
         self._enqueue(spec)
@@ -327,7 +327,7 @@ class LocalTaskManager:
                 except ObjectStoreFullError:
                     loc = None      # the worker asks itself (and may read the spill file)
                 if loc is not None:
-                    args[i] = list(arg._replace(offset=loc[0]))
+                    args[i] = list(arg._replace(offset=loc.offset))
         return spec
 
     def worker_room(self) -> tuple[int, int]:

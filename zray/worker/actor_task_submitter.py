@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 class ActorState:
     """What a caller knows of one actor: where it is and the calls it owes."""
     __slots__ = ("actor_id", "state", "address", "incarnation", "queue", "inflight",
-                 "death_message", "death_blob", "keep")
+                 "death_message", "death_blob", "keep", "endpoint")
 
     def __init__(self, actor_id: bytes):
         self.actor_id = actor_id
@@ -52,6 +52,7 @@ class ActorState:
         self.death_message = ""
         self.death_blob = b""
         self.keep = None        # refs in its constructor's arguments, until it is up
+        self.endpoint = None    # where its calls go (from address), once known
 
     def death_error(self, in_flight: bool = False):
         cause = None
@@ -232,29 +233,35 @@ class ActorTaskSubmitter:
         tasks = self.tasks
         task_id = tasks.new_task_id()
         arg_entries, held, deps = tasks.prepare_args(args, kwargs)
-        if handle_ref is not None and handle_ref._worker is self._worker:
-            with self.cond:
-                entry = self.refs.get(handle_ref._id)
-                if entry is not None:
-                    entry.submitted += 1
-                    held.append(handle_ref._id)
+        hold_handle = handle_ref is not None and handle_ref._worker is self._worker
         spec = p.TaskSpec(task_id, self._worker.job_id, p.TASK_ACTOR_METHOD, b"", method_name,
                           arg_entries, list(kwargs), num_returns, {}, max_task_retries,
                           False, list(self.address), 0, actor_id, method_name, {})
         if tasks.task_events.enabled:
             tasks.task_events.submitted(task_id, 0, p.TS_PENDING_ARGS_AVAIL, tasks.event_info(
                 method_name, p.TASK_ACTOR_METHOD, actor_id, None))
-        watch = []
+        watch, ready = [], []
 
         def enqueue_locked(task):
+            # one hold of the lock per call: count the handle, queue the call
+            # and, when it is the only one and the actor is up, take it to send
+            if hold_handle:
+                entry = self.refs.get(handle_ref._id)
+                if entry is not None:
+                    entry.submitted += 1
+                    task.held.append(handle_ref._id)
             actor = self.actors.get(actor_id)
             if actor is None:
                 actor = self.actors[actor_id] = ActorState(actor_id)
                 watch.append(actor_id)
             actor.queue.append(task)
+            if actor.state == p.ACTOR_ALIVE and len(actor.queue) == 1 and not task.deps:
+                ready.append(self._take_sendable_locked(actor))
         _, refs = tasks.new_task(spec, False, held, deps, enqueue_locked)
         if watch:       # the GCS answers with where it is, then each change
             self._gcs.send(p.WatchActor(actor_id, self.address.endpoint))
+        elif ready:
+            self._send_taken(*ready[0])
         else:
             self.pump(actor_id)
         if num_returns == p.STREAMING:
@@ -264,7 +271,7 @@ class ActorTaskSubmitter:
     def pump(self, actor_id: bytes) -> None:
         """Send the actor's queued calls, in order, while it is alive and the
         call at the head has its arguments ready."""
-        sends, fails = [], []
+        fails = []
         with self.cond:
             actor = self.actors.get(actor_id)
             if actor is None:
@@ -272,22 +279,43 @@ class ActorTaskSubmitter:
             if actor.state == p.ACTOR_DEAD:
                 fails = [(t, actor.death_error()) for t in actor.queue]
                 actor.queue.clear()
+                taken = None
             elif actor.state == p.ACTOR_ALIVE:
-                queue = actor.queue
-                while queue and not queue[0].deps:
-                    task = queue.popleft()
-                    if task.cancelled:
-                        continue
-                    error = self.tasks.resolve_owned_args_locked(task)
-                    if error is not None:
-                        fails.append((task, error))
-                        continue
-                    task.submitted = True
-                    actor.inflight[task.spec.task_id] = task
-                    sends.append(p.encode(p.ExecuteTask(list(task.spec))))
-            address = actor.address
+                taken = self._take_sendable_locked(actor)
+            else:
+                return
+        if taken is not None:
+            self._send_taken(*taken)
+        for task, error in fails:
+            self.tasks.fail_task(task.spec.task_id, error)
+
+    def _take_sendable_locked(self, actor: ActorState):
+        """(lock held, the actor alive) Take its queued calls from the head
+        while their arguments are ready: ``(endpoint, payloads, fails)``, to
+        hand to ``_send_taken`` once the lock is released."""
+        sends, fails = [], []
+        queue = actor.queue
+        while queue and not queue[0].deps:
+            task = queue.popleft()
+            if task.cancelled:
+                continue
+            error = self.tasks.resolve_owned_args_locked(task)
+            if error is not None:
+                fails.append((task, error))
+                continue
+            task.submitted = True
+            actor.inflight[task.spec.task_id] = task
+            sends.append(p.encode(p.ExecuteTask(list(task.spec))))
+        endpoint = None
         if sends:
-            self._sender.send_many(self._routes.actor_endpoint(address), sends)
+            endpoint = actor.endpoint
+            if endpoint is None:
+                endpoint = actor.endpoint = self._routes.actor_endpoint(actor.address)
+        return endpoint, sends, fails
+
+    def _send_taken(self, endpoint, sends, fails) -> None:
+        if sends:
+            self._sender.send_many(endpoint, sends)
         for task, error in fails:
             self.tasks.fail_task(task.spec.task_id, error)
 
@@ -330,6 +358,8 @@ class ActorTaskSubmitter:
             actor.state = msg.state
             if msg.state in (p.ACTOR_ALIVE, p.ACTOR_DEAD):
                 actor.keep = None   # its constructor has borrowed what it needs
+            if actor.address != msg.address:
+                actor.endpoint = None
             actor.address = msg.address
             actor.death_message = msg.death_message
             actor.death_blob = msg.death_error

@@ -16,7 +16,9 @@ Sockets and threads:
 * ``gcs`` — an RpcClient to the GCS: functions, jobs, KV.
 * ``sender`` — DEALERs to other core workers' inboxes (one-way messages).
 * the inboxes — ROUTERs other processes send to (task results, object
-  requests, borrower notices). Only the I/O thread reads them.
+  requests, borrower notices). Only the thread holding the inbox's baton
+  reads them: the I/O thread, or in a driver a thread waiting in
+  ``get``/``wait`` (it handles its own reply, see inbox.py).
 
 The parts' tables are guarded by one lock (``cond``), which also wakes the
 threads waiting in ``get``/``wait``. The worker process (executor.py) uses
@@ -120,6 +122,7 @@ class CoreWorker:
             self.task_events, lambda actor_id: self.actor_calls.pump(actor_id),
             lambda task, failed: self.actor_calls.call_ended_locked(task, failed))
         self.task_manager.wake_locked = self._wake_locked
+        self.getter.wait_locked = self.wait_locked
         self.actor_calls = ActorTaskSubmitter(self.cond, self, self.references,
                                               self.task_manager, self.getter, self.gcs,
                                               self.raylet, self.sender, self)
@@ -133,7 +136,8 @@ class CoreWorker:
         self._subscriber = sockets.subscriber(reply.pub_address, topics)
         self._wake_pending = False
         self.inbox = InboxDispatcher(self, (self._inbox, self._inbox_tcp), self._subscriber,
-                                     self._after_burst, self._on_event, self._tick)
+                                     self._after_burst, self._on_event, self._tick,
+                                     cond=self.cond, self_read=mode == "driver")
         self._running = True
         self.inbox.start()
 
@@ -382,12 +386,23 @@ class CoreWorker:
 
     # ------------------------------------------------------------- I/O thread
     def _wake_locked(self) -> None:
-        """(lock held) Wake the threads waiting for objects. The I/O thread
-        wakes them once per burst of messages instead (see _after_burst)."""
-        if threading.get_ident() == self.inbox.ident:
+        """(lock held) Wake the threads waiting for objects. The thread that
+        reads the inboxes wakes them once per burst of messages instead (see
+        _after_burst); a waiting thread that reads them is interrupted."""
+        inbox = self.inbox
+        reader = inbox.reader
+        if reader == threading.get_ident():
             self._wake_pending = True
-        else:
-            self.cond.notify_all()
+            return
+        self.cond.notify_all()
+        if reader is not None and reader != inbox.ident:
+            inbox.interrupt()
+
+    def wait_locked(self, timeout: float) -> None:
+        """(lock held) Wait at most ``timeout`` for the tables to change
+        (a waiting thread of the driver reads the inboxes itself, see
+        InboxDispatcher.read_locked); the caller re-checks what it waits for."""
+        self.inbox.read_locked(timeout)
 
     def wake(self) -> None:
         """Wake the threads waiting for objects."""
@@ -399,7 +414,7 @@ class CoreWorker:
         if self.streams.item_arrived(msg, self.task_manager.is_pending):
             self.wake()
         else:
-            self.task_manager.free_orphan(p.Return(*msg.ret))
+            self.task_manager.free_orphan(msg.returned)
 
     def _flush_wakes(self) -> None:
         """(I/O thread) Wake the waiters once for what it recorded."""
@@ -506,6 +521,11 @@ class CoreWorker:
         self._running = False
         self.inbox.stop()
         self.inbox.join(timeout=2)
+        if threading.current_thread() is threading.main_thread():
+            self.inbox.restore_signal_handler()
+        with self.cond:                     # a thread in get may be reading the inboxes
+            if not self.inbox.wait_idle_locked(timeout=2):
+                log.warning("a thread still reads the inboxes at shutdown")
         try:
             self.task_events.close()
         except Exception:

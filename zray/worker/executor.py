@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
@@ -43,6 +44,7 @@ class LogForwarder:
         self._stream = stream
         self._executor = executor
         self._partial = ""
+        self._unflushed = False         # written to since the last flush
 
     def write(self, text: str) -> int:
         self._stream.write(text)
@@ -53,15 +55,24 @@ class LogForwarder:
             self._executor.forward_lines(lines)
         else:
             self._partial += text
+        self._unflushed = True
         return len(text)
 
     def flush(self) -> None:
+        self._unflushed = False
         self._stream.flush()
         if self._partial:
             self._executor.forward_lines([self._partial])
             self._partial = ""
 
+    def flush_written(self) -> None:
+        """``flush`` if anything was written through this stream since the
+        last flush (the end of every task: mostly nothing to do)."""
+        if self._unflushed:
+            self.flush()
+
     def __getattr__(self, name):
+        self._unflushed = True          # .buffer, .fileno, ...: may write around us
         return getattr(self._stream, name)
 
 
@@ -224,16 +235,20 @@ class Executor:
     def _leave(self) -> None:
         self.current = None
         self.cw.leave_task()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if type(stream) is LogForwarder:
+                stream.flush_written()
+            else:                       # replaced by user code
+                stream.flush()
 
     def _returns_of(self, spec, result) -> list:
         cw = self.cw
-        owner_id = p.Address(*spec.owner).worker_id
+        owner_id = spec.owner_address.worker_id
         returns = []
         for i, value in enumerate(self._split_returns(spec, result)):
             ser = serialization.serialize(value)
-            cw.lend(ser.contained_refs, owner_id)
+            if ser.contained_refs:
+                cw.lend(ser.contained_refs, owner_id)
             returns.append(cw.return_of(cw.return_id(spec.task_id, i + 1), ser, owner_id))
         return returns
 
@@ -302,7 +317,7 @@ class Executor:
         tells the raylet this worker is idle (which frees the lease's
         resources)."""
         sock = self._direct_sock()
-        owner = p.Address(*lease.owner)
+        owner = lease.owner_address
         self.cw.send_to(lease.owner, p.LeaseGranted(lease.task_id, list(self.cw.address)))
         self.leased_by = lease.task_id
         try:
@@ -345,9 +360,7 @@ class Executor:
             return
         submit = self._call_inline
         if max_concurrency > 1:
-            from concurrent.futures import ThreadPoolExecutor
-            pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="zray-actor")
-            submit = lambda spec, fn: pool.submit(self._call_guarded, spec, fn)  # noqa: E731
+            submit = _CallPool(max_concurrency, self._call_guarded).submit
         poller = zmq.Poller()
         for sock in self.actor_socks:
             poller.register(sock, zmq.POLLIN)
@@ -502,7 +515,7 @@ class Executor:
             if arg.kind == p.ARG_VALUE:
                 values.append(serialization.deserialize(arg.blob)[1])
             elif arg.kind == p.ARG_STORED:
-                pinned_at = (arg.offset, arg.size) if arg.offset >= 0 else None
+                pinned_at = p.Pinned(arg.offset, arg.size) if arg.offset >= 0 else None
                 view = cw.stored_view(arg.object_id, pinned_at, source=arg.node_id)
                 values.append(serialization.deserialize(view)[1])
             else:
@@ -580,6 +593,36 @@ class Executor:
         if spec is not None and self.cancel_requested == spec.task_id:
             self.cancel_requested = None
             raise exc.TaskCancelledError(f"task {spec.function_name} was cancelled")
+
+
+class _CallPool:
+    """The threads of an actor with ``max_concurrency`` > 1: up to that many
+    calls run at once, each started in arrival order. Lighter than a
+    ThreadPoolExecutor (no Future per call): a call is a queue entry; a
+    thread is added, up to ``size``, only when none is idle."""
+
+    def __init__(self, size: int, run):
+        self._size = size
+        self._run = run
+        self._calls = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)     # one count per idle thread
+        self._threads = 0
+
+    def submit(self, spec, fn) -> None:
+        """Queue a call (from the one thread that reads the actor's calls)."""
+        self._calls.put((spec, fn))
+        if not self._idle.acquire(blocking=False) and self._threads < self._size:
+            self._threads += 1
+            threading.Thread(target=self._serve, daemon=True,
+                             name=f"zray-actor_{self._threads}").start()
+
+    def _serve(self) -> None:
+        get, run, idle = self._calls.get, self._run, self._idle
+        while True:
+            spec, fn = get()
+            run(spec, fn)
+            del spec, fn
+            idle.release()
 
 
 def main(raylet_endpoint: str, session_dir: str, worker_id: bytes) -> int:

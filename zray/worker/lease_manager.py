@@ -15,14 +15,19 @@ a driver goes on a lease, and only on an idle one (one task in flight per
 lease; a busy lease sends the task the raylet's way as before); a lease
 idle for ``config.worker_lease_idle_ms`` is returned; when the leased
 worker dies its task fails with WorkerCrashedError (and is retried like
-any task), when it is force-cancelled with TaskCancelledError. Guarded by
-the core worker's lock (``cond``); ``*_locked`` methods expect it held.
+any task), when it is force-cancelled with TaskCancelledError. No lease
+is held for nothing: one asked for and not seen granted within
+``GRANT_WAIT_S`` (its LeaseGranted lost, or the raylet's refusal) is given
+up (the raylet ends it if a worker took it), and a ReturnLease the send
+queue dropped is sent again each tick until it goes or the worker is gone.
+Guarded by the core worker's lock (``cond``); ``*_locked`` methods expect it held.
 """
 from __future__ import annotations
 
 import logging
 import time
 
+from .._private.pids import pid_alive
 from ..broker import protocol as p
 from ..config import config
 
@@ -32,15 +37,22 @@ log = logging.getLogger(__name__)
 REFUSED_RETRY_S = 10.0
 #: the name lease specs carry (in the raylet's logs and its worker table)
 LEASE_NAME = "<worker lease>"
+#: a lease asked for and not seen granted for this long is given up (the
+#: raylet ends it if a worker took it: its LeaseGranted was lost)
+GRANT_WAIT_S = 10.0
 
 
 class Lease:
-    """One lease: asked for (``address`` None) or granted."""
-    __slots__ = ("lease_id", "key", "address", "endpoint", "task", "idle_since", "doomed")
+    """One lease: asked for (``address`` None), granted, or being returned
+    (``returning``: its ReturnLease was dropped, it is sent again)."""
+    __slots__ = ("lease_id", "key", "address", "endpoint", "task", "idle_since", "doomed",
+                 "asked_at", "returning")
 
-    def __init__(self, lease_id: bytes, key):
+    def __init__(self, lease_id: bytes, key, asked_at: float = 0.0):
         self.lease_id = lease_id
         self.key = key
+        self.asked_at = asked_at        # when it was asked for (monotonic)
+        self.returning = False
         self.address = None             # the leased worker's Address, once granted
         self.endpoint = None            # its direct ROUTER, once granted
         self.task = None                # the PendingTask in flight on it
@@ -92,7 +104,7 @@ class LeaseManager:
                 if time.monotonic() < until:
                     return False, None
                 del self._refused[key]
-            lease = Lease(self._new_id(), key)
+            lease = Lease(self._new_id(), key, time.monotonic())
             self.by_key[key] = lease
             self.by_id[lease.lease_id] = lease
             return False, p.SubmitTask(list(p.TaskSpec(
@@ -115,10 +127,15 @@ class LeaseManager:
     def granted(self, msg: p.LeaseGranted) -> None:
         """(I/O thread, lock held) A worker took our lease."""
         lease = self.by_id.get(msg.lease_id)
-        address = p.Address(*msg.worker)
+        address = msg.worker_address
         endpoint = self._worker.actor_endpoint(address)
-        if lease is None or lease.address is not None:
-            # given up meanwhile (shutdown, refused shape): give it back at once
+        if lease is None:
+            # given up meanwhile (shutdown, refused shape, waited too long): give it back
+            stale = Lease(msg.lease_id, None)
+            stale.address, stale.endpoint = address, endpoint
+            self._drop_locked(stale)
+            return
+        if lease.address is not None:       # granted twice: the second one goes back
             self._worker.sender.send(endpoint, p.ReturnLease(msg.lease_id))
             return
         lease.address = address
@@ -157,7 +174,7 @@ class LeaseManager:
         if lease is None:
             return None
         self._forget_locked(lease)
-        if msg.error_type == "LeaseRefused":
+        if msg.error_type == p.LEASE_REFUSED:
             self._refused[lease.key] = time.monotonic() + REFUSED_RETRY_S
             log.info("no lease for %s: %s", dict(lease.key[0]), msg.message)
         task = lease.task
@@ -189,11 +206,29 @@ class LeaseManager:
 
     # -- returning -------------------------------------------------------------
     def return_idle_locked(self, now: float) -> None:
-        """(lock held) Give back the leases idle for ``worker_lease_idle_ms``."""
+        """(lock held) Give back the leases idle for ``worker_lease_idle_ms``,
+        send again the ReturnLease messages dropped, and give up the leases
+        asked for ``GRANT_WAIT_S`` ago and not seen granted."""
         for lease in list(self.by_id.values()):
-            if lease.address is not None and lease.task is None \
-                    and now - lease.idle_since >= self._idle_s:
+            if lease.returning:
+                if pid_alive(lease.address.pid):
+                    self._drop_locked(lease)
+                else:
+                    self._forget_locked(lease)      # its worker is gone: nothing to return
+            elif lease.address is None:
+                if now - lease.asked_at >= GRANT_WAIT_S:
+                    self._give_up_locked(lease)
+            elif lease.task is None and now - lease.idle_since >= self._idle_s:
                 self._drop_locked(lease)
+
+    def _give_up_locked(self, lease: Lease) -> None:
+        """A lease asked for long ago and not granted: forget it; the raylet
+        drops it from its queue, or ends it if a worker took it (a lost
+        LeaseGranted), so its CPU is not held for nothing."""
+        log.info("lease %s for %s not granted after %.0fs: given up",
+                 lease.lease_id.hex()[:12], dict(lease.key[0]), GRANT_WAIT_S)
+        self._forget_locked(lease)
+        self._raylet.send(p.CancelTask(lease.lease_id, False))
 
     def return_all_locked(self) -> None:
         """(lock held) Give back every lease (at shutdown); asked ones are
@@ -206,10 +241,18 @@ class LeaseManager:
         self.enabled = False
 
     def _drop_locked(self, lease: Lease) -> None:
+        """Return a granted lease to its worker; if the send queue drops the
+        ReturnLease, keep it (``returning``) to send again next tick."""
         self._forget_locked(lease)
-        self._worker.sender.send(lease.endpoint, p.ReturnLease(lease.lease_id))
+        if self._worker.sender.send(lease.endpoint, p.ReturnLease(lease.lease_id)):
+            return
+        if not lease.returning:
+            log.info("lease %s: ReturnLease not sent (the worker's queue is full), sent "
+                     "again next tick", lease.lease_id.hex()[:12])
+        lease.returning = True
+        self.by_id[lease.lease_id] = lease
 
     def _forget_locked(self, lease: Lease) -> None:
         self.by_id.pop(lease.lease_id, None)
-        if self.by_key.get(lease.key) is lease:
+        if lease.key is not None and self.by_key.get(lease.key) is lease:
             del self.by_key[lease.key]

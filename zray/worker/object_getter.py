@@ -54,6 +54,9 @@ class ObjectGetter:
         self._send_to = send_to
         self._raylet_error = raylet_error
         self.blocked_hook = None            # the worker: tell the raylet we wait
+        #: ``wait_locked(timeout)`` (lock held): wait for the tables to change; the
+        #: core worker's reads the inboxes on this thread (see inbox.py)
+        self.wait_locked = cond.wait
         self.dead_owners: dict[bytes, str] = {}     # worker id -> why (TOPIC_WORKER)
         self.dead_nodes: set[bytes] = set()
         self._views: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
@@ -119,7 +122,7 @@ class ObjectGetter:
         self.pin_requests += 1
         reply = self._raylet.call(p.PinObjects(ids, [self.node_id] * len(ids), [0] * len(ids)))
         return [self.view(object_id, pinned_at=location)
-                for object_id, location in zip(ids, reply.locations) if location is not None]
+                for object_id, location in zip(ids, reply.pinned) if location is not None]
 
     def wait(self, refs, num_returns: int = 1, timeout=None, fetch_local: bool = True):
         """``(ready, not_ready)``. ``fetch_local``: an object counts as ready
@@ -161,7 +164,7 @@ class ObjectGetter:
             return True
         self.pin_requests += 1
         reply = self._raylet.call(p.PinObjects([ret.object_id], [where.node_id], [where.size]))
-        location, spilled, full = reply.locations[0], reply.spilled[0], reply.full[0]
+        location, spilled, full = reply.pinned[0], reply.spill_files[0], reply.full[0]
         if location is not None:        # pulled and pinned: keep it while the view lives
             self.view(ret.object_id, pinned_at=location)
             return True
@@ -232,7 +235,7 @@ class ObjectGetter:
                     if borrowed:
                         self._check_owners([r for r, _ in borrowed], [e for _, e in borrowed])
                 wait = 1.0 if deadline is None else min(1.0, deadline - now)
-                self.cond.wait(wait)
+                self.wait_locked(wait)
             if blocked:
                 self._set_blocked(False)
             return [e.ret if e.state == READY else None for e in entries]
@@ -325,7 +328,7 @@ class ObjectGetter:
 
     def view(self, object_id: bytes, pinned_at=None, source: bytes = b"", size: int = 0):
         """A read-only view of a stored object, pinned while it lives.
-        ``pinned_at`` is ``(offset, size)`` when the raylet pinned it for us."""
+        ``pinned_at`` is a ``p.Pinned`` when the raylet pinned it for us."""
         view = self._views.get(object_id)
         if view is not None:
             if pinned_at is not None:
@@ -336,7 +339,8 @@ class ObjectGetter:
             if view is not None:        # a private copy of a spill file: nothing pinned
                 self._views[object_id] = view
                 return view
-        offset, length = pinned_at
+        pinned_at = p.Pinned._make(pinned_at)
+        offset, length = pinned_at.offset, pinned_at.size
         view = self._arena.read_view(offset, length)
         weakref.finalize(view, self.released_views.append, object_id)
         self._views[object_id] = view
@@ -380,7 +384,7 @@ class ObjectGetter:
         while True:
             self.pin_requests += 1
             reply = self._raylet.call(p.PinObjects([object_id], [source], [size]))
-            location, spilled, full = reply.locations[0], reply.spilled[0], reply.full[0]
+            location, spilled, full = reply.pinned[0], reply.spill_files[0], reply.full[0]
             if location is not None:
                 return location, None
             if full:
@@ -397,7 +401,7 @@ class ObjectGetter:
                 continue
             if spilled is None:
                 raise exc.ObjectLostError(f"object {object_id.hex()} is not in the object store")
-            path, length = spilled
+            path, length = spilled.path, spilled.size
             view = read_spill_file(path, length)
             if view is not None:
                 return None, view
@@ -436,7 +440,7 @@ class ObjectGetter:
         with self.cond:
             entry = self.refs.get(msg.object_id)
             if entry is not None and entry.state == PENDING:
-                entry.ret = p.Return(*msg.ret)
+                entry.ret = msg.returned
                 entry.state = READY
                 return True
         return False

@@ -95,7 +95,13 @@ class StoreWriter:
         count = max(1, self.pool_limit // cls)
         ids = [_placeholder_id() for _ in range(count)]
         self.create_requests += 1
-        reply = self._raylet.call(p.ReserveObjects(ids, cls))
+        try:
+            reply = self._raylet.call(p.ReserveObjects(ids, cls))
+        except BaseException:
+            # no answer (timeout, interrupt): blocks the raylet reserved for
+            # us would be unknown here until we disconnect; give them back
+            self._raylet.send(p.ReleaseReserved(ids))
+            raise
         if reply.code < 0 or not reply.offsets:
             return None
         blocks = list(zip(ids, reply.offsets))

@@ -51,7 +51,7 @@ class Streams:
         """Keep an item of a stream (``is_pending(task_id)``, called with the
         lock held: its task has not ended); False if nobody reads the stream
         (the caller frees the item)."""
-        ret = p.Return(*msg.ret)
+        ret = msg.returned
         with self.cond:
             gen = self.generators.get(msg.task_id)
             if gen is None or not is_pending(msg.task_id):

@@ -148,7 +148,7 @@ class TaskManager:
         args = task.spec.args
         for i, arg in enumerate(args):
             # the owner's own spec: its args are the records prepare_args made
-            if type(arg) is not p.RefArg or p.Address(*arg.owner).worker_id != self.worker_id:
+            if type(arg) is not p.RefArg or arg.owner_address.worker_id != self.worker_id:
                 continue
             entry = self.refs.get(arg.object_id)
             if entry is None or entry.ret is None:
@@ -225,7 +225,7 @@ class TaskManager:
     # -- results -----------------------------------------------------------------
     def handle_task_returned(self, msg: p.TaskReturned) -> None:
         self.task_events.done(msg.task_id)
-        returns = [p.Return(*r) for r in msg.returns]
+        returns = msg.results
         with self.cond:
             task = self.tasks.get(msg.task_id)
             if task is None:
@@ -245,7 +245,7 @@ class TaskManager:
         if resubmit:
             self._free_orphans(returns)
             self._retry(task, "")
-        else:
+        elif task.held:         # a task without ref arguments holds nothing
             self.references.release_submitted(task.held)
 
     def _complete_locked(self, returns, task) -> None:
