@@ -73,7 +73,8 @@ CONFIGS = {
         .training(lr=1e-3, gamma=0.99, train_batch_size_per_learner=512, vf_loss_coeff=0.5,
                   entropy_coeff=0.0, grad_clip=40.0, target_network_update_freq=0.25)
         .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64],
-                                                   fcnet_activation="tanh"))"""),
+                                                   fcnet_activation="tanh"))
+        .reporting(min_time_s_per_iteration=0, min_sample_timesteps_per_iteration=1000)"""),
     # RLlib's tuned examples (rllib/examples/algorithms/dqn/cartpole_dqn.py and
     # appo/cartpole_appo.py), their training settings unchanged; only the runner
     # count fits the 2-core machine (APPO's example asks for 5 runners x 16 envs)

@@ -104,6 +104,7 @@ def test_appo_improves_clearly_with_async_sampling_despite_a_runner_kill(cluster
               .training(lr=1e-3, train_batch_size_per_learner=256, vf_loss_coeff=0.5,
                         entropy_coeff=0.0, target_network_update_freq=0.25)
               .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64]))
+              .reporting(min_time_s_per_iteration=0, min_sample_timesteps_per_iteration=1000)
               .debugging(seed=0))
     algo = config.build_algo()
     try:
@@ -126,7 +127,8 @@ def test_impala_trains_with_vtrace_in_the_driver():
                          rollout_fragment_length=25)
             .training(train_batch_size_per_learner=100)
             .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[16]))
-            .reporting(min_sample_timesteps_per_iteration=200).debugging(seed=0).build_algo())
+            .reporting(min_time_s_per_iteration=0, min_sample_timesteps_per_iteration=200)
+            .debugging(seed=0).build_algo())
     try:
         result = algo.train()
         assert result["learners/__all_modules__/num_env_steps_trained"] == 200
@@ -150,6 +152,17 @@ def test_prioritized_replay_draws_in_proportion_to_priority_and_reweights():
     assert batch["weights"].max() == pytest.approx(1.0)
     buf.add({"x": np.array([10])})              # new rows get the highest priority yet
     assert buf.tree[buf.leaves + 10] == pytest.approx(91.0)
+
+
+def test_prioritized_replay_weights_are_relative_to_the_lowest_priority_row_like_rllib():
+    from zray.rllib.utils.replay_buffers import PrioritizedReplayBuffer
+    buf = PrioritizedReplayBuffer(100, alpha=1.0, beta=1.0, eps=0.0, seed=0)
+    buf.add({"x": np.arange(4)})
+    buf.update_priorities(np.arange(4), np.array([1.0, 1e6, 1e6, 1e6]))
+    batch = buf.sample(8)                       # (almost surely) only high-priority rows
+    assert not (batch["x"] == 0).any()
+    # normalised by the weight row 0 would get, not by this batch's largest
+    assert batch["weights"] == pytest.approx(np.full(8, 1e-6), rel=1e-3)
 
 
 def test_n_step_range_draws_n_per_row_and_stops_at_episode_end():
@@ -188,6 +201,25 @@ def test_dqn_auto_rollout_fragment_is_the_largest_n_step_like_rllib():
         DQNConfig().environment("CartPole-v1").training(n_step=(4, 2)).build_algo()
 
 
+def test_appo_iteration_defaults_to_rllibs_ten_seconds_and_reporting_changes_it():
+    config = APPOConfig()
+    assert (config.min_time_s_per_iteration, config.min_sample_timesteps_per_iteration) == \
+        (10, 0)
+    algo = (config.environment("CartPole-v1")
+            .env_runners(num_env_runners=0, num_envs_per_env_runner=2,
+                         rollout_fragment_length=25)
+            .training(train_batch_size_per_learner=50)
+            .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[8]))
+            .reporting(min_time_s_per_iteration=0, min_sample_timesteps_per_iteration=100)
+            .debugging(seed=0).build_algo())
+    try:
+        result = algo.train()
+        assert 100 <= result["env_runners/num_env_steps_sampled"] < 150
+        assert result["time_this_iter_s"] < 10
+    finally:
+        algo.stop()
+
+
 def test_appo_trains_each_batch_k_times_and_updates_its_target_in_rllibs_unit():
     algo = (APPOConfig().environment("CartPole-v1")
             .env_runners(num_env_runners=0, num_envs_per_env_runner=2,
@@ -195,7 +227,8 @@ def test_appo_trains_each_batch_k_times_and_updates_its_target_in_rllibs_unit():
             .training(train_batch_size_per_learner=50, circular_buffer_num_batches=2,
                       circular_buffer_iterations_per_batch=3, target_network_update_freq=1)
             .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[8]))
-            .reporting(min_sample_timesteps_per_iteration=50).debugging(seed=0).build_algo())
+            .reporting(min_time_s_per_iteration=0, min_sample_timesteps_per_iteration=50)
+            .debugging(seed=0).build_algo())
     trained, targets = [], []
     algo.learn_on = lambda batch: trained.append(id(batch)) or {}
     real_foreach = algo.learner_group.foreach

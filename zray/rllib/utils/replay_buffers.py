@@ -47,8 +47,11 @@ class PrioritizedReplayBuffer(ReplayBuffer):
     """Proportional prioritized replay (Schaul et al. 2016): slot i is drawn
     with probability p_i^alpha / sum_j p_j^alpha, p = |TD error| + eps; new
     rows get the highest priority seen so far. ``sample`` adds the columns
-    ``weights`` ((N P(i))^-beta, divided by the batch's largest) and
-    ``indices`` (to pass back to ``update_priorities``)."""
+    ``weights`` ((N P(i))^-beta, divided by the largest weight any stored
+    row could get -- the lowest-priority one's -- as RLlib and Schaul et al.
+    normalise, so weights are at most 1 and a batch of high-priority rows
+    weighs less than 1) and ``indices`` (to pass back to
+    ``update_priorities``)."""
 
     def __init__(self, capacity: int, alpha: float = 0.6, beta: float = 0.4,
                  eps: float = 1e-6, seed=None):
@@ -88,8 +91,10 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         idx = np.minimum(node - self.leaves, self.size - 1)
         probs = np.maximum(self.tree[idx + self.leaves], 1e-12) / total
         weights = (self.size * probs) ** -self.beta
+        p_min = max(float(self.tree[self.leaves:self.leaves + self.size].min()), 1e-12) / total
+        max_weight = (self.size * p_min) ** -self.beta
         out = {k: v[idx] for k, v in self.cols.items()}
-        out["weights"] = (weights / weights.max()).astype(np.float32)
+        out["weights"] = np.minimum(weights / max_weight, 1.0).astype(np.float32)
         out["indices"] = idx
         return out
 

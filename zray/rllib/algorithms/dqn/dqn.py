@@ -122,10 +122,17 @@ class DQNConfig(AlgorithmConfig):
         return pts[-1][1]
 
 
+def _zeros(name) -> bool:
+    return str(name or "").rstrip("_") == "zeros"
+
+
 class DefaultDQNModule(TorchRLModule):
     """MLP trunk (``fcnet_hiddens``), then either one Q head or dueling
     value/advantage heads (``head_fcnet_hiddens``). ``action_dist_inputs``
-    are the Q-values (greedy action = argmax)."""
+    are the Q-values (greedy action = argmax). Weights start as RLlib's DQN
+    module's do (torch's ``nn.Linear`` default); biases too, unless
+    ``fcnet_bias_initializer`` / ``head_fcnet_bias_initializer`` is
+    ``"zeros_"`` (RLlib's tuned CartPole example)."""
 
     def setup(self) -> None:
         mc = dict(self.model_config or {})
@@ -133,11 +140,14 @@ class DefaultDQNModule(TorchRLModule):
         n = int(self.action_space.n)
         self.dueling = bool(mc.get("dueling", True))
         self.encoder, width = mlp(obs_dim, mc.get("fcnet_hiddens", [256]),
-                                  mc.get("fcnet_activation", "tanh"))
+                                  mc.get("fcnet_activation", "tanh"), init="torch",
+                                  zero_bias=_zeros(mc.get("fcnet_bias_initializer")))
         head, head_act = mc.get("head_fcnet_hiddens", []), mc.get("head_fcnet_activation", "relu")
-        self.adv_head, _ = mlp(width, head, head_act, n)
+        head_zero = _zeros(mc.get("head_fcnet_bias_initializer"))
+        self.adv_head, _ = mlp(width, head, head_act, n, init="torch", zero_bias=head_zero)
         if self.dueling:
-            self.value_head, _ = mlp(width, head, head_act, 1)
+            self.value_head, _ = mlp(width, head, head_act, 1, init="torch",
+                                     zero_bias=head_zero)
 
     def _forward(self, batch, **kwargs):
         z = self.encoder(batch["obs"])

@@ -48,7 +48,10 @@ class IMPALAConfig(AlgorithmConfig):
         self.vtrace_clip_pg_rho_threshold = 1.0
         self.vf_loss_coeff = 0.5
         self.entropy_coeff = 0.01
-        self.min_sample_timesteps_per_iteration = 1000
+        # RLlib's IMPALA/APPO iteration: at least 10 s of asynchronous sampling
+        # and training (``.reporting()`` sets it by steps instead)
+        self.min_time_s_per_iteration = 10
+        self.min_sample_timesteps_per_iteration = 0
         self.minibatch_size = None
 
     def validate(self) -> None:

@@ -9,9 +9,11 @@ from typing import Optional
 class DefaultModelConfig:
     """Layer sizes and activations of the default modules. ``fcnet_*`` is the
     shared/policy trunk, ``head_fcnet_*`` the heads after it (DQN's dueling
-    heads, the policy and value heads when ``vf_share_layers``). Weights start
-    orthogonal and biases at zero whatever the ``*_initializer`` keys say (they
-    are accepted so RLlib's examples run; RLlib's ``"zeros_"`` bias matches)."""
+    heads, the policy and value heads when ``vf_share_layers``). The actor-
+    critic modules (PPO, APPO, IMPALA) start with orthogonal weights and zero
+    biases whatever the ``*_initializer`` keys say (they are accepted so
+    RLlib's examples run); DQN's starts as RLlib's does (torch's default
+    init, zero biases only where a ``*_bias_initializer`` is ``"zeros_"``)."""
     fcnet_hiddens: list = dataclasses.field(default_factory=lambda: [256, 256])
     fcnet_activation: str = "tanh"
     fcnet_kernel_initializer: Optional[str] = None
