@@ -433,10 +433,10 @@ def test_a_lease_not_granted_in_time_is_given_up_and_the_raylet_told():
     manager, owner, raylet = _manager(pending)
     _, ask = manager.send_locked(_task(pending))
     lease_id = p.task_spec(ask.spec).task_id
-    manager.return_idle_locked(time.monotonic())
-    assert manager.is_lease(lease_id) and raylet.sent == []    # not waited long enough
-    manager.return_idle_locked(time.monotonic() + lease_manager.GRANT_WAIT_S)
-    assert not manager.by_id and raylet.sent == [p.CancelTask(lease_id, False)]
+    assert manager.return_idle_locked(time.monotonic()) == []  # not waited long enough
+    assert manager.is_lease(lease_id)
+    to_raylet = manager.return_idle_locked(time.monotonic() + lease_manager.GRANT_WAIT_S)
+    assert not manager.by_id and to_raylet == [p.CancelTask(lease_id, False)]
     # a new task asks again; the late grant of the old lease goes back at once
     pending.clear()
     _, again = manager.send_locked(_task(pending))

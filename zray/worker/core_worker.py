@@ -448,9 +448,12 @@ class CoreWorker:
         self.drain_releases()
         now = time.monotonic()
         self.store_writer.tick(now)
-        if self.task_manager.leases.by_id:          # task path: idle leases go back
+        leases = self.task_manager.leases
+        if leases.by_id:                            # task path: idle leases go back
             with self.cond:
-                self.task_manager.leases.return_idle_locked(now)
+                to_raylet = leases.return_idle_locked(now)
+            for message in to_raylet:
+                leases.ask(message)
         self.task_events.maybe_flush(now)
         self.actor_calls.check_creations(now)
         self._flush_wakes()
@@ -524,13 +527,14 @@ class CoreWorker:
         if threading.current_thread() is threading.main_thread():
             self.inbox.restore_signal_handler()
         with self.cond:                     # a thread in get may be reading the inboxes
-            if not self.inbox.wait_idle_locked(timeout=2):
-                log.warning("a thread still reads the inboxes at shutdown")
+            readers_gone = self.inbox.wait_idle_locked(timeout=2)
+        if not readers_gone:
+            log.warning("a thread still reads the inboxes at shutdown: they are left open")
         try:
             self.task_events.close()
         except Exception:
             log.exception("could not send the last task events to the GCS")
-        self._close_sockets()
+        self._close_sockets(inboxes=readers_gone)
         try:
             self.arena.close()
         except Exception:
@@ -539,7 +543,9 @@ class CoreWorker:
         if self.raylet_error is not None and self.raylet_watch.gone():
             remove_leftovers(self.arena.path, self.raylet.endpoint)
 
-    def _close_sockets(self) -> None:
+    def _close_sockets(self, inboxes: bool = True) -> None:
+        """Close every socket; the inboxes and the GCS subscriber only if
+        ``inboxes`` (not while another thread may still poll them)."""
         for closer in (getattr(self, "sender", None), getattr(self, "raylet", None),
                        getattr(self, "gcs", None)):
             if closer is not None:
@@ -547,11 +553,12 @@ class CoreWorker:
                     closer.close()
                 except Exception:
                     log.debug("could not close %r", closer, exc_info=True)
-        for sock in (self._inbox, self._inbox_tcp, self._subscriber):
-            if sock is not None:
-                sock.close(linger=0)
-        if self.inbox is not None:
-            self.inbox.close()
+        if inboxes:
+            for sock in (self._inbox, self._inbox_tcp, self._subscriber):
+                if sock is not None:
+                    sock.close(linger=0)
+            if self.inbox is not None:
+                self.inbox.close()
         path = self.inbox_endpoint[len("ipc://"):]
         try:
             os.unlink(path)

@@ -44,6 +44,8 @@ TICK_S = 0.05
 #: after a waiting thread read the inboxes, the I/O thread leaves them to it this long
 #: (a loop of sync calls keeps the baton; messages wait at most this when nobody waits)
 PARK_S = 0.005
+#: how often a parked I/O thread looks again while another thread holds the baton
+BUSY_PARK_S = 0.02
 
 
 class InboxDispatcher(Service):
@@ -107,8 +109,10 @@ class InboxDispatcher(Service):
                 take = self.reader is None and not self.want and idle >= park
                 if take:
                     self.reader = me
-            if not take:
-                self._unpark.wait(park - idle if 0 <= idle < park else park)
+            if not take:            # another thread reads (maybe a long get): look less often
+                busy = self.reader is not None or self.want
+                self._unpark.wait(BUSY_PARK_S if busy else
+                                  park - idle if 0 <= idle < park else park)
                 continue
             try:
                 while self.running and not self.want:
@@ -145,12 +149,12 @@ class InboxDispatcher(Service):
                 if self.running:            # else: closed by shutdown under us
                     raise
             finally:
-                if guard is not None:
-                    guard.release()
-                cond.acquire()
-                self.reader = None
+                cond.acquire()              # a Ctrl-C now is still held: the lock is
+                self.reader = None          # surely taken back, the baton given back
                 self.last_read = time.monotonic()
                 cond.notify_all()
+                if guard is not None:
+                    guard.release()
             if guard is not None:
                 guard.raise_held()
         elif reader == self.ident:
@@ -262,6 +266,7 @@ class HeldInterrupt:
 
     def hold(self) -> None:
         """Hold Ctrl-C from now until ``release``."""
+        self._held = None
         current = signal.getsignal(signal.SIGINT)
         if current is not self._handler:
             if not callable(current):       # ignored or the OS default: nothing to hold

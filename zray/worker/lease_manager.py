@@ -205,10 +205,13 @@ class LeaseManager:
             self._worker.send_to(address, p.CancelRunning(task.spec.task_id))
 
     # -- returning -------------------------------------------------------------
-    def return_idle_locked(self, now: float) -> None:
+    def return_idle_locked(self, now: float) -> list:
         """(lock held) Give back the leases idle for ``worker_lease_idle_ms``,
         send again the ReturnLease messages dropped, and give up the leases
-        asked for ``GRANT_WAIT_S`` ago and not seen granted."""
+        asked for ``GRANT_WAIT_S`` ago and not seen granted. Returns the
+        messages for the raylet: the caller sends them with ``ask`` once it
+        let go of the lock (a raylet send may wait behind another call)."""
+        to_raylet = []
         for lease in list(self.by_id.values()):
             if lease.returning:
                 if pid_alive(lease.address.pid):
@@ -217,18 +220,19 @@ class LeaseManager:
                     self._forget_locked(lease)      # its worker is gone: nothing to return
             elif lease.address is None:
                 if now - lease.asked_at >= GRANT_WAIT_S:
-                    self._give_up_locked(lease)
+                    to_raylet.append(self._give_up_locked(lease))
             elif lease.task is None and now - lease.idle_since >= self._idle_s:
                 self._drop_locked(lease)
+        return to_raylet
 
-    def _give_up_locked(self, lease: Lease) -> None:
-        """A lease asked for long ago and not granted: forget it; the raylet
-        drops it from its queue, or ends it if a worker took it (a lost
-        LeaseGranted), so its CPU is not held for nothing."""
+    def _give_up_locked(self, lease: Lease) -> p.CancelTask:
+        """A lease asked for long ago and not granted: forget it. The message
+        returned, sent to the raylet, drops it from its queue, or ends it if a
+        worker took it (a lost LeaseGranted), so its CPU is not held for nothing."""
         log.info("lease %s for %s not granted after %.0fs: given up",
                  lease.lease_id.hex()[:12], dict(lease.key[0]), GRANT_WAIT_S)
         self._forget_locked(lease)
-        self._raylet.send(p.CancelTask(lease.lease_id, False))
+        return p.CancelTask(lease.lease_id, False)
 
     def return_all_locked(self) -> None:
         """(lock held) Give back every lease (at shutdown); asked ones are

@@ -102,7 +102,7 @@ class Streams:
                 if gen.count is not None and index >= gen.count:
                     self.generators.pop(task_id, None)
                     return None
-                self.cond.wait(1.0)
+                self._worker.wait_locked(1.0)       # reads the inbox if nobody does
 
     def drain(self) -> None:
         """Drop the streams whose generator was garbage collected."""
