@@ -154,6 +154,16 @@ class _Process:
             total += _thread_switches(proc.pid)
         return total
 
+    def signal_all(self, signum: int) -> None:
+        """Send ``signum`` to each of its processes (SIGSTOP freezes them
+        where they are, memory and sockets kept; SIGCONT goes on)."""
+        import psutil
+        for proc in self._tree():
+            try:
+                proc.send_signal(signum)
+            except psutil.Error:
+                continue    # gone meanwhile
+
     def stop(self) -> None:
         if self._watcher is not None:
             self._watcher.kill()
@@ -272,10 +282,12 @@ class Dashboard(_Process):
             stdout=subprocess.DEVNULL, env={**os.environ, "WATCH_TOKEN": self.token})
 
 def measure(names, rounds: int, duration: float, row_timeout: float, watch: bool,
-            progress=print, repeats: int = 1, control: bool = False) -> dict:
-    """{row: {"off": [...], "on": [...], "control": [...]}}, one value per
-    round each, the best of ``repeats`` runs (None: the row failed that
-    round; "control" only with ``control``)."""
+            progress=print, repeats: int = 1, control: bool = False,
+            frozen: bool = False) -> dict:
+    """{row: {"off": [...], "on": [...], "control": [...], "frozen": [...]}},
+    one value per round each, the best of ``repeats`` runs (None: the row
+    failed that round; "control" only with ``control``; "frozen" only with
+    ``frozen``: the same dashboard as "on", stopped by SIGSTOP)."""
     import zray
     from zray._private import microbenchmark as mb
     from zray.worker import global_state
@@ -283,7 +295,8 @@ def measure(names, rounds: int, duration: float, row_timeout: float, watch: bool
     methods = {name: meth for name, _, meth in mb.ROWS}
     lower = {name: unit in mb.LOWER_IS_BETTER_UNITS for name, unit, _ in mb.ROWS}
     modes = ("off", "on", "control") if control else ("off", "on")
-    values = {name: {mode: [] for mode in modes} for name in names}
+    kept = modes + (("frozen",) if frozen else ())
+    values = {name: {mode: [] for mode in kept} for name in names}
     # while rows ran with the dashboard: its CPU and wake-ups, the cluster's CPU
     cpu = {"dashboard_s": 0.0, "cluster_s": 0.0, "dashboard_wakeups": 0, "timed_s": 0.0}
     zray.init(**mb.init_kwargs("zray", dashboard=False))
@@ -319,16 +332,29 @@ def measure(names, rounds: int, duration: float, row_timeout: float, watch: bool
                 if not other.settled:
                     progress(f"  the {'dashboard' if mode == 'on' else 'stand-in'} was still "
                              f"busy {SETTLE_MAX_S:g}s after it started; timing anyway")
+                # with ``frozen``, the running dashboard's half and its frozen
+                # half take turns going first, on the same processes
+                halves = [mode] if mode != "on" or not frozen else \
+                    (["on", "frozen"] if r % 2 == 0 else ["frozen", "on"])
                 try:
-                    _settle_cluster(progress)
-                    before = other.cpu_s(), _cluster_cpu_s(), other.wakeups(), time.monotonic()
-                    run_rows(mode)
-                    after = other.cpu_s(), _cluster_cpu_s(), other.wakeups(), time.monotonic()
-                    if mode == "on":
-                        cpu["dashboard_s"] += after[0] - before[0]
-                        cpu["cluster_s"] += after[1] - before[1]
-                        cpu["dashboard_wakeups"] += after[2] - before[2]
-                        cpu["timed_s"] += after[3] - before[3]
+                    for half in halves:
+                        _settle_cluster(progress)
+                        if half == "frozen":
+                            other.signal_all(signal.SIGSTOP)
+                        try:
+                            before = (other.cpu_s(), _cluster_cpu_s(), other.wakeups(),
+                                      time.monotonic())
+                            run_rows(half)
+                            after = (other.cpu_s(), _cluster_cpu_s(), other.wakeups(),
+                                     time.monotonic())
+                        finally:
+                            if half == "frozen":
+                                other.signal_all(signal.SIGCONT)
+                        if half == "on":
+                            cpu["dashboard_s"] += after[0] - before[0]
+                            cpu["cluster_s"] += after[1] - before[1]
+                            cpu["dashboard_wakeups"] += after[2] - before[2]
+                            cpu["timed_s"] += after[3] - before[3]
                 finally:
                     other.stop()
     finally:
@@ -393,6 +419,12 @@ def summarize(values: dict, limit_pct: float) -> list[dict]:
             row["control_costs_pct"] = control
             if control:
                 row["control"] = _spread(control)
+        if "frozen" in v:       # running against frozen: the same processes and memory
+            running = [cost_pct(fz, on, lower) for fz, on in zip(v["frozen"], v["on"])
+                       if fz and on]
+            row["frozen_costs_pct"] = running
+            if running:
+                row["frozen"] = _spread(running)
         out.append(row)
     return out
 
@@ -412,15 +444,17 @@ def _median(xs):
 def format_report(rows: list[dict], limit_pct: float, watch: bool) -> str:
     from zray._private.microbenchmark import format_value
     control = any("control_costs_pct" in r for r in rows)
+    frozen = any("frozen_costs_pct" in r for r in rows)
     head = ["row", "off (median)", "on (median)", "cost median", "IQR", "min..max"] + (
-        ["stand-in median", "IQR"] if control else []) + [""]
+        ["stand-in median", "IQR"] if control else []) + (
+        ["vs frozen median", "IQR"] if frozen else []) + [""]
     table = [head]
     for r in rows:
         if r["median_pct"] is None:
             table.append([r["name"], "n/a", "n/a", "n/a", "", ""] + ["", ""] * control
-                         + ["FAILED"])
+                         + ["", ""] * frozen + ["FAILED"])
             continue
-        c = r.get("control")
+        c, fz = r.get("control"), r.get("frozen")
         table.append([
             r["name"], f"{format_value(r['off_median'])} {r['unit']}",
             f"{format_value(r['on_median'])} {r['unit']}", f"{r['median_pct']:+.1f}%",
@@ -428,6 +462,8 @@ def format_report(rows: list[dict], limit_pct: float, watch: bool) -> str:
             f"{r['min_pct']:+.1f}..{r['max_pct']:+.1f}%"]
             + ([f"{c['median_pct']:+.1f}%", f"{c['q1_pct']:+.1f}..{c['q3_pct']:+.1f}%"]
                if c else ["n/a", ""]) * control
+            + ([f"{fz['median_pct']:+.1f}%", f"{fz['q1_pct']:+.1f}..{fz['q3_pct']:+.1f}%"]
+               if fz else ["n/a", ""]) * frozen
             + ["ok" if r["ok"] else f"OVER {limit_pct:g}%"])
     widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
@@ -436,7 +472,10 @@ def format_report(rows: list[dict], limit_pct: float, watch: bool) -> str:
     return (f"# the dashboard{' (its live stream read)' if watch else ''} running vs not, "
             f"on one cluster, {rounds} paired rounds; cost > 0: slower with it"
             + ("; stand-in: the same with an idle process in its place (the noise floor)"
-               if control else "") + "\n" + "\n".join(lines))
+               if control else "")
+            + ("; vs frozen: the dashboard running against the same processes stopped by "
+               "SIGSTOP (its activity alone, not its start or its memory)" if frozen else "")
+            + "\n" + "\n".join(lines))
 
 
 def parse_args(argv=None):
@@ -450,6 +489,9 @@ def parse_args(argv=None):
     ap.add_argument("--control", action="store_true",
                     help="also run each round with an idle stand-in in the dashboard's "
                          "place: the noise floor of this measurement")
+    ap.add_argument("--frozen", action="store_true",
+                    help="also run each round with the same dashboard frozen (SIGSTOP): "
+                         "what its activity costs, apart from starting it and its memory")
     ap.add_argument("--duration", type=float, default=0.4,
                     help="timed seconds per row and run (default 0.4)")
     ap.add_argument("--rows", default="",
@@ -488,7 +530,7 @@ def main(argv=None) -> int:
     try:
         values = measure(names, args.rounds, args.duration, args.row_timeout, args.watch,
                          progress=lambda s: print(s, file=sys.stderr, flush=True),
-                         repeats=args.repeats, control=args.control)
+                         repeats=args.repeats, control=args.control, frozen=args.frozen)
     except RuntimeError as err:
         print(f"dashboard_overhead: {err}", file=sys.stderr)
         return 2

@@ -17,14 +17,14 @@ def test_overhead_benchmark_reports_the_median_cost_of_each_row_over_paired_roun
     out_json = tmp_path / "overhead.json"
     done = subprocess.run(
         [sys.executable, SCRIPT, "--rounds", "2", "--duration", "0.1", "--watch",
-         "--repeats", "1", "--control",
+         "--repeats", "1", "--control", "--frozen",
          "--rows", "single_client_put_calls,1_1_actor_calls_sync", "--limit-pct", "1000",
          "--json", str(out_json)],
         capture_output=True, text=True, timeout=150, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     assert "2 paired rounds" in done.stdout
     assert "the dashboard used" in done.stdout and "times a second" in done.stdout
-    assert "stand-in median" in done.stdout
+    assert "stand-in median" in done.stdout and "vs frozen median" in done.stdout
     result = json.loads(out_json.read_text())
     assert result["values"]["_cpu"]["cluster_s"] > 0
     assert result["values"]["_cpu"]["dashboard_wakeups"] > 0
@@ -36,6 +36,7 @@ def test_overhead_benchmark_reports_the_median_cost_of_each_row_over_paired_roun
         assert len(row["control_costs_pct"]) == 2     # the stand-in's half of each round
         assert row["control"]["min_pct"] <= row["control"]["median_pct"] \
             <= row["control"]["max_pct"]
+        assert len(row["frozen_costs_pct"]) == 2      # the frozen dashboard's half
 
 
 def _bench():
@@ -82,3 +83,14 @@ def test_overhead_benchmark_fails_when_a_median_exceeds_the_limit(tmp_path):
     assert all(r["ok"] for r in rows.values())
     rows = bench.summarize(values, limit_pct=3.0)
     assert [r["name"] for r in rows if not r["ok"]] == ["single_client_tasks_sync"]
+
+
+def test_overhead_benchmark_compares_the_running_dashboard_with_itself_frozen():
+    bench = _bench()
+    values = {"1_1_actor_calls_sync": {"off": [1000.0, 1000.0], "on": [900.0, 950.0],
+                                       "frozen": [1000.0, 950.0]}}
+    [row] = bench.summarize(values, limit_pct=5.0)
+    assert row["frozen_costs_pct"] == pytest.approx([10.0, 0.0])
+    assert row["frozen"]["median_pct"] == pytest.approx(5.0)
+    report = bench.format_report([row], 5.0, watch=False)
+    assert "vs frozen median" in report and "+5.0%" in report
