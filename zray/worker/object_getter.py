@@ -339,9 +339,7 @@ class ObjectGetter:
             if view is not None:        # a private copy of a spill file: nothing pinned
                 self._views[object_id] = view
                 return view
-        pinned_at = p.Pinned._make(pinned_at)
-        offset, length = pinned_at.offset, pinned_at.size
-        view = self._arena.read_view(offset, length)
+        view = self._arena.read_view(pinned_at.offset, pinned_at.size)
         weakref.finalize(view, self.released_views.append, object_id)
         self._views[object_id] = view
         self._keep(object_id, view)
