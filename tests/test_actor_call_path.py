@@ -7,8 +7,11 @@ driver's console when the call ends.
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
+
+import pytest
 
 import zray
 from zray.worker.executor import LogForwarder, _CallPool
@@ -75,6 +78,29 @@ class Serial:
 class Log:
     def items(self, n):
         return list(range(n))
+
+
+@zray.remote
+class Journal:
+    """Records the calls in the order they ran."""
+
+    def __init__(self):
+        self.seen = []
+
+    def note(self, i, payload=b""):
+        self.seen.append(i)
+        return len(payload)
+
+    def notes(self):
+        return self.seen
+
+    def touch(self, path):
+        with open(path, "w") as f:
+            f.write("ran")
+
+    def block(self, seconds):
+        time.sleep(seconds)
+        return seconds
 
 
 def test_threaded_actor_runs_at_most_max_concurrency_calls_at_once(cluster):
@@ -164,3 +190,110 @@ def test_log_forwarder_sends_an_unfinished_line_when_the_task_ends():
     out.encoding                     # anything read around the wrapper: flushed at the end
     out.flush_written()
     assert stream.flushes == before + 1
+
+
+# -- calls sent together (ExecuteCalls) ----------------------------------------
+
+def test_back_to_back_calls_run_in_submission_order_whatever_their_path(cluster):
+    """Calls submitted while earlier ones are on their way travel together;
+    large arguments and arguments that wait for a ref change how a call
+    travels, never the order the actor runs them in."""
+    actor = Journal.remote()
+    pending = zray.put(b"r" * 10)
+    refs = []
+    for i in range(1500):
+        if i % 300 == 7:
+            refs.append(actor.note.remote(i, b"x" * 90_000))     # inline, large
+        elif i % 500 == 11:
+            refs.append(actor.note.remote(i, pending))           # a ref argument
+        else:
+            refs.append(actor.note.remote(i))
+    sizes = zray.get(refs, timeout=60)
+    assert sizes[7] == 90_000 and sizes[11] == 10 and sizes[0] == 0
+    assert zray.get(actor.notes.remote(), timeout=20) == list(range(1500))
+    zray.kill(actor)
+
+
+def test_a_call_behind_a_running_one_starts_without_a_get(cluster, tmp_path):
+    """A call submitted while an earlier call to the same actor is still
+    running may wait to be sent with the next ones, but not for a get: the
+    I/O thread sends it within a tick."""
+    actor = Journal.options(max_concurrency=2).remote()
+    zray.get(actor.notes.remote(), timeout=20)
+    slow = actor.block.remote(20)           # runs (and holds no reply) for 20 s
+    path = str(tmp_path / "touched")
+    started = time.monotonic()
+    actor.touch.remote(path)                # no get, no wait: nothing else sends it
+    wait_for(lambda: os.path.exists(path), timeout=10)
+    assert time.monotonic() - started < 5, "the call waited for the running one"
+    zray.kill(actor)
+    with pytest.raises(zray.exceptions.ActorDiedError):
+        zray.get(slow, timeout=20)
+
+
+def test_calls_waiting_to_be_sent_fail_when_the_actor_is_killed(cluster):
+    actor = Journal.options(max_concurrency=2).remote()
+    zray.get(actor.notes.remote(), timeout=20)
+    slow = actor.block.remote(20)
+    behind = [actor.note.remote(i) for i in range(50)]
+    zray.kill(actor)
+    for ref in [slow, *behind]:
+        with pytest.raises(zray.exceptions.ActorDiedError):
+            zray.get(ref, timeout=20)
+
+
+@zray.remote(max_restarts=3)
+class Fragile:
+    def die(self):
+        os._exit(1)
+
+    def echo(self, i):
+        return i
+
+
+def test_calls_behind_one_that_kills_the_actor_run_after_the_restart_or_fail_clearly(cluster):
+    """The calls submitted right behind one that kills the actor were sent
+    to it (no retries: ActorDiedError) or still waited to be sent (then the
+    restarted actor runs them); each gets its own value or that error."""
+    for _ in range(3):
+        actor = Fragile.remote()
+        assert zray.get(actor.echo.remote(-1), timeout=30) == -1
+        actor.die.remote()
+        refs = [actor.echo.remote(i) for i in range(30)]
+        for i, ref in enumerate(refs):
+            try:
+                assert zray.get(ref, timeout=30) == i
+            except zray.exceptions.ActorDiedError:
+                pass
+        assert zray.get(actor.echo.remote(99), timeout=30) == 99
+        zray.kill(actor)
+
+
+def test_held_results_leave_together_per_caller_on_flush():
+    from zray.broker import protocol as p
+    from zray.worker.held_replies import HeldReplies
+    sent = []
+    replies = HeldReplies(lambda owner, message: sent.append((owner, message)), hold_s=60)
+    ret = [[b"o" * 20, p.RET_INLINE, b"x"]]
+    replies.hold(["a"], b"1" * 16, ret)
+    replies.hold(["b"], b"2" * 16, ret)
+    replies.hold(["a"], b"3" * 16, ret)
+    replies.flush()
+    by_owner = {owner[0]: message for owner, message in sent}
+    assert [r.task_id for r in by_owner["a"].results] == [b"1" * 16, b"3" * 16]
+    assert by_owner["b"] == p.TaskReturned(b"2" * 16, ret)
+    replies.flush()
+    assert len(sent) == 2, "a flush sends what is held once"
+
+
+def test_a_held_result_is_sent_without_a_flush_within_a_bound():
+    """A call of the batch may block: the results before it still leave."""
+    from zray.broker import protocol as p
+    from zray.worker.held_replies import HeldReplies
+    sent = []
+    replies = HeldReplies(lambda owner, message: sent.append(message))
+    started = time.monotonic()
+    replies.hold(["a"], b"1" * 16, [[b"o" * 20, p.RET_INLINE, b"x"]])
+    wait_for(lambda: sent, timeout=5)
+    assert time.monotonic() - started < 1.0
+    assert sent == [p.TaskReturned(b"1" * 16, [[b"o" * 20, p.RET_INLINE, b"x"]])]

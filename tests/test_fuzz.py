@@ -31,8 +31,8 @@ from zray.broker.service import _snake
 from zray.gcs.server import GcsServer
 from zray.raylet.server import Raylet
 from zray._private.cli import main as zray_status
-from zray.worker import global_state
-from zray._private.session import inbox_ipc
+from zray.worker import global_state, serialization
+from zray._private.session import actor_ipc, inbox_ipc
 
 from conftest import TcpPeer, local_daemons, wait_for
 
@@ -242,6 +242,9 @@ def _valid_value(kind: str, rng: random.Random, endpoint: str):
         "StoreObjects": lambda: [[rid(20), 5, rng.choice([b"", rid(16)]), "SEALED",
                                   [["driver pid 1", 1]], True, False]],
         "Offsets": lambda: [rng.randrange(1 << 20) for _ in range(rng.randrange(3))],
+        # actor calls
+        "TaskSpecList": lambda: [_valid_value("TaskSpecFields", rng, endpoint)
+                                 for _ in range(rng.randrange(3))],
     }
     return table.get(kind, lambda: rng.choice([None, 1, "x", b"x", [], {}]))()
 
@@ -523,3 +526,98 @@ def test_garbage_entries_are_refused_at_decode_and_leave_a_driver_serving(start_
     assert count >= 20
     assert zray.get([echo.remote(i) for i in range(4)], timeout=20) == list(range(4))
     assert zray.get(zray.put(b"x" * 200_000), timeout=20) == b"x" * 200_000
+
+
+# -- actor calls -----------------------------------------------------------------
+
+@zray.remote
+class _Counter:
+    def __init__(self):
+        self.seen = []
+
+    def note(self, i):
+        self.seen.append(i)
+        return i
+
+    def notes(self):
+        return self.seen
+
+    def pid(self):
+        return os.getpid()
+
+
+def _call_garbage(rng: random.Random, good: list):
+    """ExecuteCalls (and ExecuteTask) payloads an actor must refuse whole:
+    entries of the wrong type, specs with a field of the wrong kind, valid
+    calls next to a bad one, and bytes that are not msgpack."""
+    yield b"\x93garbage"
+    yield msgpack.packb([p.ExecuteCalls.CODE], use_bin_type=True)
+    for specs in ("x", None, 7, [1, 2], [[1, 2, 3]], [good, 5], [good, [good]],
+                  [None] * 1000, [[b"x"] * 16]):
+        yield msgpack.packb([p.ExecuteCalls.CODE, specs], use_bin_type=True)
+    types = {index: kinds for index, _, kinds, _ in p.TaskSpec._checks}
+    for _ in range(300):
+        spec = list(good)
+        index = rng.randrange(len(spec))
+        spec[index] = _invalid_value(rng, types.get(index, object))
+        try:
+            p.task_spec(spec)
+            continue                # still a valid spec: not garbage
+        except p.ProtocolError:
+            pass
+        yield p.encode(p.ExecuteCalls([good, spec]))
+        yield p.encode(p.ExecuteTask(spec))
+
+
+def test_garbage_calls_sent_to_an_actor_are_refused_and_leave_it_serving(start_cluster, peers):
+    """Malformed call batches sent to an actor's ROUTER are dropped whole
+    (logged): none of their calls runs, the actor does not restart, and its
+    caller's calls still run in order."""
+    start_cluster(num_cpus=2)
+    actor = _Counter.remote()
+    pid = zray.get(actor.pid.remote(), timeout=30)
+    cw = global_state.worker
+    address = p.Address(*cw.actor_calls.actors[actor._actor_id].address)
+    sock = peers.connect(actor_ipc(cw.session_dir, address.worker_id))
+    good = list(p.TaskSpec(os.urandom(16), cw.job_id, p.TASK_ACTOR_METHOD, b"", "note",
+                           [], [], 1, {}, 0, False, list(cw.address), 0, actor._actor_id,
+                           "note", {}))
+    good[5] = [list(p.ValueArg(p.ARG_VALUE, serialization.serialize(-1).to_bytes()))]
+    rng = random.Random(FUZZ_SEED)
+    count = 0
+    for payload in _call_garbage(rng, good):
+        sock.send_multipart([b"", payload])
+        count += 1
+    assert count > 100
+    assert zray.get([actor.note.remote(i) for i in range(300)], timeout=60) == list(range(300))
+    assert zray.get(actor.notes.remote(), timeout=20) == list(range(300)), \
+        "a call of a refused batch ran"
+    assert zray.get(actor.pid.remote(), timeout=20) == pid
+
+
+def test_garbage_call_results_sent_to_a_driver_are_refused_and_leave_it_serving(
+        start_cluster, peers):
+    """Malformed CallsReturned (an actor's batch of results) sent to a
+    driver's inbox are refused at decode, naming the record; well-formed
+    ones for calls it never made are dropped; it goes on serving."""
+    start_cluster()
+    cw = global_state.worker
+    inbox = peers.connect(inbox_ipc(cw.session_dir, cw.worker_id))
+    rng = random.Random(FUZZ_SEED)
+    task_id = os.urandom(16)
+    garbage = [None, 5, [5], [[task_id]], [[task_id, 5]], [[b"short", []]],
+               [[task_id, [[os.urandom(20), 7, b""]]]], [[task_id, []], [task_id, [], 1]],
+               [[task_id, [[os.urandom(20), p.RET_STORED, b"not where"]]]]]
+    for _ in range(50):
+        garbage.append([[task_id, [_valid_return(rng)]], rng.choice(garbage[:8])])
+    for returned in garbage:
+        payload = msgpack.packb([p.CallsReturned.CODE, returned], use_bin_type=True)
+        with pytest.raises(p.ProtocolError, match="CallsReturned"):
+            p.decode(payload)
+        inbox.send_multipart([b"", payload])
+    for _ in range(50):         # well-formed results of calls it never made
+        inbox.send_multipart([b"", p.encode(p.CallsReturned([
+            [os.urandom(16), [_valid_return(rng)]] for _ in range(3)]))])
+    actor = _Counter.remote()
+    assert zray.get([actor.note.remote(i) for i in range(100)], timeout=30) == list(range(100))
+    assert zray.get([echo.remote(i) for i in range(4)], timeout=20) == list(range(4))

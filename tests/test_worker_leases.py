@@ -103,6 +103,70 @@ def test_a_burst_uses_every_cpu_while_a_lease_is_held(cluster, tmp_path):
     wait_for(lambda: cpus_free() == 2, timeout=10)
 
 
+def test_a_burst_runs_on_leased_workers_only_and_a_queued_task_can_be_cancelled(
+        cluster, tmp_path, monkeypatch):
+    """A burst larger than the node queues in the driver and runs on two
+    leased workers (the raylet only grants leases); a task still queued in
+    the driver when cancelled fails with TaskCancelledError and never runs."""
+    raylet = global_state.worker.raylet
+    to_raylet = []
+    real_send = raylet.send
+    monkeypatch.setattr(raylet, "send", lambda message, *a, **k: (
+        to_raylet.append(message), real_send(message, *a, **k))[1])
+    manager = leases()
+    answers = []
+    real_failed = manager.lease_failed_locked
+    monkeypatch.setattr(manager, "lease_failed_locked", lambda msg: (
+        answers.append(msg.error_type), real_failed(msg))[1])
+    pids = set(zray.get([pid_of.remote() for _ in range(300)], timeout=GET_TIMEOUT))
+    assert len(pids) == 2                       # both CPUs
+    submitted = [p.task_spec(m.spec) for m in to_raylet if isinstance(m, p.SubmitTask)]
+    assert submitted and {spec.kind for spec in submitted} == {p.TASK_LEASE}
+    assert len(submitted) < 30                  # a lease per CPU, and a few asked again
+    assert set(answers) == {p.LEASE_FULL}       # a third lease: the node is full
+    monkeypatch.undo()
+    counter = str(tmp_path / "runs")
+    busy = [sleep_and_count.remote(counter, 3) for _ in range(2)]      # both CPUs
+    wait_for(lambda: runs_in(counter) == 2)
+    queued = sleep_and_count.remote(counter, 0)
+    task = global_state.worker.task_manager.tasks[queued._id[:16]]
+    assert task.lease is None and any(task in shape.queue for shape in leases().shapes.values())
+    zray.cancel(queued)
+    with pytest.raises(zexc.TaskCancelledError, match="before it ran"):
+        zray.get(queued, timeout=CANCEL_TIMEOUT)
+    assert zray.get(busy, timeout=GET_TIMEOUT) == ["slept", "slept"]
+    assert runs_in(counter) == 2                # the cancelled one never ran
+    wait_for(lambda: cpus_free() == 2, timeout=10)
+
+
+@zray.remote
+class Sleeper:
+    def nap(self, seconds):
+        time.sleep(seconds)
+        return seconds
+
+
+def test_sync_tasks_keep_their_lease_while_an_actor_call_is_pending(cluster, monkeypatch):
+    """Only tasks sent the raylet's way make an idle lease go back: a
+    pending actor call does not (else every task would lease and return a
+    worker of its own)."""
+    sleeper = Sleeper.remote()
+    zray.get(sleeper.nap.remote(0), timeout=GET_TIMEOUT)
+    address = granted_lease()
+    raylet = global_state.worker.raylet
+    to_raylet = []
+    real_send = raylet.send
+    monkeypatch.setattr(raylet, "send", lambda message, *a, **k: (
+        to_raylet.append(message), real_send(message, *a, **k))[1])
+    pending_call = sleeper.nap.remote(3)
+    pids = {zray.get(pid_of.remote(), timeout=GET_TIMEOUT) for _ in range(20)}
+    assert pids == {address.pid}
+    assert not [m for m in to_raylet if isinstance(m, p.SubmitTask)]   # no new lease asked
+    monkeypatch.undo()
+    assert zray.get(pending_call, timeout=GET_TIMEOUT) == 3
+    zray.kill(sleeper)
+
+
 def test_a_leased_worker_that_dies_has_its_task_retried(cluster, tmp_path):
     address = granted_lease()
     marker = str(tmp_path / "died")
@@ -349,33 +413,105 @@ def _grant(manager, lease_spec_msg, pid=77):
     return lease_id
 
 
-def test_a_lone_task_asks_for_a_lease_and_the_next_one_goes_on_it():
+def _idle_lease(manager, owner, pending, pid=77) -> bytes:
+    """Ask for a lease, have it granted and its first task end: its id."""
+    task = _task(pending)
+    _, ask = manager.send_locked(task)
+    lease_id = _grant(manager, ask, pid)
+    pending.remove(task)
+    with owner.cond:
+        manager.task_ended_locked(task)
+    return lease_id
+
+
+def _sent_tasks(owner) -> list:
+    """The task ids sent to leased workers, in order."""
+    return [p.task_spec(message.spec).task_id for _, message in owner.sender.sent
+            if isinstance(message, p.ExecuteTask)]
+
+
+def test_a_lone_task_waits_for_its_lease_and_the_next_one_goes_on_it():
     pending = []
     manager, owner, _ = _manager(pending)
-    sent, ask = manager.send_locked(_task(pending))
-    assert not sent and p.task_spec(ask.spec).kind == p.TASK_LEASE
+    first = _task(pending)
+    taken, ask = manager.send_locked(first)
+    assert taken and p.task_spec(ask.spec).kind == p.TASK_LEASE       # queued for it
     assert p.task_spec(ask.spec).resources == {"CPU": 1.0}
-    pending.clear()
-    _grant(manager, ask)
+    assert _grant(manager, ask) and _sent_tasks(owner) == [first.spec.task_id]
+    pending.remove(first)
+    with owner.cond:
+        manager.task_ended_locked(first)
     task = _task(pending)
     assert manager.send_locked(task) == (True, None)
     endpoint, message = owner.sender.sent[-1]
     assert endpoint == "ipc:///direct/77" and isinstance(message, p.ExecuteTask)
-    # busy: the next task goes the raylet's way, and no second lease is asked
-    assert manager.send_locked(_task(pending)) == (False, None)
+    assert p.task_spec(message.spec).task_id == task.spec.task_id
 
 
-def test_a_burst_asks_for_no_lease_and_an_idle_lease_goes_back_while_tasks_wait():
+def test_a_burst_queues_for_leases_asked_one_at_a_time_and_runs_in_order():
+    """Tasks that find no idle lease queue in the driver; each grant takes
+    the next one and asks for one more lease while tasks wait; a full node
+    (LEASE_FULL) keeps the queue on the leases held, asked again later."""
+    from zray.worker import lease_manager
     pending = []
     manager, owner, _ = _manager(pending)
-    first = _task(pending)
-    _task(pending)
-    assert manager.send_locked(first) == (False, None)      # two pending: a burst
-    pending.pop()
+    burst = [_task(pending) for _ in range(5)]
+    asks = [manager.send_locked(task)[1] for task in burst]
+    assert asks[0] is not None and asks[1:] == [None] * 4       # one ask at a time
+    again = manager.granted(p.LeaseGranted(p.task_spec(asks[0].spec).task_id,
+                                           list(p.Address("tcp://h:1", b"a" * 16, 71, b"n" * 16))))
+    assert again is not None and _sent_tasks(owner) == [burst[0].spec.task_id]
+    third = manager.granted(p.LeaseGranted(p.task_spec(again.spec).task_id,
+                                           list(p.Address("tcp://h:2", b"b" * 16, 72, b"n" * 16))))
+    assert _sent_tasks(owner) == [t.spec.task_id for t in burst[:2]]
+    # the node is full: no lease for now, the queue waits for the two held
+    failed, flushed = manager.lease_failed_locked(
+        p.TaskFailed(p.task_spec(third.spec).task_id, p.LEASE_FULL, "full"))
+    assert failed is None and flushed == []
+    assert manager.return_idle_locked(time.monotonic())[0] == []      # not asked again yet
+    for task in burst[:3]:
+        pending.remove(task)
+        with owner.cond:
+            manager.task_ended_locked(task)
+    assert _sent_tasks(owner) == [t.spec.task_id for t in burst]      # in order, none lost
+    time.sleep(lease_manager.FULL_RETRY_S)
+    asked, _ = manager.return_idle_locked(time.monotonic())
+    assert [p.task_spec(m.spec).kind for m in asked] == []            # nothing queued: no ask
+
+
+def test_a_full_node_and_no_lease_held_sends_the_queue_the_raylets_way():
+    """Another job holds the node: the raylet's queue (which warns of work
+    starved by actors) takes the tasks, as it did before leases."""
+    pending = []
+    manager, _, _ = _manager(pending)
+    first, second = _task(pending), _task(pending)
     _, ask = manager.send_locked(first)
-    _task(pending)                                          # another waits at the raylet
-    lease_id = _grant(manager, ask)
-    assert owner.sender.sent[-1][1] == p.ReturnLease(lease_id)
+    assert manager.send_locked(second) == (True, None)
+    failed, flushed = manager.lease_failed_locked(
+        p.TaskFailed(p.task_spec(ask.spec).task_id, p.LEASE_FULL, "full"))
+    assert failed is None and flushed == [first, second]
+    assert manager.send_locked(_task(pending)) == (False, None)   # the raylet's way for now
+
+
+def test_a_busy_node_sends_the_queue_the_raylets_way_and_a_cancelled_queued_task_never_runs():
+    pending = []
+    manager, owner, _ = _manager(pending)
+    first, second, third = (_task(pending) for _ in range(3))
+    _, ask = manager.send_locked(first)
+    manager.send_locked(second)
+    manager.send_locked(third)
+    assert first.queued and second.queued
+    second.cancelled = True                     # stays queued, skipped in its turn
+    failed, flushed = manager.lease_failed_locked(
+        p.TaskFailed(p.task_spec(ask.spec).task_id, p.LEASE_BUSY, "another node has room"))
+    assert failed is None and flushed == [first, third] and not first.queued
+    assert manager.send_locked(_task(pending)) == (False, None)   # the raylet's way for now
+
+
+def test_a_task_that_holds_no_resources_goes_the_raylets_way_and_asks_no_lease():
+    pending = []
+    manager, _, _ = _manager(pending)
+    assert manager.send_locked(_task(pending, resources={})) == (False, None)
     assert not manager.by_id
 
 
@@ -396,28 +532,25 @@ def test_a_refused_shape_is_not_asked_again_and_a_dead_lease_fails_its_task():
     task = _task(pending)
     _, ask = manager.send_locked(task)
     lease_id = p.task_spec(ask.spec).task_id
-    assert manager.lease_failed_locked(p.TaskFailed(lease_id, "LeaseRefused", "no")) is None
+    assert manager.lease_failed_locked(p.TaskFailed(lease_id, "LeaseRefused", "no")) \
+        == (None, [task])                                   # the raylet's way
     assert manager.send_locked(task) == (False, None)       # refused: no new ask
     # a granted lease whose worker died: its task fails as a crash (and is retried)
     manager2, _, _ = _manager(pending := [])
-    _, ask = manager2.send_locked(_task(pending))
-    pending.clear()
-    lease_id = _grant(manager2, ask)
     task = _task(pending)
-    assert manager2.send_locked(task)[0]
+    _, ask = manager2.send_locked(task)
+    lease_id = _grant(manager2, ask)                        # the queued task goes on it
     failed = manager2.lease_failed_locked(p.TaskFailed(
         lease_id, "WorkerCrashedError", "the worker running <worker lease> died"))
-    assert failed == p.TaskFailed(task.spec.task_id, "WorkerCrashedError",
-                                  "the worker running f died")
+    assert failed == (p.TaskFailed(task.spec.task_id, "WorkerCrashedError",
+                                   "the worker running f died"), [])
     assert task.lease is None and not manager2.by_id
 
 
 def test_an_idle_lease_goes_back_after_the_idle_time_and_unknown_grants_go_back_at_once():
     pending = []
     manager, owner, _ = _manager(pending)
-    _, ask = manager.send_locked(_task(pending))
-    pending.clear()
-    lease_id = _grant(manager, ask)
+    lease_id = _idle_lease(manager, owner, pending)
     manager.return_idle_locked(time.monotonic())
     assert manager.by_id                                    # not idle long enough yet
     manager.return_idle_locked(time.monotonic() + 10)
@@ -427,16 +560,19 @@ def test_an_idle_lease_goes_back_after_the_idle_time_and_unknown_grants_go_back_
     assert owner.sender.sent[-1][1] == p.ReturnLease(stray)
 
 
-def test_a_lease_not_granted_in_time_is_given_up_and_the_raylet_told():
+def test_a_lease_not_granted_in_time_is_given_up_and_the_raylet_told(monkeypatch):
     from zray.worker import lease_manager
+    monkeypatch.setattr(lease_manager, "BUSY_S", 0.0)
     pending = []
     manager, owner, raylet = _manager(pending)
-    _, ask = manager.send_locked(_task(pending))
+    task = _task(pending)
+    _, ask = manager.send_locked(task)
     lease_id = p.task_spec(ask.spec).task_id
-    assert manager.return_idle_locked(time.monotonic()) == []  # not waited long enough
+    assert manager.return_idle_locked(time.monotonic()) == ([], [])  # not waited long enough
     assert manager.is_lease(lease_id)
-    to_raylet = manager.return_idle_locked(time.monotonic() + lease_manager.GRANT_WAIT_S)
+    to_raylet, flushed = manager.return_idle_locked(time.monotonic() + lease_manager.GRANT_WAIT_S)
     assert not manager.by_id and to_raylet == [p.CancelTask(lease_id, False)]
+    assert flushed == [task]                                # it goes the raylet's way
     # a new task asks again; the late grant of the old lease goes back at once
     pending.clear()
     _, again = manager.send_locked(_task(pending))
@@ -448,9 +584,7 @@ def test_a_lease_not_granted_in_time_is_given_up_and_the_raylet_told():
 def test_a_return_lease_the_queue_drops_is_sent_until_it_goes():
     pending = []
     manager, owner, _ = _manager(pending)
-    _, ask = manager.send_locked(_task(pending))
-    pending.clear()
-    lease_id = _grant(manager, ask, pid=os.getpid())
+    lease_id = _idle_lease(manager, owner, pending, pid=os.getpid())
     owner.sender.send = lambda endpoint, message: False     # the queue is full
     manager.return_idle_locked(time.monotonic() + 10)
     assert manager.is_lease(lease_id)                       # kept, to send again
@@ -460,9 +594,7 @@ def test_a_return_lease_the_queue_drops_is_sent_until_it_goes():
     assert sent == [p.ReturnLease(lease_id)] and not manager.by_id
     # a returning lease whose worker is gone is forgotten (nothing to return to)
     manager2, owner2, _ = _manager(pending := [])
-    _, ask = manager2.send_locked(_task(pending))
-    pending.clear()
-    gone = _grant(manager2, ask, pid=2 ** 31 - 2)
+    gone = _idle_lease(manager2, owner2, pending, pid=2 ** 31 - 2)
     owner2.sender.send = lambda endpoint, message: False
     manager2.return_idle_locked(time.monotonic() + 10)
     assert manager2.is_lease(gone)
@@ -483,17 +615,18 @@ def test_no_task_follows_a_force_cancelled_one_onto_its_lease():
     lands: a task sent after the cancelled one ended must not be that."""
     pending = []
     manager, owner, raylet = _manager(pending)
-    _, ask = manager.send_locked(_task(pending))
-    pending.clear()
-    lease_id = _grant(manager, ask)
+    lease_id = _idle_lease(manager, owner, pending)
     cancelled = _task(pending)
-    assert manager.send_locked(cancelled)[0]
+    assert manager.send_locked(cancelled) == (True, None)
     manager.cancel(cancelled, force=True)
     assert raylet.sent[-1] == p.CancelTask(lease_id, True)
     pending.remove(cancelled)
     with owner.cond:
         manager.task_ended_locked(cancelled)        # it finished before the kill landed
-        assert manager.send_locked(_task(pending)) == (False, None)   # the raylet's way
+        after = _task(pending)
+        taken, ask = manager.send_locked(after)     # queued for a new lease, not this one
+    assert taken and ask is not None and _sent_tasks(owner)[-1] == cancelled.spec.task_id
     # the kill's report ends the lease without failing any task of ours
-    assert manager.lease_failed_locked(p.TaskFailed(lease_id, "TaskCancelledError", "x")) is None
-    assert not manager.by_id
+    assert manager.lease_failed_locked(
+        p.TaskFailed(lease_id, "TaskCancelledError", "x")) == (None, [])
+    assert not manager.is_lease(lease_id)

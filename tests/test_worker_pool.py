@@ -12,11 +12,17 @@ from conftest import cmdline, wait_for
 
 
 def _workers() -> int:
-    """Live worker processes of this test's cluster (children of the zygote)."""
-    zygotes = [p for p in psutil.Process().children(recursive=True)
-               if "zray.worker.zygote" in " ".join(cmdline(p)) and p.ppid() != 1
-               and "zray.raylet" in " ".join(cmdline(psutil.Process(p.ppid())))]
-    return sum(1 for z in zygotes for c in z.children() if cmdline(c))
+    """Live worker processes of this test's cluster (children of its zygote,
+    which this driver started for its raylet; workers are forks of it that
+    renamed themselves)."""
+    count = 0
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.name() == "zray.zygote":
+                count += sum(1 for c in proc.children() if cmdline(c))
+        except psutil.NoSuchProcess:        # a worker that just ended
+            continue
+    return count
 
 
 @pytest.fixture

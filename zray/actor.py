@@ -168,7 +168,8 @@ class ActorHandle:
         info = self._meta["methods"].get(name)
         if info is None:
             raise AttributeError(f"'{self._meta['class_name']}' actor has no method {name!r}")
-        return ActorMethod(self, name, info)
+        method = self.__dict__[name] = ActorMethod(self, name, info)    # found directly next time
+        return method
 
     def __reduce__(self):
         # The ref pickles as a ref: the receiver becomes a borrower.
@@ -184,17 +185,28 @@ class ActorHandle:
         return hash(self._actor_id)
 
     def _worker(self):
-        worker = require_worker()
-        if worker.gcs_address != self._gcs_address:
-            raise exc.RaySystemError(
-                f"this actor handle belongs to the cluster at {self._gcs_address}, but this "
-                f"process is connected to the cluster at {worker.gcs_address}")
-        return worker
+        return _worker_of(self._gcs_address)
+
+
+def _worker_of(gcs_address: str):
+    """This process's core worker, if it is connected to the cluster at ``gcs_address``."""
+    worker = require_worker()
+    if worker.gcs_address != gcs_address:
+        raise exc.RaySystemError(
+            f"this actor handle belongs to the cluster at {gcs_address}, but this "
+            f"process is connected to the cluster at {worker.gcs_address}")
+    return worker
 
 
 class ActorMethod:
+    """``handle.method``: kept by its handle (a method holds what its calls
+    need, not the handle, so a dropped handle is freed at once)."""
+
     def __init__(self, handle: ActorHandle, name: str, info: dict):
-        self._handle = handle
+        self._actor_id = handle._actor_id
+        self._gcs_address = handle._gcs_address
+        self._max_task_retries = handle._meta["max_task_retries"]
+        self._actor_ref = handle._actor_ref     # counted: the actor outlives this method
         self._name = name
         self._num_returns = info["num_returns"]
 
@@ -216,10 +228,9 @@ class ActorMethod:
         return MethodWithOptions()
 
     def _remote(self, args, kwargs, num_returns):
-        handle = self._handle
-        return handle._worker().submit_actor_task(
-            handle._actor_id, self._name, args, kwargs, num_returns,
-            handle._meta["max_task_retries"], handle._actor_ref)
+        return _worker_of(self._gcs_address).submit_actor_task(
+            self._actor_id, self._name, args, kwargs, num_returns,
+            self._max_task_retries, self._actor_ref)
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:

@@ -132,10 +132,12 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
             gcs_address = f"127.0.0.1:{free_port()}"
             node = NodeProcesses(session_dir, detached=False)
             _set_key_env(node.new_cluster_key())
+            node_id = os.urandom(16)
             try:
+                node.prestart_zygote(node_id)   # the first task waits for it: first
                 node.start_gcs(gcs_address)
                 raylet_endpoint = node.start_raylet(
-                    gcs_address, os.urandom(16), num_cpus=num_cpus, num_gpus=num_gpus,
+                    gcs_address, node_id, num_cpus=num_cpus, num_gpus=num_gpus,
                     memory=_memory, resources=resources,
                     object_store_memory=object_store_memory)
                 dashboard = _start_dashboard(node, gcs_address, include_dashboard,
@@ -158,11 +160,14 @@ def init(address: str | None = None, *, num_cpus=None, num_gpus=None, resources=
         try:
             worker = _connect(gcs_address, raylet_endpoint, session_dir, namespace or "",
                               log_to_driver)
-        except BaseException:
+        except BaseException as err:
+            exited = _exited_daemon(_local_node) if isinstance(err, ConnectionError) else None
             if _local_node is not None:
                 _local_node.stop()
                 _local_node = None
             _restore_key_env()
+            if exited:
+                raise ConnectionError(f"{err}: {exited}") from None
             raise
         global_state.worker = worker
         if address is None and dashboard is not None:
@@ -204,6 +209,18 @@ def _check_ray_only_keywords(given: dict) -> None:
 #: a local cluster's dashboard server starts this long after init(), so the
 #: driver's first tasks have the CPU first
 _DASHBOARD_START_DELAY_S = 1.0
+
+
+def _exited_daemon(node) -> str | None:
+    """Which daemon of the local cluster ``node`` exited (and where its logs
+    are), or None."""
+    if node is None:
+        return None
+    try:
+        node.check_alive()
+    except RuntimeError as dead:
+        return str(dead)
+    return None
 
 
 def _start_dashboard(node, gcs_address, include, host, port):

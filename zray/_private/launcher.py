@@ -45,16 +45,19 @@ STDOUT = subprocess.STDOUT
 
 
 def launch(args: list[str], *, env: dict[str, str], stdin=DEVNULL, stdout=DEVNULL,
-           stderr=STDOUT, dies_with_parent: bool, new_session: bool = False):
+           stderr=STDOUT, dies_with_parent: bool, new_session: bool = False,
+           pass_fds: tuple = (), fresh: bool = False):
     """Start ``python -m args[0] args[1:]``; returns a ``subprocess.Popen``
     or a ``ForkedProcess`` (same methods). ``stdin``/``stdout`` may be
     ``PIPE`` (then ``.stdin``/``.stdout`` are binary file objects),
-    ``DEVNULL`` or a file descriptor; ``stderr`` a descriptor or ``STDOUT``."""
-    if dies_with_parent and may_fork():
-        return _fork(args, env, stdin, stdout, stderr, new_session)
+    ``DEVNULL`` or a file descriptor; ``stderr`` a descriptor or ``STDOUT``.
+    ``pass_fds``: descriptors (> 2) the child keeps, under the same numbers;
+    ``fresh``: always a fresh interpreter, never a fork."""
+    if dies_with_parent and not fresh and may_fork():
+        return _fork(args, env, stdin, stdout, stderr, new_session, pass_fds)
     return subprocess.Popen([sys.executable, "-m", *args], stdin=stdin, stdout=stdout,
                             stderr=stderr, env=env, start_new_session=new_session,
-                            close_fds=True)
+                            close_fds=True, pass_fds=pass_fds)
 
 
 _forked = False      # this process is a fork (it then never forks another)
@@ -116,7 +119,40 @@ class ForkedProcess:
         self.send_signal(signal.SIGKILL)
 
 
-def _fork(args, env, stdin, stdout, stderr, new_session) -> ForkedProcess:
+class AdoptedProcess:
+    """A handle on a process another one started (so this one cannot reap
+    it) and handed over, with its pipes: the ``ForkedProcess`` methods. It
+    counts as ended once it is gone or a zombie; its exit code is read from
+    ``/proc`` while it is a zombie (0 once it is gone)."""
+
+    def __init__(self, pid: int, args: list[str], stdin=None, stdout=None):
+        self.pid = pid
+        self.args = args
+        self.stdin = stdin
+        self.stdout = stdout
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                with open(f"/proc/{self.pid}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:                 # gone (reaped by its parent)
+                self.returncode = 0
+                return 0
+            fields = stat[stat.rindex(b")") + 2:].split()
+            if fields[0] in (b"Z", b"X"):   # fields[0] is field 3, the state
+                status = int(fields[49]) if len(fields) > 49 else 0   # field 52
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    wait = ForkedProcess.wait
+    send_signal = ForkedProcess.send_signal
+    terminate = ForkedProcess.terminate
+    kill = ForkedProcess.kill
+
+
+def _fork(args, env, stdin, stdout, stderr, new_session, pass_fds=()) -> ForkedProcess:
     argv = [sys.executable, "-m", *args]
     pipes = {}
     if stdin == PIPE:
@@ -124,7 +160,7 @@ def _fork(args, env, stdin, stdout, stderr, new_session) -> ForkedProcess:
     if stdout == PIPE:
         pipes[1] = os.pipe()
     try:
-        return _fork_with(args, argv, env, stdin, stdout, stderr, new_session, pipes)
+        return _fork_with(args, argv, env, stdin, stdout, stderr, new_session, pipes, pass_fds)
     except BaseException:
         for fd in (fd for pair in pipes.values() for fd in pair):
             try:
@@ -134,7 +170,8 @@ def _fork(args, env, stdin, stdout, stderr, new_session) -> ForkedProcess:
         raise
 
 
-def _fork_with(args, argv, env, stdin, stdout, stderr, new_session, pipes) -> ForkedProcess:
+def _fork_with(args, argv, env, stdin, stdout, stderr, new_session, pipes,
+               pass_fds=()) -> ForkedProcess:
     for stream in {sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__}:
         try:
             stream.flush()              # else the child would write it again
@@ -155,7 +192,8 @@ def _fork_with(args, argv, env, stdin, stdout, stderr, new_session, pipes) -> Fo
         try:
             child_stdin = pipes[0][0] if stdin == PIPE else stdin
             child_stdout = pipes[1][1] if stdout == PIPE else stdout
-            _become(argv, env, child_stdin, child_stdout, stderr, new_session, pipes, parent)
+            _become(argv, env, child_stdin, child_stdout, stderr, new_session, pipes, parent,
+                    pass_fds)
             code = _run(args)
             from ..broker import sockets
             sockets.term()              # what the interpreter's exit does for a spawned one
@@ -181,9 +219,11 @@ def _fork_with(args, argv, env, stdin, stdout, stderr, new_session, pipes) -> Fo
 _inherited_streams: tuple = ()   # the parent's stream objects, kept so none is freed
 
 
-def _become(argv, env, stdin, stdout, stderr, new_session, pipes, parent) -> None:
+def _become(argv, env, stdin, stdout, stderr, new_session, pipes, parent,
+            pass_fds=()) -> None:
     """In the child: the streams, descriptors, environment, signals and
-    command line a freshly spawned ``python -m`` would have."""
+    command line a freshly spawned ``python -m`` would have (and the
+    descriptors of ``pass_fds``)."""
     global _forked, _inherited_streams
     _forked = True
     if env.get("ZRAY_DIE_WITH_PARENT") == "1":
@@ -205,6 +245,8 @@ def _become(argv, env, stdin, stdout, stderr, new_session, pipes, parent) -> Non
     for fd in {devnull, *copies, *(fd for pair in pipes.values() for fd in pair)}:
         if fd > 2:
             os.close(fd)
+    for fd in pass_fds:
+        os.set_inheritable(fd, True)    # kept: exec would keep it too
     _release_inherited_descriptors()
     _inherited_streams = (sys.stdin, sys.stdout, sys.stderr,
                           sys.__stdin__, sys.__stdout__, sys.__stderr__)

@@ -22,7 +22,7 @@ import psutil
 
 from ..broker import security
 from ..config import config
-from .launcher import STDOUT, launch
+from .launcher import PIPE, STDOUT, launch
 from .session import (check_trusted, log_path, raylet_ipc, read_current_cluster,
                       session_name)
 
@@ -47,6 +47,7 @@ class NodeProcesses:
         self.supervisor = None     # the head's supervisor, once started
         self.supervised: dict[str, list[str]] = {}     # what it runs: name -> args
         self.gcs_storage: str | None = None     # ZRAY_GCS_STORAGE of the daemons started
+        self._zygotes: dict = {}    # node id -> zygote started ahead of its raylet
 
     def new_cluster_key(self) -> str:
         """Create a fresh cluster key in the session directory (mode 0600)
@@ -54,7 +55,8 @@ class NodeProcesses:
         self.cluster_key_file = security.create_key_file(security.key_file_in(self.session_dir))
         return self.cluster_key_file
 
-    def _spawn(self, name: str, args: list[str]):
+    def _env(self, name: str) -> dict:
+        """The environment of a daemon started from here."""
         env = {**config.to_env(), **os.environ}     # what the environment says wins
         if self.gcs_storage is not None:
             env["ZRAY_GCS_STORAGE"] = self.gcs_storage
@@ -69,15 +71,44 @@ class NodeProcesses:
             env.pop("ZRAY_DIE_WITH_PARENT", None)
         else:
             env["ZRAY_DIE_WITH_PARENT"] = "1"
+        return env
+
+    def _spawn(self, name: str, args: list[str], pass_fds: tuple = ()):
+        env = self._env(name)
         out = os.open(log_path(self.session_dir, f"{name}.out"),
                       os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             proc = launch(args, env=env, stdout=out, stderr=STDOUT,
-                          dies_with_parent=not self.detached, new_session=self.detached)
+                          dies_with_parent=not self.detached, new_session=self.detached,
+                          pass_fds=pass_fds)
         finally:
             os.close(out)
         self.procs.append(proc)
         return proc
+
+    def prestart_zygote(self, node_id: bytes) -> None:
+        """Start now the worker fork server (zygote) of the raylet that
+        ``start_raylet(..., node_id)`` starts later, and hand it over then:
+        a fresh interpreter takes a few hundred milliseconds to import what
+        workers need, and the first task waits for it, so it starts first,
+        before the GCS and the raylet. Only for daemons that die with this
+        process (it is this process's child; the raylet talks to it through
+        the pipes it inherits)."""
+        if self.detached:
+            raise ValueError("a detached node's raylet starts its own zygote")
+        hex_id = node_id.hex()
+        env = self._env("zygote")
+        err = os.open(log_path(self.session_dir, f"zygote_{hex_id[:12]}.err"),
+                      os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            proc = launch(["zray.worker.zygote", "--raylet", raylet_ipc(self.session_dir, node_id),
+                           "--session-dir", self.session_dir, "--node-id", hex_id],
+                          env=env, stdin=PIPE, stdout=PIPE, stderr=err,
+                          dies_with_parent=True, fresh=True)
+        finally:
+            os.close(err)
+        self.procs.append(proc)         # stopped after the raylet (see stop())
+        self._zygotes[node_id] = proc
 
     def start_gcs(self, address: str, *, storage: str | None = None,
                   cluster_id: str | None = None, supervised: bool = False):
@@ -122,7 +153,21 @@ class NodeProcesses:
             args += ["--resources", json.dumps(resources)]
         if object_store_memory:
             args += ["--object-store-memory", str(int(object_store_memory))]
-        self._spawn(f"raylet_{node_id.hex()[:12]}", args)
+        zygote = self._zygotes.pop(node_id, None)
+        if zygote is not None and min(zygote.stdin.fileno(), zygote.stdout.fileno()) <= 2:
+            zygote.stdin.close()    # pipes on 0..2 (this process's were closed): the
+            zygote.stdout.close()   # raylet could not keep them; it starts its own
+            zygote = None
+        if zygote is None:
+            self._spawn(f"raylet_{node_id.hex()[:12]}", args)
+        else:       # the raylet takes over the zygote's pipes (see prestart_zygote)
+            fds = (zygote.stdin.fileno(), zygote.stdout.fileno())
+            args += ["--zygote-pid", str(zygote.pid), "--zygote-fds", "%d,%d" % fds]
+            try:
+                self._spawn(f"raylet_{node_id.hex()[:12]}", args, pass_fds=fds)
+            finally:    # only the raylet holds them now: it gone, the zygote sees EOF
+                zygote.stdin.close()
+                zygote.stdout.close()
         self.node_ids.append(node_id)
         return raylet_ipc(self.session_dir, node_id)
 
@@ -148,6 +193,10 @@ class NodeProcesses:
     def stop(self, timeout: float = 3.0) -> None:
         """Stop the daemons (raylets before the GCS), then remove their leftovers."""
         deadline = time.monotonic() + timeout
+        for zygote in self._zygotes.values():     # started, never handed over
+            zygote.stdin.close()
+            zygote.stdout.close()
+        self._zygotes.clear()
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

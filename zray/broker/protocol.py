@@ -16,11 +16,57 @@ keep serving, and no handler ever sees such a value.
 """
 from __future__ import annotations
 
+import collections
 import math
 import re
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgpack
+
+
+# -- init (issue 13): records without typing.NamedTuple's import cost ---------
+class _RecordMeta(type):
+    """Builds each ``class X(NamedTuple)`` below as ``typing.NamedTuple``
+    does (a ``collections.namedtuple`` with the defaults, methods, docstring
+    and ``__annotations__`` of the class body), except that annotations stay
+    the strings written (``_typed`` reads them by name) instead of being
+    compiled into ``ForwardRef``s: that compiling was half of this module's
+    import time, paid by every zray process at start."""
+
+    _SPECIAL = frozenset({"__module__", "__name__", "__annotations__"})
+    _PROHIBITED = frozenset({"__new__", "__init__", "__slots__", "__getnewargs__", "_fields",
+                             "_field_defaults", "_make", "_replace", "_asdict", "_source"})
+
+    def __new__(mcls, typename, bases, ns):
+        annotations = ns.get("__annotations__", {})
+        defaults = []
+        for name in annotations:
+            if name in ns:
+                defaults.append(ns[name])
+            elif defaults:
+                raise TypeError(f"{typename}: field {name} without a default follows "
+                                f"fields with defaults")
+        cls = collections.namedtuple(typename, list(annotations), defaults=defaults,
+                                     module=ns["__module__"])
+        cls.__annotations__ = cls.__new__.__annotations__ = dict(annotations)
+        for key, value in ns.items():
+            if key in mcls._PROHIBITED:
+                raise AttributeError(f"{typename}: cannot overwrite the namedtuple "
+                                     f"attribute {key}")
+            if key not in mcls._SPECIAL and key not in cls._fields:
+                setattr(cls, key, value)
+        return cls
+
+
+_RECORD_BASE = type.__new__(_RecordMeta, "NamedTuple", (), {})
+
+
+def NamedTuple(*args, **kwargs):  # noqa: N802 — stands in for typing.NamedTuple here
+    """Only a base class in this module: ``class X(NamedTuple): field: Kind``."""
+    raise TypeError("protocol.NamedTuple is only a base class: class X(NamedTuple): ...")
+
+
+NamedTuple.__mro_entries__ = lambda bases: (_RECORD_BASE,)
 
 #: Largest single frame a daemon accepts (bigger values travel through the store).
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024
@@ -57,6 +103,8 @@ Strings = list          # [str, ...]
 PeerAddress = list      # an Address as a list: [Endpoint, WorkerId, pid, NodeId]
 OptPeerAddress = list   # a PeerAddress or []
 TaskSpecFields = list   # a TaskSpec as a list (see task_spec)
+TaskSpecList = list     # (actor calls) TaskSpecs as lists
+CallResults = list      # (actor calls) [task_id, returns] entries
 
 _ENDPOINT = re.compile(r"tcp://(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}\Z"
                        r"|ipc://[^\0]{1,4000}\Z")
@@ -155,6 +203,13 @@ def _task_spec_fields(value: list) -> None:
     task_spec(value)
 
 
+def _task_spec_list(value: list) -> None:
+    for item in value:
+        if type(item) is not list:
+            raise _bad("must be a list of task specs (each a list)", item)
+        task_spec(item)
+
+
 _KINDS = {   # annotation -> (wire types, extra check or None)
     "bytes": (bytes, None), "str": (str, None), "int": (int, None),
     "bool": ((bool, int), None), "list": (list, None), "dict": (dict, None),
@@ -172,6 +227,8 @@ _KINDS = {   # annotation -> (wire types, extra check or None)
     "Strings": (list, _list_of(str, None, "str")),
     "PeerAddress": (list, _peer_address), "OptPeerAddress": (list, _opt_peer_address),
     "TaskSpecFields": (list, _task_spec_fields),
+    # actor calls
+    "TaskSpecList": (list, _task_spec_list),
 }
 
 
@@ -488,8 +545,17 @@ def _returns(value: list) -> None:
         _return_fields(item)
 
 
+def _call_results(value: list) -> None:
+    for item in value:
+        if type(item) is not list or len(item) != 2 or type(item[0]) is not bytes \
+                or len(item[0]) != 16 or type(item[1]) is not list:
+            raise _bad("must be a list of [task id (16 bytes), returns] entries", item)
+        _returns(item[1])
+
+
 _KINDS.update({
     "ReturnFields": (list, _return_fields), "Returns": (list, _returns),
+    "CallResults": (list, _call_results),       # actor calls
     "OptPinnedList": (list, _entries_check(Pinned, optional=True)),
     "OptSpilledList": (list, _entries_check(SpilledCopy, optional=True)),
     "StoreClients": (list, _entries_check(StoreClient)),
@@ -556,6 +622,19 @@ class WorkerReady(NamedTuple):
 @_declare(6)
 class ExecuteTask(NamedTuple):
     spec: TaskSpecFields
+
+
+# -- actor calls: several in one message --------------------------------------
+@_declare(41)
+class ExecuteCalls(NamedTuple):
+    """Calls of one caller to one actor, in submission order, in one message
+    (calls submitted back to back travel together: one send and one receive
+    for the lot). Each entry is a TaskSpec as a list; read them through
+    ``calls``."""
+    specs: TaskSpecList
+
+    calls = property(lambda self: [TaskSpec._make(s) for s in self.specs],
+                     doc="the calls, as TaskSpec records, in order (decode checked each)")
 
 
 @_declare(7)
@@ -750,6 +829,20 @@ class TaskReturned(NamedTuple):
     results = _opt_entries(Return, "returns", "the returns, as Return records")
 
 
+# -- actor calls: several results in one message -----------------------------
+@_declare(42)
+class CallsReturned(NamedTuple):
+    """Results of several calls of one caller to one actor that ran back to
+    back (an actor sends the results of the calls that came in one
+    ExecuteCalls together, none held longer than a millisecond or so).
+    Each entry is a TaskReturned's fields, ``[task_id, returns]``; read them
+    through ``results``."""
+    returned: CallResults
+
+    results = property(lambda self: [TaskReturned._make(e) for e in self.returned],
+                       doc="each call's results, as a TaskReturned (decode checked each)")
+
+
 @_declare(31)
 class TaskFailed(NamedTuple):
     """The task could not run to completion (worker died, cancelled, ...)."""
@@ -830,6 +923,13 @@ class LeaseGranted(NamedTuple):
 #: (leases) TaskFailed.error_type of a lease the raylet will not grant: the
 #: node can never fit its shape, or the asker is not the driver the lease names
 LEASE_REFUSED = "LeaseRefused"
+#: (leases) TaskFailed.error_type of a lease the raylet will not queue: its
+#: node is full and another node has room, so the owner's queued tasks go the
+#: raylet's way, which spreads them over the cluster
+LEASE_BUSY = "LeaseBusy"
+#: (leases) TaskFailed.error_type of a lease the raylet will not queue: its
+#: node is full (and no other node has room): the owner asks again later
+LEASE_FULL = "LeaseFull"
 
 
 @_declare(46)

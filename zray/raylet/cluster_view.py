@@ -79,6 +79,10 @@ class ClusterView:
                 best.available[k] = best.available.get(k, 0.0) - v
         return best
 
+    def has_room(self, request: dict) -> bool:
+        """Whether a remote node can run ``request`` now (as last reported)."""
+        return any(fits(request, view.available) for view in self._others())
+
     def feasible(self, request: dict) -> NodeView | None:
         """A remote node that could ever run ``request``."""
         return next((v for v in self._others() if fits(request, v.total)), None)

@@ -157,13 +157,28 @@ class LocalTaskManager:
     def _lease(self, spec) -> None:
         """A worker lease for a local owner: queued like a task (it holds its
         resources from when a worker takes it until the worker is idle again),
-        never forwarded; refused at once if this node can never fit it."""
+        never forwarded, and only while the node fits it now: refused at once
+        if this node can never fit it; if not now, answered LEASE_BUSY when
+        another node can (the owner then sends its queued tasks here, to be
+        spread), else LEASE_FULL (the owner asks again later)."""
         if not self.resources.feasible(spec.resources):
             self._tell_owner(spec.owner, p.TaskFailed(
                 spec.task_id, p.LEASE_REFUSED,
                 f"node {self.node_id.hex()[:12]} cannot fit {spec.resources}"))
             return
+        if not self.resources.fits(spec.resources):
+            self._lease_unfit(spec)
+            return
         self._enqueue(spec)
+
+    def _lease_unfit(self, spec) -> None:
+        """Tell the owner its lease does not fit now: LEASE_BUSY when another
+        node has room, else LEASE_FULL (leases never wait in a queue here)."""
+        busy = self.view.has_room(spec.resources)
+        self._tell_owner(spec.owner, p.TaskFailed(
+            spec.task_id, p.LEASE_BUSY if busy else p.LEASE_FULL,
+            f"node {self.node_id.hex()[:12]} is full"
+            + (" and another node has room" if busy else "")))
 
     def _forward(self, spec, node_id: bytes) -> None:
         """Spill a task to another raylet; tell its owner where it went."""
@@ -271,6 +286,12 @@ class LocalTaskManager:
         """Hand queued tasks to idle workers while resources fit."""
         wanted = for_actors = 0
         for shape, queue in self.queues.items():
+            if not queue:
+                continue
+            # a lease that fit when it came but lost its CPU to work ahead of it
+            while queue and queue[0].kind == p.TASK_LEASE \
+                    and not self.resources.fits(queue[0].resources):
+                self._lease_unfit(queue.popleft())
             if not queue:
                 continue
             request = queue[0].resources

@@ -2,9 +2,10 @@
 handed out by job, and accounted for until they exit.
 
 The zygote (``python -m zray.worker.zygote``: forked from a raylet that
-``zray start`` spawned, a fresh interpreter under a raylet forked from a
-driver; see launcher.py) imports zray and its heavy dependencies once, then
-forks a worker per request. It reports each child's
+``zray start`` spawned, else a fresh interpreter; for ``zray.init()``'s local
+cluster, one the driver started first and handed to the raylet, see
+``NodeProcesses.prestart_zygote``) imports zray and its heavy dependencies
+once, then forks a worker per request. It reports each child's
 start and exit on its stdout, so the raylet learns of a dead worker at once.
 """
 from __future__ import annotations

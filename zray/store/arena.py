@@ -10,8 +10,10 @@ import mmap
 import os
 import pickle
 import threading
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 # Copies bigger than this are split between the calling thread and one helper
 # thread (numpy releases the GIL while copying). Measured on 2 cores, 800 MB:
@@ -40,9 +42,15 @@ def _as_bytes(chunk) -> memoryview:
         return memoryview(m.tobytes())
 
 
+def _uint8(view: memoryview) -> "np.ndarray":
+    import numpy as np
+    return np.frombuffer(view, dtype=np.uint8)
+
+
 def _copy(dst: np.ndarray, src: np.ndarray) -> None:
     """``dst[:] = src``; big copies are split with one short-lived helper
     thread (a fresh thread each time: nothing to go stale across fork)."""
+    import numpy as np
     n = len(src)
     if n <= PARALLEL_COPY_THRESHOLD:
         np.copyto(dst, src)
@@ -77,8 +85,27 @@ class Arena:
         self.path = path
         self.size = size
         self._mm = mm
-        self._rw = np.frombuffer(mm, dtype=np.uint8)
-        self._ro = np.frombuffer(memoryview(mm).toreadonly(), dtype=np.uint8)
+        # uint8 arrays over the mapping, made on first use: numpy is imported
+        # then, not at attach (a worker that never reads the store starts
+        # without it)
+        self._arrays: tuple | None = None
+        self._closed = False
+
+    @property
+    def _rw(self) -> "np.ndarray | None":
+        return (self._arrays or self._make_arrays())[0]
+
+    @property
+    def _ro(self) -> "np.ndarray | None":
+        return (self._arrays or self._make_arrays())[1]
+
+    def _make_arrays(self) -> tuple:
+        if self._closed:
+            return (None, None)
+        import numpy as np
+        self._arrays = (np.frombuffer(self._mm, dtype=np.uint8),
+                        np.frombuffer(memoryview(self._mm).toreadonly(), dtype=np.uint8))
+        return self._arrays
 
     @classmethod
     def create(cls, path: str, size: int) -> "Arena":
@@ -114,7 +141,7 @@ class Arena:
         return cls(path, mm, size)
 
     def _check(self, offset: int, size: int) -> None:
-        if self._rw is None:
+        if self._closed:
             raise ValueError(f"arena {self.path} is closed")
         if offset < 0 or size < 0 or offset + size > self.size:
             raise ValueError(
@@ -129,7 +156,7 @@ class Arena:
         for v in views:
             n = v.nbytes
             if n:
-                _copy(self._rw[pos:pos + n], np.frombuffer(v, dtype=np.uint8))
+                _copy(self._rw[pos:pos + n], _uint8(v))
             pos += n
 
     def read_view(self, offset: int, size: int) -> np.ndarray:
@@ -149,7 +176,8 @@ class Arena:
     def close(self) -> None:
         """Drop this process's mapping. Safe while views are alive: the
         mapping then goes away when the last view does."""
-        self._rw = self._ro = None
+        self._closed = True
+        self._arrays = None
         mm, self._mm = self._mm, None
         if mm is not None:
             try:

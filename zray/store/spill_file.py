@@ -8,7 +8,10 @@ memory, not shared and not pinned.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def read_spill_file(path: str, size: int) -> np.ndarray | None:
@@ -16,6 +19,7 @@ def read_spill_file(path: str, size: int) -> np.ndarray | None:
     array, or None when the file is gone or not ``size`` bytes long (the
     object was restored, freed or spilled again meanwhile: ask the store
     again)."""
+    import numpy as np
     out = np.empty(size, dtype=np.uint8)
     view = memoryview(out)
     try:

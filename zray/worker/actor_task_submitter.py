@@ -10,7 +10,11 @@ many live non-detached actors it owns. A caller may rely on: calls from this
 process run in submission order; a call in flight when its actor restarts is
 resent while it has retries, else fails with ActorDiedError; when the last
 handle to an actor this process created is gone here and in every borrower,
-and no call through one is pending, the GCS is told it is out of scope.
+and no call through one is pending, the GCS is told it is out of scope; a
+call submitted while an earlier one to the same actor has not returned may
+wait in the actor's outbox to go with the next ones (one ExecuteCalls
+message), at most until a reply comes, a get/wait, a full batch or the I/O
+thread's next tick (``TICK_S``).
 Guarded by the core worker's lock (``cond``); ``*_locked`` methods expect it
 held.
 """
@@ -33,6 +37,11 @@ from .reference_table import actor_handle_id
 _NONE = serialization.serialize(None).to_bytes()
 #: an actor this process created that no node can host is reported after this long
 UNPLACED_WARNING_S = 10.0
+#: calls submitted while an earlier one to the same actor is on its way wait in the
+#: actor's outbox and go together, in one ExecuteCalls message, at most this many
+MAX_BATCH_CALLS = 64
+#: ... and at most about this many bytes of arguments
+MAX_BATCH_BYTES = 256 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +49,7 @@ log = logging.getLogger(__name__)
 class ActorState:
     """What a caller knows of one actor: where it is and the calls it owes."""
     __slots__ = ("actor_id", "state", "address", "incarnation", "queue", "inflight",
-                 "death_message", "death_blob", "keep", "endpoint")
+                 "death_message", "death_blob", "keep", "endpoint", "outbox", "outbox_bytes")
 
     def __init__(self, actor_id: bytes):
         self.actor_id = actor_id
@@ -53,6 +62,8 @@ class ActorState:
         self.death_blob = b""
         self.keep = None        # refs in its constructor's arguments, until it is up
         self.endpoint = None    # where its calls go (from address), once known
+        self.outbox: list = []  # calls taken to send (in inflight too), not sent yet
+        self.outbox_bytes = 0
 
     def death_error(self, in_flight: bool = False):
         cause = None
@@ -94,6 +105,8 @@ class ActorTaskSubmitter:
         self._told_owns = False
         self._next_creation_check = 0.0
         self._out_of_scope: collections.deque = collections.deque()   # to report
+        self._held: set = set()         # actors whose outbox holds calls (guarded by cond)
+        self._call_infos: dict = {}     # (method, actor id) -> a call's first event info
 
     # -- creation ----------------------------------------------------------
     def actor_creation_spec(self, actor_id: bytes, class_hash: bytes, class_name: str,
@@ -238,8 +251,8 @@ class ActorTaskSubmitter:
                           arg_entries, list(kwargs), num_returns, {}, max_task_retries,
                           False, list(self.address), 0, actor_id, method_name, {})
         if tasks.task_events.enabled:
-            tasks.task_events.submitted(task_id, 0, p.TS_PENDING_ARGS_AVAIL, tasks.event_info(
-                method_name, p.TASK_ACTOR_METHOD, actor_id, None))
+            tasks.task_events.submitted(task_id, 0, p.TS_PENDING_ARGS_AVAIL,
+                                        self._call_info(method_name, actor_id))
         watch, ready = [], []
 
         def enqueue_locked(task):
@@ -261,12 +274,27 @@ class ActorTaskSubmitter:
         if watch:       # the GCS answers with where it is, then each change
             self._gcs.send(p.WatchActor(actor_id, self.address.endpoint))
         elif ready:
-            self._send_taken(*ready[0])
+            self._fail_taken(ready[0])
         else:
             self.pump(actor_id)
         if num_returns == p.STREAMING:
             return ObjectRefGenerator(task_id, self._worker, refs[0])
         return refs[0] if num_returns == 1 else refs
+
+    def _call_info(self, method_name: str, actor_id: bytes) -> dict:
+        """What a call's first task event says of it: one shared dict per
+        method and actor (read only), unless calls made in a task name it
+        as their parent."""
+        if self._worker.mode == "worker":
+            return self.tasks.event_info(method_name, p.TASK_ACTOR_METHOD, actor_id, None)
+        key = (method_name, actor_id)
+        info = self._call_infos.get(key)
+        if info is None:
+            if len(self._call_infos) > 10_000:
+                self._call_infos.clear()
+            info = self._call_infos[key] = self.tasks.event_info(
+                method_name, p.TASK_ACTOR_METHOD, actor_id, None)
+        return info
 
     def pump(self, actor_id: bytes) -> None:
         """Send the actor's queued calls, in order, while it is alive and the
@@ -279,22 +307,21 @@ class ActorTaskSubmitter:
             if actor.state == p.ACTOR_DEAD:
                 fails = [(t, actor.death_error()) for t in actor.queue]
                 actor.queue.clear()
-                taken = None
             elif actor.state == p.ACTOR_ALIVE:
-                taken = self._take_sendable_locked(actor)
+                fails = self._take_sendable_locked(actor)
             else:
                 return
-        if taken is not None:
-            self._send_taken(*taken)
-        for task, error in fails:
-            self.tasks.fail_task(task.spec.task_id, error)
+        self._fail_taken(fails)
 
-    def _take_sendable_locked(self, actor: ActorState):
+    def _take_sendable_locked(self, actor: ActorState) -> list:
         """(lock held, the actor alive) Take its queued calls from the head
-        while their arguments are ready: ``(endpoint, payloads, fails)``, to
-        hand to ``_send_taken`` once the lock is released."""
-        sends, fails = [], []
-        queue = actor.queue
+        while their arguments are ready into its outbox, and send the outbox
+        now unless a call sent earlier has not returned yet (then the calls
+        wait for ``flush``: the next reply, get/wait, a full batch or the
+        I/O thread's tick). Returns ``[(task, error)]`` to fail once the lock
+        is released."""
+        fails = []
+        queue, outbox = actor.queue, actor.outbox
         while queue and not queue[0].deps:
             task = queue.popleft()
             if task.cancelled:
@@ -305,17 +332,45 @@ class ActorTaskSubmitter:
                 continue
             task.submitted = True
             actor.inflight[task.spec.task_id] = task
-            sends.append(p.encode(p.ExecuteTask(list(task.spec))))
-        endpoint = None
-        if sends:
-            endpoint = actor.endpoint
-            if endpoint is None:
-                endpoint = actor.endpoint = self._routes.actor_endpoint(actor.address)
-        return endpoint, sends, fails
+            outbox.append(task)
+            for arg in task.spec.args:
+                if arg[0] == p.ARG_VALUE:
+                    actor.outbox_bytes += len(arg[1])
+        if outbox:
+            if (len(actor.inflight) == len(outbox) or len(outbox) >= MAX_BATCH_CALLS
+                    or actor.outbox_bytes >= MAX_BATCH_BYTES):
+                self._send_outbox_locked(actor)
+            else:
+                self._held.add(actor)
+        return fails
 
-    def _send_taken(self, endpoint, sends, fails) -> None:
-        if sends:
-            self._sender.send_many(endpoint, sends)
+    def _send_outbox_locked(self, actor: ActorState) -> None:
+        """(lock held: calls leave in the order they were taken) Send the
+        actor's outbox: one call as ExecuteTask, several as one ExecuteCalls."""
+        outbox = actor.outbox
+        actor.outbox, actor.outbox_bytes = [], 0
+        self._held.discard(actor)
+        endpoint = actor.endpoint
+        if endpoint is None:
+            endpoint = actor.endpoint = self._routes.actor_endpoint(actor.address)
+        if len(outbox) == 1:
+            payload = p.encode(p.ExecuteTask(list(outbox[0].spec)))
+        else:
+            payload = p.encode(p.ExecuteCalls([list(task.spec) for task in outbox]))
+        self._sender.send_many(endpoint, [payload])
+
+    def flush(self) -> None:
+        """Send every call waiting in an outbox (cheap when none waits):
+        before a get/wait, after each burst of replies, on every tick."""
+        if not self._held:
+            return
+        with self.cond:
+            for actor in list(self._held):
+                if actor.outbox:
+                    self._send_outbox_locked(actor)
+            self._held.clear()
+
+    def _fail_taken(self, fails) -> None:
         for task, error in fails:
             self.tasks.fail_task(task.spec.task_id, error)
 
@@ -355,6 +410,15 @@ class ActorTaskSubmitter:
                 new_incarnation and actor.incarnation)
             if lost and actor.address:
                 gone = actor.address        # close our socket to its old process
+            unsent = []
+            if lost and actor.outbox:       # never sent: queued again, no retry spent
+                unsent = actor.outbox
+                actor.outbox, actor.outbox_bytes = [], 0
+                self._held.discard(actor)
+                for task in unsent:
+                    actor.inflight.pop(task.spec.task_id, None)
+                    task.submitted = False
+                actor.queue.extendleft(reversed(unsent))    # after the retried, below
             actor.state = msg.state
             if msg.state in (p.ACTOR_ALIVE, p.ACTOR_DEAD):
                 actor.keep = None   # its constructor has borrowed what it needs
@@ -375,6 +439,7 @@ class ActorTaskSubmitter:
                 actor.inflight.clear()
                 actor.queue.extendleft(reversed(again))
                 retry = bool(again)
+            retry = retry or bool(unsent)
         if gone is not None:
             self._routes.forget_actor_route(gone)
         for task, error in fails:

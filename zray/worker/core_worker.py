@@ -356,15 +356,18 @@ class CoreWorker:
 
     # ------------------------------------------------------------- get / wait
     def get(self, refs, timeout=None):
+        self.actor_calls.flush()        # actor calls: what waits in an outbox goes now
         self.drain_releases()
         return self.getter.get(refs, timeout)
 
     def wait(self, refs, num_returns: int = 1, timeout=None, fetch_local: bool = True):
+        self.actor_calls.flush()
         self.drain_releases()
         return self.getter.wait(refs, num_returns, timeout, fetch_local)
 
     def next_generator_item(self, task_id: bytes, index: int):
         """The ref of item ``index`` of a stream, or None past its end."""
+        self.actor_calls.flush()        # actor calls: the stream's own call may wait there
         return self.streams.next_item(task_id, index)
 
     def await_ref(self, ref: ObjectRef):
@@ -431,6 +434,7 @@ class CoreWorker:
             self.task_manager.run_deferred()
         except Exception:
             log.exception("could not send the tasks whose arguments arrived")
+        self.actor_calls.flush()        # actor calls: replies came, the next calls go
         self._flush_wakes()
 
     def _tick(self) -> None:
@@ -449,13 +453,15 @@ class CoreWorker:
         now = time.monotonic()
         self.store_writer.tick(now)
         leases = self.task_manager.leases
-        if leases.by_id:                            # task path: idle leases go back
+        if leases.by_id or leases.shapes:           # task path: idle leases go back
             with self.cond:
-                to_raylet = leases.return_idle_locked(now)
+                to_raylet, flushed = leases.return_idle_locked(now)
             for message in to_raylet:
                 leases.ask(message)
+            self.task_manager.submit_to_raylet(flushed)
         self.task_events.maybe_flush(now)
         self.actor_calls.check_creations(now)
+        self.actor_calls.flush()        # actor calls: none waits longer than a tick
         self._flush_wakes()
 
     def subscribe_logs(self, handler) -> None:
@@ -515,6 +521,7 @@ class CoreWorker:
         if not self._running:
             return
         try:
+            self.actor_calls.flush()                # actor calls: the last ones go too
             self.drain_releases()
             with self.cond:                         # task path: leased workers go back
                 self.task_manager.leases.return_all_locked()

@@ -29,6 +29,7 @@ from .._private.pids import pid_alive
 from .._private.session import actor_ipc
 from . import global_state, serialization
 from .core_worker import GEN_DONE_INDEX, CoreWorker
+from .held_replies import HeldReplies
 from .task_events import MAX_ERROR_CHARS, error_info
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,10 @@ class Executor:
         self._direct = None             # ROUTER for direct calls (see _direct_sock)
         self.leased_by = None           # the lease this worker serves, if any
         self.cancelled_early: set[bytes] = set()    # lease tasks cancelled before they ran
+        self._replies = HeldReplies(self.cw.send_to)    # actor calls: a batch's results
+        self._hold = False      # (actor, one call at a time) more calls of the batch follow
+        self._pool = None       # (actor, threads) its _CallPool
+        self._async_calls = None    # (async actor) its calls not done yet
         signal.signal(signal.SIGINT, self._on_sigint)
         sys.stdout = LogForwarder(sys.stdout, self)
         sys.stderr = LogForwarder(sys.stderr, self)
@@ -266,7 +271,30 @@ class Executor:
                 for i in range(max(spec.num_returns, 1))]
 
     def _send_returns(self, spec, returns) -> None:
-        self.cw.send_to(spec.owner, p.TaskReturned(spec.task_id, returns))
+        """Send a call's results to its owner: an actor holds them while more
+        of its calls wait to run (see HeldReplies), and sends what it held
+        with the results of the last one."""
+        more = self._more_calls_follow()
+        if more or (more is not None and self._replies.holding()):
+            self._replies.hold(spec.owner, spec.task_id, returns)
+            if not more:
+                self._replies.flush()
+        else:
+            self.cw.send_to(spec.owner, p.TaskReturned(spec.task_id, returns))
+
+    def _more_calls_follow(self):
+        """(an actor) Whether more of its calls wait to run after the one that
+        just ended on this thread (then its results may wait for theirs); None
+        where results are never held (a task; a thread not serving calls)."""
+        if threading.get_ident() == self.main_thread:
+            if self._hold:                      # one call at a time, in a batch
+                return True
+            if self._async_calls is not None:   # the async actor's event loop
+                return len(self._async_calls) > 1
+            return None
+        if self._pool is not None:              # a thread of a threaded actor
+            return self._pool.waiting()
+        return None
 
     # -- actors -----------------------------------------------------------
     def become_actor(self, spec: p.TaskSpec) -> None:
@@ -360,7 +388,9 @@ class Executor:
             return
         submit = self._call_inline
         if max_concurrency > 1:
-            submit = _CallPool(max_concurrency, self._call_guarded).submit
+            self._pool = _CallPool(max_concurrency, self._call_guarded)
+            submit = self._pool.submit
+        hold = max_concurrency <= 1     # one at a time: a batch's results leave together
         poller = zmq.Poller()
         for sock in self.actor_socks:
             poller.register(sock, zmq.POLLIN)
@@ -371,33 +401,46 @@ class Executor:
             else:                        # both have calls: take turns
                 sock, _ = ready[self._turn % len(ready)]
                 self._turn += 1
-            call = self._next_call(sock)
-            if call is not None:
-                submit(*call)
+            calls = self._next_calls(sock)
+            self._hold = hold and len(calls) > 1
+            try:
+                for call in calls:
+                    submit(*call)
+            finally:
+                if self._hold:
+                    self._hold = False
+                    self._replies.flush()
 
-    def _next_call(self, sock):
-        """Receive one message from an actor socket that has one: the call
-        to run, ``(spec, method)``, or None when it was dropped (logged) or
+    def _next_calls(self, sock) -> list:
+        """Receive one message from an actor socket that has one: the calls
+        to run, ``[(spec, method)]`` in order (several when the caller sent
+        them together, ExecuteCalls); empty when it was dropped (logged) or
         answered here (no such method)."""
         try:
             frames = sockets.recv_frames(sock, zmq.NOBLOCK)
         except zmq.Again:
-            return None
+            return []
         try:
             msg = p.decode(frames[2].buffer)
-            if not isinstance(msg, p.ExecuteTask):
+            if isinstance(msg, p.ExecuteTask):
+                specs = [p.task_spec(msg.spec)]
+            elif isinstance(msg, p.ExecuteCalls):
+                specs = msg.calls
+            else:
                 log.warning("actor: dropped a %s", type(msg).__name__)
-                return None
-            spec = p.task_spec(msg.spec)
+                return []
         except (p.ProtocolError, IndexError) as err:
             log.warning("actor: dropped a message: %s", err)
-            return None
-        fn = getattr(self.instance, spec.method_name, None)
-        if fn is None:
-            self._send_returns(spec, self._error_returns(spec, AttributeError(
-                f"actor has no method {spec.method_name!r}")))
-            return None
-        return spec, fn
+            return []
+        calls = []
+        for spec in specs:
+            fn = getattr(self.instance, spec.method_name, None)
+            if fn is None:
+                self._send_returns(spec, self._error_returns(spec, AttributeError(
+                    f"actor has no method {spec.method_name!r}")))
+                continue
+            calls.append((spec, fn))
+        return calls
 
     def _serve_async(self, max_concurrency: int) -> None:
         """An async actor: its event loop, on this thread, reads the calls
@@ -408,6 +451,7 @@ class Executor:
         loop = asyncio.new_event_loop()
         limit = asyncio.Semaphore(max_concurrency)
         running = set()                 # the loop keeps only weak references to tasks
+        self._async_calls = running
 
         async def bounded(spec, fn):
             async with limit:
@@ -421,8 +465,7 @@ class Executor:
             for _ in range(1000):
                 if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     return
-                call = self._next_call(sock)
-                if call is not None:
+                for call in self._next_calls(sock):
                     task = loop.create_task(bounded(*call))
                     running.add(task)
                     task.add_done_callback(running.discard)
@@ -450,6 +493,7 @@ class Executor:
     def _exit_actor(self) -> None:
         """End this actor's process cleanly (no restart: exit code 0)."""
         try:
+            self._replies.flush()
             sys.stdout.flush()
             sys.stderr.flush()
             self.cw.shutdown()
@@ -615,6 +659,10 @@ class _CallPool:
             self._threads += 1
             threading.Thread(target=self._serve, daemon=True,
                              name=f"zray-actor_{self._threads}").start()
+
+    def waiting(self) -> bool:
+        """Whether calls wait for a thread."""
+        return not self._calls.empty()
 
     def _serve(self) -> None:
         get, run, idle = self._calls.get, self._run, self._idle

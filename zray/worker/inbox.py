@@ -199,6 +199,12 @@ class InboxDispatcher(Service):
     def handle_task_returned(self, req, msg: p.TaskReturned) -> None:
         self._worker.task_manager.handle_task_returned(msg)
 
+    def handle_calls_returned(self, req, msg: p.CallsReturned) -> None:
+        """(actor calls) The results of several calls to one actor."""
+        returned = self._worker.task_manager.handle_task_returned
+        for result in msg.results:
+            returned(result)
+
     def handle_task_failed(self, req, msg: p.TaskFailed) -> None:
         self._worker.task_manager.handle_task_failed(msg)
 
@@ -228,8 +234,11 @@ class InboxDispatcher(Service):
 
     def handle_lease_granted(self, req, msg: p.LeaseGranted) -> None:
         worker = self._worker
+        leases = worker.task_manager.leases
         with worker.cond:
-            worker.task_manager.leases.granted(msg)
+            ask = leases.granted(msg)
+        if ask is not None:         # tasks still queue: one more lease
+            leases.ask(ask)
 
     def handle_release_kept_views(self, req, msg: p.ReleaseKeptViews) -> None:
         """(objects) The store needs room: give back kept views and reserved blocks."""

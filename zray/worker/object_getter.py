@@ -130,27 +130,36 @@ class ObjectGetter:
         node is pulled here first); False: as soon as it exists anywhere."""
         if isinstance(refs, ObjectRef) or not isinstance(refs, (list, tuple)):
             raise TypeError("zray.wait() takes a list of ObjectRefs")
-        if len(set(r._id for r in refs)) != len(refs):
+        if len({r._id for r in refs}) != len(refs):
             raise ValueError("zray.wait() got the same ObjectRef twice")
         if num_returns < 1 or num_returns > len(refs):
             raise ValueError(f"num_returns must be between 1 and {len(refs)}, "
                              f"got {num_returns}")
         deadline = None if timeout is None else time.monotonic() + timeout
-        rets = self.wait_for(refs, num_returns, deadline)
+        entries = self._wait_entries(refs, num_returns, deadline)
         error = self._raylet_error()
         if error is not None:       # the refs it failed are "ready": say why instead
             raise error
-        if rets is None:
+        if entries is None:         # timed out: what is ready now
             with self.cond:
-                rets = [self.refs.get(r._id).ret if self.refs.get(r._id) else None
-                        for r in refs]
-        ready, not_ready = [], []
-        for ref, ret in zip(refs, rets):
-            if ret is not None and len(ready) < num_returns and (
-                    not fetch_local or self._fetch_local(ret)):
-                ready.append(ref)
-            else:
-                not_ready.append(ref)
+                table = self.refs.entries
+                entries = [table.get(r._id) for r in refs]
+        # the first ``num_returns`` ready ones in order (a cut of the list, not
+        # a pass per ref: wait() is called on long lists again and again)
+        taken = []
+        for index, entry in enumerate(entries):
+            if entry is not None and entry.state == READY and (
+                    not fetch_local or self._fetch_local(entry.ret)):
+                taken.append(index)
+                if len(taken) == num_returns:
+                    break
+        refs = list(refs)
+        ready = [refs[i] for i in taken]
+        not_ready, start = [], 0
+        for index in taken:
+            not_ready += refs[start:index]
+            start = index + 1
+        not_ready += refs[start:]
         return ready, not_ready
 
     def _fetch_local(self, ret: p.Return) -> bool:
@@ -178,25 +187,33 @@ class ObjectGetter:
         """Wait until ``num_ready`` of ``refs`` are ready; their Returns
         (None for those not ready), or None on timeout. Borrowed values are
         asked of their owners."""
+        entries = self._wait_entries(refs, num_ready, deadline)
+        if entries is None:
+            return None
+        return [e.ret if e.state == READY else None for e in entries]
+
+    def _wait_entries(self, refs, num_ready: int, deadline):
+        """``wait_for``, returning the refs' table entries (None on timeout)."""
         requests = []
         with self.cond:
-            entries = []
-            for ref in refs:
-                entry = self.refs.get(ref._id)
-                if entry is None:
-                    entry = self._entry_for_unknown(ref)
-                elif not entry.owned and entry.state == PENDING and not entry.requested:
+            table = self.refs.entries
+            entries = [table.get(ref._id) for ref in refs]
+            if None in entries:
+                entries = [self._entry_for_unknown(ref) if e is None else e
+                           for ref, e in zip(refs, entries)]
+            pending = [e for e in entries if e.state != READY]
+            if len(entries) - len(pending) >= num_ready:
+                return entries          # ready already: no request, no wait
+            for ref, entry in zip(refs, entries):
+                if not entry.owned and entry.state == PENDING and not entry.requested:
                     entry.requested = True
                     requests.append(ref)
-                entries.append(entry)
             blocked = False
             last_check = time.monotonic()
-            pending = [e for e in entries if e.state != READY]
             # task path: a get (every ref) skips the ready head of ``pending``
             # instead of rescanning it at each wake-up (O(n) in all, not O(n²))
             whole, head = num_ready >= len(entries), 0
-            # only borrowed objects can lose their owner: check those alone
-            borrowed = [(ref, e) for ref, e in zip(refs, entries) if not e.owned]
+            borrowed = None
             while True:
                 if whole:
                     while head < len(pending) and pending[head].state == READY:
@@ -232,13 +249,15 @@ class ObjectGetter:
                     self._set_blocked(True)
                 if now - last_check > 1.0:
                     last_check = now
+                    if borrowed is None:    # only borrowed objects can lose their owner
+                        borrowed = [(ref, e) for ref, e in zip(refs, entries) if not e.owned]
                     if borrowed:
                         self._check_owners([r for r, _ in borrowed], [e for _, e in borrowed])
                 wait = 1.0 if deadline is None else min(1.0, deadline - now)
                 self.wait_locked(wait)
             if blocked:
                 self._set_blocked(False)
-            return [e.ret if e.state == READY else None for e in entries]
+            return entries
 
     def _set_blocked(self, blocked: bool) -> None:
         self.cond.release()

@@ -10,7 +10,7 @@ def return_id(task_id: bytes, index: int) -> bytes:
 class PendingTask:
     """A task this process submitted and has not seen finish."""
     __slots__ = ("spec", "return_ids", "held", "retries_left", "deps", "cancelled",
-                 "retry_exceptions", "submitted", "node", "lease")
+                 "retry_exceptions", "submitted", "node", "lease", "queued", "via_raylet")
 
     def __init__(self, spec, return_ids, held, retry_exceptions):
         self.spec = spec
@@ -23,6 +23,8 @@ class PendingTask:
         self.submitted = False
         self.node = b""                     # where it runs, when not on our node
         self.lease = None                   # the Lease it was sent on, if any
+        self.queued = False                 # it waits in the driver for a lease
+        self.via_raylet = False             # a plain task sent the raylet's way
 
     def take_retry(self, new_attempt: bool = True) -> bool:
         """Spend one retry (``max_retries`` -1: unlimited); False when none

@@ -19,7 +19,6 @@ import struct
 import threading
 
 import cloudpickle
-import numpy as np
 
 MAGIC = b"ZRY1"
 KIND_VALUE = 0
@@ -28,7 +27,6 @@ KIND_ERROR = 1
 _HEADER = struct.Struct("<4sB3xIQ")
 _ALIGN = 64
 _SIMPLE = (int, float, str, bytes, bool, type(None))
-_NDARRAY = np.ndarray
 
 _local = threading.local()
 
@@ -76,6 +74,12 @@ class Serialized:
                         for c in self.chunks())
 
 
+def _is_ndarray(cls) -> bool:
+    """Whether ``cls`` is numpy's ndarray (read by name: this module does not
+    import numpy, so a worker that never meets an array never loads it)."""
+    return cls.__name__ == "ndarray" and cls.__module__ == "numpy"
+
+
 def collecting_refs():
     """The list ObjectRef.__reduce__ appends to while this thread pickles."""
     return getattr(_local, "refs", None)
@@ -85,7 +89,7 @@ def serialize(value, kind: int = KIND_VALUE) -> Serialized:
     """Serialize ``value``; raises TypeError naming it when it cannot be pickled."""
     if type(value) in _SIMPLE:
         return Serialized(kind, pickle.dumps(value, 5), [], [])
-    if type(value) is _NDARRAY and not value.dtype.hasobject:
+    if _is_ndarray(type(value)) and not value.dtype.hasobject:
         # a plain array holds no code and no refs: the C pickler is enough
         # (cloudpickle looks up numpy's reconstructors module by module)
         buffers: list = []

@@ -63,7 +63,13 @@ class TaskManager:
         self._task_counter = itertools.count(1)
         self._id_prefix = worker.worker_id[:8]
         self.wake_locked = None             # set by the core worker: wake get/wait
-        self.leases = LeaseManager(worker, self.new_task_id, raylet, lambda: len(self.tasks))
+        self._at_raylet = 0                 # plain tasks sent the raylet's way, not ended
+        self.leases = LeaseManager(worker, self.new_task_id, raylet, lambda: self._at_raylet,
+                                   self._waits_for_lease)
+
+    def _waits_for_lease(self, task: PendingTask) -> bool:
+        """(lock held) Whether a task queued for a lease still waits to run."""
+        return not task.cancelled and self.tasks.get(task.spec.task_id) is task
 
     # -- ids -----------------------------------------------------------------
     def new_task_id(self) -> bytes:
@@ -165,8 +171,9 @@ class TaskManager:
         return None
 
     def dispatch(self, task: PendingTask, first: bool = False) -> None:
-        """Send a task whose dependencies are ready to the raylet (``first``:
-        at its submission, which already noted its task event)."""
+        """Send a task whose dependencies are ready on a lease (or queue it
+        for one), else to the raylet (``first``: at its submission, which
+        already noted its task event)."""
         if task.spec.kind == p.TASK_ACTOR_METHOD:
             self._pump_actor(task.spec.actor_id)
             return
@@ -184,9 +191,37 @@ class TaskManager:
             self.task_events.record(task.spec.task_id, task.spec.attempt,
                                     p.TS_PENDING_NODE_ASSIGNMENT)
         if not sent:
-            self._raylet.send(p.SubmitTask(list(task.spec)))
+            self._to_raylet(task)
         if ask is not None:
             self.leases.ask(ask)
+
+    def _to_raylet(self, task: PendingTask) -> None:
+        """Send a task the raylet's way (counted while it has not ended:
+        an idle lease goes back while such tasks wait there)."""
+        if task.spec.kind == p.TASK_NORMAL and not task.via_raylet:
+            with self.cond:
+                if self.tasks.get(task.spec.task_id) is task:
+                    task.via_raylet = True
+                    self._at_raylet += 1
+        self._raylet.send(p.SubmitTask(list(task.spec)))
+
+    def _ended_locked(self, task: PendingTask) -> None:
+        """(lock held) A task left ``tasks``: it no longer counts anywhere."""
+        if task.via_raylet:
+            task.via_raylet = False
+            self._at_raylet -= 1
+        if task.lease is not None:
+            self.leases.task_ended_locked(task)
+
+    def submit_to_raylet(self, tasks) -> None:
+        """Send the raylet's way the tasks a lease queue gave up (outside
+        the lock); one cancelled meanwhile fails here instead."""
+        for task in tasks:
+            if task.cancelled:
+                self.fail_task(task.spec.task_id, exc.TaskCancelledError(
+                    f"task {task.spec.function_name} was cancelled before it ran"))
+            else:
+                self._to_raylet(task)
 
     def run_deferred(self) -> None:
         """Dispatch the tasks whose last dependency became ready."""
@@ -207,7 +242,7 @@ class TaskManager:
                 "error_type": "TASK_EXECUTION_EXCEPTION", "error_message": ""}
             self.task_events.record(spec.task_id, spec.attempt - 1, p.TS_FAILED, info)
             self.task_events.record(spec.task_id, spec.attempt, p.TS_PENDING_NODE_ASSIGNMENT)
-        self._raylet.send(p.SubmitTask(list(task.spec)))
+        self._to_raylet(task)
 
     def _retryable(self, task, returns) -> bool:
         """Whether the error a task raised is one it retries on."""
@@ -237,10 +272,11 @@ class TaskManager:
                         and self._retryable(task, returns) and task.take_retry())
             if not resubmit:
                 del self.tasks[msg.task_id]
+                self._ended_locked(task)
                 if task.spec.kind == p.TASK_ACTOR_METHOD:
                     self._actor_call_ended_locked(task, False)
                 self._complete_locked(returns, task)
-            if task.lease is not None:
+            elif task.lease is not None:
                 self.leases.task_ended_locked(task)
         if resubmit:
             self._free_orphans(returns)
@@ -296,7 +332,8 @@ class TaskManager:
     def handle_task_failed(self, msg: p.TaskFailed) -> None:
         if self.leases.is_lease(msg.task_id):
             with self.cond:         # a lease ended: so did the task in flight on it
-                msg = self.leases.lease_failed_locked(msg)
+                msg, flushed = self.leases.lease_failed_locked(msg)
+            self.submit_to_raylet(flushed)  # refused or busy: queued tasks go the raylet's way
             if msg is None:
                 return
         self.task_events.done(msg.task_id)
@@ -320,8 +357,7 @@ class TaskManager:
             task = self.tasks.pop(task_id, None)
             if task is None:
                 return
-            if task.lease is not None:
-                self.leases.task_ended_locked(task)
+            self._ended_locked(task)
             if self.task_events.enabled:
                 self.task_events.done(task_id)
                 self.task_events.record(task_id, task.spec.attempt, p.TS_FAILED,
@@ -355,7 +391,7 @@ class TaskManager:
             if task is None:
                 return
             task.cancelled = True
-            local = not task.submitted
+            local = not task.submitted or task.queued      # queued: skipped in its turn
             leased = task.lease is not None
         if local:
             self.fail_task(task_id, exc.TaskCancelledError(
@@ -377,7 +413,7 @@ class TaskManager:
                     task.node = b""
                     resubmit = task
         if resubmit is not None:
-            self._raylet.send(p.SubmitTask(list(resubmit.spec)))
+            self._to_raylet(resubmit)
 
     def node_died(self, node_id: bytes) -> None:
         """A node died: retry our tasks that ran there, rebuild (or give up
@@ -417,7 +453,7 @@ class TaskManager:
                                                  f"node {node_id.hex()[:12]} died"))
         for task in rebuild.values():
             log.info("rebuilding the results of %s lost with a node", task.spec.function_name)
-            self._raylet.send(p.SubmitTask(list(task.spec)))
+            self._to_raylet(task)
 
     def forget_lineage_locked(self, object_id: bytes, ret) -> None:
         """(lock held) An owned object was freed: no need to rebuild it."""
