@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from _signal import getsignal as _getsignal
 import threading
 import time
 
@@ -38,6 +39,7 @@ from ..broker.service import Service
 log = logging.getLogger(__name__)
 
 _NOBLOCK, _EVENTS, _POLLIN = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)
+_SIGINT = int(signal.SIGINT)
 
 #: how often the background work (releases, raylet watch, task events) runs
 TICK_S = 0.05
@@ -276,7 +278,7 @@ class HeldInterrupt:
     def hold(self) -> None:
         """Hold Ctrl-C from now until ``release``."""
         self._held = None
-        current = signal.getsignal(signal.SIGINT)
+        current = _getsignal(_SIGINT)       # (the C call: no enum made per get)
         if current is not self._handler:
             if not callable(current):       # ignored or the OS default: nothing to hold
                 return
