@@ -120,7 +120,7 @@ while True:
     it += 1
     er = r["env_runners"]
     ret = er.get("episode_return_mean", float("nan"))
-    n_eps = er.get("num_episodes", 0) or 0
+    n_eps = int(er.get("num_episodes", 0) or 0)      # (RLlib's is a numpy integer)
     steps = er.get("num_env_steps_sampled_lifetime", r.get("num_env_steps_sampled_lifetime", 0))
     if ret == ret:
         best = max(best, ret)
@@ -174,8 +174,12 @@ def run_one(python: str, pkg: str, algo: str, seed: int, goal: float, max_steps:
     for line in stdout.splitlines():
         if line.startswith("RESULT "):
             return dict(json.loads(line[7:]), load=load, curve=_curve(stdout))
-    return {"error": (stderr.strip().splitlines() or ["no output"])[-1][:200],
-            "reached": None, "load": load}
+    error = (stderr.strip().splitlines() or ["no output"])[-1][:200]
+    last = [line for line in stdout.splitlines() if line.startswith("PROGRESS ")]
+    if last:        # it failed after some iterations: keep how far it got
+        return dict(json.loads(last[-1][9:]), hold=None, error=error, load=load,
+                    curve=_curve(stdout))
+    return {"error": error, "reached": None, "load": load}
 
 
 def _curve(stdout: str) -> list:

@@ -119,18 +119,11 @@ class ForkedProcess:
         self.send_signal(signal.SIGKILL)
 
 
-class AdoptedProcess:
+class AdoptedProcess(ForkedProcess):
     """A handle on a process another one started (so this one cannot reap
     it) and handed over, with its pipes: the ``ForkedProcess`` methods. It
     counts as ended once it is gone or a zombie; its exit code is read from
     ``/proc`` while it is a zombie (0 once it is gone)."""
-
-    def __init__(self, pid: int, args: list[str], stdin=None, stdout=None):
-        self.pid = pid
-        self.args = args
-        self.stdin = stdin
-        self.stdout = stdout
-        self.returncode: int | None = None
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -145,11 +138,6 @@ class AdoptedProcess:
                 status = int(fields[49]) if len(fields) > 49 else 0   # field 52
                 self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
-
-    wait = ForkedProcess.wait
-    send_signal = ForkedProcess.send_signal
-    terminate = ForkedProcess.terminate
-    kill = ForkedProcess.kill
 
 
 def _fork(args, env, stdin, stdout, stderr, new_session, pass_fds=()) -> ForkedProcess:
