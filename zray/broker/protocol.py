@@ -203,13 +203,6 @@ def _task_spec_fields(value: list) -> None:
     task_spec(value)
 
 
-def _task_spec_list(value: list) -> None:
-    for item in value:
-        if type(item) is not list:
-            raise _bad("must be a list of task specs (each a list)", item)
-        task_spec(item)
-
-
 _KINDS = {   # annotation -> (wire types, extra check or None)
     "bytes": (bytes, None), "str": (str, None), "int": (int, None),
     "bool": ((bool, int), None), "list": (list, None), "dict": (dict, None),
@@ -228,7 +221,7 @@ _KINDS = {   # annotation -> (wire types, extra check or None)
     "PeerAddress": (list, _peer_address), "OptPeerAddress": (list, _opt_peer_address),
     "TaskSpecFields": (list, _task_spec_fields),
     # actor calls
-    "TaskSpecList": (list, _task_spec_list),
+    "TaskSpecList": (list, _list_of(list, _task_spec_fields, "task specs (each a list)")),
 }
 
 
@@ -545,17 +538,8 @@ def _returns(value: list) -> None:
         _return_fields(item)
 
 
-def _call_results(value: list) -> None:
-    for item in value:
-        if type(item) is not list or len(item) != 2 or type(item[0]) is not bytes \
-                or len(item[0]) != 16 or type(item[1]) is not list:
-            raise _bad("must be a list of [task id (16 bytes), returns] entries", item)
-        _returns(item[1])
-
-
 _KINDS.update({
     "ReturnFields": (list, _return_fields), "Returns": (list, _returns),
-    "CallResults": (list, _call_results),       # actor calls
     "OptPinnedList": (list, _entries_check(Pinned, optional=True)),
     "OptSpilledList": (list, _entries_check(SpilledCopy, optional=True)),
     "StoreClients": (list, _entries_check(StoreClient)),
@@ -830,6 +814,9 @@ class TaskReturned(NamedTuple):
 
 
 # -- actor calls: several results in one message -----------------------------
+_KINDS["CallResults"] = (list, _entries_check(TaskReturned))
+
+
 @_declare(42)
 class CallsReturned(NamedTuple):
     """Results of several calls of one caller to one actor that ran back to
