@@ -2,7 +2,7 @@
 
     python benchmarks/dashboard_overhead.py [--rounds 6] [--repeats 2] [--duration 0.4]
         [--rows single_client,1_1_actor] [--limit-pct 5] [--watch] [--control]
-        [--json FILE]
+        [--frozen | --per-row] [--json FILE]
 
 The goal (issue 10): every core row with the dashboard running stays within
 5% of the row without it. Runs of a whole microbenchmark differ by +-15% on a
@@ -283,15 +283,19 @@ class Dashboard(_Process):
 
 def measure(names, rounds: int, duration: float, row_timeout: float, watch: bool,
             progress=print, repeats: int = 1, control: bool = False,
-            frozen: bool = False) -> dict:
+            frozen: bool = False, per_row: bool = False) -> dict:
     """{row: {"off": [...], "on": [...], "control": [...], "frozen": [...]}},
     one value per round each, the best of ``repeats`` runs (None: the row
     failed that round; "control" only with ``control``; "frozen" only with
-    ``frozen``: the same dashboard as "on", stopped by SIGSTOP)."""
+    ``frozen``: the same dashboard as "on", stopped by SIGSTOP). With
+    ``per_row`` each row's two halves run back to back, the dashboard started
+    and stopped for each "on" half (no control or frozen halves then)."""
     import zray
     from zray._private import microbenchmark as mb
     from zray.worker import global_state
 
+    if per_row and (control or frozen):
+        raise ValueError("per_row has no control or frozen halves")
     methods = {name: meth for name, _, meth in mb.ROWS}
     lower = {name: unit in mb.LOWER_IS_BETTER_UNITS for name, unit, _ in mb.ROWS}
     modes = ("off", "on", "control") if control else ("off", "on")
@@ -312,51 +316,75 @@ def measure(names, rounds: int, duration: float, row_timeout: float, watch: bool
                 progress(f"  {name} ({mode}): failed: {type(err).__name__}: {err}")
                 return None
 
-        def run_rows(mode: str) -> None:
-            for name in names:
+        def run_rows(mode: str, rows: list) -> None:
+            for name in rows:
                 got = [v for v in (run_row(name, mode) for _ in range(repeats)) if v]
                 values[name][mode].append(
                     (min(got) if lower[name] else max(got)) if got else None)
 
-        for r in range(rounds):
-            # off/on alternate; the control half sits between them, on either side
-            order = modes if r % 2 == 0 else modes[::-1]
-            progress(f"round {r + 1}/{rounds}: {', then '.join(order)}")
-            for mode in order:
-                if mode == "off":
-                    _settle_cluster(progress)
-                    run_rows("off")
-                    continue
-                other = Dashboard(worker.gcs_address, worker.session_dir, watch) \
-                    if mode == "on" else StandIn()
-                if not other.settled:
-                    progress(f"  the {'dashboard' if mode == 'on' else 'stand-in'} was still "
-                             f"busy {SETTLE_MAX_S:g}s after it started; timing anyway")
-                # with ``frozen``, the running dashboard's half and its frozen
-                # half take turns going first, on the same processes
-                halves = [mode] if mode != "on" or not frozen else \
-                    (["on", "frozen"] if r % 2 == 0 else ["frozen", "on"])
-                try:
-                    for half in halves:
-                        _settle_cluster(progress)
-                        if half == "frozen":
-                            other.signal_all(signal.SIGSTOP)
+        def on_half(half: str, rows: list, other: "_Process") -> None:
+            """Time ``rows`` with ``other`` running (or frozen) and, for the
+            dashboard running, add its CPU and wake-ups meanwhile."""
+            _settle_cluster(progress)
+            if half == "frozen":
+                other.signal_all(signal.SIGSTOP)
+            try:
+                before = (other.cpu_s(), _cluster_cpu_s(), other.wakeups(), time.monotonic())
+                run_rows(half, rows)
+                after = (other.cpu_s(), _cluster_cpu_s(), other.wakeups(), time.monotonic())
+            finally:
+                if half == "frozen":
+                    other.signal_all(signal.SIGCONT)
+            if half == "on":
+                cpu["dashboard_s"] += after[0] - before[0]
+                cpu["cluster_s"] += after[1] - before[1]
+                cpu["dashboard_wakeups"] += after[2] - before[2]
+                cpu["timed_s"] += after[3] - before[3]
+
+        def start(mode: str) -> "_Process":
+            other = Dashboard(worker.gcs_address, worker.session_dir, watch) \
+                if mode == "on" else StandIn()
+            if not other.settled:
+                progress(f"  the {'dashboard' if mode == 'on' else 'stand-in'} was still "
+                         f"busy {SETTLE_MAX_S:g}s after it started; timing anyway")
+            return other
+
+        if per_row:
+            # each row's off and on halves back to back (seconds apart, not a
+            # whole round apart), the order alternating by round and by row
+            for r in range(rounds):
+                progress(f"round {r + 1}/{rounds}: row by row")
+                for i, name in enumerate(names):
+                    for mode in (("off", "on") if (r + i) % 2 == 0 else ("on", "off")):
+                        if mode == "off":
+                            _settle_cluster(progress)
+                            run_rows("off", [name])
+                            continue
+                        other = start("on")
                         try:
-                            before = (other.cpu_s(), _cluster_cpu_s(), other.wakeups(),
-                                      time.monotonic())
-                            run_rows(half)
-                            after = (other.cpu_s(), _cluster_cpu_s(), other.wakeups(),
-                                     time.monotonic())
+                            on_half("on", [name], other)
                         finally:
-                            if half == "frozen":
-                                other.signal_all(signal.SIGCONT)
-                        if half == "on":
-                            cpu["dashboard_s"] += after[0] - before[0]
-                            cpu["cluster_s"] += after[1] - before[1]
-                            cpu["dashboard_wakeups"] += after[2] - before[2]
-                            cpu["timed_s"] += after[3] - before[3]
-                finally:
-                    other.stop()
+                            other.stop()
+        else:
+            for r in range(rounds):
+                # off/on alternate; the control half sits between them, on either side
+                order = modes if r % 2 == 0 else modes[::-1]
+                progress(f"round {r + 1}/{rounds}: {', then '.join(order)}")
+                for mode in order:
+                    if mode == "off":
+                        _settle_cluster(progress)
+                        run_rows("off", names)
+                        continue
+                    other = start(mode)
+                    # with ``frozen``, the running dashboard's half and its frozen
+                    # half take turns going first, on the same processes
+                    halves = [mode] if mode != "on" or not frozen else \
+                        (["on", "frozen"] if r % 2 == 0 else ["frozen", "on"])
+                    try:
+                        for half in halves:
+                            on_half(half, names, other)
+                    finally:
+                        other.stop()
     finally:
         zray.shutdown()
     values["_cpu"] = cpu
@@ -492,6 +520,11 @@ def parse_args(argv=None):
     ap.add_argument("--frozen", action="store_true",
                     help="also run each round with the same dashboard frozen (SIGSTOP): "
                          "what its activity costs, apart from starting it and its memory")
+    ap.add_argument("--per-row", action="store_true",
+                    help="pair each row's off and on halves back to back, starting the "
+                         "dashboard for each on half, instead of all rows off then all on: "
+                         "pairs seconds apart, so a drift of the machine's speed over "
+                         "minutes stays out of them")
     ap.add_argument("--duration", type=float, default=0.4,
                     help="timed seconds per row and run (default 0.4)")
     ap.add_argument("--rows", default="",
@@ -505,6 +538,8 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.repeats < 1 or args.duration <= 0:
         ap.error("--rounds and --repeats must be >= 1 and --duration > 0")
+    if args.per_row and (args.control or args.frozen):
+        ap.error("--per-row has no stand-in or frozen halves; leave out --control and --frozen")
     return args
 
 
@@ -530,7 +565,8 @@ def main(argv=None) -> int:
     try:
         values = measure(names, args.rounds, args.duration, args.row_timeout, args.watch,
                          progress=lambda s: print(s, file=sys.stderr, flush=True),
-                         repeats=args.repeats, control=args.control, frozen=args.frozen)
+                         repeats=args.repeats, control=args.control, frozen=args.frozen,
+                         per_row=args.per_row)
     except RuntimeError as err:
         print(f"dashboard_overhead: {err}", file=sys.stderr)
         return 2

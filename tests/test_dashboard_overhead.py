@@ -39,6 +39,27 @@ def test_overhead_benchmark_reports_the_median_cost_of_each_row_over_paired_roun
         assert len(row["frozen_costs_pct"]) == 2      # the frozen dashboard's half
 
 
+@pytest.mark.timeout(240)
+def test_overhead_benchmark_per_row_pairs_each_rows_halves_back_to_back(tmp_path):
+    out_json = tmp_path / "overhead.json"
+    done = subprocess.run(
+        [sys.executable, SCRIPT, "--per-row", "--rounds", "2", "--duration", "0.1",
+         "--repeats", "1", "--rows", "single_client_put_calls,1_1_actor_calls_sync",
+         "--limit-pct", "1000", "--json", str(out_json)],
+        capture_output=True, text=True, timeout=200, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    assert done.stderr.count("row by row") == 2
+    result = json.loads(out_json.read_text())
+    assert result["values"]["_cpu"]["dashboard_wakeups"] > 0     # a dashboard ran
+    for name in ("single_client_put_calls", "1_1_actor_calls_sync"):
+        values = result["values"][name]
+        assert len(values["off"]) == len(values["on"]) == 2
+        assert all(values["off"]) and all(values["on"])
+    bad = subprocess.run([sys.executable, SCRIPT, "--per-row", "--frozen"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "leave out --control and --frozen" in bad.stderr
+
+
 def _bench():
     sys.path.insert(0, os.path.dirname(SCRIPT))
     try:

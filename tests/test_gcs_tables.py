@@ -593,3 +593,44 @@ def test_removed_groups_leave_the_table_past_a_bound_and_live_ones_survive_a_rel
     reloaded = pgm.PlacementGroupManager(storage)
     assert [pg.pg_id for pg in reloaded.pending()] == [ids[5]]
     assert reloaded.get(ids[4]).state == p.PG_REMOVED
+
+
+class _Frames:
+    """Stands in for the publisher socket when the GCS reads subscriptions."""
+
+    def __init__(self, frames):
+        self.frames = list(frames)
+
+    def recv(self, flags=0):
+        import zmq
+        if not self.frames:
+            raise zmq.Again()
+        return self.frames.pop(0)
+
+
+def _task_end(task_id: bytes) -> p.AddTaskEvents:
+    return p.AddTaskEvents(b"w" * 16, A, 7, [(task_id, 0, p.TS_FINISHED, 2.0,
+                                              {"name": "f"}, 1.0)], 0)
+
+
+def test_task_rows_are_built_and_published_only_while_someone_follows_them(make_gcs):
+    rec = make_gcs(DeepCopyStorage())
+    gcs = rec.gcs
+    gcs.handle_add_task_events(None, _task_end(b"1" * 16))
+    gcs.publish_task_events()               # nobody follows: nothing built or sent
+    gcs.handle_add_task_events(None, _task_end(b"2" * 16))
+    gcs.publish_task_events()
+    assert not [e for t, e in rec.events if t == p.TOPIC_TASK_EVENTS]
+    # a follower arrives (junk on the stream is logged and skipped)
+    gcs._on_subscriptions(_Frames([b"", b"hello", b"\x01" + p.TOPIC_TASK_EVENTS]))
+    assert gcs.followed(p.TOPIC_TASK_EVENTS) and not gcs.followed(p.TOPIC_NODE)
+    gcs.handle_add_task_events(None, _task_end(b"3" * 16))
+    gcs.publish_task_events()
+    [(topic, event)] = [(t, e) for t, e in rec.events if t == p.TOPIC_TASK_EVENTS]
+    # the rows of the interval before the subscription came too (a follower
+    # that read the table just before its subscription arrived misses none)
+    assert [r["task_id"] for r in event.rows] == [(b"2" * 16).hex(), (b"3" * 16).hex()]
+    gcs._on_subscriptions(_Frames([b"\x00" + p.TOPIC_TASK_EVENTS]))
+    assert not gcs.followed(p.TOPIC_TASK_EVENTS)
+    gcs._on_subscriptions(_Frames([b"\x01"]))   # everything (the empty prefix)
+    assert gcs.followed(p.TOPIC_TASK_EVENTS) and gcs.followed(p.TOPIC_NODE)

@@ -203,27 +203,52 @@ def test_task_summary_counts_rows_by_state_and_name(cluster):
 def test_updated_rows_are_published_on_the_task_events_topic(cluster):
     sub = sockets.subscriber(global_state.worker.pub_address, [p.TOPIC_TASK_EVENTS])
     try:
-        @zray.remote
-        def published():
-            return 1
-
-        task_ids, seen = set(), []
-
-        def got_finished():
-            # a new task each round: the subscription may reach the GCS only
-            # after the first batches were published
-            ref = published.remote()
-            zray.get(ref, timeout=30)
-            task_ids.add(ref.hex()[:32])
-            if sub.poll(1500):
-                for topic, event in sockets.recv_events(sub, 100):
-                    assert topic == p.TOPIC_TASK_EVENTS
-                    seen.extend(r for r in event.rows if r["task_id"] in task_ids)
-            return any(r["state"] == "FINISHED" for r in seen)
-        wait_for(got_finished, 30)
-        assert ROW_FIELDS <= set(seen[-1])
+        _wait_published(sub)
     finally:
         sub.close(linger=0)
+
+
+def test_junk_sent_up_the_event_stream_is_skipped_and_events_still_flow(cluster):
+    """The GCS reads subscriptions off its event stream (it builds task rows
+    only for a follower); whatever else a peer sends there is skipped."""
+    import zmq
+    xsub = sockets._connect(zmq.Context.instance().socket(zmq.XSUB),
+                            global_state.worker.pub_address)
+    sub = None
+    try:
+        for junk in (b"", b"\x02abc", os.urandom(300), b"\x00" + b"never subscribed",
+                     b"\x01" + os.urandom(5000)):
+            xsub.send(junk)
+        assert call_bounded(lambda: _gcs().call(p.Ping()), 10) == ("ok", p.Ack())
+        sub = sockets.subscriber(global_state.worker.pub_address, [p.TOPIC_TASK_EVENTS])
+        _wait_published(sub)
+    finally:
+        xsub.close(linger=0)
+        if sub is not None:
+            sub.close(linger=0)
+
+
+def _wait_published(sub) -> None:
+    """Run tasks until ``sub`` receives a FINISHED row of one of them."""
+    @zray.remote
+    def published():
+        return 1
+
+    task_ids, seen = set(), []
+
+    def got_finished():
+        # a new task each round: the subscription may reach the GCS only
+        # after the first batches were published
+        ref = published.remote()
+        zray.get(ref, timeout=30)
+        task_ids.add(ref.hex()[:32])
+        if sub.poll(1500):
+            for topic, event in sockets.recv_events(sub, 100):
+                assert topic == p.TOPIC_TASK_EVENTS
+                seen.extend(r for r in event.rows if r["task_id"] in task_ids)
+        return any(r["state"] == "FINISHED" for r in seen)
+    wait_for(got_finished, 30)
+    assert ROW_FIELDS <= set(seen[-1])
 
 
 def test_malformed_task_events_are_dropped_and_the_gcs_keeps_serving(cluster):
@@ -247,6 +272,70 @@ def test_table_bound_drops_the_oldest_rows_and_counts_them():
     assert len(rows) == 10
     assert [r["name"] for r in rows] == [f"t{i}" for i in range(15, 25)]
     assert table.dropped == 15
+
+
+def test_a_short_tasks_one_event_makes_the_row_its_running_and_end_events_make():
+    """An executor reports a short task once (its end, with when it started):
+    the row is the one RUNNING and then the end would make, and rows of
+    different functions, jobs or errors keep their own fields; a retry's
+    error stays on its row."""
+    infos = [{"name": "f", "job_id": b"j1", "type": p.TASK_NORMAL,
+              "required_resources": {"CPU": 1.0}},
+             {"name": "A.g", "job_id": b"j2", "actor_id": b"a" * 16,
+              "type": p.TASK_ACTOR_METHOD},
+             {"name": "f", "job_id": b"j1", "error_type": "TASK_EXECUTION_EXCEPTION",
+              "error_message": "ValueError: no"}]
+    # bursts of two equal infos (the second row takes the first's fields)
+    ends = [(i.to_bytes(16, "big"), i % 2, p.TS_FAILED if i // 2 % 3 == 2 else p.TS_FINISHED,
+             10.0 + i, dict(infos[i // 2 % 3]), 9.5 + i) for i in range(12)]
+    one = TaskEventManager(max_rows=100)
+    one.add(p.AddTaskEvents(b"w" * 16, b"n" * 16, 7, [list(e) for e in ends], 0))
+    two = TaskEventManager(max_rows=100)
+    for task_id, attempt, state, end, info, start in ends:
+        two.add(p.AddTaskEvents(b"w" * 16, b"n" * 16, 7,
+                                [(task_id, attempt, p.TS_RUNNING, start, None)], 0))
+        two.add(p.AddTaskEvents(b"w" * 16, b"n" * 16, 7,
+                                [(task_id, attempt, state, end, dict(info))], 0))
+    assert one.query(0, {}) == two.query(0, {})
+    rows = one.query(0, {})
+    assert [r["name"] for r in rows] == ["f", "f", "A.g", "A.g", "f", "f"] * 2
+    assert [r["error_type"] for r in rows] == \
+        [None, None, None, None, "TASK_EXECUTION_EXCEPTION", "TASK_EXECUTION_EXCEPTION"] * 2
+    assert [r["actor_id"] for r in rows[:4]] == [None, None] + [(b"a" * 16).hex()] * 2
+    assert [r["required_resources"] for r in rows[:4]] == [{"CPU": 1.0}] * 2 + [{}] * 2
+    assert rows[1]["job_id"] == b"j1".hex() and rows[3]["job_id"] == b"j2".hex()
+    assert rows[3]["events"][-1]["state"] == "FINISHED" and rows[3]["start_time_ms"] == 12500
+    assert rows[5]["attempt_number"] == 1 and rows[5]["error_message"] == "ValueError: no"
+    # a row that exists already (its owner reported it waiting) takes the same path's result
+    three = TaskEventManager(max_rows=100)
+    three.add(p.AddTaskEvents(b"o" * 16, b"n" * 16, 3, [(e[0], 0, p.TS_PENDING_ARGS_AVAIL,
+                                                         9.0 + i, None)
+                                                        for i, e in enumerate(ends)], 0))
+    three.add(p.AddTaskEvents(b"w" * 16, b"n" * 16, 7, [list(e) for e in ends], 0))
+    assert [(r["state"], r["error_type"], r["name"], r["attempt_number"])
+            for r in three.query(0, {})] == \
+        [(r["state"], r["error_type"], r["name"], r["attempt_number"]) for r in rows]
+    # the bound holds on this path too, and junk in an info drops that event alone
+    small = TaskEventManager(max_rows=3)
+    small.add(p.AddTaskEvents(b"w" * 16, b"n" * 16, 7, [list(e) for e in ends]
+                              + [[b"z" * 16, 0, p.TS_FINISHED, 30.0, {"name": []}, 29.0],
+                                 [b"y" * 16, -1, p.TS_FINISHED, 30.0, None, 29.0]], 0))
+    assert [r["task_id"] for r in small.query(0, {})] == \
+        [e[0].hex() for e in ends[-2:]] + [(b"z" * 16).hex()]
+    assert small.dropped_rows == 10 and small.dropped_events == 1
+
+
+def test_an_earlier_attempts_error_arriving_late_stays_off_the_retrys_row():
+    table = TaskEventManager(max_rows=10)
+    task = b"t" * 16
+    retry_ok = (task, 1, p.TS_FINISHED, 5.0, {"name": "f"}, 4.0)
+    first_failed = (task, 0, p.TS_FAILED, 3.0, {"name": "f", "error_type": "WORKER_DIED",
+                                                "error_message": "it died"})
+    table.add(p.AddTaskEvents(b"w" * 16, b"n" * 16, 7, [list(retry_ok)], 0))
+    table.add(p.AddTaskEvents(b"o" * 16, b"n" * 16, 3, [list(first_failed)], 0))
+    [row] = table.query(0, {})
+    assert (row["attempt_number"], row["state"], row["error_type"], row["error_message"]) \
+        == (1, "FINISHED", None, None)
 
 
 def test_a_gcs_that_does_not_read_never_blocks_the_reporter_and_drops_are_counted(tmp_path):

@@ -119,11 +119,21 @@ PUB_HWM = 10_000
 
 
 def publisher(endpoint: str) -> tuple[zmq.Socket, str]:
-    """PUB of an event stream; returns the socket and the bound endpoint. At
-    most ``PUB_HWM`` events wait for each subscriber."""
-    sock = _socket(zmq.PUB)
+    """XPUB of an event stream; returns the socket and the bound endpoint. At
+    most ``PUB_HWM`` events wait for each subscriber. It sends as PUB does;
+    reading it gives the subscriptions (see ``subscription_change``)."""
+    sock = _socket(zmq.XPUB)
     sock.setsockopt(zmq.SNDHWM, PUB_HWM)
     return sock, _bind(sock, endpoint)
+
+
+def subscription_change(frame: bytes) -> tuple[bool, bytes] | None:
+    """What a message read from a ``publisher`` says: (True, topic) for the
+    first subscriber of a topic, (False, topic) when its last one left;
+    None for anything else (a peer may send any bytes there)."""
+    if len(frame) >= 1 and frame[0] in (0, 1):
+        return frame[0] == 1, bytes(frame[1:])
+    return None
 
 
 def subscriber(endpoint: str, topics: list[bytes]) -> zmq.Socket:

@@ -60,6 +60,8 @@ class GcsServer(Service):
         self.requests_served = 0
         router, self.address = sockets.server_router(sockets.tcp_endpoint(address))
         self.pub, self.pub_address = self._bind_publisher(self.address.rsplit(":", 1)[0])
+        self.subscribed: set[bytes] = set()     # topic prefixes someone subscribes to
+        self.watch(self.pub, self._on_subscriptions)
         self.serve(router)
         self.every(config.heartbeat_interval_s, self.check_node_health)
         self.every(1.0, self.publish_task_events)
@@ -69,7 +71,7 @@ class GcsServer(Service):
                  self.address, self.pub_address, config.node_timeout_s)
 
     def _bind_publisher(self, host: str):
-        """PUB on the port the tables remember (subscribers reconnect there by
+        """The event stream (XPUB) on the port the tables remember (subscribers reconnect there by
         themselves), else on a fresh port that the tables then remember."""
         port = self.session.pub_port
         if port:
@@ -99,6 +101,33 @@ class GcsServer(Service):
     def dispatch_frames(self, identity: bytes, frames, sock=None) -> None:
         self.requests_served += 1           # for the dashboard's requests/s
         return super().dispatch_frames(identity, frames, sock)
+
+    #: subscription messages read per wake-up at most (the loop serves on)
+    SUBSCRIPTIONS_PER_WAKEUP = 1000
+
+    def _on_subscriptions(self, sock) -> None:
+        """Keep ``subscribed`` up to date from what the publisher reads."""
+        junk = 0
+        for _ in range(self.SUBSCRIPTIONS_PER_WAKEUP):
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            change = sockets.subscription_change(frame)
+            if change is None:
+                junk += 1
+            elif change[0]:
+                self.subscribed.add(change[1])
+            else:
+                self.subscribed.discard(change[1])
+        if junk:
+            log.warning("ignored %d message(s) on the event stream that are not "
+                        "subscriptions", junk)
+
+    def followed(self, topic: bytes) -> bool:
+        """Whether a subscriber takes events of ``topic`` (a prefix of it is
+        subscribed to)."""
+        return any(topic.startswith(prefix) for prefix in self.subscribed)
 
     def publish(self, topic: bytes, event: tuple) -> None:
         """Send a declared event record (NodeEvent, ...) on ``topic``."""
@@ -364,7 +393,14 @@ class GcsServer(Service):
     TASK_ROWS_PUBLISHED_MAX = 1000
 
     def publish_task_events(self) -> None:
-        """Publish the task rows changed since the last call, each once."""
+        """Publish the task rows changed since the last call, each once, while
+        someone follows them (a dashboard with a page reading task rows).
+        Nobody following, the rows are not built; those of the last second
+        are kept for the next call, so a follower that read the table just
+        before its subscription arrived still gets every change since."""
+        if not self.followed(p.TOPIC_TASK_EVENTS):
+            self.task_events.hold_changed()
+            return
         rows = self.task_events.take_changed(self.TASK_ROWS_PUBLISHED_MAX)
         if rows:
             self.publish(p.TOPIC_TASK_EVENTS, p.TaskRowsEvent(rows))

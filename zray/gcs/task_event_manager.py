@@ -84,6 +84,7 @@ class TaskEventManager:
         self.max_rows = max(1, max_rows)
         self.rows: collections.OrderedDict[bytes, _Row] = collections.OrderedDict()
         self.changed: dict[bytes, _Row] = {}     # since the last take_changed()
+        self._held: dict[bytes, _Row] = {}       # changed in the interval before it
         self.unpublished = 0                      # changed rows take_changed() left out
         self.dropped_rows = 0
         self.dropped_events = 0           # lost before they reached the table
@@ -91,6 +92,10 @@ class TaskEventManager:
         self._names: dict[str, str] = {}  # one string object per task name
         self._shapes: dict[tuple, dict] = {}    # one dict per resource shape
         self._last_shape: dict | None = None
+        #: the last info a new row took, and the fields it gave that row: the
+        #: next new row with an equal info (the same function, job and actor:
+        #: most of a burst) takes them without reading the info again
+        self._fresh_info: tuple | None = None
         self._ids: dict[bytes, bytes] = {}
 
     @property
@@ -104,8 +109,10 @@ class TaskEventManager:
         if type(msg.dropped) is int and msg.dropped > 0:
             self.dropped_events += msg.dropped
         changed = self.changed
+        rows = self.rows
         bad = 0
         apply = self._apply
+        where = None            # (node id, worker id) of the batch, interned once
         for event in msg.events:
             try:
                 event = p.TaskEvent(*event)
@@ -114,7 +121,7 @@ class TaskEventManager:
                 continue
             task_id, attempt, state = event.task_id, event.attempt, event.state
             time_s, info, start = event.time_s, event.info, event.start_s
-            if type(task_id) is not bytes or type(attempt) is not int \
+            if type(task_id) is not bytes or type(attempt) is not int or attempt < 0 \
                     or type(state) is not int or not 0 <= state < 6 \
                     or type(time_s) is not float:
                 bad += 1
@@ -123,8 +130,16 @@ class TaskEventManager:
                 info = None
             try:
                 if start is not None and state >= 4 and type(start) is float:
-                    apply(task_id, attempt, 3, start, info, msg)       # RUNNING, then
-                    info = None
+                    if task_id not in rows:
+                        # the common case: a short task its executor reports once
+                        if where is None:
+                            where = (self._intern(msg.node_id), self._intern(msg.worker_id))
+                        changed[task_id] = self._new_ended(task_id, attempt, state, start,
+                                                           time_s, info, where, msg.pid)
+                        continue
+                    # RUNNING, then the end with the info (read after RUNNING
+                    # moved the row to a new attempt, which clears its error)
+                    apply(task_id, attempt, 3, start, None, msg)
                 changed[task_id] = apply(task_id, attempt, state, time_s, info, msg)
             except (TypeError, ValueError):     # junk inside info
                 bad += 1
@@ -140,11 +155,21 @@ class TaskEventManager:
         row = self.changed[task_id] = self._apply(task_id, attempt, state, time_s, info, None)
         return row
 
+    def hold_changed(self) -> None:
+        """(Nobody follows the changes) Forget the rows changed before the
+        last call; those since stay for the next ``take_changed``."""
+        self._held, self.changed = self.changed, {}
+
     def take_changed(self, limit: int) -> list[dict]:
-        """The rows changed since the last call, as ``public`` dicts: the
-        ``limit`` last changed when more did (the rest are counted in
-        ``unpublished``; they are in the table all the same)."""
+        """The rows changed since the last call (of this or of
+        ``hold_changed``), as ``public`` dicts: the ``limit`` last changed
+        when more did (the rest are counted in ``unpublished``; they are in
+        the table all the same)."""
         changed, self.changed = self.changed, {}
+        if self._held:
+            held, self._held = self._held, {}
+            held.update(changed)
+            changed = held
         rows = changed.values()
         if len(changed) > limit:
             self.unpublished += len(changed) - limit
@@ -166,20 +191,22 @@ class TaskEventManager:
         history.append(time_s)
         if len(history) > 2 * MAX_HISTORY:
             del history[:2]
-        if info:
-            self._take_info(row, info)
         if state < 2 and time_s < row.created:
             row.created = time_s
         current = row.attempt
+        if attempt < current:
+            if info:                        # an earlier attempt's error is not this one's
+                self._take_info(row, info, errors=False)
+            return row                      # history only
         if attempt > current:               # a retry: the row follows the new attempt
             row.attempt = attempt
             row.state = state
             row.start = row.end = row.error_type = row.error_message = None
-        elif attempt < current:
-            return row                      # history only
         elif row.state < 0 or _RANK[state] > _RANK[row.state] \
                 or (state == 5 and row.state == 4):
             row.state = state
+        if info:
+            self._take_info(row, info)
         if state == 3:                      # RUNNING, reported by the executor
             row.start = time_s
             if msg is not None:
@@ -188,6 +215,32 @@ class TaskEventManager:
                 row.worker_pid = msg.pid
         elif state >= 4 and (row.end is None or time_s < row.end):
             row.end = time_s
+        return row
+
+    def _new_ended(self, task_id, attempt, state, start, end, info, where, pid) -> _Row:
+        """A new row for a task that ran from ``start`` and ended in ``state``
+        at ``end``: what ``_apply`` of RUNNING, then of the end, makes of it."""
+        row = self.rows[task_id] = _Row(task_id)
+        if len(self.rows) > self.max_rows:
+            self.rows.popitem(last=False)
+            self.dropped_rows += 1
+        row.created = row.start = start
+        row.history = [3, start, state, end]
+        if info:
+            fresh = self._fresh_info
+            if fresh is not None and info == fresh[0]:
+                _, row.name, row.job_id, row.actor_id, row.type, row.resources, \
+                    row.parent, row.error_type, row.error_message = fresh
+            else:
+                self._take_info(row, info)
+                self._fresh_info = (info, row.name, row.job_id, row.actor_id, row.type,
+                                    row.resources, row.parent, row.error_type,
+                                    row.error_message)
+        row.attempt = attempt
+        row.state = state
+        row.node_id, row.worker_id = where
+        row.worker_pid = pid
+        row.end = end
         return row
 
     def _intern(self, value: bytes) -> bytes:
@@ -200,7 +253,9 @@ class TaskEventManager:
             shared = self._ids[value] = value
         return shared
 
-    def _take_info(self, row: _Row, info: dict) -> None:
+    def _take_info(self, row: _Row, info: dict, errors: bool = True) -> None:
+        """Copy what ``info`` says of the task onto ``row`` (its error too,
+        unless ``errors`` is False)."""
         get = info.get
         name = get("name")
         if type(name) is str and name and ("." in name or not row.name):
@@ -233,7 +288,7 @@ class TaskEventManager:
         value = get("parent_task_id")
         if value and type(value) is bytes:
             row.parent = value
-        if "error_type" in info:
+        if errors and "error_type" in info:
             value = info["error_type"]
             if type(value) is str:
                 row.error_type = value[:128]
