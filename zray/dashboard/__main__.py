@@ -43,6 +43,7 @@ def main(argv=None) -> None:
     restarts: list[float] = []
     env = dict(os.environ)
     env["ZRAY_DIE_WITH_PARENT"] = "1"   # the server dies with this supervisor
+    first = True                        # the server's first start (not a restart)
     while not stopping.is_set():
         out = os.open(log_path(args.session_dir, "dashboard.out"),
                       os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -61,12 +62,16 @@ def main(argv=None) -> None:
         code = proc.returncode
         now = time.monotonic()
         restarts = [t for t in restarts if now - t < RESTART_WINDOW_S] + [now]
-        if code == 2 or len(restarts) > MAX_RESTARTS:
+        # exit code 2 is bad settings, or the port still taken: after a
+        # restart that is the killed server's worker letting go slowly (a
+        # busy machine), so only the first start gives up on it at once
+        if (code == 2 and first) or len(restarts) > MAX_RESTARTS:
             log.error("dashboard server exited with code %s%s; not restarting it (see "
                       "dashboard.log)", code, " (bad settings)" if code == 2 else
                       f", {len(restarts)} times within {RESTART_WINDOW_S:.0f}s")
             sys.exit(1)
         log.warning("dashboard server exited with code %s; restarting it", code)
+        first = False
         stopping.wait(1.0)
     log.info("dashboard supervisor stopped")
 
