@@ -11,7 +11,8 @@ a worker that dies.
 
 Exit codes: 0 stopped, 1 failed (the supervisor restarts it), 2 bad
 settings or the port still taken after ``PORT_WAIT_S`` (the supervisor gives
-up); 3 the worker could not boot (the GCS does not answer: restarted too).
+up at the first start; after a restart it tries again, within its restart
+limit); 3 the worker could not boot (the GCS does not answer: restarted too).
 """
 from __future__ import annotations
 
