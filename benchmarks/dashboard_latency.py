@@ -44,9 +44,10 @@ def fill_task_events(gcs, p, n: int, node_id: bytes, job_id: bytes) -> None:
             t = now - (n - i) * 1e-3
             info = {"name": f"bench_fn_{i % 20}", "job_id": job_id, "type": p.TASK_NORMAL,
                     "required_resources": {"CPU": 1.0}}
-            events.append(list(p.TaskEvent(task_id, 0, p.TS_PENDING_NODE_ASSIGNMENT, t, info)))
-            events.append(list(p.TaskEvent(task_id, 0, p.TS_FINISHED, t + 5e-4, None, t)))
-        gcs.send(p.AddTaskEvents(worker_id, node_id, os.getpid(), events, 0))
+            events.extend(p.TaskEvent(task_id, 0, p.TS_PENDING_NODE_ASSIGNMENT, t, info))
+            events.extend(p.TaskEvent(task_id, 0, p.TS_FINISHED, t + 5e-4, None, t))
+        gcs.send(p.AddTaskEvents(worker_id, node_id, os.getpid(), p.pack_task_events(events),
+                                 len(events) // p.TASK_EVENT_FIELDS, 0))
     deadline = time.monotonic() + 120
     while gcs.call(p.GetTaskSummary()).total < n:
         if time.monotonic() > deadline:

@@ -45,6 +45,16 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
         time.sleep(interval)
 
 
+def task_batch(worker_id: bytes, node_id: bytes, pid: int, events, dropped: int = 0):
+    """An ``AddTaskEvents`` carrying ``events`` (TaskEvent records, or
+    tuples of their first fields)."""
+    from zray.broker import protocol as p
+    events = [p.TaskEvent(*event) for event in events]
+    return p.AddTaskEvents(worker_id, node_id, pid,
+                           p.pack_task_events([f for event in events for f in event]),
+                           len(events), dropped)
+
+
 def call_bounded(fn, timeout: float):
     """Run ``fn()`` in a thread; return ("ok", value) / ("raised", exc), or
     fail the test when it does not finish within ``timeout`` (a hang)."""

@@ -23,7 +23,7 @@ from zray.dashboard import cluster_view, metrics, rows
 from zray.dashboard.auth import Guard
 from zray.gcs.task_event_manager import TaskEventManager
 
-from conftest import process_gone, wait_for
+from conftest import process_gone, task_batch, wait_for
 
 TASKS = 20_000
 NAMES = ("load", "store", "Actor.step")
@@ -51,7 +51,7 @@ def _fill(table: TaskEventManager, start: int, count: int) -> None:
             kind = p.TASK_ACTOR_METHOD if i % 3 == 2 else p.TASK_NORMAL
             events.append([i.to_bytes(16, "big"), 0, _state(i), now,
                            {"name": NAMES[i % 3], "type": kind, "job_id": b"job1"}, now])
-        table.add(p.AddTaskEvents(b"w" * 16, b"n" * 16, 7, events, 0))
+        table.add(task_batch(b"w" * 16, b"n" * 16, 7, events, 0))
 
 
 class TableGcs:

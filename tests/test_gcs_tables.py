@@ -18,6 +18,8 @@ from zray.gcs.placement_group_scheduler import place
 from zray.gcs.server import GcsServer
 from zray.gcs.storage import DeepCopyStorage, open_storage
 
+from conftest import task_batch
+
 A, B, C = b"a" * 16, b"b" * 16, b"c" * 16
 
 
@@ -609,8 +611,31 @@ class _Frames:
 
 
 def _task_end(task_id: bytes) -> p.AddTaskEvents:
-    return p.AddTaskEvents(b"w" * 16, A, 7, [(task_id, 0, p.TS_FINISHED, 2.0,
-                                              {"name": "f"}, 1.0)], 0)
+    return task_batch(b"w" * 16, A, 7, [(task_id, 0, p.TS_FINISHED, 2.0,
+                                         {"name": "f"}, 1.0)], 0)
+
+
+def test_waiting_task_events_are_applied_in_slices_only_while_cores_are_idle(make_gcs):
+    """Nobody reading, the GCS applies waiting batches when the machine had
+    an idle core in the last second: one slice per pass of its loop (requests
+    are served between), until none wait; never while the cores are busy."""
+    gcs = make_gcs(DeepCopyStorage()).gcs
+    idle = [0.5]
+    gcs._idle_cores = lambda: idle[0]
+    gcs.APPLY_SLICE_EVENTS = 2
+    for n in range(3):
+        gcs.handle_add_task_events(None, task_batch(b"w" * 16, A, 7, [
+            (bytes([n, i]) * 8, 0, p.TS_FINISHED, 2.0, {"name": "f"}, 1.0) for i in range(2)]))
+    gcs.publish_task_events()
+    gcs.run_once(0)
+    assert gcs.task_events.waiting == 6 and not gcs.task_events.rows     # busy: they wait
+    idle[0] = 1.5
+    gcs.publish_task_events()
+    left = []
+    for _ in range(4):
+        gcs.run_once(0)
+        left.append(gcs.task_events.waiting)
+    assert left == [4, 2, 0, 0] and len(gcs.task_events.rows) == 6
 
 
 def test_task_rows_are_built_and_published_only_while_someone_follows_them(make_gcs):
@@ -618,7 +643,13 @@ def test_task_rows_are_built_and_published_only_while_someone_follows_them(make_
     gcs = rec.gcs
     gcs.handle_add_task_events(None, _task_end(b"1" * 16))
     gcs.publish_task_events()               # nobody follows: nothing built or sent
+    assert not gcs.task_events.rows and gcs.task_events.waiting == 1
+    gcs.task_events.query(0, {})            # a reader builds the rows
+    gcs.publish_task_events()
+    gcs.publish_task_events()               # (the row read two intervals ago is let go)
     gcs.handle_add_task_events(None, _task_end(b"2" * 16))
+    assert [r["task_id"] for r in gcs.task_events.query(0, {})] == \
+        [(b"1" * 16).hex(), (b"2" * 16).hex()]     # a dashboard reads, then subscribes
     gcs.publish_task_events()
     assert not [e for t, e in rec.events if t == p.TOPIC_TASK_EVENTS]
     # a follower arrives (junk on the stream is logged and skipped)

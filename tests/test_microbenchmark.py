@@ -262,3 +262,30 @@ def test_script_help_runs_without_zray():
                           cwd=os.path.dirname(os.path.abspath(_PATH)))
     assert proc.returncode == 0, proc.stderr
     assert "--compare-ray" in proc.stdout
+
+
+def test_task_events_overhead_pairs_rounds_and_alternates_which_goes_first(monkeypatch):
+    """Each round runs both modes (which goes first alternates); the cost is
+    the median of the rounds' own costs, not a ratio of bests, so a round
+    the machine ran slow for both modes does not count as a cost."""
+    calls = []
+    # (off, on) per round: round 2 is slow for both; reporting costs 10% in each
+    values = iter([100.0, 90.0, 45.0, 50.0, 200.0, 180.0])
+
+    def fake_run(backend, rows, duration, row_timeout, progress):
+        calls.append(os.environ["ZRAY_TASK_EVENTS_REPORT_INTERVAL_MS"])
+        value = next(values)
+        return [{"name": "single_client_tasks_async", "value": value},
+                {"name": "get_large_array_1mb", "value": value / 100}]
+
+    monkeypatch.setattr(mb, "run", fake_run)
+    rows = mb.task_events_overhead(["single_client_tasks_async", "get_large_array_1mb"],
+                                   repeats=3)
+    assert calls == ["0", "1000", "1000", "0", "0", "1000"]
+    tasks, array = rows
+    assert tasks["cost_pct"] == pytest.approx(10.0) and tasks["spread"] == \
+        pytest.approx([10.0, 10.0])
+    assert (tasks["off"], tasks["on"]) == (100.0, 90.0)
+    # ms: lower is better, so a smaller "on" is a negative cost
+    assert array["cost_pct"] == pytest.approx(-10.0)
+    assert "+10.0%" in mb.format_overhead(rows)

@@ -7,6 +7,7 @@ import json
 import os
 import time
 
+import msgpack
 import pytest
 
 import zray
@@ -18,7 +19,7 @@ from zray.util.metrics import Counter, Gauge, Histogram
 from zray.worker import global_state
 from zray.worker.task_events import TaskEventReporter
 
-from conftest import call_bounded, wait_for
+from conftest import call_bounded, task_batch, wait_for
 
 ROW_FIELDS = {"task_id", "name", "state", "job_id", "actor_id", "node_id", "worker_id",
               "func_or_class_name", "type", "start_time_ms", "end_time_ms", "error_type",
@@ -253,10 +254,16 @@ def _wait_published(sub) -> None:
 
 def test_malformed_task_events_are_dropped_and_the_gcs_keeps_serving(cluster):
     before = _gcs().call(p.GetTaskEvents(1, {})).dropped
-    junk = p.AddTaskEvents(os.urandom(16), os.urandom(16), 1,
-                           [["not an id", "x", 99], [b"t" * 16, 0, 42, 1.0, None], 7], 0)
+    fields = ["not an id", "x", 99, None, None, None, b"t" * 16, 0, 42, 1.0, None, None,
+              b"t" * 16, 0.5, 1, 1.0, None, 2.0]       # three events, each with a wrong field
+    junk = p.AddTaskEvents(os.urandom(16), os.urandom(16), 1, p.pack_task_events(fields), 3, 0)
     _gcs().send(junk)
-    wait_for(lambda: _gcs().call(p.GetTaskEvents(1, {})).dropped >= before + 3)
+    # a blob that is not msgpack, not an array, or not whole events: its
+    # events are counted as dropped
+    _gcs().send(junk._replace(events=b"\xc1" + os.urandom(64), count=10))
+    _gcs().send(junk._replace(events=b"\x07", count=4))
+    _gcs().send(junk._replace(events=p.pack_task_events([b"t" * 16, 0, 1]), count=2))
+    wait_for(lambda: _gcs().call(p.GetTaskEvents(1, {})).dropped >= before + 19)
     assert _gcs().call(p.Ping()) == p.Ack()
 
 
@@ -264,7 +271,7 @@ def test_malformed_task_events_are_dropped_and_the_gcs_keeps_serving(cluster):
 
 def test_table_bound_drops_the_oldest_rows_and_counts_them():
     table = TaskEventManager(max_rows=10)
-    msg = p.AddTaskEvents(b"w" * 16, b"n" * 16, 1,
+    msg = task_batch(b"w" * 16, b"n" * 16, 1,
                           [(i.to_bytes(16, "big"), 0, p.TS_PENDING_ARGS_AVAIL, 1.0 + i,
                             {"name": f"t{i}"}) for i in range(25)], 0)
     table.add(msg)
@@ -272,6 +279,53 @@ def test_table_bound_drops_the_oldest_rows_and_counts_them():
     assert len(rows) == 10
     assert [r["name"] for r in rows] == [f"t{i}" for i in range(15, 25)]
     assert table.dropped == 15
+
+
+def _ends(first: int, count: int) -> list:
+    return [(i.to_bytes(16, "big"), 0, p.TS_FINISHED, 2.0 + i, {"name": f"t{i}"}, 1.0 + i)
+            for i in range(first, first + count)]
+
+
+def test_a_batch_carries_each_info_once_and_its_events_get_them_back():
+    shared = {"name": "A.f", "type": p.TASK_ACTOR_METHOD, "actor_id": b"a" * 16}
+    error = {"name": "A.f", "error_type": "TASK_EXECUTION_EXCEPTION", "error_message": "no"}
+    events = [p.TaskEvent(bytes([i]) * 16, 0, p.TS_FINISHED, 2.0, shared, 1.0)
+              for i in range(50)] + [p.TaskEvent(b"e" * 16, 0, p.TS_FAILED, 3.0, error),
+                                     p.TaskEvent(b"n" * 16, 0, p.TS_RUNNING, 4.0)]
+    blob = p.pack_task_events([f for event in events for f in event])
+    assert p.unpack_task_events(blob) == events
+    assert blob.count(b"A.f") == 2                  # each distinct info once
+    for junk, why in ((msgpack.packb([[shared], [b"t" * 16, 0, 4, 2.0, 1, None]]), "index"),
+                      (msgpack.packb([[shared], [b"t" * 16, 0, 4, 2.0, "0", None]]), "index"),
+                      (msgpack.packb([[], [b"t" * 16, 0, 4]]), "6 fields per event"),
+                      (msgpack.packb([b"t" * 16, 0, 4, 2.0, None, None]), "msgpack"),
+                      (b"\xc1", "msgpack")):
+        with pytest.raises(p.ProtocolError, match=why):
+            p.unpack_task_events(junk)
+
+
+def test_batches_wait_unread_until_the_table_is_read_and_nothing_is_lost():
+    """A batch waits as it came; every reading method applies what waits
+    first; past max_waiting events the oldest batches are applied as new ones
+    arrive; slices apply whole batches, oldest first; a batch that is not a
+    msgpack array is counted as dropped and the others are applied."""
+    table = TaskEventManager(max_rows=100, max_waiting=10)
+    for first in (0, 4, 8):
+        table.add(task_batch(b"w" * 16, b"n" * 16, 7, _ends(first, 4)))
+    assert table.waiting == 8 and len(table.rows) == 4      # 12 > 10: the oldest applied
+    assert table.apply_waiting(3) == 4                            # one batch of 4
+    assert [r["name"] for r in table.query(0, {})] == [f"t{i}" for i in range(12)]
+    assert table.waiting == 0
+    junk = task_batch(b"w" * 16, b"n" * 16, 7, [])
+    table.add(junk._replace(events=b"\xc1not msgpack", count=5))
+    table.add(junk._replace(events=b"\x07", count=0))
+    table.add(task_batch(b"w" * 16, b"n" * 16, 7, _ends(12, 2)))
+    by_state, _, _ = table.summary()
+    assert by_state == {"FINISHED": 14} and table.dropped_events == 5 + 1   # at least 1
+    changed = TaskEventManager(max_rows=100)
+    changed.add(task_batch(b"w" * 16, b"n" * 16, 7, _ends(0, 3)))
+    assert not changed.changed
+    assert [r["name"] for r in changed.take_changed(10)] == ["t0", "t1", "t2"]
 
 
 def test_a_short_tasks_one_event_makes_the_row_its_running_and_end_events_make():
@@ -289,12 +343,12 @@ def test_a_short_tasks_one_event_makes_the_row_its_running_and_end_events_make()
     ends = [(i.to_bytes(16, "big"), i % 2, p.TS_FAILED if i // 2 % 3 == 2 else p.TS_FINISHED,
              10.0 + i, dict(infos[i // 2 % 3]), 9.5 + i) for i in range(12)]
     one = TaskEventManager(max_rows=100)
-    one.add(p.AddTaskEvents(b"w" * 16, b"n" * 16, 7, [list(e) for e in ends], 0))
+    one.add(task_batch(b"w" * 16, b"n" * 16, 7, [list(e) for e in ends], 0))
     two = TaskEventManager(max_rows=100)
     for task_id, attempt, state, end, info, start in ends:
-        two.add(p.AddTaskEvents(b"w" * 16, b"n" * 16, 7,
+        two.add(task_batch(b"w" * 16, b"n" * 16, 7,
                                 [(task_id, attempt, p.TS_RUNNING, start, None)], 0))
-        two.add(p.AddTaskEvents(b"w" * 16, b"n" * 16, 7,
+        two.add(task_batch(b"w" * 16, b"n" * 16, 7,
                                 [(task_id, attempt, state, end, dict(info))], 0))
     assert one.query(0, {}) == two.query(0, {})
     rows = one.query(0, {})
@@ -308,16 +362,16 @@ def test_a_short_tasks_one_event_makes_the_row_its_running_and_end_events_make()
     assert rows[5]["attempt_number"] == 1 and rows[5]["error_message"] == "ValueError: no"
     # a row that exists already (its owner reported it waiting) takes the same path's result
     three = TaskEventManager(max_rows=100)
-    three.add(p.AddTaskEvents(b"o" * 16, b"n" * 16, 3, [(e[0], 0, p.TS_PENDING_ARGS_AVAIL,
+    three.add(task_batch(b"o" * 16, b"n" * 16, 3, [(e[0], 0, p.TS_PENDING_ARGS_AVAIL,
                                                          9.0 + i, None)
                                                         for i, e in enumerate(ends)], 0))
-    three.add(p.AddTaskEvents(b"w" * 16, b"n" * 16, 7, [list(e) for e in ends], 0))
+    three.add(task_batch(b"w" * 16, b"n" * 16, 7, [list(e) for e in ends], 0))
     assert [(r["state"], r["error_type"], r["name"], r["attempt_number"])
             for r in three.query(0, {})] == \
         [(r["state"], r["error_type"], r["name"], r["attempt_number"]) for r in rows]
     # the bound holds on this path too, and junk in an info drops that event alone
     small = TaskEventManager(max_rows=3)
-    small.add(p.AddTaskEvents(b"w" * 16, b"n" * 16, 7, [list(e) for e in ends]
+    small.add(task_batch(b"w" * 16, b"n" * 16, 7, [list(e) for e in ends]
                               + [[b"z" * 16, 0, p.TS_FINISHED, 30.0, {"name": []}, 29.0],
                                  [b"y" * 16, -1, p.TS_FINISHED, 30.0, None, 29.0]], 0))
     assert [r["task_id"] for r in small.query(0, {})] == \
@@ -331,8 +385,8 @@ def test_an_earlier_attempts_error_arriving_late_stays_off_the_retrys_row():
     retry_ok = (task, 1, p.TS_FINISHED, 5.0, {"name": "f"}, 4.0)
     first_failed = (task, 0, p.TS_FAILED, 3.0, {"name": "f", "error_type": "WORKER_DIED",
                                                 "error_message": "it died"})
-    table.add(p.AddTaskEvents(b"w" * 16, b"n" * 16, 7, [list(retry_ok)], 0))
-    table.add(p.AddTaskEvents(b"o" * 16, b"n" * 16, 3, [list(first_failed)], 0))
+    table.add(task_batch(b"w" * 16, b"n" * 16, 7, [list(retry_ok)], 0))
+    table.add(task_batch(b"o" * 16, b"n" * 16, 3, [list(first_failed)], 0))
     [row] = table.query(0, {})
     assert (row["attempt_number"], row["state"], row["error_type"], row["error_message"]) \
         == (1, "FINISHED", None, None)

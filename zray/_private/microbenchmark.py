@@ -411,13 +411,15 @@ def _absorb_task_events(tasks: int):
             owner, executor = [], []
             for i in range(start, start + per_batch):
                 task_id = prefix + i.to_bytes(8, "big")
-                owner.append((task_id, 0, p.TS_PENDING_NODE_ASSIGNMENT, now, owner_info))
-                executor.append((task_id, 0, p.TS_FINISHED, now + 0.002, executor_info,
-                                 now + 0.001))
+                owner.extend(p.TaskEvent(task_id, 0, p.TS_PENDING_NODE_ASSIGNMENT, now,
+                                         owner_info))
+                executor.extend(p.TaskEvent(task_id, 0, p.TS_FINISHED, now + 0.002,
+                                            executor_info, now + 0.001))
             out.append(p.encode(p.AddTaskEvents(worker.worker_id, worker.node_id, 1,
-                                                owner, 0)))
+                                                p.pack_task_events(owner), per_batch, 0)))
             out.append(p.encode(p.AddTaskEvents(os.urandom(16), worker.node_id, 2,
-                                                executor, 0)))
+                                                p.pack_task_events(executor), per_batch,
+                                                0)))
         return out
 
     def last_absorbed(last_id):
@@ -838,24 +840,24 @@ def _use_task_events(on: bool) -> None:
 
 def task_events_overhead(rows=None, duration: float = DEFAULT_DURATION, repeats: int = 2,
                          progress=None, row_timeout: float = DEFAULT_ROW_TIMEOUT) -> list:
-    """Run ``rows`` on zray with task-event reporting off and on, alternating
-    ``repeats`` times; the best value of each. Returns dicts {"name", "unit",
-    "off", "on", "cost_pct"} (cost_pct > 0: reporting made the row worse)."""
+    """Run ``rows`` on zray with task-event reporting off and on, ``repeats``
+    rounds of both (a fresh cluster each; which goes first alternates, so a
+    drift of the machine's speed falls on both). Returns dicts {"name",
+    "unit", "off", "on" (medians), "cost_pct" (the median of the rounds'
+    costs; > 0: reporting made the row worse), "spread" ([lowest, highest]
+    round cost)}."""
     names = select_rows(rows) if rows else list(OVERHEAD_ROWS)
-    best: dict = {"off": {}, "on": {}}
+    runs: dict = {name: {"off": [], "on": []} for name in names}
     previous = os.environ.get("ZRAY_TASK_EVENTS_REPORT_INTERVAL_MS")
     try:
-        for _ in range(repeats):
-            for mode in ("off", "on"):
+        for round_ in range(repeats):
+            for mode in (("off", "on") if round_ % 2 == 0 else ("on", "off")):
                 _use_task_events(mode == "on")
-                for row in run("zray", rows=names, duration=duration, row_timeout=row_timeout,
-                               progress=progress):
-                    if row.get("value") is None:
-                        continue
-                    lower = row["unit"] in LOWER_IS_BETTER_UNITS
-                    old = best[mode].get(row["name"])
-                    if old is None or (row["value"] < old if lower else row["value"] > old):
-                        best[mode][row["name"]] = row["value"]
+                values = {row["name"]: row.get("value")
+                          for row in run("zray", rows=names, duration=duration,
+                                         row_timeout=row_timeout, progress=progress)}
+                for name in names:
+                    runs[name][mode].append(values.get(name))
     finally:
         if previous is None:
             os.environ.pop("ZRAY_TASK_EVENTS_REPORT_INTERVAL_MS", None)
@@ -864,24 +866,29 @@ def task_events_overhead(rows=None, duration: float = DEFAULT_DURATION, repeats:
         importlib.import_module("zray.config").config.reload()
     out = []
     for name in names:
-        off, on = best["off"].get(name), best["on"].get(name)
-        cost = None
-        if off and on:
-            lower = _UNITS[name] in LOWER_IS_BETTER_UNITS
-            cost = ((on - off) / off if lower else (off - on) / off) * 100
-        out.append({"name": name, "unit": _UNITS[name], "off": off, "on": on,
-                    "cost_pct": cost})
+        lower = _UNITS[name] in LOWER_IS_BETTER_UNITS
+        pairs = [(off, on) for off, on in zip(runs[name]["off"], runs[name]["on"])
+                 if off and on]
+        costs = sorted(((on - off) / off if lower else (off - on) / off) * 100
+                       for off, on in pairs)
+        out.append({"name": name, "unit": _UNITS[name],
+                    "off": statistics.median(p[0] for p in pairs) if pairs else None,
+                    "on": statistics.median(p[1] for p in pairs) if pairs else None,
+                    "cost_pct": statistics.median(costs) if costs else None,
+                    "spread": [costs[0], costs[-1]] if costs else None})
     return out
 
 
 def format_overhead(rows) -> str:
-    table = [["row", "events off", "events on", "cost"]]
+    table = [["row", "events off", "events on", "cost", "rounds' costs"]]
     for r in rows:
+        cost, spread = r["cost_pct"], r["spread"]
         table.append([r["name"], _cell({"value": r["off"], "unit": r["unit"]}),
                       _cell({"value": r["on"], "unit": r["unit"]}),
-                      "n/a" if r["cost_pct"] is None else f"{r['cost_pct']:+.1f}%"])
-    return ("# task-event reporting on vs off (best of each; cost > 0: slower with "
-            "reporting)\n" + _align(table))
+                      "n/a" if cost is None else f"{cost:+.1f}%",
+                      "" if spread is None else f"{spread[0]:+.1f}% .. {spread[1]:+.1f}%"])
+    return ("# task-event reporting on vs off (medians over the rounds; cost: the median "
+            "of each round's cost, > 0: slower with reporting)\n" + _align(table))
 
 
 # --------------------------------------------------------------------------
@@ -1056,7 +1063,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the core rows (or --rows) with task-event reporting off and "
                         "on, alternating, and show what reporting costs (zray only)")
     p.add_argument("--repeats", type=int, default=2,
-                   help="runs of each mode for --task-events-overhead (default %(default)s)")
+                   help="rounds of --task-events-overhead, each running the rows with "
+                        "reporting off and on (default %(default)s)")
     p.add_argument("--with-dashboard", action="store_true",
                    help="run zray's rows with its dashboard and task events on (by default "
                         "both backends run without their dashboard, as `ray "

@@ -1217,7 +1217,8 @@ TASK_STATES = ("PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WO
 
 
 class TaskEvent(NamedTuple):
-    """One state change of a task, as a list inside ``AddTaskEvents.events``.
+    """One state change of a task; its fields travel one after another in
+    ``AddTaskEvents.events`` (see ``pack_task_events``).
     ``info`` (a dict or None) is what the reporter knows of the task: name,
     job_id, actor_id, type (TASK_*), required_resources, parent_task_id on
     the owner's first event; error_type, error_message on FAILED; an
@@ -1232,14 +1233,22 @@ class TaskEvent(NamedTuple):
     start_s: Any = None        # float: a FINISHED/FAILED that also says when RUNNING began
 
 
+#: fields a TaskEvent takes in ``AddTaskEvents.events``
+TASK_EVENT_FIELDS = len(TaskEvent._fields)
+_INFO = TaskEvent._fields.index("info")
+
+
 @_declare(100)
 class AddTaskEvents(NamedTuple):
     """One-way, core worker to GCS, at most about once a second: the task
-    state changes it saw since its last batch, and how many it dropped."""
+    state changes it saw since its last batch (``count`` of them, packed by
+    ``pack_task_events``: the GCS reads them only when its task table is
+    read or it has idle time), and how many it dropped."""
     worker_id: bytes
     node_id: bytes
     pid: int
-    events: list               # [TaskEvent as a list, ...]
+    events: bytes              # pack_task_events([TaskEvent fields, ...])
+    count: int
     dropped: int
 
 
@@ -1767,6 +1776,52 @@ def decode(payload) -> Any:
             f"{cls.__name__} takes {len(cls._fields)} fields, got {len(data) - 1}") from None
     _check(cls, message)
     return message
+
+
+def pack_task_events(fields: list) -> bytes:
+    """``AddTaskEvents.events`` from the fields of TaskEvents one after
+    another (``TASK_EVENT_FIELDS`` per event): msgpack ``[infos, fields]``, each
+    distinct info dict once in ``infos`` and an event's ``info`` its index
+    there (so ``fields`` is changed: its infos become indexes)."""
+    infos: list = []
+    index: dict = {}
+    for k in range(_INFO, len(fields), TASK_EVENT_FIELDS):
+        info = fields[k]
+        if info is not None:
+            i = index.get(id(info))         # the infos stay alive in fields meanwhile
+            if i is None:
+                i = index[id(info)] = len(infos)
+                infos.append(info)
+            fields[k] = i
+    return _packb([infos, fields])
+
+
+def unpack_task_events(blob: bytes) -> list:
+    """The TaskEvents in an ``AddTaskEvents.events`` blob, each info an entry
+    of the batch's infos (shared by the events that had it), the other fields
+    not checked yet; ProtocolError if the blob is not ``[infos, fields]`` with
+    ``TASK_EVENT_FIELDS`` fields per event, or an info index is not one."""
+    try:
+        infos, fields = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several types for junk
+        raise ProtocolError(f"task events are not msgpack [infos, fields] "
+                            f"({type(exc).__name__}: {exc})") from None
+    if not isinstance(infos, list) or not isinstance(fields, list) \
+            or len(fields) % TASK_EVENT_FIELDS:
+        got = f"{len(fields)} fields" if isinstance(fields, list) else type(fields).__name__
+        raise ProtocolError(f"task events are not infos and {TASK_EVENT_FIELDS} fields "
+                            f"per event (got {type(infos).__name__} and {got})")
+    events = []
+    for i in range(0, len(fields), TASK_EVENT_FIELDS):
+        one = fields[i:i + TASK_EVENT_FIELDS]
+        info = one[_INFO]
+        if info is not None:
+            if type(info) is not int or not 0 <= info < len(infos):
+                raise ProtocolError(f"task event {i // TASK_EVENT_FIELDS}: info {info!r} is "
+                                    f"not an index of the batch's {len(infos)} infos")
+            one[_INFO] = infos[info]
+        events.append(TaskEvent(*one))
+    return events
 
 
 def message_types() -> dict[int, type]:

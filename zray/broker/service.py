@@ -52,6 +52,7 @@ class Service:
         self._poller = zmq.Poller()
         self._handlers: dict = {}           # socket or fd -> callable
         self._timers: list = []             # [next_due, interval, fn]
+        self._soon: list = []               # fns for the next pass of the loop (call_soon)
         self._dispatch: dict[int, object] = {}
         for code, cls in protocol.message_types().items():
             fn = getattr(self, "handle_" + _snake(cls.__name__), None)
@@ -91,6 +92,12 @@ class Service:
 
     def every(self, interval: float, fn) -> None:
         self._timers.append([time.monotonic() + interval, interval, fn])
+
+    def call_soon(self, fn) -> None:
+        """Call ``fn`` once, right after the loop served the sockets that are
+        ready now (without waiting for more): a long job done in slices, each
+        asking for the next, lets requests in between."""
+        self._soon.append(fn)
 
     # -- answering --------------------------------------------------------
     def reply(self, req: Request, message, blobs=()) -> None:
@@ -194,9 +201,10 @@ class Service:
 
     def run_once(self, max_wait: float = 1.0) -> None:
         """Run the timers that are due, then wait at most ``max_wait``
-        seconds (less if a timer falls due first) for the sockets and serve
-        what arrived. ``stop()`` ends the wait at once. Only one thread at a
-        time may run it (ZeroMQ sockets are not thread-safe)."""
+        seconds (less if a timer falls due first, none if ``call_soon`` was
+        asked) for the sockets, serve what arrived, then call what
+        ``call_soon`` was given. ``stop()`` ends the wait at once. Only one
+        thread at a time may run it (ZeroMQ sockets are not thread-safe)."""
         now = time.monotonic()
         wait = max_wait
         for timer in self._timers:
@@ -207,10 +215,19 @@ class Service:
                 except Exception:
                     log.exception("%s: timer %s failed", self.name, timer[2])
             wait = min(wait, timer[0] - now)
+        if self._soon:
+            wait = 0
         for sock, _ in self._poller.poll(max(0, int(wait * 1000))):
             handler = self._handlers.get(sock)
             if handler is not None:
                 handler(sock)
+        if self._soon:
+            soon, self._soon = self._soon, []
+            for fn in soon:
+                try:
+                    fn()
+                except Exception:
+                    log.exception("%s: %s failed", self.name, fn)
 
     def interrupt(self) -> None:
         """End the wait of ``run_once`` now, without stopping ``run``."""

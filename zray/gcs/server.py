@@ -58,6 +58,8 @@ class GcsServer(Service):
                                                  self.task_events, self._actor_changed)
         self.pg_scheduler = GcsPlacementGroupScheduler(self.nodes, self.pgs, self.sender)
         self.requests_served = 0
+        self._cpu_seen: tuple | None = None     # see _idle_cores
+        self._apply_until = 0.0                 # see publish_task_events
         router, self.address = sockets.server_router(sockets.tcp_endpoint(address))
         self.pub, self.pub_address = self._bind_publisher(self.address.rsplit(":", 1)[0])
         self.subscribed: set[bytes] = set()     # topic prefixes someone subscribes to
@@ -392,18 +394,49 @@ class GcsServer(Service):
     #: a live view gets the latest changes; the table has them all
     TASK_ROWS_PUBLISHED_MAX = 1000
 
+    #: waiting task events are applied while this many of the machine's
+    #: cores were idle in the last second (the GCS's own use counts as idle) ...
+    IDLE_CORES_TO_APPLY = 1.0
+    #: ... for at most this long a second, in slices of this many events
+    #: (about 15 ms each: requests are served between slices)
+    APPLY_S_PER_SECOND = 0.5
+    APPLY_SLICE_EVENTS = 2_500
+
     def publish_task_events(self) -> None:
         """Publish the task rows changed since the last call, each once, while
         someone follows them (a dashboard with a page reading task rows).
         Nobody following, the rows are not built; those of the last second
         are kept for the next call, so a follower that read the table just
-        before its subscription arrived still gets every change since."""
-        if not self.followed(p.TOPIC_TASK_EVENTS):
-            self.task_events.hold_changed()
+        before its subscription arrived still gets every change since; and
+        task events that wait are applied if the machine has idle cores."""
+        if self.followed(p.TOPIC_TASK_EVENTS):
+            rows = self.task_events.take_changed(self.TASK_ROWS_PUBLISHED_MAX)
+            if rows:
+                self.publish(p.TOPIC_TASK_EVENTS, p.TaskRowsEvent(rows))
             return
-        rows = self.task_events.take_changed(self.TASK_ROWS_PUBLISHED_MAX)
-        if rows:
-            self.publish(p.TOPIC_TASK_EVENTS, p.TaskRowsEvent(rows))
+        self.task_events.hold_changed()
+        if not self.task_events.waiting:
+            self._cpu_seen = None
+        elif self._idle_cores() >= self.IDLE_CORES_TO_APPLY:
+            self._apply_until = time.monotonic() + self.APPLY_S_PER_SECOND
+            self.call_soon(self._apply_waiting_task_events)
+
+    def _apply_waiting_task_events(self) -> None:
+        """One slice of the waiting task events; the next one soon, until
+        none wait or this second's share is spent."""
+        if self.task_events.apply_waiting(self.APPLY_SLICE_EVENTS) \
+                and time.monotonic() < self._apply_until:
+            self.call_soon(self._apply_waiting_task_events)
+
+    def _idle_cores(self) -> float:
+        """How many of the machine's cores were idle, on average, since the
+        last call (0.0 at the first), counting the GCS's own CPU as idle."""
+        import psutil           # only when task events wait: not on the GCS's start path
+        seen = (time.monotonic(), psutil.cpu_times().idle, time.process_time())
+        last, self._cpu_seen = self._cpu_seen, seen
+        if last is None or seen[0] <= last[0]:
+            return 0.0
+        return (seen[1] - last[1] + seen[2] - last[2]) / (seen[0] - last[0])
 
     def handle_get_task_events(self, req, msg: p.GetTaskEvents):
         self.reply(req, p.TaskEventsReply(self.task_events.query(msg.limit, msg.filters),

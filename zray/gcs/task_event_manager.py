@@ -9,6 +9,13 @@ FAILED beats a FINISHED of the same attempt), never the last one received.
 The table keeps at most ``max_rows`` rows (``config.task_events_max``): a new
 task beyond that drops the oldest row, and ``dropped`` counts the dropped
 rows together with the events workers could not deliver.
+
+A batch is not read when it arrives: it waits, packed as it came, until the
+table is read (every reading method applies what waits first) or the GCS
+has idle time for it (``apply_waiting`` in slices). So a burst of tasks
+does not share its cores with the GCS building rows nobody looks at yet.
+Past ``max_waiting`` events (or ``MAX_WAITING_BYTES``) the oldest batches
+are applied as new ones arrive; nothing is lost by waiting.
 """
 from __future__ import annotations
 
@@ -26,6 +33,8 @@ _TYPES = {p.TASK_NORMAL: "NORMAL_TASK", p.TASK_ACTOR_CREATION: "ACTOR_CREATION_T
 #: state changes kept per row (a task retried many times keeps its latest ones)
 MAX_HISTORY = 32
 _MAX_TEXT = 4096           # an error message keeps its last 4 KiB (the traceback's end)
+#: packed events waiting to be applied, in bytes at most (about 300,000 events)
+MAX_WAITING_BYTES = 48 << 20
 
 
 def _hex(value) -> str | None:
@@ -80,15 +89,20 @@ _GETTERS = {
 
 
 class TaskEventManager:
-    def __init__(self, max_rows: int):
+    def __init__(self, max_rows: int, max_waiting: int | None = None):
         self.max_rows = max(1, max_rows)
+        #: events waiting to be applied at most (default: two per row the
+        #: table holds, what a task whose owner and executor both report sends)
+        self.max_waiting = 2 * self.max_rows if max_waiting is None else max(0, max_waiting)
+        self._waiting: collections.deque = collections.deque()   # (count, AddTaskEvents)
+        self.waiting = 0                  # events in them, as their senders counted
+        self._waiting_bytes = 0
         self.rows: collections.OrderedDict[bytes, _Row] = collections.OrderedDict()
         self.changed: dict[bytes, _Row] = {}     # since the last take_changed()
         self._held: dict[bytes, _Row] = {}       # changed in the interval before it
         self.unpublished = 0                      # changed rows take_changed() left out
         self.dropped_rows = 0
         self.dropped_events = 0           # lost before they reached the table
-        self.received = 0                 # events taken in, in all
         self._names: dict[str, str] = {}  # one string object per task name
         self._shapes: dict[tuple, dict] = {}    # one dict per resource shape
         self._last_shape: dict | None = None
@@ -104,21 +118,46 @@ class TaskEventManager:
 
     # -- taking events in ---------------------------------------------------
     def add(self, msg: p.AddTaskEvents) -> None:
-        """Apply a batch (the rows it changes join ``changed``). Malformed
-        events are skipped and counted in ``dropped_events``."""
+        """Take a batch in: it waits to be applied (see the module's doc);
+        when too many events wait, the oldest batches are applied now."""
         if type(msg.dropped) is int and msg.dropped > 0:
             self.dropped_events += msg.dropped
+        count = msg.count if type(msg.count) is int and msg.count > 0 else 0
+        self._waiting.append((count, msg))
+        self.waiting += count
+        self._waiting_bytes += len(msg.events)
+        while self.waiting > self.max_waiting or self._waiting_bytes > MAX_WAITING_BYTES:
+            self._apply_batch()
+
+    def apply_waiting(self, max_events: int = 0) -> int:
+        """Apply the waiting batches, oldest first: all of them, or (given
+        ``max_events``) batches until that many events were applied. The rows
+        they change join ``changed``. Returns the events still waiting."""
+        goal = self.waiting - max_events if max_events > 0 else 0
+        while self._waiting and (self.waiting > goal or not max_events):
+            self._apply_batch()
+        return self.waiting
+
+    def _apply_batch(self) -> None:
+        """Apply the oldest waiting batch. Malformed events are skipped and
+        counted in ``dropped_events``; so are all the events of a batch that
+        is not a msgpack array of whole events (at least one)."""
+        count, msg = self._waiting.popleft()
+        self.waiting -= count
+        self._waiting_bytes -= len(msg.events)
+        try:
+            events = p.unpack_task_events(msg.events)
+        except p.ProtocolError as exc:
+            self.dropped_events += max(count, 1)
+            log.warning("dropped a batch of task events from worker %r: %s",
+                        msg.worker_id[:16], exc)
+            return
         changed = self.changed
         rows = self.rows
         bad = 0
         apply = self._apply
         where = None            # (node id, worker id) of the batch, interned once
-        for event in msg.events:
-            try:
-                event = p.TaskEvent(*event)
-            except TypeError:           # not a list, or too few or too many fields
-                bad += 1
-                continue
+        for event in events:
             task_id, attempt, state = event.task_id, event.attempt, event.state
             time_s, info, start = event.time_s, event.info, event.start_s
             if type(task_id) is not bytes or type(attempt) is not int or attempt < 0 \
@@ -147,7 +186,6 @@ class TaskEventManager:
             self.dropped_events += bad
             log.warning("dropped %d malformed task event(s) from worker %r", bad,
                         msg.worker_id[:16])
-        self.received += len(msg.events) - bad
 
     def record(self, task_id: bytes, attempt: int, state: int, time_s: float,
                info: dict | None) -> _Row:
@@ -164,7 +202,8 @@ class TaskEventManager:
         """The rows changed since the last call (of this or of
         ``hold_changed``), as ``public`` dicts: the ``limit`` last changed
         when more did (the rest are counted in ``unpublished``; they are in
-        the table all the same)."""
+        the table all the same). Applies what waits first."""
+        self.apply_waiting()
         changed, self.changed = self.changed, {}
         if self._held:
             held, self._held = self._held, {}
@@ -178,14 +217,10 @@ class TaskEventManager:
         return [public(row) for row in rows]
 
     def _apply(self, task_id, attempt, state, time_s, info, msg) -> _Row:
-        rows = self.rows
-        row = rows.get(task_id)
+        row = self.rows.get(task_id)
         if row is None:
-            row = rows[task_id] = _Row(task_id)
+            row = self._new_row(task_id)
             row.created = time_s
-            if len(rows) > self.max_rows:
-                rows.popitem(last=False)
-                self.dropped_rows += 1
         history = row.history
         history.append(state)
         history.append(time_s)
@@ -220,15 +255,12 @@ class TaskEventManager:
     def _new_ended(self, task_id, attempt, state, start, end, info, where, pid) -> _Row:
         """A new row for a task that ran from ``start`` and ended in ``state``
         at ``end``: what ``_apply`` of RUNNING, then of the end, makes of it."""
-        row = self.rows[task_id] = _Row(task_id)
-        if len(self.rows) > self.max_rows:
-            self.rows.popitem(last=False)
-            self.dropped_rows += 1
+        row = self._new_row(task_id)
         row.created = row.start = start
         row.history = [3, start, state, end]
         if info:
             fresh = self._fresh_info
-            if fresh is not None and info == fresh[0]:
+            if fresh is not None and (info is fresh[0] or info == fresh[0]):
                 _, row.name, row.job_id, row.actor_id, row.type, row.resources, \
                     row.parent, row.error_type, row.error_message = fresh
             else:
@@ -241,6 +273,14 @@ class TaskEventManager:
         row.node_id, row.worker_id = where
         row.worker_pid = pid
         row.end = end
+        return row
+
+    def _new_row(self, task_id: bytes) -> _Row:
+        """A new row, the newest; the oldest goes when the table is full."""
+        row = self.rows[task_id] = _Row(task_id)
+        if len(self.rows) > self.max_rows:
+            self.rows.popitem(last=False)
+            self.dropped_rows += 1
         return row
 
     def _intern(self, value: bytes) -> bytes:
@@ -305,6 +345,7 @@ class TaskEventManager:
         if unknown:
             raise ValueError(f"cannot filter task events by {unknown}: the fields are "
                              f"{sorted(_GETTERS)}")
+        self.apply_waiting()
         checks = [(_GETTERS[k], v) for k, v in filters.items()]
         out = []
         want = limit if limit > 0 else len(self.rows)
@@ -321,6 +362,7 @@ class TaskEventManager:
     def summary(self) -> tuple[dict, dict, dict]:
         """({state: count}, {task name: {state: count}}, {task name: type
         as Ray names it}) over the table."""
+        self.apply_waiting()
         by_name: dict[str, collections.Counter] = {}
         types: dict[str, str] = {}
         for row in self.rows.values():

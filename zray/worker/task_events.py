@@ -6,6 +6,10 @@ thread sends what piled up to the GCS about once a second
 (``config.task_events_report_interval_ms``; 0 turns task events off), in one
 ``AddTaskEvents`` message, together with the process's user metrics.
 
+Events wait in one deque as their fields, one after another
+(``p.TASK_EVENT_FIELDS`` each), not as a tuple each: a million waiting tuples
+would keep the garbage collector busy in the task's own process.
+
 A short task costs one event: its executor reports it once it ended (what
 it is, when it started and ended, where). The owner reports a task it
 submitted only when the task waited for a whole interval at a flush
@@ -20,6 +24,7 @@ count travels with the next batch that goes through.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import time
 
@@ -33,6 +38,7 @@ from ..config import config
 log = logging.getLogger(__name__)
 
 _NOBLOCK = int(zmq.NOBLOCK)
+_FIELDS = p.TASK_EVENT_FIELDS
 _time = time.time
 
 #: batches queued for a GCS that does not read before further ones are dropped
@@ -101,7 +107,7 @@ class TaskEventReporter:
 
     def record(self, task_id: bytes, attempt: int, state: int, info=None) -> None:
         """Note a state change now (any thread)."""
-        self.events.append(p.TaskEvent(task_id, attempt, state, _time(), info))
+        self.events.extend((task_id, attempt, state, _time(), info, None))   # a TaskEvent
 
     def submitted(self, task_id: bytes, attempt: int, state: int, info) -> None:
         """(owner) A task waits now in ``state``; reported by a flush that
@@ -122,13 +128,13 @@ class TaskEventReporter:
         """(executor) The task finished or failed (``info``: the error)."""
         begun = self.running.pop(task_id, None)
         if begun is None:
-            self.events.append(p.TaskEvent(task_id, attempt, state, _time(), info))
+            self.events.extend((task_id, attempt, state, _time(), info, None))   # a TaskEvent
             return
         if info is None:
             info = begun[2]
         elif begun[2]:
             info = {**begun[2], **info}
-        self.events.append(p.TaskEvent(task_id, begun[0], state, _time(), info, begun[1]))
+        self.events.extend((task_id, begun[0], state, _time(), info, begun[1]))
 
     def maybe_flush(self, now: float) -> None:
         """(I/O thread) Send a batch when one is due."""
@@ -143,16 +149,17 @@ class TaskEventReporter:
         # a task waiting since before the last flush; one running since now
         self._report_live(self.pending, self._reported_pending, now - self.interval)
         self._report_live(self.running, self._reported, now)
-        count = len(events)
+        count = len(events) // _FIELDS         # (extend() puts an event's fields at once)
         if count > self.max_buffered:       # the GCS was slow to take them: keep the newest
-            for _ in range(count - self.max_buffered):
+            for _ in range((count - self.max_buffered) * _FIELDS):
                 events.popleft()
             self.dropped += count - self.max_buffered
             count = self.max_buffered
         if count or self.dropped:
-            batch = [events.popleft() for _ in range(count)]
-            message = p.AddTaskEvents(self.worker_id, self.node_id, self.pid, batch,
-                                      self.dropped)
+            # the oldest count * _FIELDS fields (a loop in C: a third cheaper)
+            batch = list(itertools.starmap(events.popleft, itertools.repeat((), count * _FIELDS)))
+            message = p.AddTaskEvents(self.worker_id, self.node_id, self.pid,
+                                      p.pack_task_events(batch), count, self.dropped)
             if self._send(message):
                 self.sent += count
                 self.dropped = 0
@@ -173,14 +180,14 @@ class TaskEventReporter:
         live = live.copy()          # other threads change it
         if reported:
             reported.intersection_update(live)
-        append = self.events.append
+        extend = self.events.extend
         for task_id, entry in live.items():
             if task_id not in reported and entry[-2] <= since:    # [-2]: since when
                 reported.add(task_id)
                 if len(entry) == 3:         # running: (attempt, start, info)
-                    append(p.TaskEvent(task_id, entry[0], p.TS_RUNNING, entry[1], entry[2]))
+                    extend(p.TaskEvent(task_id, entry[0], p.TS_RUNNING, entry[1], entry[2]))
                 else:                       # waiting: (attempt, state, time, info)
-                    append(p.TaskEvent(task_id, *entry))
+                    extend(p.TaskEvent(task_id, *entry))
 
     def _send(self, message) -> bool:
         try:
