@@ -301,11 +301,11 @@ class TestNodeLoss:
             assert zray.get(actor.node.remote(), timeout=30) == victim.node_id
             crash(dyn, victim)
             deadline = time.monotonic() + 30
-            while True:         # a call may find it still restarting
-                try:
+            while True:         # a call may find it still restarting, or (sent
+                try:            # before this driver heard of the death) die with it
                     got = zray.get(actor.node.remote(), timeout=30)
                     break
-                except zexc.ActorUnavailableError:
+                except (zexc.ActorUnavailableError, zexc.ActorDiedError):
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.2)
