@@ -12,10 +12,12 @@ driven by its own process; the rows run on them in turns, seconds apart:
 
 * a round runs each row on both clusters back to back (odd rounds: the
   reporting one first), so a pair is measured within a few seconds;
-* after each half the machine stays idle for ``--pause`` seconds, as after
-  a burst of work: the reporting cluster's GCS applies the task events it
-  took in when it has an idle core, and nothing of that is timed in the
-  other cluster's half;
+* after each half the machine stays idle for ``--pause`` seconds; after a
+  half on the reporting cluster, once its workers sent their last batch
+  (1.2 s at least), its driver reads the task table, so its GCS applies
+  what waits then, untimed (in use it does that when the machine has an
+  idle core, or when the table is read), and none of it spills into the
+  other cluster's timed half;
 * a row's cost in a round is its "on" value against its "off" value
   (throughput: 1 - on/off; latency: on/off - 1); the report gives per row
   the median over all rounds, the interquartile range and min..max;
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import statistics
 import subprocess
 import sys
@@ -43,6 +46,8 @@ DEFAULT_ROWS = [n for n in mb.OVERHEAD_ROWS if n != "init_to_first_task"
 RESULT = "RESULT "
 #: a child's answer to one command, at the most (a row runs ~1.5 s)
 ANSWER_TIMEOUT_S = 300.0
+#: after a half on the reporting cluster: its workers' last batch is sent by then
+FLUSHED_AFTER_S = 1.2
 
 
 def child(duration: float) -> None:
@@ -76,39 +81,47 @@ def child(duration: float) -> None:
 class Cluster:
     """A child process with its cluster: ``run(row)`` -> value or None."""
 
-    def __init__(self, reporting: bool, duration: float):
+    def __init__(self, reporting: bool, duration: float, timeout: float):
         env = dict(os.environ, ZRAY_TASK_EVENTS_REPORT_INTERVAL_MS="1000" if reporting
                    else "0")
+        self.timeout = timeout
+        # unbuffered: a line is read only when select says one came
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--_child", "--duration",
-             str(duration)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+             str(duration)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
             env=env)
         if self._answer() != "ready":
             raise RuntimeError("the cluster did not start")
 
     def _answer(self):
-        deadline = time.monotonic() + ANSWER_TIMEOUT_S
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
+        """The child's next RESULT line; RuntimeError if it exits or is
+        silent for ``timeout`` (its cluster's daemons die with it)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+                raise RuntimeError(f"the driver did not answer in {self.timeout} s")
+            line = self.proc.stdout.readline().decode(errors="replace")
             if not line:
                 raise RuntimeError(f"the driver exited ({self.proc.wait()})")
             if line.startswith(RESULT):
                 return json.loads(line[len(RESULT):])
-        raise RuntimeError("the driver did not answer in time")
 
     def run(self, row: str):
-        self.proc.stdin.write(row + "\n")
+        self.proc.stdin.write((row + "\n").encode())
         self.proc.stdin.flush()
         answer = self._answer()
         if "error" in answer:
             print(f"# {row}: {answer['error']}", file=sys.stderr)
         return answer.get("value")
 
-    def close(self) -> None:
+    def close(self, timeout: float = 60.0) -> None:
+        """Shut the cluster down; kill the driver (its daemons die with it)
+        if it does not end in ``timeout``."""
         try:
-            self.proc.stdin.write("quit\n")
+            self.proc.stdin.write(b"quit\n")
             self.proc.stdin.close()
-            self.proc.wait(timeout=60)
+            self.proc.wait(timeout=timeout)
         except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
             self.proc.wait()
@@ -145,26 +158,34 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", default=None, help="comma-separated row names or prefixes")
     ap.add_argument("--limit-pct", type=float, default=5.0)
     ap.add_argument("--json", default=None, help="write every round's values here")
+    ap.add_argument("--answer-timeout", type=float, default=ANSWER_TIMEOUT_S,
+                    help="seconds a driver may take for a row (default %(default)s)")
     ap.add_argument("--_child", dest="child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         child(args.duration)
         return 0
+    if args.rounds < 1 or args.sessions < 1:
+        ap.error("--rounds and --sessions must be at least 1")
     rows = mb.select_rows(args.rows.split(",")) if args.rows else DEFAULT_ROWS
     values = {row: {"off": [], "on": []} for row in rows}
     costs: dict = {row: [] for row in rows}
     started = time.time()
+    task_rows: dict = {}
     for session in range(args.sessions):
         clusters = {}
         try:
-            clusters["off"] = Cluster(False, args.duration)
-            clusters["on"] = Cluster(True, args.duration)
+            clusters["off"] = Cluster(False, args.duration, args.answer_timeout)
+            clusters["on"] = Cluster(True, args.duration, args.answer_timeout)
             for round_ in range(args.rounds):
                 order = ("off", "on") if round_ % 2 == 0 else ("on", "off")
                 for row in rows:
                     got = {}
                     for mode in order:
                         got[mode] = clusters[mode].run(row)
+                        if mode == "on":
+                            time.sleep(max(args.pause, FLUSHED_AFTER_S))
+                            clusters["on"].run("task_rows")
                         time.sleep(args.pause)
                     values[row]["off"].append(got["off"])
                     values[row]["on"].append(got["on"])
@@ -183,7 +204,7 @@ def main(argv=None) -> int:
     print(f"# task-event reporting on vs off: two clusters side by side, "
           f"{args.sessions} x {args.rounds} rounds, {args.duration} s per row; "
           f"cost > 0: slower with reporting; the last session's GCS held "
-          f"{task_rows['on']:.0f} task rows with reporting, {task_rows['off']:.0f} without")
+          f"{task_rows.get('on')} task rows with reporting, {task_rows.get('off')} without")
     return 0 if report(costs, args.limit_pct) else 1
 
 

@@ -261,9 +261,9 @@ def test_malformed_task_events_are_dropped_and_the_gcs_keeps_serving(cluster):
     # a blob that is not msgpack, not an array, or not whole events: its
     # events are counted as dropped
     _gcs().send(junk._replace(events=b"\xc1" + os.urandom(64), count=10))
-    _gcs().send(junk._replace(events=b"\x07", count=4))
+    _gcs().send(junk._replace(events=b"\x07", count=4))         # (counts as 1: one byte)
     _gcs().send(junk._replace(events=p.pack_task_events([b"t" * 16, 0, 1]), count=2))
-    wait_for(lambda: _gcs().call(p.GetTaskEvents(1, {})).dropped >= before + 19)
+    wait_for(lambda: _gcs().call(p.GetTaskEvents(1, {})).dropped >= before + 16)
     assert _gcs().call(p.Ping()) == p.Ack()
 
 
@@ -317,11 +317,19 @@ def test_batches_wait_unread_until_the_table_is_read_and_nothing_is_lost():
     assert [r["name"] for r in table.query(0, {})] == [f"t{i}" for i in range(12)]
     assert table.waiting == 0
     junk = task_batch(b"w" * 16, b"n" * 16, 7, [])
-    table.add(junk._replace(events=b"\xc1not msgpack", count=5))
+    table.add(junk._replace(events=b"\xc1not msgpack" + b"." * 30, count=5))
     table.add(junk._replace(events=b"\x07", count=0))
     table.add(task_batch(b"w" * 16, b"n" * 16, 7, _ends(12, 2)))
     by_state, _, _ = table.summary()
     assert by_state == {"FINISHED": 14} and table.dropped_events == 5 + 1   # at least 1
+    # a batch counts for no more events than its bytes can hold, and at least
+    # one: empty batches cannot pile up unseen
+    liar = TaskEventManager(max_rows=100, max_waiting=50)
+    for _ in range(60):
+        liar.add(junk._replace(events=b"", count=0))
+    assert liar.waiting <= 50 and liar.dropped_events == 10
+    liar.add(junk._replace(events=b"\x07", count=2 ** 40))
+    assert liar.waiting <= 50 and liar.dropped_events < 20
     changed = TaskEventManager(max_rows=100)
     changed.add(task_batch(b"w" * 16, b"n" * 16, 7, _ends(0, 3)))
     assert not changed.changed

@@ -17,7 +17,8 @@ def _run(tmp_path, *extra):
     out = tmp_path / "overhead.json"
     done = subprocess.run(
         [sys.executable, SCRIPT, "--rounds", "2", "--sessions", "1", "--duration", "0.1",
-         "--pause", "0.1", "--rows", ROWS, "--json", str(out), *extra],
+         "--pause", "0.1", "--answer-timeout", "60", "--rows", ROWS, "--json", str(out),
+         *extra],
         capture_output=True, text=True, timeout=150, stdin=subprocess.DEVNULL)
     return done, (json.loads(out.read_text()) if out.exists() else None)
 

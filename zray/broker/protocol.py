@@ -12,7 +12,9 @@ Each record below is a ``NamedTuple`` whose ``CODE`` names it on the wire.
 message — including a field that is not of the kind its annotation names
 (an id of the wrong length, a resource amount that is not a number >= 0, an
 address that does not parse; see "Field kinds") — so a daemon can log it and
-keep serving, and no handler ever sees such a value.
+keep serving, and no handler ever sees such a value. (One field is a blob
+checked later, by its reader: ``AddTaskEvents.events``, see
+``unpack_task_events``.)
 """
 from __future__ import annotations
 
@@ -1244,12 +1246,12 @@ class AddTaskEvents(NamedTuple):
     state changes it saw since its last batch (``count`` of them, packed by
     ``pack_task_events``: the GCS reads them only when its task table is
     read or it has idle time), and how many it dropped."""
-    worker_id: bytes
-    node_id: bytes
-    pid: int
-    events: bytes              # pack_task_events([TaskEvent fields, ...])
-    count: int
-    dropped: int
+    worker_id: WorkerId
+    node_id: NodeId
+    pid: Pid
+    events: bytes              # pack_task_events([TaskEvent fields, ...]), checked when read
+    count: Count
+    dropped: Count
 
 
 @_declare(101)
@@ -1788,7 +1790,7 @@ def pack_task_events(fields: list) -> bytes:
     for k in range(_INFO, len(fields), TASK_EVENT_FIELDS):
         info = fields[k]
         if info is not None:
-            i = index.get(id(info))         # the infos stay alive in fields meanwhile
+            i = index.get(id(info))         # (``infos`` keeps each one alive: ids stay apart)
             if i is None:
                 i = index[id(info)] = len(infos)
                 infos.append(info)

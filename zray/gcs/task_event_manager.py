@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 
 from ..broker import protocol as p
 
@@ -33,8 +34,20 @@ _TYPES = {p.TASK_NORMAL: "NORMAL_TASK", p.TASK_ACTOR_CREATION: "ACTOR_CREATION_T
 #: state changes kept per row (a task retried many times keeps its latest ones)
 MAX_HISTORY = 32
 _MAX_TEXT = 4096           # an error message keeps its last 4 KiB (the traceback's end)
-#: packed events waiting to be applied, in bytes at most (about 300,000 events)
-MAX_WAITING_BYTES = 48 << 20
+#: waiting batches, in bytes at most (an event packs into ~50 bytes)
+MAX_WAITING_BYTES = 32 << 20
+#: an event packs into at least this many bytes (six fields): how many events a
+#: batch's bytes can hold at most, whatever its sender says
+_MIN_EVENT_BYTES = 6
+#: bytes a waiting batch costs besides its blob
+_BATCH_OVERHEAD = 200
+#: junk in batches is logged at most once in this many seconds
+COMPLAINT_INTERVAL_S = 10.0
+
+
+def _batch_bytes(msg: p.AddTaskEvents) -> int:
+    """What a waiting batch holds in memory, about."""
+    return len(msg.events) + len(msg.worker_id) + len(msg.node_id) + _BATCH_OVERHEAD
 
 
 def _hex(value) -> str | None:
@@ -97,6 +110,8 @@ class TaskEventManager:
         self._waiting: collections.deque = collections.deque()   # (count, AddTaskEvents)
         self.waiting = 0                  # events in them, as their senders counted
         self._waiting_bytes = 0
+        self._complained = -COMPLAINT_INTERVAL_S     # see _complain
+        self._untold = 0
         self.rows: collections.OrderedDict[bytes, _Row] = collections.OrderedDict()
         self.changed: dict[bytes, _Row] = {}     # since the last take_changed()
         self._held: dict[bytes, _Row] = {}       # changed in the interval before it
@@ -122,10 +137,12 @@ class TaskEventManager:
         when too many events wait, the oldest batches are applied now."""
         if type(msg.dropped) is int and msg.dropped > 0:
             self.dropped_events += msg.dropped
-        count = msg.count if type(msg.count) is int and msg.count > 0 else 0
+        # the sender's count, kept within what its bytes can hold (a batch
+        # counts as one event at least, so empty ones cannot pile up)
+        count = min(max(msg.count, 1), len(msg.events) // _MIN_EVENT_BYTES + 1)
         self._waiting.append((count, msg))
         self.waiting += count
-        self._waiting_bytes += len(msg.events)
+        self._waiting_bytes += _batch_bytes(msg)
         while self.waiting > self.max_waiting or self._waiting_bytes > MAX_WAITING_BYTES:
             self._apply_batch()
 
@@ -141,16 +158,17 @@ class TaskEventManager:
     def _apply_batch(self) -> None:
         """Apply the oldest waiting batch. Malformed events are skipped and
         counted in ``dropped_events``; so are all the events of a batch that
-        is not a msgpack array of whole events (at least one)."""
+        is not a msgpack array of whole events (as many as it claimed, within
+        what its bytes could hold)."""
         count, msg = self._waiting.popleft()
         self.waiting -= count
-        self._waiting_bytes -= len(msg.events)
+        self._waiting_bytes -= _batch_bytes(msg)
         try:
             events = p.unpack_task_events(msg.events)
         except p.ProtocolError as exc:
-            self.dropped_events += max(count, 1)
-            log.warning("dropped a batch of task events from worker %r: %s",
-                        msg.worker_id[:16], exc)
+            self.dropped_events += count
+            self._complain("dropped a batch of task events from worker %r: %s",
+                           msg.worker_id.hex(), exc)
             return
         changed = self.changed
         rows = self.rows
@@ -184,8 +202,21 @@ class TaskEventManager:
                 bad += 1
         if bad:
             self.dropped_events += bad
-            log.warning("dropped %d malformed task event(s) from worker %r", bad,
-                        msg.worker_id[:16])
+            self._complain("dropped %d malformed task event(s) from worker %r", bad,
+                           msg.worker_id.hex())
+
+    def _complain(self, *args) -> None:
+        """Log a dropped batch or event at most once per COMPLAINT_INTERVAL_S
+        (a peer sending junk in a loop cannot flood the log)."""
+        now = time.monotonic()
+        if now - self._complained < COMPLAINT_INTERVAL_S:
+            self._untold += 1
+            return
+        if self._untold:
+            log.warning("(%d more complaints about task events since the last one)",
+                        self._untold)
+        self._complained, self._untold = now, 0
+        log.warning(*args)
 
     def record(self, task_id: bytes, attempt: int, state: int, time_s: float,
                info: dict | None) -> _Row:

@@ -1,7 +1,8 @@
 """Task events, the reporting side.
 
-A core worker notes each state change of the tasks it owns or runs — one
-tuple into a deque or a dict, the only cost on the task path — and its I/O
+A core worker notes each state change of the tasks it owns or runs — its
+fields into a deque, or a tuple into a dict, the only cost on the task
+path — and its I/O
 thread sends what piled up to the GCS about once a second
 (``config.task_events_report_interval_ms``; 0 turns task events off), in one
 ``AddTaskEvents`` message, together with the process's user metrics.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import threading
 import time
 
 import zmq
@@ -104,6 +106,7 @@ class TaskEventReporter:
         self.sources: list = []
         self._sock = sockets.peer_dealer(gcs_endpoint, hwm=QUEUED_BATCHES)
         self._next = time.monotonic() + self.interval
+        self._flushing = threading.Lock()
 
     def record(self, task_id: bytes, attempt: int, state: int, info=None) -> None:
         """Note a state change now (any thread)."""
@@ -144,6 +147,10 @@ class TaskEventReporter:
 
     def flush(self) -> None:
         """(I/O thread, or at shutdown) Send what piled up, and the metrics."""
+        with self._flushing:        # one flush at a time takes whole events
+            self._flush()
+
+    def _flush(self) -> None:
         events = self.events
         now = _time()
         # a task waiting since before the last flush; one running since now
