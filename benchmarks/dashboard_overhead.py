@@ -421,7 +421,8 @@ def _cluster_cpu_s() -> float:
 
 def cost_pct(off: float, on: float, lower_is_better: bool) -> float:
     """How much worse ``on`` is than ``off``, in percent (< 0: better)."""
-    return ((on / off - 1.0) if lower_is_better else (1.0 - on / off)) * 100.0
+    from zray._private import microbenchmark as mb
+    return mb.cost_pct(off, on, lower_is_better)
 
 
 def summarize(values: dict, limit_pct: float) -> list[dict]:

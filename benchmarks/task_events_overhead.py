@@ -127,10 +127,6 @@ class Cluster:
             self.proc.wait()
 
 
-def cost_pct(off: float, on: float, lower_is_better: bool) -> float:
-    return ((on - off) / off if lower_is_better else (off - on) / off) * 100
-
-
 def report(costs: dict, limit: float) -> bool:
     """Print the table; whether every row's median is within ``limit``."""
     ok = True
@@ -190,8 +186,8 @@ def main(argv=None) -> int:
                     values[row]["off"].append(got["off"])
                     values[row]["on"].append(got["on"])
                     if got["off"] and got["on"]:
-                        costs[row].append(cost_pct(got["off"], got["on"],
-                                                   mb._UNITS[row] in mb.LOWER_IS_BETTER_UNITS))
+                        costs[row].append(mb.cost_pct(got["off"], got["on"],
+                                                      mb._UNITS[row] in mb.LOWER_IS_BETTER_UNITS))
                 print(f"# session {session + 1}/{args.sessions}, round {round_ + 1}/"
                       f"{args.rounds} done ({time.time() - started:.0f} s)", file=sys.stderr)
             task_rows = {mode: cluster.run("task_rows") for mode, cluster in clusters.items()}

@@ -838,6 +838,11 @@ def _use_task_events(on: bool) -> None:
     importlib.import_module("zray.config").config.reload()
 
 
+def cost_pct(off: float, on: float, lower_is_better: bool) -> float:
+    """How much worse ``on`` is than ``off``, in percent (< 0: better)."""
+    return ((on / off - 1.0) if lower_is_better else (1.0 - on / off)) * 100.0
+
+
 def task_events_overhead(rows=None, duration: float = DEFAULT_DURATION, repeats: int = 2,
                          progress=None, row_timeout: float = DEFAULT_ROW_TIMEOUT) -> list:
     """Run ``rows`` on zray with task-event reporting off and on, ``repeats``
@@ -869,8 +874,7 @@ def task_events_overhead(rows=None, duration: float = DEFAULT_DURATION, repeats:
         lower = _UNITS[name] in LOWER_IS_BETTER_UNITS
         pairs = [(off, on) for off, on in zip(runs[name]["off"], runs[name]["on"])
                  if off and on]
-        costs = sorted(((on - off) / off if lower else (off - on) / off) * 100
-                       for off, on in pairs)
+        costs = sorted(cost_pct(off, on, lower) for off, on in pairs)
         out.append({"name": name, "unit": _UNITS[name],
                     "off": statistics.median(p[0] for p in pairs) if pairs else None,
                     "on": statistics.median(p[1] for p in pairs) if pairs else None,
