@@ -305,6 +305,49 @@ def _sweep(rng: random.Random, endpoint: str):
                 yield [corr, msgpack.packb([code, *fields], use_bin_type=True)]
 
 
+def _records() -> list:
+    """Every record whose fields are checked: the messages and what travels in them."""
+    return sorted({cls for cls in vars(p).values()
+                   if isinstance(cls, type) and hasattr(cls, "_fast")}, key=lambda c: c.__name__)
+
+
+def _checked_by_fields(cls, values) -> bool:
+    try:
+        p._check_fields(cls, values)
+    except p.ProtocolError:
+        return False
+    return True
+
+
+def test_the_compiled_check_accepts_only_what_the_field_checks_accept():
+    """Each record's compiled check (one expression, the fast path of every
+    decode) passes only values its fields' checks pass, on every sweep and
+    fuzz case; and it passes a well-formed actor call and task spec, so
+    those never pay for the checks a field at a time."""
+    rng = random.Random(1)
+    endpoint = "tcp://127.0.0.1:9"
+    accepted = 0
+    for cls in _records():
+        types = {index: kinds for index, _, kinds, _ in cls._checks}
+        for trial in range(150):
+            fields = _valid_fields(cls, rng, endpoint)
+            if trial and fields:        # the first one stays valid
+                for i in ([rng.randrange(len(fields))] if rng.random() < 0.8 else
+                          [i for i in range(len(fields)) if rng.random() < 0.5]):
+                    fields[i] = _invalid_value(rng, types.get(i, object))
+                if rng.random() < 0.1:
+                    fields = fields[:rng.randrange(len(fields) + 1)]
+            values = msgpack.unpackb(msgpack.packb(fields, use_bin_type=True), raw=False,
+                                     strict_map_key=False)
+            if cls._fast(values):
+                accepted += 1
+                assert _checked_by_fields(cls, values), (cls.__name__, values)
+    assert accepted > len(_records())
+    good = _valid_fields(p.TaskSpec, rng, endpoint)
+    good[8], good[15] = {}, {}           # an actor call: no resources, no options
+    assert p.TaskSpec._fast(good) and p.ExecuteCalls._fast([[good, good]])
+
+
 def _served(daemon_class) -> list:
     """(code, record) of the messages a daemon class has a handler for."""
     return [(code, cls) for code, cls in p.message_types().items()

@@ -27,6 +27,7 @@ import zray
 from zray import exceptions as exc
 from zray._private.node import command_line, free_port, zray_processes
 from zray.broker import protocol as p
+from zray.broker import rpc
 from zray.worker import global_state
 
 from conftest import call_bounded, wait_for
@@ -408,6 +409,29 @@ def test_a_gcs_that_stays_away_raises_a_clear_error_after_the_timeout(head, keep
         supervisor.resume()
     head.wait_gcs_back(old)
     assert zray.get(zray.get_actor("keeper").inc.remote(), timeout=30) > 1
+
+
+def test_a_client_whose_first_call_comes_after_its_reconnect_timeout_is_served(head,
+                                                                             monkeypatch):
+    """An idle worker may first call the GCS minutes after it connected (when
+    it becomes an actor). Its connection watch may start reading late (the
+    process descheduled right there): the connection made meanwhile counts,
+    and the late call is answered, not refused as "GCS unreachable"."""
+    attach = rpc._ConnectionWatch.__init__
+
+    def descheduled(self, sock):
+        time.sleep(0.5)                 # long enough for a local CURVE handshake
+        attach(self, sock)
+    monkeypatch.setattr(rpc._ConnectionWatch, "__init__", descheduled)
+    client = rpc.RpcClient(global_state.worker.gcs.endpoint, 10.0, "GCS",
+                           reconnect_timeout=1.0)
+    try:
+        time.sleep(1.5)                 # the call comes after reconnect_timeout
+        how, reply = call_bounded(lambda: client.call(p.GetNodes()), timeout=20)
+        assert how == "ok", reply
+        assert any(node.alive for node in reply.nodes)
+    finally:
+        client.close()
 
 
 def test_start_refuses_a_storage_that_is_not_a_gcs_database(tmp_path):

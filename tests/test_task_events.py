@@ -163,6 +163,40 @@ def test_actor_creation_and_actor_task_are_reported_with_class_names(cluster):
     zray.kill(g)
 
 
+def test_calls_waiting_behind_a_long_one_show_as_waiting_with_what_they_are(cluster, tmp_path):
+    """The owner reports a call still waiting a flush or two after it was
+    submitted, with its name, actor and type."""
+    release = tmp_path / "release"
+
+    @zray.remote
+    class Gate:
+        def hold(self, path):
+            deadline = time.monotonic() + 60       # bounded even if the test dies
+            while not os.path.exists(path) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return 1
+
+        def after(self):
+            return 2
+
+    gate = Gate.remote()
+    quick = gate.after.remote()
+    assert zray.get(quick, timeout=30) == 2
+    held = gate.hold.remote(str(release))
+    waiting = gate.after.remote()
+    try:
+        row = _row_when(lambda r: r["state"] == "PENDING_ARGS_AVAIL", timeout=30,
+                        task_id=waiting.hex()[:32])
+    finally:
+        release.touch()
+    assert row["name"] == "after" and row["type"] == "ACTOR_TASK"
+    assert row["actor_id"] == gate._actor_id.hex()
+    assert zray.get([held, waiting], timeout=30) == [1, 2]
+    done = _row_when(_ended, task_id=waiting.hex()[:32])
+    assert [e["state"] for e in done["events"]][0] == "PENDING_ARGS_AVAIL"
+    zray.kill(gate)
+
+
 def test_filters_and_limit_select_rows(cluster):
     @zray.remote
     def tagged_for_filter(i):
@@ -295,10 +329,22 @@ def test_a_batch_carries_each_info_once_and_its_events_get_them_back():
     blob = p.pack_task_events([f for event in events for f in event])
     assert p.unpack_task_events(blob) == events
     assert blob.count(b"A.f") == 2                  # each distinct info once
+    # an executor's ends of tasks it saw start travel packed, naming infos by index
+    packed = [p.TaskEvent(bytes([i]) * 16, i % 2, p.TS_FINISHED, 2.0 + i, shared, 1.0 + i)
+              for i in range(60, 70)] + [p.TaskEvent(b"x" * 16, 0, p.TS_FINISHED, 5.0, None)]
+    records = b"".join(p.TASK_EVENT_RECORD.pack(e.task_id, e.attempt, e.state, e.time_s,
+                                                 float("nan") if e.start_s is None else e.start_s,
+                                                 -1 if e.info is None else 7) for e in packed)
+    blob = p.pack_task_events([f for event in events for f in event], records, {7: shared})
+    assert p.unpack_task_events(blob) == events + packed
+    record = p.TASK_EVENT_RECORD.pack(b"t" * 16, 0, 4, 2.0, 1.0, 3)
     for junk, why in ((msgpack.packb([[shared], [b"t" * 16, 0, 4, 2.0, 1, None]]), "index"),
                       (msgpack.packb([[shared], [b"t" * 16, 0, 4, 2.0, "0", None]]), "index"),
                       (msgpack.packb([[], [b"t" * 16, 0, 4]]), "6 fields per event"),
                       (msgpack.packb([b"t" * 16, 0, 4, 2.0, None, None]), "msgpack"),
+                      (msgpack.packb([[], [], record[:-1], {}]), "whole 41-byte records"),
+                      (msgpack.packb([[], [], record, {2: shared}]), "record infos"),
+                      (msgpack.packb([[], [], record, []]), "msgpack"),
                       (b"\xc1", "msgpack")):
         with pytest.raises(p.ProtocolError, match=why):
             p.unpack_task_events(junk)
@@ -398,6 +444,46 @@ def test_an_earlier_attempts_error_arriving_late_stays_off_the_retrys_row():
     [row] = table.query(0, {})
     assert (row["attempt_number"], row["state"], row["error_type"], row["error_message"]) \
         == (1, "FINISHED", None, None)
+
+
+def test_an_executors_events_name_registered_infos_and_arrive_whole(tmp_path):
+    """An executor registers an info once and its tasks' ends travel packed
+    under its index: a finished task comes back with the info, a failed one
+    with the info and its error, a long one as RUNNING with the info; past
+    ``max_buffered`` the oldest are dropped and counted."""
+    reporter = TaskEventReporter(f"ipc://{tmp_path}/nobody", b"w" * 16, b"n" * 16, 1)
+    sent = []
+    reporter._send = lambda message: sent.append(message) or True
+    info = {"name": "A.f", "type": p.TASK_ACTOR_METHOD, "job_id": b"\0\0\0\1"}
+    try:
+        index = reporter.info_index(("f", b"\0\0\0\1", b""), dict(info))
+        assert reporter.info_index(("f", b"\0\0\0\1", b""), {"other": 1}) == index
+        ids = [i.to_bytes(16, "big") for i in range(5)]
+        for task_id in ids:
+            reporter.started(task_id, 0, None, index)
+        reporter.ended(ids[0], 0, p.TS_FINISHED)
+        reporter.ended(ids[1], 0, p.TS_FAILED, {"error_type": "TASK_EXECUTION_EXCEPTION",
+                                                "error_message": "boom"})
+        reporter.flush()            # ids[2:] still run
+        [message] = sent
+        events = {e.task_id: e for e in p.unpack_task_events(message.events)}
+        assert message.count == 5 and set(events) == set(ids)
+        assert events[ids[0]].state == p.TS_FINISHED and events[ids[0]].info == info
+        assert events[ids[0]].start_s <= events[ids[0]].time_s
+        assert events[ids[1]].info == {**info, "error_type": "TASK_EXECUTION_EXCEPTION",
+                                       "error_message": "boom"}
+        assert {events[i].state for i in ids[2:]} == {p.TS_RUNNING}
+        assert all(events[i].info == info for i in ids[2:])
+        reporter.max_buffered = 3
+        for i in range(10, 20):
+            reporter.started(i.to_bytes(16, "big"), 0, None, index)
+            reporter.ended(i.to_bytes(16, "big"), 0, p.TS_FINISHED)
+        reporter.flush()
+        kept = p.unpack_task_events(sent[-1].events)
+        assert [e.task_id for e in kept] == [i.to_bytes(16, "big") for i in range(17, 20)]
+        assert sent[-1].dropped == 7 and not reporter.records
+    finally:
+        reporter._sock.close(linger=0)
 
 
 def test_a_gcs_that_does_not_read_never_blocks_the_reporter_and_drops_are_counted(tmp_path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import math
 import re
+import struct
 from typing import Any
 
 import msgpack
@@ -119,10 +120,17 @@ def _bad(what: str, value) -> ProtocolError:
     return ProtocolError(f"{what}, got {text[:80]}{'...' if len(text) > 80 else ''}")
 
 
+# An extra check may carry ``fast``: a Python expression of ``{x}`` (the
+# value, its type checked already) that is true only when the check passes
+# (``{call}``: the check itself, called); ``_typed`` joins them into one
+# expression per record (see _fast_check).
+_EMPTY_OR_CALL = "(not {x} or {call})"      # an empty container passes
+
 def _id_check(*sizes: int):
     def check(value: bytes) -> None:
         if len(value) not in sizes:
             raise _bad(f"must be an id of {' or '.join(map(str, sizes))} bytes", value)
+    check.fast = f"len({{x}}) in {sizes}" if len(sizes) > 1 else f"len({{x}}) == {sizes[0]}"
     return check
 
 
@@ -131,12 +139,16 @@ def _count(value: int) -> None:
         raise _bad("must be an integer >= 0", value)
 
 
+_count.fast = f"0 <= {{x}} <= {1 << 62}"
 _good_endpoints: dict[str, None] = {}     # endpoints seen valid (peers repeat them)
 
 
 def _pid(value: int) -> None:
     if not 0 <= value < 1 << 31:
         raise _bad("must be a process id (0 <= pid < 2**31)", value)
+
+
+_pid.fast = f"0 <= {{x}} < {1 << 31}"
 
 
 def _endpoint(value: str) -> None:
@@ -153,6 +165,10 @@ def _endpoint(value: str) -> None:
 def _opt_endpoint(value: str) -> None:
     if value:
         _endpoint(value)
+
+
+_endpoint.fast = "{x} in _good_endpoints"
+_opt_endpoint.fast = "(not {x} or {x} in _good_endpoints)"
 
 
 def _resources(value: dict, low: float | None = 0.0) -> None:
@@ -175,6 +191,9 @@ def _resource_list(value: list) -> None:
         _resources(item)
 
 
+_resources.fast = _resource_levels.fast = _resource_list.fast = _EMPTY_OR_CALL
+
+
 def _list_of(kind, check=None, what=""):
     def check_list(value: list) -> None:
         for item in value:
@@ -182,6 +201,7 @@ def _list_of(kind, check=None, what=""):
                 raise _bad(f"must be a list of {what}", item)
             if check is not None:
                 check(item)
+    check_list.fast = _EMPTY_OR_CALL
     return check_list
 
 
@@ -199,6 +219,12 @@ def _peer_address(value: list) -> None:
 def _opt_peer_address(value: list) -> None:
     if value:
         _peer_address(value)
+
+
+_peer_address.fast = ("(len({x}) == 4 and type({x}[0]) is str and {x}[0] in _good_endpoints"
+                      " and type({x}[1]) is bytes and len({x}[1]) == 16"
+                      " and type({x}[2]) is int and 0 <= {x}[2] < 2147483648"
+                      " and type({x}[3]) is bytes and len({x}[3]) == 16)")
 
 
 def _task_spec_fields(value: list) -> None:
@@ -229,7 +255,8 @@ _KINDS = {   # annotation -> (wire types, extra check or None)
 
 def _typed(cls):
     """Compile each field's kind (from its annotation) into ``cls._checks``:
-    ``(index, field name, wire types, extra check or None)``."""
+    ``(index, field name, wire types, extra check or None)``; and into
+    ``cls._fast``, see _fast_check."""
     checks = []
     for index, name in enumerate(cls._fields):
         annotation = cls.__annotations__.get(name)
@@ -240,7 +267,54 @@ def _typed(cls):
         if kind is not None:
             checks.append((index, name, kind[0], kind[1]))
     cls._checks = tuple(checks)
+    cls._fast = _fast_check(cls.__name__, cls._checks, len(cls._fields))
     return cls
+
+
+def _passes(check, value) -> bool:
+    """Whether ``value`` passes the extra ``check``."""
+    try:
+        check(value)
+    except ProtocolError:
+        return False
+    return True
+
+
+def _fast_check(name: str, checks: tuple, size: int):
+    """A function of a record's ``size`` values that is True when they pass
+    all ``checks``: one expression (exact wire types, and each extra check's
+    ``fast`` form or a call of it), compiled once, so a well-formed message
+    costs one call. False means "not sure": ``_check`` then runs the checks
+    one by one, which accept what they accept and name what is wrong."""
+    env = {"_good_endpoints": _good_endpoints, "_passes": _passes}
+    terms = []
+    for index, _, types, extra in checks:
+        x = f"v{index}"
+        alternatives = []
+        for kind in types if isinstance(types, tuple) else (types,):
+            env[f"_{kind.__name__}"] = kind
+            alternatives.append(f"type({x}) is _{kind.__name__}")
+        terms.append(f"({' or '.join(alternatives)})")
+        if extra is not None:
+            env[f"_extra{index}"] = extra
+            call = f"_passes(_extra{index}, {x})"
+            terms.append(getattr(extra, "fast", "{call}").format(x=x, call=call))
+    if not terms or not size:
+        return _unsure
+    names = ", ".join(f"v{index}" for index in range(size))
+    source = (f"def fast_{name}(v):\n"
+              f"    if len(v) != {size}:\n"
+              f"        return False\n"
+              f"    {names}, = v\n"
+              f"    return {' and '.join(terms)}\n")
+    namespace: dict = {}
+    exec(source, env, namespace)   # noqa: S102 — the source is made here, of the declarations
+    return namespace[f"fast_{name}"]
+
+
+def _unsure(values) -> bool:
+    """``_fast`` of a record with nothing to check fast."""
+    return False
 
 
 def _declare(code: int):
@@ -255,6 +329,12 @@ def _declare(code: int):
 
 def _check(cls, values) -> None:
     """ProtocolError naming the first field of ``values`` that is not of its kind."""
+    if not cls._fast(values):
+        _check_fields(cls, values)
+
+
+def _check_fields(cls, values) -> None:
+    """``_check``, a field at a time."""
     size = len(values)
     for index, name, types, extra in cls._checks:
         if index >= size:
@@ -517,6 +597,7 @@ def _entries_check(cls, optional: bool = False):
     def check(value: list) -> None:
         for item in value:
             one(item)
+    check.fast = _EMPTY_OR_CALL
     return check
 
 
@@ -1238,6 +1319,10 @@ class TaskEvent(NamedTuple):
 #: fields a TaskEvent takes in ``AddTaskEvents.events``
 TASK_EVENT_FIELDS = len(TaskEvent._fields)
 _INFO = TaskEvent._fields.index("info")
+#: a TaskEvent as a fixed-size record (an executor's end of a task it saw
+#: start; see ``pack_task_events``): task id, attempt, state, time, start,
+#: info (an index of the batch's record infos, -1: none)
+TASK_EVENT_RECORD = struct.Struct("<16sIBddi")
 
 
 @_declare(100)
@@ -1780,11 +1865,17 @@ def decode(payload) -> Any:
     return message
 
 
-def pack_task_events(fields: list) -> bytes:
-    """``AddTaskEvents.events`` from the fields of TaskEvents one after
-    another (``TASK_EVENT_FIELDS`` per event): msgpack ``[infos, fields]``, each
-    distinct info dict once in ``infos`` and an event's ``info`` its index
-    there (so ``fields`` is changed: its infos become indexes)."""
+def pack_task_events(fields: list, records: bytes = b"", record_infos: dict | None = None
+                     ) -> bytes:
+    """``AddTaskEvents.events``: msgpack ``[infos, fields, records,
+    record_infos]``.
+
+    ``fields``: the fields of TaskEvents one after another
+    (``TASK_EVENT_FIELDS`` per event), each distinct info dict once in
+    ``infos`` and an event's ``info`` its index there (so ``fields`` is
+    changed: its infos become indexes). ``records``: more events, packed
+    ``TASK_EVENT_RECORD``s one after another, their ``info`` a key of
+    ``record_infos`` (-1: none)."""
     infos: list = []
     index: dict = {}
     for k in range(_INFO, len(fields), TASK_EVENT_FIELDS):
@@ -1795,24 +1886,31 @@ def pack_task_events(fields: list) -> bytes:
                 i = index[id(info)] = len(infos)
                 infos.append(info)
             fields[k] = i
-    return _packb([infos, fields])
+    return _packb([infos, fields, records, record_infos or {}])
 
 
 def unpack_task_events(blob: bytes) -> list:
     """The TaskEvents in an ``AddTaskEvents.events`` blob, each info an entry
     of the batch's infos (shared by the events that had it), the other fields
-    not checked yet; ProtocolError if the blob is not ``[infos, fields]`` with
-    ``TASK_EVENT_FIELDS`` fields per event, or an info index is not one."""
+    not checked yet; ProtocolError if the blob is not ``[infos, fields,
+    records, record_infos]`` (or the first two alone) with
+    ``TASK_EVENT_FIELDS`` fields per event and whole records, or an info
+    index is not one."""
     try:
-        infos, fields = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+        infos, fields, *packed = msgpack.unpackb(blob, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several types for junk
-        raise ProtocolError(f"task events are not msgpack [infos, fields] "
-                            f"({type(exc).__name__}: {exc})") from None
+        raise ProtocolError(f"task events are not msgpack [infos, fields, records, "
+                            f"record infos] ({type(exc).__name__}: {exc})") from None
+    records, record_infos = packed if len(packed) == 2 else (b"", {})
     if not isinstance(infos, list) or not isinstance(fields, list) \
-            or len(fields) % TASK_EVENT_FIELDS:
+            or len(fields) % TASK_EVENT_FIELDS or len(packed) not in (0, 2) \
+            or not isinstance(records, bytes) or len(records) % TASK_EVENT_RECORD.size \
+            or not isinstance(record_infos, dict):
         got = f"{len(fields)} fields" if isinstance(fields, list) else type(fields).__name__
-        raise ProtocolError(f"task events are not infos and {TASK_EVENT_FIELDS} fields "
-                            f"per event (got {type(infos).__name__} and {got})")
+        raise ProtocolError(f"task events are not msgpack [infos, fields, records, record "
+                            f"infos] with {TASK_EVENT_FIELDS} fields per event and whole "
+                            f"{TASK_EVENT_RECORD.size}-byte records (got "
+                            f"{type(infos).__name__}, {got}, {len(packed)} more)")
     events = []
     for i in range(0, len(fields), TASK_EVENT_FIELDS):
         one = fields[i:i + TASK_EVENT_FIELDS]
@@ -1823,6 +1921,16 @@ def unpack_task_events(blob: bytes) -> list:
                                     f"not an index of the batch's {len(infos)} infos")
             one[_INFO] = infos[info]
         events.append(TaskEvent(*one))
+    for task_id, attempt, state, time_s, start_s, info in TASK_EVENT_RECORD.iter_unpack(records):
+        if info != -1:
+            if info not in record_infos:
+                raise ProtocolError(f"task event record: info {info} is not one of the "
+                                    f"batch's {len(record_infos)} record infos")
+            info = record_infos[info]
+        else:
+            info = None
+        events.append(TaskEvent(task_id, attempt, state, time_s, info,
+                                None if start_s != start_s else start_s))    # NaN: none
     return events
 
 

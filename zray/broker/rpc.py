@@ -202,8 +202,14 @@ class RpcClient:
         self.unreachable_error = unreachable_error or (
             lambda text: ServerUnreachableError(text, "no connection", False))
         self._lock = threading.Lock()
-        self._sock = sockets.dealer(endpoint)
-        self._watch = _ConnectionWatch(self._sock) if endpoint.startswith("tcp://") else None
+        self._watch = None
+
+        def watch(sock):
+            # before the connection is made: a handshake done before the
+            # monitor was attached would leave the client "away" forever
+            self._watch = _ConnectionWatch(sock)
+        self._sock = sockets.dealer(endpoint,
+                                    before_connect=watch if endpoint.startswith("tcp://") else None)
         self._ids = itertools.count(1)
         self._pid = os.getpid()
         #: set (to an exception) once the server is known dead: calls under

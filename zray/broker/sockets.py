@@ -104,11 +104,15 @@ def inbox_router(endpoint: str) -> tuple[zmq.Socket, str]:
     return sock, _bind(sock, endpoint)
 
 
-def dealer(endpoint: str, identity: bytes | None = None) -> zmq.Socket:
-    """DEALER connected to a ROUTER (client side of request/reply, or one-way)."""
+def dealer(endpoint: str, identity: bytes | None = None, before_connect=None) -> zmq.Socket:
+    """DEALER connected to a ROUTER (client side of request/reply, or one-way);
+    ``before_connect(sock)`` runs first (a monitor attached then sees every
+    event of the connection, however fast it is made)."""
     sock = _socket(zmq.DEALER)
     if identity:
         sock.setsockopt(zmq.IDENTITY, identity)
+    if before_connect is not None:
+        before_connect(sock)
     return _connect(sock, endpoint)
 
 

@@ -106,7 +106,6 @@ class ActorTaskSubmitter:
         self._next_creation_check = 0.0
         self._out_of_scope: collections.deque = collections.deque()   # to report
         self._held: set = set()         # actors whose outbox holds calls (guarded by cond)
-        self._call_infos: dict = {}     # (method, actor id) -> a call's first event info
 
     # -- creation ----------------------------------------------------------
     def actor_creation_spec(self, actor_id: bytes, class_hash: bytes, class_name: str,
@@ -250,9 +249,6 @@ class ActorTaskSubmitter:
         spec = p.TaskSpec(task_id, self._worker.job_id, p.TASK_ACTOR_METHOD, b"", method_name,
                           arg_entries, list(kwargs), num_returns, {}, max_task_retries,
                           False, list(self.address), 0, actor_id, method_name, {})
-        if tasks.task_events.enabled:
-            tasks.task_events.submitted(task_id, 0, p.TS_PENDING_ARGS_AVAIL,
-                                        self._call_info(method_name, actor_id))
         watch, ready = [], []
 
         def enqueue_locked(task):
@@ -270,7 +266,9 @@ class ActorTaskSubmitter:
             actor.queue.append(task)
             if actor.state == p.ACTOR_ALIVE and len(actor.queue) == 1 and not task.deps:
                 ready.append(self._take_sendable_locked(actor))
-        _, refs = tasks.new_task(spec, False, held, deps, enqueue_locked)
+        task, refs = tasks.new_task(spec, False, held, deps, enqueue_locked)
+        if tasks.task_events.enabled:
+            tasks.stamp(task)       # reported if it still waits a while later
         if watch:       # the GCS answers with where it is, then each change
             self._gcs.send(p.WatchActor(actor_id, self.address.endpoint))
         elif ready:
@@ -280,21 +278,6 @@ class ActorTaskSubmitter:
         if num_returns == p.STREAMING:
             return ObjectRefGenerator(task_id, self._worker, refs[0])
         return refs[0] if num_returns == 1 else refs
-
-    def _call_info(self, method_name: str, actor_id: bytes) -> dict:
-        """What a call's first task event says of it: one shared dict per
-        method and actor (read only), unless calls made in a task name it
-        as their parent."""
-        if self._worker.mode == "worker":
-            return self.tasks.event_info(method_name, p.TASK_ACTOR_METHOD, actor_id, None)
-        key = (method_name, actor_id)
-        info = self._call_infos.get(key)
-        if info is None:
-            if len(self._call_infos) > 10_000:
-                self._call_infos.clear()
-            info = self._call_infos[key] = self.tasks.event_info(
-                method_name, p.TASK_ACTOR_METHOD, actor_id, None)
-        return info
 
     def pump(self, actor_id: bytes) -> None:
         """Send the actor's queued calls, in order, while it is alive and the

@@ -122,6 +122,7 @@ class CoreWorker:
             self.task_events, lambda actor_id: self.actor_calls.pump(actor_id),
             lambda task, failed: self.actor_calls.call_ended_locked(task, failed))
         self.task_manager.wake_locked = self._wake_locked
+        self.task_events.waiting_events = self.task_manager.waiting_events
         self.getter.wait_locked = self.wait_locked
         self.actor_calls = ActorTaskSubmitter(self.cond, self, self.references,
                                               self.task_manager, self.getter, self.gcs,
@@ -314,11 +315,11 @@ class CoreWorker:
         task, refs = tasks.new_task(spec, retry_exceptions, held, deps)
         ready = not task.deps
         if self.task_events.enabled:
-            info = tasks.event_info(function_name, kind, actor_id, resources)
-            if ready:       # to the raylet at once: reported if it still waits at a flush
-                self.task_events.submitted(task_id, 0, p.TS_PENDING_NODE_ASSIGNMENT, info)
+            if ready:       # to the raylet at once: reported if it still waits a while later
+                tasks.stamp(task)
             else:
-                self.task_events.record(task_id, 0, p.TS_PENDING_ARGS_AVAIL, info)
+                self.task_events.record(task_id, 0, p.TS_PENDING_ARGS_AVAIL,
+                                        tasks.event_info(spec, tasks.parent_task_id()))
         if ready:
             tasks.dispatch(task, first=True)
         if num_returns == p.STREAMING:

@@ -89,7 +89,8 @@ class Executor:
         self.main_thread = threading.get_ident()
         self.cancel_requested = None
         self.events = self.cw.task_events
-        self._call_infos: dict[tuple, dict] = {}    # (function, job, actor) -> event info
+        #: (function, job, actor) -> (event info, -1) or (None, its registered index)
+        self._call_infos: dict[tuple, tuple] = {}
         self._direct = None             # ROUTER for direct calls (see _direct_sock)
         self.leased_by = None           # the lease this worker serves, if any
         self.cancelled_early: set[bytes] = set()    # lease tasks cancelled before they ran
@@ -209,19 +210,20 @@ class Executor:
         never report it): one shared info dict per function, job and actor;
         an actor call's name is ``Class.method``."""
         key = (spec.function_name, spec.job_id, spec.actor_id)
-        info = self._call_infos.get(key)
-        if info is None:
+        known = self._call_infos.get(key)
+        if known is None:
             if len(self._call_infos) > 10_000:
                 self._call_infos.clear()
             name = spec.function_name
             if spec.kind == p.TASK_ACTOR_METHOD:
                 cls = getattr(getattr(self, "actor_spec", None), "function_name", "Actor")
                 name = f"{cls}.{spec.method_name}"
-            info = self._call_infos[key] = {"name": name, "type": spec.kind,
-                                            "job_id": spec.job_id}
+            info = {"name": name, "type": spec.kind, "job_id": spec.job_id}
             if spec.actor_id:
                 info["actor_id"] = spec.actor_id
-        self.events.started(spec.task_id, spec.attempt, info)
+            index = self.events.info_index(key, info)
+            known = self._call_infos[key] = (None, index) if index >= 0 else (info, -1)
+        self.events.started(spec.task_id, spec.attempt, *known)
 
     def _ended(self, spec, err) -> None:
         """Note that ``spec`` finished (``err`` None) or failed with ``err``

@@ -10,7 +10,8 @@ def return_id(task_id: bytes, index: int) -> bytes:
 class PendingTask:
     """A task this process submitted and has not seen finish."""
     __slots__ = ("spec", "return_ids", "held", "retries_left", "deps", "cancelled",
-                 "retry_exceptions", "submitted", "node", "lease", "queued", "via_raylet")
+                 "retry_exceptions", "submitted", "node", "lease", "queued", "via_raylet",
+                 "since", "parent")
 
     def __init__(self, spec, return_ids, held, retry_exceptions):
         self.spec = spec
@@ -25,6 +26,8 @@ class PendingTask:
         self.lease = None                   # the Lease it was sent on, if any
         self.queued = False                 # it waits in the driver for a lease
         self.via_raylet = False             # a plain task sent the raylet's way
+        self.since = None                   # task events: submitted then, not reported yet
+        self.parent = None                  # task events: the task that submitted it
 
     def take_retry(self, new_attempt: bool = True) -> bool:
         """Spend one retry (``max_retries`` -1: unlimited); False when none

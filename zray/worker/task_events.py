@@ -2,21 +2,26 @@
 
 A core worker notes each state change of the tasks it owns or runs — its
 fields into a deque, or a tuple into a dict, the only cost on the task
-path — and its I/O
-thread sends what piled up to the GCS about once a second
+path — and its I/O thread sends what piled up to the GCS about once a second
 (``config.task_events_report_interval_ms``; 0 turns task events off), in one
 ``AddTaskEvents`` message, together with the process's user metrics.
 
-Events wait in one deque as their fields, one after another
-(``p.TASK_EVENT_FIELDS`` each), not as a tuple each: a million waiting tuples
-would keep the garbage collector busy in the task's own process.
+Events wait as their fields, one after another (``p.TASK_EVENT_FIELDS``
+each) in a deque, not as a tuple each: a million waiting tuples would keep
+the garbage collector busy in the task's own process. The commonest event,
+an executor's end of a task it saw start, waits packed instead
+(``p.TASK_EVENT_RECORD``, 41 bytes in a bytearray, its info an index of the
+infos the executor registered): it keeps no object alive until the flush and
+the flush has nothing to pack.
 
 A short task costs one event: its executor reports it once it ended (what
 it is, when it started and ended, where). The owner reports a task it
-submitted only when the task waited for a whole interval at a flush
-(``submitted``), or when it sees it fail; the executor reports RUNNING only
-for a task still running at a flush (``started``). So a long wait or a long run shows up live, and
-the GCS shows the states a short task went through at the times it has.
+submitted only when a flush finds it still waiting a whole interval after it
+was submitted (the owner stamps its record of the task with the time,
+nothing more; ``waiting_events``), or when it sees it fail; the executor
+reports RUNNING only for a task still running at a flush (``started``). So a
+long wait or a long run shows up live, and the GCS shows the states a short
+task went through at the times it has.
 
 The send never blocks: when the GCS does not take the batch (unreachable, or
 a few batches already wait for it), the batch is dropped and counted, and the
@@ -47,6 +52,12 @@ _time = time.time
 QUEUED_BATCHES = 4
 #: an error message longer than this is cut (a traceback's end is kept)
 MAX_ERROR_CHARS = 4096
+#: infos an executor may register for packed events (more go the deque's way;
+#: below 2**16: a record's index is read from its two low bytes)
+MAX_RECORD_INFOS = 10_000
+_RECORD_SIZE = p.TASK_EVENT_RECORD.size
+_pack_record = p.TASK_EVENT_RECORD.pack
+_INFO_AT = _RECORD_SIZE - 4         # where a record's info index starts (int32, little end)
 
 #: Ray's ErrorType name of each zray error a task can end with
 _ERROR_TYPES = (
@@ -81,6 +92,11 @@ def error_info(error) -> dict:
     return {"error_type": kind, "error_message": text}
 
 
+def _nothing_waits(since: float) -> list:
+    """``waiting_events`` of a process that owns no tasks."""
+    return []
+
+
 class TaskEventReporter:
     """The task events of one core worker, and the batches it sends.
 
@@ -97,35 +113,47 @@ class TaskEventReporter:
         self.node_id = node_id
         self.pid = pid
         self.events: collections.deque = collections.deque()
-        self.running: dict = {}     # task id -> (attempt, start time, info): see started()
-        self.pending: dict = {}     # task id -> (attempt, state, time, info): see submitted()
+        self.running: dict = {}     # task id -> (attempt, start, info, info index): started()
+        self.records = bytearray()  # packed events (p.TASK_EVENT_RECORD), see ended()
+        self._record_infos: list = []   # registered infos, by index: see info_index()
+        self._record_keys: dict = {}    # their keys -> index
+        #: (owner) ``waiting_events(since)``: a TaskEvent for each task it
+        #: submitted before ``since`` that still waits, once
+        self.waiting_events = _nothing_waits
         self._reported: set = set()     # running tasks a flush reported as RUNNING
-        self._reported_pending: set = set()
         self.dropped = 0            # not delivered since the last batch that went through
         self.sent = 0               # events handed to the GCS connection, in all
         self.sources: list = []
         self._sock = sockets.peer_dealer(gcs_endpoint, hwm=QUEUED_BATCHES)
         self._next = time.monotonic() + self.interval
         self._flushing = threading.Lock()
+        self._registering = threading.Lock()
 
     def record(self, task_id: bytes, attempt: int, state: int, info=None) -> None:
         """Note a state change now (any thread)."""
         self.events.extend((task_id, attempt, state, _time(), info, None))   # a TaskEvent
 
-    def submitted(self, task_id: bytes, attempt: int, state: int, info) -> None:
-        """(owner) A task waits now in ``state``; reported by a flush that
-        finds it waiting for a whole interval already (see ``done``)."""
-        self.pending[task_id] = (attempt, state, _time(), info)
+    def info_index(self, key, info: dict) -> int:
+        """(executor) The index under which events may name ``info`` (the
+        first one registered with ``key``, which stands for its contents);
+        -1 when too many are registered (then pass the dict itself)."""
+        index = self._record_keys.get(key)
+        if index is None:
+            with self._registering:     # (executor threads of a threaded actor)
+                index = self._record_keys.get(key)
+                if index is None:
+                    if len(self._record_infos) >= MAX_RECORD_INFOS:
+                        return -1
+                    self._record_infos.append(info)     # before its index is handed out
+                    index = self._record_keys[key] = len(self._record_infos) - 1
+        return index
 
-    def done(self, task_id: bytes) -> None:
-        """(owner) The task no longer waits: it ended, or is retried."""
-        self.pending.pop(task_id, None)
-
-    def started(self, task_id: bytes, attempt: int, info=None) -> None:
-        """(executor) The task starts running now. It is reported with its
+    def started(self, task_id: bytes, attempt: int, info=None, info_index: int = -1) -> None:
+        """(executor) The task starts running now, as ``info`` says (or as
+        the registered info ``info_index`` says). It is reported with its
         end, in one event; or as RUNNING by a flush that finds it still
         running (so a long task shows as running while it runs)."""
-        self.running[task_id] = (attempt, _time(), info)
+        self.running[task_id] = (attempt, _time(), info, info_index)
 
     def ended(self, task_id: bytes, attempt: int, state: int, info=None) -> None:
         """(executor) The task finished or failed (``info``: the error)."""
@@ -133,11 +161,18 @@ class TaskEventReporter:
         if begun is None:
             self.events.extend((task_id, attempt, state, _time(), info, None))   # a TaskEvent
             return
+        attempt, start, known, index = begun
+        if index >= 0:
+            if info is None:        # the common end: packed, as the registered info says
+                self.records.extend(_pack_record(task_id, attempt, state, _time(), start,
+                                                 index))
+                return
+            known = self._record_infos[index]
         if info is None:
-            info = begun[2]
-        elif begun[2]:
-            info = {**begun[2], **info}
-        self.events.extend((task_id, begun[0], state, _time(), info, begun[1]))
+            info = known
+        elif known:
+            info = {**known, **info}
+        self.events.extend((task_id, attempt, state, _time(), info, start))
 
     def maybe_flush(self, now: float) -> None:
         """(I/O thread) Send a batch when one is due."""
@@ -153,20 +188,22 @@ class TaskEventReporter:
     def _flush(self) -> None:
         events = self.events
         now = _time()
-        # a task waiting since before the last flush; one running since now
-        self._report_live(self.pending, self._reported_pending, now - self.interval)
-        self._report_live(self.running, self._reported, now)
+        self._report_waiting(now - self.interval)
+        self._report_running(now)
         count = len(events) // _FIELDS         # (extend() puts an event's fields at once)
         if count > self.max_buffered:       # the GCS was slow to take them: keep the newest
             for _ in range((count - self.max_buffered) * _FIELDS):
                 events.popleft()
             self.dropped += count - self.max_buffered
             count = self.max_buffered
-        if count or self.dropped:
+        records, record_infos = self._take_records()
+        if count or records or self.dropped:
             # the oldest count * _FIELDS fields (a loop in C: a third cheaper)
             batch = list(itertools.starmap(events.popleft, itertools.repeat((), count * _FIELDS)))
+            count += len(records) // _RECORD_SIZE
             message = p.AddTaskEvents(self.worker_id, self.node_id, self.pid,
-                                      p.pack_task_events(batch), count, self.dropped)
+                                      p.pack_task_events(batch, records, record_infos),
+                                      count, self.dropped)
             if self._send(message):
                 self.sent += count
                 self.dropped = 0
@@ -181,20 +218,44 @@ class TaskEventReporter:
             if message is not None:
                 self._send(message)
 
-    def _report_live(self, live: dict, reported: set, since: float) -> None:
-        """Queue an event for each task of ``live`` (waiting or running since
-        before ``since``) not reported yet."""
-        live = live.copy()          # other threads change it
+    def _take_records(self) -> tuple:
+        """The packed events recorded so far (the newest ``max_buffered``),
+        taken, and the registered infos they name, by index."""
+        records = self.records
+        size = len(records)         # whole records: extend() puts one at once
+        if not size:
+            return b"", {}
+        taken = records[:size]
+        del records[:size]          # (records appended meanwhile stay)
+        extra = size // _RECORD_SIZE - self.max_buffered
+        if extra > 0:               # the GCS was slow to take them: keep the newest
+            del taken[:extra * _RECORD_SIZE]
+            self.dropped += extra
+        infos = self._record_infos
+        named = set(zip(taken[_INFO_AT::_RECORD_SIZE], taken[_INFO_AT + 1::_RECORD_SIZE]))
+        return taken, {low | high << 8: infos[low | high << 8] for low, high in named}
+
+    def _report_waiting(self, since: float) -> None:
+        """Queue the events ``waiting_events`` gives: tasks waiting since
+        before ``since``."""
+        extend = self.events.extend
+        for event in self.waiting_events(since):
+            extend(event)
+
+    def _report_running(self, since: float) -> None:
+        """Queue a RUNNING event for each task running since before ``since``
+        that no flush reported yet."""
+        live = self.running.copy()          # other threads change it
+        reported = self._reported
         if reported:
             reported.intersection_update(live)
         extend = self.events.extend
-        for task_id, entry in live.items():
-            if task_id not in reported and entry[-2] <= since:    # [-2]: since when
+        for task_id, (attempt, start, info, info_index) in live.items():
+            if task_id not in reported and start <= since:
                 reported.add(task_id)
-                if len(entry) == 3:         # running: (attempt, start, info)
-                    extend(p.TaskEvent(task_id, entry[0], p.TS_RUNNING, entry[1], entry[2]))
-                else:                       # waiting: (attempt, state, time, info)
-                    extend(p.TaskEvent(task_id, *entry))
+                if info is None and info_index >= 0:
+                    info = self._record_infos[info_index]
+                extend(p.TaskEvent(task_id, attempt, p.TS_RUNNING, start, info))
 
     def _send(self, message) -> bool:
         try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import time
 
 from .. import exceptions as exc
 from ..broker import protocol as p
@@ -32,6 +33,7 @@ from .reference_table import PENDING, READY
 from .task_events import error_info
 
 log = logging.getLogger(__name__)
+_time = time.time
 
 
 class TaskManager:
@@ -136,17 +138,52 @@ class TaskManager:
                 then_locked(task)
         return task, refs
 
-    def event_info(self, name: str, kind: int, actor_id: bytes, resources) -> dict:
-        """What the first task event of a task submitted here says of it."""
-        info = {"name": name, "job_id": self._worker.job_id, "type": kind}
-        if resources:
-            info["required_resources"] = resources
-        if actor_id:
-            info["actor_id"] = actor_id
-        parent = self._worker.current_task_id() if self._worker.mode == "worker" else None
+    def parent_task_id(self):
+        """The task that submits a task now (in a worker), else None."""
+        return self._worker.current_task_id() if self._worker.mode == "worker" else None
+
+    def event_info(self, spec, parent) -> dict:
+        """What the first task event of a task submitted here (from task
+        ``parent``, or None) says of it; an actor call is named by its method."""
+        actor_call = spec.kind == p.TASK_ACTOR_METHOD
+        info = {"name": spec.method_name if actor_call else spec.function_name,
+                "job_id": spec.job_id, "type": spec.kind}
+        if spec.resources:
+            info["required_resources"] = spec.resources
+        if spec.actor_id:
+            info["actor_id"] = spec.actor_id
         if parent:
             info["parent_task_id"] = parent
         return info
+
+    def waiting_events(self, since: float) -> list:
+        """(task events) A TaskEvent for each task submitted here (stamped
+        by ``stamp``) before ``since`` whose first attempt still waits, each
+        once: an actor call waits for its actor (PENDING_ARGS_AVAIL), a task
+        for a node (PENDING_NODE_ASSIGNMENT)."""
+        events, infos = [], {}      # one info dict per kind of task
+        for task in list(self.tasks.values()):      # (a copy: other threads add)
+            at = task.since
+            if at is None:          # not stamped, or reported
+                continue
+            if at > since:          # (tasks are in the order they were submitted)
+                break
+            task.since = None
+            spec = task.spec
+            if spec.attempt:        # retried: its attempts are reported as they go
+                continue
+            info = self.event_info(spec, task.parent)
+            info = infos.setdefault(repr(sorted(info.items())), info)
+            state = (p.TS_PENDING_ARGS_AVAIL if spec.kind == p.TASK_ACTOR_METHOD
+                     else p.TS_PENDING_NODE_ASSIGNMENT)
+            events.append(p.TaskEvent(spec.task_id, 0, state, at, info))
+        return events
+
+    def stamp(self, task: PendingTask) -> None:
+        """(task events) Note when ``task`` was submitted, and from which task."""
+        task.since = _time()
+        if self._worker.mode == "worker":
+            task.parent = self._worker.current_task_id()
 
     def resolve_owned_args_locked(self, task: PendingTask):
         """(lock held) Turn refs to our own objects into values or store ids.
@@ -259,7 +296,6 @@ class TaskManager:
 
     # -- results -----------------------------------------------------------------
     def handle_task_returned(self, msg: p.TaskReturned) -> None:
-        self.task_events.done(msg.task_id)
         returns = msg.results
         with self.cond:
             task = self.tasks.get(msg.task_id)
@@ -336,7 +372,6 @@ class TaskManager:
             self.submit_to_raylet(flushed)  # refused or busy: queued tasks go the raylet's way
             if msg is None:
                 return
-        self.task_events.done(msg.task_id)
         error_cls = exc.BY_NAME.get(msg.error_type, exc.RaySystemError)
         error = error_cls(msg.message)
         with self.cond:
@@ -359,7 +394,6 @@ class TaskManager:
                 return
             self._ended_locked(task)
             if self.task_events.enabled:
-                self.task_events.done(task_id)
                 self.task_events.record(task_id, task.spec.attempt, p.TS_FAILED,
                                         error_info(error))
             if task.spec.kind == p.TASK_ACTOR_METHOD:
