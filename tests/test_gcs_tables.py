@@ -618,7 +618,8 @@ def _task_end(task_id: bytes) -> p.AddTaskEvents:
 def test_waiting_task_events_are_applied_in_slices_only_while_cores_are_idle(make_gcs):
     """Nobody reading, the GCS applies waiting batches when the machine had
     an idle core in the last second: one slice per pass of its loop (requests
-    are served between), until none wait; never while the cores are busy."""
+    are served between), until none wait; never while the cores are busy,
+    and it stops when they get busy."""
     gcs = make_gcs(DeepCopyStorage()).gcs
     idle = [0.5]
     gcs._idle_cores = lambda: idle[0]
@@ -636,6 +637,17 @@ def test_waiting_task_events_are_applied_in_slices_only_while_cores_are_idle(mak
         gcs.run_once(0)
         left.append(gcs.task_events.waiting)
     assert left == [4, 2, 0, 0] and len(gcs.task_events.rows) == 6
+    # the cores get busy while it applies (a burst began): it stops at once
+    gcs.IDLE_RECHECK_S = 0.0
+    for n in range(3, 6):
+        gcs.handle_add_task_events(None, task_batch(b"w" * 16, A, 7, [
+            (bytes([n, i]) * 8, 0, p.TS_FINISHED, 2.0, {"name": "f"}, 1.0) for i in range(2)]))
+    gcs.publish_task_events()
+    gcs.run_once(0)
+    idle[0] = 0.5
+    for _ in range(3):
+        gcs.run_once(0)
+    assert gcs.task_events.waiting == 4 and len(gcs.task_events.rows) == 8
 
 
 def test_task_rows_are_built_and_published_only_while_someone_follows_them(make_gcs):

@@ -60,6 +60,7 @@ class GcsServer(Service):
         self.requests_served = 0
         self._cpu_seen: tuple | None = None     # see _idle_cores
         self._apply_until = 0.0                 # see publish_task_events
+        self._idle_checked = 0.0                # see _still_idle
         router, self.address = sockets.server_router(sockets.tcp_endpoint(address))
         self.pub, self.pub_address = self._bind_publisher(self.address.rsplit(":", 1)[0])
         self.subscribed: set[bytes] = set()     # topic prefixes someone subscribes to
@@ -418,15 +419,30 @@ class GcsServer(Service):
         if not self.task_events.waiting:
             self._cpu_seen = None
         elif self._idle_cores() >= self.IDLE_CORES_TO_APPLY:
-            self._apply_until = time.monotonic() + self.APPLY_S_PER_SECOND
+            self._idle_checked = time.monotonic()
+            self._apply_until = self._idle_checked + self.APPLY_S_PER_SECOND
             self.call_soon(self._apply_waiting_task_events)
 
     def _apply_waiting_task_events(self) -> None:
         """One slice of the waiting task events; the next one soon, until
-        none wait or this second's share is spent."""
-        if self.task_events.apply_waiting(self.APPLY_SLICE_EVENTS) \
-                and time.monotonic() < self._apply_until:
+        none wait, this second's share is spent or the cores got busy (a
+        burst began: its own events must not share them with the GCS)."""
+        if time.monotonic() >= self._apply_until or not self._still_idle():
+            return
+        if self.task_events.apply_waiting(self.APPLY_SLICE_EVENTS):
             self.call_soon(self._apply_waiting_task_events)
+
+    #: while applying, the machine's idle cores are measured again this often
+    IDLE_RECHECK_S = 0.1
+
+    def _still_idle(self) -> bool:
+        """Whether the machine still has the idle cores to apply task events
+        (measured at most every IDLE_RECHECK_S; True in between)."""
+        now = time.monotonic()
+        if now - self._idle_checked < self.IDLE_RECHECK_S:
+            return True
+        self._idle_checked = now
+        return self._idle_cores() >= self.IDLE_CORES_TO_APPLY
 
     def _idle_cores(self) -> float:
         """How many of the machine's cores were idle, on average, since the

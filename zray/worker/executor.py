@@ -191,8 +191,9 @@ class Executor:
     def _finished(self, spec, result) -> list:
         """The returns of a call that returned ``result`` (noted as finished)."""
         returns = self._returns_of(spec, result)
-        if self.events.enabled:
-            self.events.ended(spec.task_id, spec.attempt, p.TS_FINISHED)
+        events = self.events
+        if events.enabled:
+            events.finished(spec.task_id, spec.attempt)
         return returns
 
     def _exited(self, spec) -> None:
@@ -223,7 +224,8 @@ class Executor:
                 info["actor_id"] = spec.actor_id
             index = self.events.info_index(key, info)
             known = self._call_infos[key] = (None, index) if index >= 0 else (info, -1)
-        self.events.started(spec.task_id, spec.attempt, *known)
+        info, index = known
+        self.events.started(spec.task_id, spec.attempt, info, index)
 
     def _ended(self, spec, err) -> None:
         """Note that ``spec`` finished (``err`` None) or failed with ``err``

@@ -58,6 +58,7 @@ MAX_RECORD_INFOS = 10_000
 _RECORD_SIZE = p.TASK_EVENT_RECORD.size
 _pack_record = p.TASK_EVENT_RECORD.pack
 _INFO_AT = _RECORD_SIZE - 4         # where a record's info index starts (int32, little end)
+_FINISHED = p.TS_FINISHED
 
 #: Ray's ErrorType name of each zray error a task can end with
 _ERROR_TYPES = (
@@ -155,9 +156,22 @@ class TaskEventReporter:
         running (so a long task shows as running while it runs)."""
         self.running[task_id] = (attempt, _time(), info, info_index)
 
+    def finished(self, task_id: bytes, attempt: int) -> None:
+        """(executor) ``ended(task_id, attempt, TS_FINISHED)``, its common case
+        (a task started with a registered info) first."""
+        begun = self.running.pop(task_id, None)
+        if begun is not None and begun[3] >= 0:
+            self.records.extend(_pack_record(task_id, begun[0], _FINISHED, _time(), begun[1],
+                                             begun[3]))
+            return
+        self._end(begun, task_id, attempt, _FINISHED, None)
+
     def ended(self, task_id: bytes, attempt: int, state: int, info=None) -> None:
         """(executor) The task finished or failed (``info``: the error)."""
-        begun = self.running.pop(task_id, None)
+        self._end(self.running.pop(task_id, None), task_id, attempt, state, info)
+
+    def _end(self, begun, task_id: bytes, attempt: int, state: int, info) -> None:
+        """``ended``, given what ``started`` noted (``begun``, or None)."""
         if begun is None:
             self.events.extend((task_id, attempt, state, _time(), info, None))   # a TaskEvent
             return
