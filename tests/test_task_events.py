@@ -474,6 +474,11 @@ def test_an_executors_events_name_registered_infos_and_arrive_whole(tmp_path):
                                        "error_message": "boom"}
         assert {events[i].state for i in ids[2:]} == {p.TS_RUNNING}
         assert all(events[i].info == info for i in ids[2:])
+        reporter.started(b"b" * 16, 1 << 33, None, index)      # an attempt a record cannot hold
+        reporter.finished(b"b" * 16, 1 << 33)
+        reporter.flush()
+        [big] = p.unpack_task_events(sent[-1].events)
+        assert (big.attempt, big.state, big.info) == (1 << 33, p.TS_FINISHED, info)
         reporter.max_buffered = 3
         for i in range(10, 20):
             reporter.started(i.to_bytes(16, "big"), 0, None, index)

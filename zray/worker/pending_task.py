@@ -26,7 +26,8 @@ class PendingTask:
         self.lease = None                   # the Lease it was sent on, if any
         self.queued = False                 # it waits in the driver for a lease
         self.via_raylet = False             # a plain task sent the raylet's way
-        self.since = None                   # task events: submitted then, not reported yet
+        self.since = None                   # task events: submitted then (monotonic), not
+        #                                     reported yet
         self.parent = None                  # task events: the task that submitted it
 
     def take_retry(self, new_attempt: bool = True) -> bool:

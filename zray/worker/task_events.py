@@ -1,8 +1,9 @@
 """Task events, the reporting side.
 
-A core worker notes each state change of the tasks it owns or runs — its
-fields into a deque, or a tuple into a dict, the only cost on the task
-path — and its I/O thread sends what piled up to the GCS about once a second
+A core worker notes each state change of the tasks it owns or runs — a
+record into a bytearray, or its fields into a deque, or a time onto the
+owner's record of the task, the only cost on the task path — and its I/O
+thread sends what piled up to the GCS about once a second
 (``config.task_events_report_interval_ms``; 0 turns task events off), in one
 ``AddTaskEvents`` message, together with the process's user metrics.
 
@@ -11,8 +12,8 @@ each) in a deque, not as a tuple each: a million waiting tuples would keep
 the garbage collector busy in the task's own process. The commonest event,
 an executor's end of a task it saw start, waits packed instead
 (``p.TASK_EVENT_RECORD``, 41 bytes in a bytearray, its info an index of the
-infos the executor registered): it keeps no object alive until the flush and
-the flush has nothing to pack.
+infos the executor registered): it keeps no object alive until the flush,
+which sends the bytes as they are.
 
 A short task costs one event: its executor reports it once it ended (what
 it is, when it started and ended, where). The owner reports a task it
@@ -59,6 +60,7 @@ _RECORD_SIZE = p.TASK_EVENT_RECORD.size
 _pack_record = p.TASK_EVENT_RECORD.pack
 _INFO_AT = _RECORD_SIZE - 4         # where a record's info index starts (int32, little end)
 _FINISHED = p.TS_FINISHED
+_MAX_PACKED_ATTEMPT = 2 ** 32 - 1   # a record's attempt is 32 bits
 
 #: Ray's ErrorType name of each zray error a task can end with
 _ERROR_TYPES = (
@@ -93,7 +95,7 @@ def error_info(error) -> dict:
     return {"error_type": kind, "error_message": text}
 
 
-def _nothing_waits(since: float) -> list:
+def _nothing_waits(since: float, limit: int) -> list:
     """``waiting_events`` of a process that owns no tasks."""
     return []
 
@@ -115,11 +117,12 @@ class TaskEventReporter:
         self.pid = pid
         self.events: collections.deque = collections.deque()
         self.running: dict = {}     # task id -> (attempt, start, info, info index): started()
-        self.records = bytearray()  # packed events (p.TASK_EVENT_RECORD), see ended()
+        self.records = bytearray()  # packed events (p.TASK_EVENT_RECORD): finished()
         self._record_infos: list = []   # registered infos, by index: see info_index()
         self._record_keys: dict = {}    # their keys -> index
-        #: (owner) ``waiting_events(since)``: a TaskEvent for each task it
-        #: submitted before ``since`` that still waits, once
+        #: (owner) ``waiting_events(since, limit)``: a TaskEvent for each
+        #: task it submitted before ``since`` (monotonic) that still waits,
+        #: once, at most ``limit``
         self.waiting_events = _nothing_waits
         self._reported: set = set()     # running tasks a flush reported as RUNNING
         self.dropped = 0            # not delivered since the last batch that went through
@@ -154,6 +157,8 @@ class TaskEventReporter:
         the registered info ``info_index`` says). It is reported with its
         end, in one event; or as RUNNING by a flush that finds it still
         running (so a long task shows as running while it runs)."""
+        if attempt > _MAX_PACKED_ATTEMPT and info_index >= 0:    # too big for a record
+            info, info_index = self._record_infos[info_index], -1
         self.running[task_id] = (attempt, _time(), info, info_index)
 
     def finished(self, task_id: bytes, attempt: int) -> None:
@@ -201,16 +206,16 @@ class TaskEventReporter:
 
     def _flush(self) -> None:
         events = self.events
-        now = _time()
-        self._report_waiting(now - self.interval)
-        self._report_running(now)
+        if self.enabled:
+            self._report_waiting(time.monotonic() - self.interval)
+            self._report_running(_time())
         count = len(events) // _FIELDS         # (extend() puts an event's fields at once)
         if count > self.max_buffered:       # the GCS was slow to take them: keep the newest
             for _ in range((count - self.max_buffered) * _FIELDS):
                 events.popleft()
             self.dropped += count - self.max_buffered
             count = self.max_buffered
-        records, record_infos = self._take_records()
+        records, record_infos = self._take_records(self.max_buffered - count)
         if count or records or self.dropped:
             # the oldest count * _FIELDS fields (a loop in C: a third cheaper)
             batch = list(itertools.starmap(events.popleft, itertools.repeat((), count * _FIELDS)))
@@ -232,16 +237,17 @@ class TaskEventReporter:
             if message is not None:
                 self._send(message)
 
-    def _take_records(self) -> tuple:
-        """The packed events recorded so far (the newest ``max_buffered``),
-        taken, and the registered infos they name, by index."""
+    def _take_records(self, limit: int) -> tuple:
+        """The packed events recorded so far (the newest ``limit``; those
+        before are dropped), taken, and the registered infos they name, by
+        index."""
         records = self.records
         size = len(records)         # whole records: extend() puts one at once
         if not size:
             return b"", {}
         taken = records[:size]
         del records[:size]          # (records appended meanwhile stay)
-        extra = size // _RECORD_SIZE - self.max_buffered
+        extra = size // _RECORD_SIZE - limit
         if extra > 0:               # the GCS was slow to take them: keep the newest
             del taken[:extra * _RECORD_SIZE]
             self.dropped += extra
@@ -251,9 +257,9 @@ class TaskEventReporter:
 
     def _report_waiting(self, since: float) -> None:
         """Queue the events ``waiting_events`` gives: tasks waiting since
-        before ``since``."""
+        before ``since`` (``time.monotonic()``), as many as a batch takes."""
         extend = self.events.extend
-        for event in self.waiting_events(since):
+        for event in self.waiting_events(since, self.max_buffered):
             extend(event)
 
     def _report_running(self, since: float) -> None:

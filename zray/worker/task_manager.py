@@ -34,6 +34,7 @@ from .task_events import error_info
 
 log = logging.getLogger(__name__)
 _time = time.time
+_monotonic = time.monotonic
 
 
 class TaskManager:
@@ -156,34 +157,39 @@ class TaskManager:
             info["parent_task_id"] = parent
         return info
 
-    def waiting_events(self, since: float) -> list:
+    def waiting_events(self, since: float, limit: int) -> list:
         """(task events) A TaskEvent for each task submitted here (stamped
-        by ``stamp``) before ``since`` whose first attempt still waits, each
-        once: an actor call waits for its actor (PENDING_ARGS_AVAIL), a task
-        for a node (PENDING_NODE_ASSIGNMENT)."""
+        by ``stamp``) before ``since`` (``time.monotonic()``) whose first
+        attempt still waits, each once, the oldest first, at most ``limit``
+        (the others at a later call): an actor call waits for its actor
+        (PENDING_ARGS_AVAIL), a task for a node (PENDING_NODE_ASSIGNMENT)."""
         events, infos = [], {}      # one info dict per kind of task
+        to_wall = _time() - _monotonic()
         for task in list(self.tasks.values()):      # (a copy: other threads add)
             at = task.since
             if at is None:          # not stamped, or reported
                 continue
-            if at > since:          # (tasks are in the order they were submitted)
+            if at > since or len(events) >= limit:  # (tasks are in the order submitted)
                 break
             task.since = None
             spec = task.spec
             if spec.attempt:        # retried: its attempts are reported as they go
                 continue
-            info = self.event_info(spec, task.parent)
-            info = infos.setdefault(repr(sorted(info.items())), info)
+            key = (spec.function_name, spec.method_name, spec.kind, spec.job_id, spec.actor_id,
+                   task.parent, tuple(sorted(spec.resources.items())))
+            info = infos.get(key)
+            if info is None:
+                info = infos[key] = self.event_info(spec, task.parent)
             state = (p.TS_PENDING_ARGS_AVAIL if spec.kind == p.TASK_ACTOR_METHOD
                      else p.TS_PENDING_NODE_ASSIGNMENT)
-            events.append(p.TaskEvent(spec.task_id, 0, state, at, info))
+            events.append(p.TaskEvent(spec.task_id, 0, state, at + to_wall, info))
         return events
 
     def stamp(self, task: PendingTask) -> None:
         """(task events) Note when ``task`` was submitted, and from which task."""
-        task.since = _time()
         if self._worker.mode == "worker":
             task.parent = self._worker.current_task_id()
+        task.since = _monotonic()       # (a flush may look at it from now on)
 
     def resolve_owned_args_locked(self, task: PendingTask):
         """(lock held) Turn refs to our own objects into values or store ids.
