@@ -221,12 +221,6 @@ def _opt_peer_address(value: list) -> None:
         _peer_address(value)
 
 
-_peer_address.fast = ("(len({x}) == 4 and type({x}[0]) is str and {x}[0] in _good_endpoints"
-                      " and type({x}[1]) is bytes and len({x}[1]) == 16"
-                      " and type({x}[2]) is int and 0 <= {x}[2] < 2147483648"
-                      " and type({x}[3]) is bytes and len({x}[3]) == 16)")
-
-
 def _task_spec_fields(value: list) -> None:
     task_spec(value)
 
