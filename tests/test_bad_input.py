@@ -533,3 +533,27 @@ def test_a_field_not_of_its_kind_is_refused_naming_it(name, field, value):
     with pytest.raises(p.ProtocolError) as info:
         p.decode(msgpack.packb([message.CODE, *message], use_bin_type=True))
     assert f"{name}.{field}" in str(info.value), str(info.value)
+
+
+def test_a_client_of_an_address_that_does_not_parse_leaves_no_socket_behind(monkeypatch):
+    """``RpcClient`` (and ``sockets.dealer``) given an endpoint ZeroMQ cannot
+    parse raise ZMQError and close the socket and the connection watch they
+    made: a caller retrying bad addresses does not pile up sockets."""
+    from zray.broker import rpc, sockets
+    made = []
+    real = sockets._socket
+    monkeypatch.setattr(sockets, "_socket", lambda kind: made.append(real(kind)) or made[-1])
+    watches = []
+    real_watch = rpc._ConnectionWatch
+
+    class Watch(real_watch):
+        def __init__(self, sock):
+            super().__init__(sock)
+            watches.append(self)
+    monkeypatch.setattr(rpc, "_ConnectionWatch", Watch)
+    with pytest.raises(zmq.ZMQError):
+        RpcClient("tcp://256.1.1.1:not-a-port")
+    with pytest.raises(zmq.ZMQError):
+        sockets.dealer("nonsense://x")
+    assert len(made) == 2 and all(sock.closed for sock in made)
+    assert len(watches) == 1 and watches[0]._mon.closed

@@ -111,6 +111,40 @@ def test_failed_task_reports_error_type_and_the_users_traceback(cluster):
     assert row["events"][-1]["state"] == "FAILED"
 
 
+def test_a_failure_of_the_reporting_itself_never_fails_a_call_or_ends_the_actor(cluster):
+    """With its reporter broken (registering an info and noting an end
+    raise), an actor's calls still return, a user error still reaches the
+    caller as the user's, and the actor lives on in the same process."""
+    @zray.remote
+    class Fragile:
+        def break_reporting(self):
+            reporter = global_state.worker.task_events
+
+            def broken(*args):
+                raise RuntimeError("a broken reporter")
+            reporter.info_index = broken    # a method not called yet cannot start
+            reporter.running = None         # no end can be noted
+            return os.getpid()
+
+        def add_one(self, x):
+            return x + 1
+
+        def fails(self):
+            raise ValueError("the user's own error")
+
+        def pid(self):
+            return os.getpid()
+
+    actor = Fragile.remote()
+    pid = zray.get(actor.break_reporting.remote(), timeout=60)
+    assert zray.get(actor.add_one.remote(1), timeout=60) == 2
+    with pytest.raises(zray.exceptions.RayTaskError, match="the user's own error"):
+        zray.get(actor.fails.remote(), timeout=60)
+    assert zray.get(actor.add_one.remote(2), timeout=60) == 3
+    assert zray.get(actor.pid.remote(), timeout=60) == pid
+    zray.kill(actor)
+
+
 def test_cancelled_task_is_failed_with_task_cancelled(cluster):
     @zray.remote
     def slow():
@@ -301,6 +335,37 @@ def test_malformed_task_events_are_dropped_and_the_gcs_keeps_serving(cluster):
     assert _gcs().call(p.Ping()) == p.Ack()
 
 
+def test_packed_records_make_the_rows_their_fields_would():
+    """A batch's packed records (an executor's ends) make the same rows as
+    the same events sent as fields; a record with a state that is none is
+    dropped and counted, the others are applied."""
+    info = {"name": "A.f", "type": p.TASK_ACTOR_METHOD, "job_id": b"\0\0\0\1",
+            "actor_id": b"a" * 16}
+    ends = [(i.to_bytes(16, "big"), i % 2, p.TS_FINISHED if i % 3 else p.TS_FAILED,
+             2.0 + i, info if i % 4 else None, 1.0 + i) for i in range(12)]
+    ends.append((b"r" * 16, 0, p.TS_RUNNING, 5.0, info, None))
+    # one of them ended before: the record finishes a row RUNNING made
+    running = (ends[5][0], ends[5][1], p.TS_RUNNING, 1.5, info, None)
+
+    def rows(table):
+        return sorted(table.query(0, {}), key=lambda r: r["task_id"])
+
+    as_fields = TaskEventManager(max_rows=100)
+    as_fields.add(task_batch(b"w" * 16, b"n" * 16, 7, [list(running)], 0))
+    as_fields.add(task_batch(b"w" * 16, b"n" * 16, 7, [list(e) for e in ends], 0))
+    as_records = TaskEventManager(max_rows=100)
+    as_records.add(task_batch(b"w" * 16, b"n" * 16, 7, [list(running)], 0))
+    records = b"".join(p.TASK_EVENT_RECORD.pack(
+        task_id, attempt, state, time_s, float("nan") if start is None else start,
+        -1 if event_info is None else 3)
+        for task_id, attempt, state, time_s, event_info, start in ends)
+    junk = p.TASK_EVENT_RECORD.pack(b"j" * 16, 0, 9, 2.0, 1.0, 3)     # no state 9
+    as_records.add(p.AddTaskEvents(b"w" * 16, b"n" * 16, 7, p.pack_task_events(
+        [], records + junk, {3: info}), len(ends) + 1, 0))
+    assert rows(as_records) == rows(as_fields) and len(rows(as_fields)) == 13
+    assert as_records.dropped_events == 1 and as_fields.dropped_events == 0
+
+
 # ------------------------------------------------------------ the table bound
 
 def test_table_bound_drops_the_oldest_rows_and_counts_them():
@@ -344,6 +409,10 @@ def test_a_batch_carries_each_info_once_and_its_events_get_them_back():
                       (msgpack.packb([b"t" * 16, 0, 4, 2.0, None, None]), "msgpack"),
                       (msgpack.packb([[], [], record[:-1], {}]), "whole 41-byte records"),
                       (msgpack.packb([[], [], record, {2: shared}]), "record infos"),
+                      (msgpack.packb([[], [], p.TASK_EVENT_RECORD.pack(
+                          b"t" * 16, 0, 4, 2.0, 1.0, 1 << 16 | 3), {3: shared}]), "record infos"),
+                      (msgpack.packb([[], [], p.TASK_EVENT_RECORD.pack(
+                          b"t" * 16, 0, 4, 2.0, 1.0, -2), {}]), "record infos"),
                       (msgpack.packb([[], [], record, []]), "msgpack"),
                       (b"\xc1", "msgpack")):
         with pytest.raises(p.ProtocolError, match=why):
@@ -460,7 +529,7 @@ def test_an_executors_events_name_registered_infos_and_arrive_whole(tmp_path):
         assert reporter.info_index(("f", b"\0\0\0\1", b""), {"other": 1}) == index
         ids = [i.to_bytes(16, "big") for i in range(5)]
         for task_id in ids:
-            reporter.started(task_id, 0, None, index)
+            reporter.started(task_id, 0, index)
         reporter.ended(ids[0], 0, p.TS_FINISHED)
         reporter.ended(ids[1], 0, p.TS_FAILED, {"error_type": "TASK_EXECUTION_EXCEPTION",
                                                 "error_message": "boom"})
@@ -474,14 +543,14 @@ def test_an_executors_events_name_registered_infos_and_arrive_whole(tmp_path):
                                        "error_message": "boom"}
         assert {events[i].state for i in ids[2:]} == {p.TS_RUNNING}
         assert all(events[i].info == info for i in ids[2:])
-        reporter.started(b"b" * 16, 1 << 33, None, index)      # an attempt a record cannot hold
+        reporter.started(b"b" * 16, 1 << 33, index)      # an attempt a record cannot hold
         reporter.finished(b"b" * 16, 1 << 33)
         reporter.flush()
         [big] = p.unpack_task_events(sent[-1].events)
         assert (big.attempt, big.state, big.info) == (1 << 33, p.TS_FINISHED, info)
         reporter.max_buffered = 3
         for i in range(10, 20):
-            reporter.started(i.to_bytes(16, "big"), 0, None, index)
+            reporter.started(i.to_bytes(16, "big"), 0, index)
             reporter.ended(i.to_bytes(16, "big"), 0, p.TS_FINISHED)
         reporter.flush()
         kept = p.unpack_task_events(sent[-1].events)

@@ -1886,10 +1886,23 @@ def pack_task_events(fields: list, records: bytes = b"", record_infos: dict | No
 def unpack_task_events(blob: bytes) -> list:
     """The TaskEvents in an ``AddTaskEvents.events`` blob, each info an entry
     of the batch's infos (shared by the events that had it), the other fields
-    not checked yet; ProtocolError if the blob is not ``[infos, fields,
-    records, record_infos]`` (or the first two alone) with
-    ``TASK_EVENT_FIELDS`` fields per event and whole records, or an info
-    index is not one."""
+    not checked yet; ProtocolError as ``unpack_task_event_batch`` says."""
+    events, records, record_infos = unpack_task_event_batch(blob)
+    for task_id, attempt, state, time_s, start_s, info in TASK_EVENT_RECORD.iter_unpack(records):
+        events.append(TaskEvent(task_id, attempt, state, time_s,
+                                None if info == -1 else record_infos[info],
+                                None if start_s != start_s else start_s))    # NaN: none
+    return events
+
+
+def unpack_task_event_batch(blob: bytes) -> tuple[list, bytes, dict]:
+    """An ``AddTaskEvents.events`` blob as ``(events, records,
+    record_infos)``: the TaskEvents of its fields (each info an entry of the
+    batch's infos, the other fields not checked yet), and its packed
+    records, each one's info index -1 or a key of ``record_infos`` (checked
+    here). ProtocolError if the blob is not ``[infos, fields, records,
+    record_infos]`` (or the first two alone) with ``TASK_EVENT_FIELDS``
+    fields per event and whole records, or an info index is not one."""
     try:
         infos, fields, *packed = msgpack.unpackb(blob, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several types for junk
@@ -1915,17 +1928,17 @@ def unpack_task_events(blob: bytes) -> list:
                                     f"not an index of the batch's {len(infos)} infos")
             one[_INFO] = infos[info]
         events.append(TaskEvent(*one))
-    for task_id, attempt, state, time_s, start_s, info in TASK_EVENT_RECORD.iter_unpack(records):
-        if info != -1:
-            if info not in record_infos:
-                raise ProtocolError(f"task event record: info {info} is not one of the "
-                                    f"batch's {len(record_infos)} record infos")
-            info = record_infos[info]
-        else:
-            info = None
-        events.append(TaskEvent(task_id, attempt, state, time_s, info,
-                                None if start_s != start_s else start_s))    # NaN: none
-    return events
+    size = TASK_EVENT_RECORD.size
+    # the info indexes named: two low bytes of an int32 (little end) whose
+    # high bytes are 0, or -1 (all 0xff); anything else is not a key either
+    named = set(zip(records[size - 4::size], records[size - 3::size],
+                    records[size - 2::size], records[size - 1::size]))
+    for low, high, b2, b3 in named:
+        index = int.from_bytes(bytes((low, high, b2, b3)), "little", signed=True)
+        if index != -1 and index not in record_infos:
+            raise ProtocolError(f"task event record: info {index} is not one of the "
+                                f"batch's {len(record_infos)} record infos")
+    return events, records, record_infos
 
 
 def message_types() -> dict[int, type]:

@@ -208,8 +208,13 @@ class RpcClient:
             # before the connection is made: a handshake done before the
             # monitor was attached would leave the client "away" forever
             self._watch = _ConnectionWatch(sock)
-        self._sock = sockets.dealer(endpoint,
-                                    before_connect=watch if endpoint.startswith("tcp://") else None)
+        try:
+            self._sock = sockets.dealer(
+                endpoint, before_connect=watch if endpoint.startswith("tcp://") else None)
+        except BaseException:
+            if self._watch is not None:
+                self._watch.close()
+            raise
         self._ids = itertools.count(1)
         self._pid = os.getpid()
         #: set (to an exception) once the server is known dead: calls under

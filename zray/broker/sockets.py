@@ -107,13 +107,19 @@ def inbox_router(endpoint: str) -> tuple[zmq.Socket, str]:
 def dealer(endpoint: str, identity: bytes | None = None, before_connect=None) -> zmq.Socket:
     """DEALER connected to a ROUTER (client side of request/reply, or one-way);
     ``before_connect(sock)`` runs first (a monitor attached then sees every
-    event of the connection, however fast it is made)."""
+    event of the connection, however fast it is made). Raises
+    ``zmq.ZMQError`` for an endpoint that does not parse, leaving no socket
+    behind (the caller closes what ``before_connect`` made)."""
     sock = _socket(zmq.DEALER)
-    if identity:
-        sock.setsockopt(zmq.IDENTITY, identity)
-    if before_connect is not None:
-        before_connect(sock)
-    return _connect(sock, endpoint)
+    try:
+        if identity:
+            sock.setsockopt(zmq.IDENTITY, identity)
+        if before_connect is not None:
+            before_connect(sock)
+        return _connect(sock, endpoint)
+    except BaseException:
+        sock.close(linger=0)
+        raise
 
 
 #: events queued for one subscriber that does not take them (stopped, on a

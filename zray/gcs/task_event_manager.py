@@ -45,6 +45,9 @@ _BATCH_OVERHEAD = 200
 COMPLAINT_INTERVAL_S = 10.0
 
 
+_iter_records = p.TASK_EVENT_RECORD.iter_unpack
+
+
 def _batch_bytes(msg: p.AddTaskEvents) -> int:
     """What a waiting batch holds in memory, about."""
     return len(msg.events) + len(msg.worker_id) + len(msg.node_id) + _BATCH_OVERHEAD
@@ -59,7 +62,8 @@ def _ms(seconds) -> int | None:
 
 
 class _Row:
-    """One task (compact: the table holds up to 100,000 of these)."""
+    """One task (compact: the table holds up to 100,000 of these). A row
+    made by ``TaskEventManager._new_ended`` sets each field itself."""
     __slots__ = ("task_id", "attempt", "state", "name", "job_id", "actor_id", "type",
                  "node_id", "worker_id", "worker_pid", "created", "start", "end",
                  "error_type", "error_message", "history", "resources", "parent")
@@ -77,6 +81,11 @@ class _Row:
         self.history: list = []         # [state, time_s, state, time_s, ...]
         self.resources = None
         self.parent = None
+
+
+#: (name, job_id, actor_id, type, resources, parent, error_type,
+#: error_message) of a row no info described yet: _Row's defaults
+_NO_INFO = ("", b"", b"", p.TASK_NORMAL, None, None, None, None)
 
 
 # How a filter reads each public field off a row (without building the row's dict).
@@ -164,46 +173,71 @@ class TaskEventManager:
         self.waiting -= count
         self._waiting_bytes -= _batch_bytes(msg)
         try:
-            events = p.unpack_task_events(msg.events)
+            events, records, record_infos = p.unpack_task_event_batch(msg.events)
         except p.ProtocolError as exc:
             self.dropped_events += count
             self._complain("dropped a batch of task events from worker %r: %s",
                            msg.worker_id.hex(), exc)
             return
-        changed = self.changed
-        rows = self.rows
         bad = 0
-        apply = self._apply
-        where = None            # (node id, worker id) of the batch, interned once
         for event in events:
             task_id, attempt, state = event.task_id, event.attempt, event.state
             time_s, info, start = event.time_s, event.info, event.start_s
             if type(task_id) is not bytes or type(attempt) is not int or attempt < 0 \
                     or type(state) is not int or not 0 <= state < 6 \
-                    or type(time_s) is not float:
+                    or type(time_s) is not float \
+                    or not self._apply_event(task_id, attempt, state, time_s, info,
+                                             start if type(start) is float else None, msg):
+                bad += 1
+        # the packed records (their fields' types are the record's): most are
+        # a short task's one event, a new row
+        changed = self.changed
+        rows = self.rows
+        new_ended = self._new_ended
+        where = None            # (node id, worker id) of the batch, interned once
+        for task_id, attempt, state, time_s, start, info in _iter_records(records):
+            info = None if info == -1 else record_infos[info]
+            if state > 5:
                 bad += 1
                 continue
-            if info is not None and type(info) is not dict:
-                info = None
-            try:
-                if start is not None and state >= 4 and type(start) is float:
-                    if task_id not in rows:
-                        # the common case: a short task its executor reports once
-                        if where is None:
-                            where = (self._intern(msg.node_id), self._intern(msg.worker_id))
-                        changed[task_id] = self._new_ended(task_id, attempt, state, start,
-                                                           time_s, info, where, msg.pid)
-                        continue
-                    # RUNNING, then the end with the info (read after RUNNING
-                    # moved the row to a new attempt, which clears its error)
-                    apply(task_id, attempt, 3, start, None, msg)
-                changed[task_id] = apply(task_id, attempt, state, time_s, info, msg)
-            except (TypeError, ValueError):     # junk inside info
+            if start != start:              # NaN: none
+                start = None
+            elif state >= 4 and task_id not in rows and (info is None or type(info) is dict):
+                if where is None:
+                    where = (self._intern(msg.node_id), self._intern(msg.worker_id))
+                try:
+                    changed[task_id] = new_ended(task_id, attempt, state, start, time_s, info,
+                                                 where, msg.pid)
+                except (TypeError, ValueError):     # junk inside info
+                    bad += 1
+                continue
+            if not self._apply_event(task_id, attempt, state, time_s, info, start, msg):
                 bad += 1
         if bad:
             self.dropped_events += bad
             self._complain("dropped %d malformed task event(s) from worker %r", bad,
                            msg.worker_id.hex())
+
+    def _apply_event(self, task_id, attempt, state, time_s, info, start, msg) -> bool:
+        """Apply one event of ``msg`` (its fields' types checked; ``start``
+        a float or None); False if junk inside its info refused it."""
+        if info is not None and type(info) is not dict:
+            info = None
+        try:
+            if start is not None and state >= 4:
+                if task_id not in self.rows:
+                    # the common case: a short task its executor reports once
+                    self.changed[task_id] = self._new_ended(
+                        task_id, attempt, state, start, time_s, info,
+                        (self._intern(msg.node_id), self._intern(msg.worker_id)), msg.pid)
+                    return True
+                # RUNNING, then the end with the info (read after RUNNING
+                # moved the row to a new attempt, which clears its error)
+                self._apply(task_id, attempt, 3, start, None, msg)
+            self.changed[task_id] = self._apply(task_id, attempt, state, time_s, info, msg)
+        except (TypeError, ValueError):     # junk inside info
+            return False
+        return True
 
     def _complain(self, *args) -> None:
         """Log a dropped batch or event at most once per COMPLAINT_INTERVAL_S
@@ -286,33 +320,44 @@ class TaskEventManager:
     def _new_ended(self, task_id, attempt, state, start, end, info, where, pid) -> _Row:
         """A new row for a task that ran from ``start`` and ended in ``state``
         at ``end``: what ``_apply`` of RUNNING, then of the end, makes of it."""
-        row = self._new_row(task_id)
-        row.created = row.start = start
-        row.history = [3, start, state, end]
-        if info:
-            fresh = self._fresh_info
-            if fresh is not None and (info is fresh[0] or info == fresh[0]):
-                _, row.name, row.job_id, row.actor_id, row.type, row.resources, \
-                    row.parent, row.error_type, row.error_message = fresh
-            else:
-                self._take_info(row, info)
-                self._fresh_info = (info, row.name, row.job_id, row.actor_id, row.type,
-                                    row.resources, row.parent, row.error_type,
-                                    row.error_message)
+        row = _Row.__new__(_Row)            # every field set here, once
+        row.task_id = task_id
         row.attempt = attempt
         row.state = state
         row.node_id, row.worker_id = where
         row.worker_pid = pid
+        row.created = row.start = start
         row.end = end
+        row.history = [3, start, state, end]
+        fresh = self._fresh_info
+        if not info:
+            row.name, row.job_id, row.actor_id, row.type, row.resources, row.parent, \
+                row.error_type, row.error_message = _NO_INFO
+        elif fresh is not None and (info is fresh[0] or info == fresh[0]):
+            _, row.name, row.job_id, row.actor_id, row.type, row.resources, \
+                row.parent, row.error_type, row.error_message = fresh
+        else:
+            row.name, row.job_id, row.actor_id, row.type, row.resources, row.parent, \
+                row.error_type, row.error_message = _NO_INFO
+            self._take_info(row, info)
+            self._fresh_info = (info, row.name, row.job_id, row.actor_id, row.type,
+                                row.resources, row.parent, row.error_type,
+                                row.error_message)
+        self._add_row(task_id, row)
         return row
 
     def _new_row(self, task_id: bytes) -> _Row:
         """A new row, the newest; the oldest goes when the table is full."""
-        row = self.rows[task_id] = _Row(task_id)
-        if len(self.rows) > self.max_rows:
-            self.rows.popitem(last=False)
-            self.dropped_rows += 1
+        row = _Row(task_id)
+        self._add_row(task_id, row)
         return row
+
+    def _add_row(self, task_id: bytes, row: _Row) -> None:
+        rows = self.rows
+        rows[task_id] = row
+        if len(rows) > self.max_rows:
+            rows.popitem(last=False)
+            self.dropped_rows += 1
 
     def _intern(self, value: bytes) -> bytes:
         """One object per distinct id (ids of jobs, actors, nodes and workers

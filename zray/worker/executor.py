@@ -17,6 +17,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 import traceback
 
 import zmq
@@ -30,7 +31,9 @@ from .._private.session import actor_ipc
 from . import global_state, serialization
 from .core_worker import GEN_DONE_INDEX, CoreWorker
 from .held_replies import HeldReplies
-from .task_events import MAX_ERROR_CHARS, error_info
+from .task_events import MAX_ERROR_CHARS, error_info, reporting_failed
+
+_time = time.time
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +92,10 @@ class Executor:
         self.main_thread = threading.get_ident()
         self.cancel_requested = None
         self.events = self.cw.task_events
-        #: (function, job, actor) -> (event info, -1) or (None, its registered index)
-        self._call_infos: dict[tuple, tuple] = {}
+        #: function name -> (job id, actor id, its event info's index or the info)
+        self._call_infos: dict[str, tuple] = {}
+        #: ``events.started(task_id, attempt, info)``, one call the cheaper
+        self._note_running = self.events.running.__setitem__
         self._direct = None             # ROUTER for direct calls (see _direct_sock)
         self.leased_by = None           # the lease this worker serves, if any
         self.cancelled_early: set[bytes] = set()    # lease tasks cancelled before they ran
@@ -140,24 +145,27 @@ class Executor:
     def run_call(self, spec: p.TaskSpec, fn) -> None:
         """Resolve the arguments, call ``fn``, send the results to the owner."""
         self._enter(spec)
+        events = self.events
         try:
             try:
                 args, kwargs = self._resolve_args(spec)
-                if self.events.enabled:
+                if events.enabled:
                     self._running(spec)
                 if spec.num_returns == p.STREAMING:
                     error = self._run_generator(spec, fn, args, kwargs)
-                    if self.events.enabled:
+                    if events.enabled:
                         self._ended(spec, error)
                     return
                 result = fn(*args, **kwargs)
                 del args, kwargs
-                returns = self._finished(spec, result)
+                returns = self._returns_of(spec, result)
+                if events.enabled:
+                    events.finished(spec.task_id, spec.attempt)
             except ActorExit:
                 self._exited(spec)
                 raise
             except BaseException as err:     # noqa: BLE001 — reported to the owner
-                if self.events.enabled:
+                if events.enabled:
                     self._ended(spec, err)
                 if spec.num_returns == p.STREAMING:
                     return self._send_stream_error(spec, self._error_blob(spec, err))
@@ -169,32 +177,27 @@ class Executor:
     async def run_call_async(self, spec: p.TaskSpec, fn) -> None:
         """``run_call`` for an ``async def`` method, on the actor's event loop."""
         self._enter(spec)
+        events = self.events
         try:
             try:
                 args, kwargs = self._resolve_args(spec)
-                if self.events.enabled:
+                if events.enabled:
                     self._running(spec)
                 result = await fn(*args, **kwargs)
                 del args, kwargs
-                returns = self._finished(spec, result)
+                returns = self._returns_of(spec, result)
+                if events.enabled:
+                    events.finished(spec.task_id, spec.attempt)
             except ActorExit:
                 self._exited(spec)
                 self._exit_actor()
             except BaseException as err:     # noqa: BLE001 — reported to the owner
-                if self.events.enabled:
+                if events.enabled:
                     self._ended(spec, err)
                 returns = self._error_returns(spec, err)
             self._send_returns(spec, returns)
         finally:
             self._leave()
-
-    def _finished(self, spec, result) -> list:
-        """The returns of a call that returned ``result`` (noted as finished)."""
-        returns = self._returns_of(spec, result)
-        events = self.events
-        if events.enabled:
-            events.finished(spec.task_id, spec.attempt)
-        return returns
 
     def _exited(self, spec) -> None:
         """The call ran exit_actor(): its owner gets ActorDiedError."""
@@ -208,38 +211,52 @@ class Executor:
 
     def _running(self, spec) -> None:
         """Note that ``spec`` starts running, with what it is (its owner may
-        never report it): one shared info dict per function, job and actor;
-        an actor call's name is ``Class.method``."""
-        key = (spec.function_name, spec.job_id, spec.actor_id)
-        known = self._call_infos.get(key)
-        if known is None:
-            if len(self._call_infos) > 10_000:
-                self._call_infos.clear()
-            name = spec.function_name
-            if spec.kind == p.TASK_ACTOR_METHOD:
-                cls = getattr(getattr(self, "actor_spec", None), "function_name", "Actor")
-                name = f"{cls}.{spec.method_name}"
-            info = {"name": name, "type": spec.kind, "job_id": spec.job_id}
-            if spec.actor_id:
-                info["actor_id"] = spec.actor_id
-            index = self.events.info_index(key, info)
-            known = self._call_infos[key] = (None, index) if index >= 0 else (info, -1)
-        info, index = known
-        self.events.started(spec.task_id, spec.attempt, info, index)
+        never report it): ``events.started`` with the call's info,
+        registered once per function, job and actor. Never raises."""
+        try:
+            known = self._call_infos.get(spec.function_name)
+            if known is None or known[0] != spec.job_id or known[1] != spec.actor_id:
+                known = self._call_info(spec)
+            self._note_running(spec.task_id, (spec.attempt, _time(), known[2]))
+        except Exception:       # noqa: BLE001 — logged: reporting never fails a task
+            reporting_failed("a task's start")
+
+    def _call_info(self, spec) -> tuple:
+        """``(job id, actor id, info)`` of ``spec``'s calls, ``info`` the
+        index the reporter registered it under (or the dict itself when too
+        many are): one info per function, job and actor; an actor call's
+        name is ``Class.method``."""
+        if len(self._call_infos) > 10_000:
+            self._call_infos.clear()
+        name = spec.function_name
+        if spec.kind == p.TASK_ACTOR_METHOD:
+            cls = getattr(getattr(self, "actor_spec", None), "function_name", "Actor")
+            name = f"{cls}.{spec.method_name}"
+        info = {"name": name, "type": spec.kind, "job_id": spec.job_id}
+        if spec.actor_id:
+            info["actor_id"] = spec.actor_id
+        index = self.events.info_index((spec.function_name, spec.job_id, spec.actor_id), info)
+        known = self._call_infos[spec.function_name] = (
+            spec.job_id, spec.actor_id, index if index >= 0 else info)
+        return known
 
     def _ended(self, spec, err) -> None:
         """Note that ``spec`` finished (``err`` None) or failed with ``err``
-        (its message: the user's traceback when user code raised it)."""
-        if err is None:
-            self.events.ended(spec.task_id, spec.attempt, p.TS_FINISHED)
-            return
-        info = error_info(err)
-        tb = err.__traceback__
-        if not isinstance(err, exc.RayError) and tb is not None:
-            # the user's frames: the first one is run_call's own
-            text = "".join(traceback.format_exception(type(err), err, tb.tb_next or tb))
-            info["error_message"] = text[-MAX_ERROR_CHARS:]
-        self.events.ended(spec.task_id, spec.attempt, p.TS_FAILED, info)
+        (its message: the user's traceback when user code raised it). Never
+        raises."""
+        try:
+            if err is None:
+                self.events.ended(spec.task_id, spec.attempt, p.TS_FINISHED)
+                return
+            info = error_info(err)
+            tb = err.__traceback__
+            if not isinstance(err, exc.RayError) and tb is not None:
+                # the user's frames: the first one is run_call's own
+                text = "".join(traceback.format_exception(type(err), err, tb.tb_next or tb))
+                info["error_message"] = text[-MAX_ERROR_CHARS:]
+            self.events.ended(spec.task_id, spec.attempt, p.TS_FAILED, info)
+        except Exception:       # noqa: BLE001 — logged: reporting never fails a task
+            reporting_failed("a task's end")
 
     def _leave(self) -> None:
         self.current = None
@@ -314,7 +331,7 @@ class Executor:
                 self.events.started(spec.task_id, spec.attempt)
             self.instance = cls(*args, **kwargs)
             if self.events.enabled:
-                self.events.ended(spec.task_id, spec.attempt, p.TS_FINISHED)
+                self._ended(spec, None)
         except BaseException as err:     # noqa: BLE001 — reported through the GCS
             if self.events.enabled:
                 self._ended(spec, err)

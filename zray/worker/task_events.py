@@ -11,9 +11,11 @@ Events wait as their fields, one after another (``p.TASK_EVENT_FIELDS``
 each) in a deque, not as a tuple each: a million waiting tuples would keep
 the garbage collector busy in the task's own process. The commonest event,
 an executor's end of a task it saw start, waits packed instead
-(``p.TASK_EVENT_RECORD``, 41 bytes in a bytearray, its info an index of the
-infos the executor registered): it keeps no object alive until the flush,
-which sends the bytes as they are.
+(``p.TASK_EVENT_RECORD``, 41 bytes, its info an index of the infos the
+executor registered): it keeps no object the garbage collector tracks alive
+until the flush, which sends the records joined as they are. (A list of
+small bytes, not one bytearray: a bytearray that grows to megabytes and is
+emptied each second costs thousands of fresh pages a second.)
 
 A short task costs one event: its executor reports it once it ended (what
 it is, when it started and ended, where). The owner reports a task it
@@ -95,6 +97,22 @@ def error_info(error) -> dict:
     return {"error_type": kind, "error_message": text}
 
 
+#: a failure of the reporting itself is logged at most once in this many seconds
+FAILURE_LOG_INTERVAL_S = 60.0
+_failure_logged = [-FAILURE_LOG_INTERVAL_S]
+
+
+def reporting_failed(what: str) -> None:
+    """(in an ``except`` block) Log that noting a task event failed, with
+    its traceback, at most once per FAILURE_LOG_INTERVAL_S: the event is
+    lost, the task and its process go on as if reporting were off."""
+    now = time.monotonic()
+    if now - _failure_logged[0] >= FAILURE_LOG_INTERVAL_S:
+        _failure_logged[0] = now
+        log.exception("task events: noting %s failed (the event is lost; the task goes on)",
+                      what)
+
+
 def _nothing_waits(since: float, limit: int) -> list:
     """``waiting_events`` of a process that owns no tasks."""
     return []
@@ -116,8 +134,9 @@ class TaskEventReporter:
         self.node_id = node_id
         self.pid = pid
         self.events: collections.deque = collections.deque()
-        self.running: dict = {}     # task id -> (attempt, start, info, info index): started()
-        self.records = bytearray()  # packed events (p.TASK_EVENT_RECORD): finished()
+        #: (executor) task id -> (attempt, start, info or its index): started()
+        self.running: dict = {}
+        self.records: list = []     # packed events (p.TASK_EVENT_RECORD), each bytes: finished()
         self._record_infos: list = []   # registered infos, by index: see info_index()
         self._record_keys: dict = {}    # their keys -> index
         #: (owner) ``waiting_events(since, limit)``: a TaskEvent for each
@@ -152,24 +171,29 @@ class TaskEventReporter:
                     index = self._record_keys[key] = len(self._record_infos) - 1
         return index
 
-    def started(self, task_id: bytes, attempt: int, info=None, info_index: int = -1) -> None:
-        """(executor) The task starts running now, as ``info`` says (or as
-        the registered info ``info_index`` says). It is reported with its
+    def started(self, task_id: bytes, attempt: int, info=None) -> None:
+        """(executor) The task starts running now, as ``info`` says: a dict,
+        or the index ``info_index`` gave for one. It is reported with its
         end, in one event; or as RUNNING by a flush that finds it still
-        running (so a long task shows as running while it runs)."""
-        if attempt > _MAX_PACKED_ATTEMPT and info_index >= 0:    # too big for a record
-            info, info_index = self._record_infos[info_index], -1
-        self.running[task_id] = (attempt, _time(), info, info_index)
+        running (so a long task shows as running while it runs). The same
+        as ``running[task_id] = (attempt, time.time(), info)``, which the
+        executor's hot path does itself."""
+        self.running[task_id] = (attempt, _time(), info)
 
     def finished(self, task_id: bytes, attempt: int) -> None:
         """(executor) ``ended(task_id, attempt, TS_FINISHED)``, its common case
-        (a task started with a registered info) first."""
-        begun = self.running.pop(task_id, None)
-        if begun is not None and begun[3] >= 0:
-            self.records.extend(_pack_record(task_id, begun[0], _FINISHED, _time(), begun[1],
-                                             begun[3]))
-            return
-        self._end(begun, task_id, attempt, _FINISHED, None)
+        (a task started with a registered info) first. Never raises (see
+        ``reporting_failed``)."""
+        try:
+            begun = self.running.pop(task_id, None)
+            if begun is not None and begun[2].__class__ is int \
+                    and begun[0] <= _MAX_PACKED_ATTEMPT:
+                self.records.append(_pack_record(task_id, begun[0], _FINISHED, _time(),
+                                                 begun[1], begun[2]))
+                return
+            self._end(begun, task_id, attempt, _FINISHED, None)
+        except Exception:       # noqa: BLE001 — logged: reporting never fails a task
+            reporting_failed("a task's end")
 
     def ended(self, task_id: bytes, attempt: int, state: int, info=None) -> None:
         """(executor) The task finished or failed (``info``: the error)."""
@@ -180,13 +204,13 @@ class TaskEventReporter:
         if begun is None:
             self.events.extend((task_id, attempt, state, _time(), info, None))   # a TaskEvent
             return
-        attempt, start, known, index = begun
-        if index >= 0:
-            if info is None:        # the common end: packed, as the registered info says
-                self.records.extend(_pack_record(task_id, attempt, state, _time(), start,
-                                                 index))
+        attempt, start, known = begun
+        if known.__class__ is int:
+            if info is None and attempt <= _MAX_PACKED_ATTEMPT:    # packed, as registered
+                self.records.append(_pack_record(task_id, attempt, state, _time(), start,
+                                                 known))
                 return
-            known = self._record_infos[index]
+            known = self._record_infos[known]
         if info is None:
             info = known
         elif known:
@@ -239,21 +263,21 @@ class TaskEventReporter:
 
     def _take_records(self, limit: int) -> tuple:
         """The packed events recorded so far (the newest ``limit``; those
-        before are dropped), taken, and the registered infos they name, by
-        index."""
+        before are dropped), taken and joined, and the registered infos they
+        name, by index."""
         records = self.records
-        size = len(records)         # whole records: extend() puts one at once
-        if not size:
+        count = len(records)
+        if not count:
             return b"", {}
-        taken = records[:size]
-        del records[:size]          # (records appended meanwhile stay)
-        extra = size // _RECORD_SIZE - limit
-        if extra > 0:               # the GCS was slow to take them: keep the newest
-            del taken[:extra * _RECORD_SIZE]
-            self.dropped += extra
+        taken = records[:count]
+        del records[:count]         # (records appended meanwhile stay)
+        if count > limit:           # the GCS was slow to take them: keep the newest
+            del taken[:count - limit]
+            self.dropped += count - limit
+        joined = b"".join(taken)
         infos = self._record_infos
-        named = set(zip(taken[_INFO_AT::_RECORD_SIZE], taken[_INFO_AT + 1::_RECORD_SIZE]))
-        return taken, {low | high << 8: infos[low | high << 8] for low, high in named}
+        named = set(zip(joined[_INFO_AT::_RECORD_SIZE], joined[_INFO_AT + 1::_RECORD_SIZE]))
+        return joined, {low | high << 8: infos[low | high << 8] for low, high in named}
 
     def _report_waiting(self, since: float) -> None:
         """Queue the events ``waiting_events`` gives: tasks waiting since
@@ -270,11 +294,11 @@ class TaskEventReporter:
         if reported:
             reported.intersection_update(live)
         extend = self.events.extend
-        for task_id, (attempt, start, info, info_index) in live.items():
+        for task_id, (attempt, start, info) in live.items():
             if task_id not in reported and start <= since:
                 reported.add(task_id)
-                if info is None and info_index >= 0:
-                    info = self._record_infos[info_index]
+                if info.__class__ is int:
+                    info = self._record_infos[info]
                 extend(p.TaskEvent(task_id, attempt, p.TS_RUNNING, start, info))
 
     def _send(self, message) -> bool:
