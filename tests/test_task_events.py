@@ -560,12 +560,41 @@ def test_an_executors_events_name_registered_infos_and_arrive_whole(tmp_path):
         reporter._sock.close(linger=0)
 
 
+def test_a_busy_executors_packed_events_go_before_the_interval_in_small_batches(tmp_path):
+    """Between flushes, a tick of the I/O thread sends the packed events once
+    EARLY_BATCH_RECORDS piled up (only them: the metrics and the RUNNING and
+    waiting reports keep to the interval); fewer wait for the interval."""
+    from zray.worker import task_events
+    reporter = TaskEventReporter(f"ipc://{tmp_path}/nobody", b"w" * 16, b"n" * 16, 1)
+    sent = []
+    reporter._send = lambda message: sent.append(message) or True
+    reporter.sources.append(lambda: pytest.fail("metrics collected before the interval"))
+    index = reporter.info_index(("f", b"\0\0\0\1", b""), {"name": "f"})
+    now = time.monotonic()
+    try:
+        def run(first, count):
+            for i in range(first, first + count):
+                reporter.started(i.to_bytes(16, "big"), 0, index)
+                reporter.finished(i.to_bytes(16, "big"), 0)
+        reporter.started(b"long" * 4, 0, index)        # runs on: reported at the interval
+        run(0, task_events.EARLY_BATCH_RECORDS - 1)
+        reporter.maybe_flush(now)
+        assert not sent                                 # too few: they wait
+        run(10_000, 1)
+        reporter.maybe_flush(now)
+        [early] = sent
+        assert early.count == task_events.EARLY_BATCH_RECORDS and not reporter.records
+        assert {e.state for e in p.unpack_task_events(early.events)} == {p.TS_FINISHED}
+    finally:
+        reporter._sock.close(linger=0)
+
+
 def test_a_gcs_that_does_not_read_never_blocks_the_reporter_and_drops_are_counted(tmp_path):
     # an endpoint where nobody listens: batches queue up to a few, then drop
     reporter = TaskEventReporter(f"ipc://{tmp_path}/nobody", b"w" * 16, b"n" * 16, 1)
     try:
         def flood():
-            for batch in range(20):
+            for batch in range(40):
                 for i in range(100):
                     reporter.record((batch * 100 + i).to_bytes(16, "big"), 0,
                                     p.TS_PENDING_ARGS_AVAIL)
@@ -573,7 +602,7 @@ def test_a_gcs_that_does_not_read_never_blocks_the_reporter_and_drops_are_counte
         outcome, _ = call_bounded(flood, timeout=10)
         assert outcome == "ok"
         assert reporter.dropped > 0
-        assert reporter.sent + reporter.dropped == 2000
+        assert reporter.sent + reporter.dropped == 4000
         assert not reporter.events
     finally:
         reporter._sock.close(linger=0)

@@ -92,7 +92,7 @@ class Executor:
         self.main_thread = threading.get_ident()
         self.cancel_requested = None
         self.events = self.cw.task_events
-        #: function name -> (job id, actor id, its event info's index or the info)
+        #: function name -> (job id, its event info's index or the info)
         self._call_infos: dict[str, tuple] = {}
         #: ``events.started(task_id, attempt, info)``, one call the cheaper
         self._note_running = self.events.running.__setitem__
@@ -215,17 +215,18 @@ class Executor:
         registered once per function, job and actor. Never raises."""
         try:
             known = self._call_infos.get(spec.function_name)
-            if known is None or known[0] != spec.job_id or known[1] != spec.actor_id:
+            if known is None or known[0] != spec.job_id:
                 known = self._call_info(spec)
-            self._note_running(spec.task_id, (spec.attempt, _time(), known[2]))
+            self._note_running(spec.task_id, (spec.attempt, _time(), known[1]))
         except Exception:       # noqa: BLE001 — logged: reporting never fails a task
             reporting_failed("a task's start")
 
     def _call_info(self, spec) -> tuple:
-        """``(job id, actor id, info)`` of ``spec``'s calls, ``info`` the
-        index the reporter registered it under (or the dict itself when too
-        many are): one info per function, job and actor; an actor call's
-        name is ``Class.method``."""
+        """``(job id, info)`` of ``spec``'s calls, ``info`` the index the
+        reporter registered it under (or the dict itself when too many are):
+        one info per function, job and actor (a process is one actor at
+        most, and forgets the infos of its tasks when it becomes one); an
+        actor call's name is ``Class.method``."""
         if len(self._call_infos) > 10_000:
             self._call_infos.clear()
         name = spec.function_name
@@ -237,7 +238,7 @@ class Executor:
             info["actor_id"] = spec.actor_id
         index = self.events.info_index((spec.function_name, spec.job_id, spec.actor_id), info)
         known = self._call_infos[spec.function_name] = (
-            spec.job_id, spec.actor_id, index if index >= 0 else info)
+            spec.job_id, index if index >= 0 else info)
         return known
 
     def _ended(self, spec, err) -> None:
@@ -322,6 +323,7 @@ class Executor:
         """Run the constructor; on success serve the actor's calls until it ends."""
         cw = self.cw
         cw.become_actor(spec)
+        self._call_infos.clear()        # (a task's name may be a method's)
         error = b""
         self._enter(spec)
         try:
