@@ -114,16 +114,20 @@ def test_failed_task_reports_error_type_and_the_users_traceback(cluster):
 def test_a_failure_of_the_reporting_itself_never_fails_a_call_or_ends_the_actor(cluster):
     """With its reporter broken (registering an info and noting an end
     raise), an actor's calls still return, a user error still reaches the
-    caller as the user's, and the actor lives on in the same process."""
+    caller as the user's, and the actor lives on in the same process; a
+    cancel that lands in the reporting is raised again (the task is
+    cancelled, not reported as a reporting failure)."""
     @zray.remote
     class Fragile:
         def break_reporting(self):
+            from zray.worker import task_events
             reporter = global_state.worker.task_events
 
-            def broken(*args):
+            def broken(*args, **kwargs):
                 raise RuntimeError("a broken reporter")
-            reporter.info_index = broken    # a method not called yet cannot start
-            reporter.running = None         # no end can be noted
+            reporter.info_index = broken    # a method not called yet cannot start,
+            task_events._pack_record = broken   # no end can be packed,
+            reporter.ended = broken         # nor noted
             return os.getpid()
 
         def add_one(self, x):
@@ -143,6 +147,12 @@ def test_a_failure_of_the_reporting_itself_never_fails_a_call_or_ends_the_actor(
     assert zray.get(actor.add_one.remote(2), timeout=60) == 3
     assert zray.get(actor.pid.remote(), timeout=60) == pid
     zray.kill(actor)
+    from zray.worker.task_events import reporting_failed
+    with pytest.raises(zray.exceptions.TaskCancelledError):
+        try:
+            raise zray.exceptions.TaskCancelledError("cancelled")
+        except Exception:
+            reporting_failed("a task's start")
 
 
 def test_cancelled_task_is_failed_with_task_cancelled(cluster):
@@ -364,6 +374,31 @@ def test_packed_records_make_the_rows_their_fields_would():
         [], records + junk, {3: info}), len(ends) + 1, 0))
     assert rows(as_records) == rows(as_fields) and len(rows(as_fields)) == 13
     assert as_records.dropped_events == 1 and as_fields.dropped_events == 0
+
+
+def test_times_that_are_not_finite_are_dropped_and_the_table_stays_readable():
+    """An end time that is NaN or infinite drops its event (counted), as
+    fields or packed; a start that is not finite is taken as none; the
+    table answers queries and summaries after."""
+    table = TaskEventManager(max_rows=100)
+    nan, inf = float("nan"), float("inf")
+    fields = [(b"a" * 16, 0, p.TS_FINISHED, inf, None, 1.0),
+              (b"b" * 16, 0, p.TS_FINISHED, 2.0, None, nan),
+              (b"c" * 16, 0, p.TS_FINISHED, 2.0, None, -inf)]
+    table.add(task_batch(b"w" * 16, b"n" * 16, 7, [list(e) for e in fields], 0))
+    records = b"".join(p.TASK_EVENT_RECORD.pack(task_id, 0, p.TS_FINISHED, end, start, -1)
+                       for task_id, end, start in ((b"d" * 16, nan, 1.0),
+                                                   (b"e" * 16, 2.0, inf),
+                                                   (b"f" * 16, 3.0, 1.0)))
+    table.add(p.AddTaskEvents(b"w" * 16, b"n" * 16, 7, p.pack_task_events([], records, {}),
+                              3, 0))
+    rows = {bytes.fromhex(r["task_id"]): r for r in table.query(0, {})}
+    assert set(rows) == {b"b" * 16, b"c" * 16, b"e" * 16, b"f" * 16}
+    assert table.dropped_events == 2
+    assert [rows[t]["end_time_ms"] for t in (b"b" * 16, b"e" * 16, b"f" * 16)] \
+        == [2000, 2000, 3000]
+    assert rows[b"f" * 16]["start_time_ms"] == 1000
+    assert table.summary()[0] == {"FINISHED": 4}
 
 
 # ------------------------------------------------------------ the table bound

@@ -14,7 +14,7 @@ message — including a field that is not of the kind its annotation names
 address that does not parse; see "Field kinds") — so a daemon can log it and
 keep serving, and no handler ever sees such a value. (One field is a blob
 checked later, by its reader: ``AddTaskEvents.events``, see
-``unpack_task_events``.)
+``unpack_task_event_batch``.)
 """
 from __future__ import annotations
 
@@ -1321,8 +1321,9 @@ TASK_EVENT_RECORD = struct.Struct("<16sIBddi")
 
 @_declare(100)
 class AddTaskEvents(NamedTuple):
-    """One-way, core worker to GCS, at most about once a second: the task
-    state changes it saw since its last batch (``count`` of them, packed by
+    """One-way, core worker to GCS, about once a second (a busy executor's
+    packed events sooner, a batch per tick): the task state changes it saw
+    since its last batch (``count`` of them, packed by
     ``pack_task_events``: the GCS reads them only when its task table is
     read or it has idle time), and how many it dropped."""
     worker_id: WorkerId
@@ -1928,17 +1929,20 @@ def unpack_task_event_batch(blob: bytes) -> tuple[list, bytes, dict]:
                                     f"not an index of the batch's {len(infos)} infos")
             one[_INFO] = infos[info]
         events.append(TaskEvent(*one))
-    size = TASK_EVENT_RECORD.size
-    # the info indexes named: two low bytes of an int32 (little end) whose
-    # high bytes are 0, or -1 (all 0xff); anything else is not a key either
-    named = set(zip(records[size - 4::size], records[size - 3::size],
-                    records[size - 2::size], records[size - 1::size]))
-    for low, high, b2, b3 in named:
-        index = int.from_bytes(bytes((low, high, b2, b3)), "little", signed=True)
+    for index in task_event_record_infos(records):
         if index != -1 and index not in record_infos:
             raise ProtocolError(f"task event record: info {index} is not one of the "
                                 f"batch's {len(record_infos)} record infos")
     return events, records, record_infos
+
+
+def task_event_record_infos(records) -> set[int]:
+    """The info indexes (``TASK_EVENT_RECORD``'s last field, an int32) that
+    packed records name, each once; read off the bytes, not record by record."""
+    size = TASK_EVENT_RECORD.size
+    named = set(zip(records[size - 4::size], records[size - 3::size],
+                    records[size - 2::size], records[size - 1::size]))
+    return {int.from_bytes(bytes(index), "little", signed=True) for index in named}
 
 
 def message_types() -> dict[int, type]:

@@ -83,9 +83,12 @@ class _Row:
         self.parent = None
 
 
+_BLANK = _Row(b"")
 #: (name, job_id, actor_id, type, resources, parent, error_type,
 #: error_message) of a row no info described yet: _Row's defaults
-_NO_INFO = ("", b"", b"", p.TASK_NORMAL, None, None, None, None)
+_NO_INFO = (_BLANK.name, _BLANK.job_id, _BLANK.actor_id, _BLANK.type, _BLANK.resources,
+            _BLANK.parent, _BLANK.error_type, _BLANK.error_message)
+del _BLANK
 
 
 # How a filter reads each public field off a row (without building the row's dict).
@@ -185,10 +188,11 @@ class TaskEventManager:
             time_s, info, start = event.time_s, event.info, event.start_s
             if type(task_id) is not bytes or type(attempt) is not int or attempt < 0 \
                     or type(state) is not int or not 0 <= state < 6 \
-                    or type(time_s) is not float \
+                    or type(time_s) is not float or time_s - time_s \
                     or not self._apply_event(task_id, attempt, state, time_s, info,
-                                             start if type(start) is float else None, msg):
-                bad += 1
+                                             start if type(start) is float
+                                             and not start - start else None, msg):
+                bad += 1        # (x - x is 0.0 for a finite float, NaN for the others)
         # the packed records (their fields' types are the record's): most are
         # a short task's one event, a new row
         changed = self.changed
@@ -197,10 +201,10 @@ class TaskEventManager:
         where = None            # (node id, worker id) of the batch, interned once
         for task_id, attempt, state, time_s, start, info in _iter_records(records):
             info = None if info == -1 else record_infos[info]
-            if state > 5:
+            if state > 5 or time_s - time_s:    # (not finite: NaN)
                 bad += 1
                 continue
-            if start != start:              # NaN: none
+            if start - start:               # NaN (none) or infinite
                 start = None
             elif state >= 4 and task_id not in rows and (info is None or type(info) is dict):
                 if where is None:

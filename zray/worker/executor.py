@@ -211,8 +211,9 @@ class Executor:
 
     def _running(self, spec) -> None:
         """Note that ``spec`` starts running, with what it is (its owner may
-        never report it): ``events.started`` with the call's info,
-        registered once per function, job and actor. Never raises."""
+        never report it): what ``events.started`` does, with the call's info
+        registered once per function, job and actor. Never raises (but a
+        cancel, see ``reporting_failed``)."""
         try:
             known = self._call_infos.get(spec.function_name)
             if known is None or known[0] != spec.job_id:
@@ -246,18 +247,24 @@ class Executor:
         (its message: the user's traceback when user code raised it). Never
         raises."""
         try:
-            if err is None:
-                self.events.ended(spec.task_id, spec.attempt, p.TS_FINISHED)
-                return
-            info = error_info(err)
-            tb = err.__traceback__
-            if not isinstance(err, exc.RayError) and tb is not None:
-                # the user's frames: the first one is run_call's own
-                text = "".join(traceback.format_exception(type(err), err, tb.tb_next or tb))
-                info["error_message"] = text[-MAX_ERROR_CHARS:]
-            self.events.ended(spec.task_id, spec.attempt, p.TS_FAILED, info)
+            self._note_ended(spec, err)
+        except exc.TaskCancelledError:  # a cancel's SIGINT, as the task ends anyway
+            log.info("task %s ended as a cancel of it came", spec.task_id.hex())
         except Exception:       # noqa: BLE001 — logged: reporting never fails a task
             reporting_failed("a task's end")
+
+    def _note_ended(self, spec, err) -> None:
+        """``_ended``, which may raise."""
+        if err is None:
+            self.events.ended(spec.task_id, spec.attempt, p.TS_FINISHED)
+            return
+        info = error_info(err)
+        tb = err.__traceback__
+        if not isinstance(err, exc.RayError) and tb is not None:
+            # the user's frames: the first one is run_call's own
+            text = "".join(traceback.format_exception(type(err), err, tb.tb_next or tb))
+            info["error_message"] = text[-MAX_ERROR_CHARS:]
+        self.events.ended(spec.task_id, spec.attempt, p.TS_FAILED, info)
 
     def _leave(self) -> None:
         self.current = None

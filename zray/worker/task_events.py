@@ -1,12 +1,13 @@
 """Task events, the reporting side.
 
 A core worker notes each state change of the tasks it owns or runs — a
-record into a bytearray, or its fields into a deque, or a time onto the
+packed record into a list, or its fields into a deque, or a time onto the
 owner's record of the task, the only cost on the task path — and its I/O
 thread sends what piled up to the GCS about once a second
 (``config.task_events_report_interval_ms``; 0 turns task events off), in one
 ``AddTaskEvents`` message, together with the process's user metrics; a busy
-executor's packed events go sooner, in batches of about a thousand.
+executor's packed events go sooner, a batch per tick of the I/O thread once
+a thousand piled up.
 
 Events wait as their fields, one after another (``p.TASK_EVENT_FIELDS``
 each) in a deque, not as a tuple each: a million waiting tuples would keep
@@ -28,7 +29,7 @@ long wait or a long run shows up live, and the GCS shows the states a short
 task went through at the times it has.
 
 The send never blocks: when the GCS does not take the batch (unreachable, or
-a few batches already wait for it), the batch is dropped and counted, and the
+QUEUED_BATCHES already wait for it), the batch is dropped and counted, and the
 count travels with the next batch that goes through.
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ import collections
 import itertools
 import logging
 import struct
+import sys
 import threading
 import time
 
@@ -54,11 +56,12 @@ _FIELDS = p.TASK_EVENT_FIELDS
 _time = time.time
 
 #: batches queued for a GCS that does not read before further ones are dropped
-QUEUED_BATCHES = 16
+QUEUED_BATCHES = 4
 #: packed records that go to the GCS at the next tick of the I/O thread (every
-#: 50 ms), without waiting for the interval: a busy executor sends batches of
-#: ~100 KB, which its allocator reuses, not one of megabytes a second, which
-#: costs thousands of fresh pages a second in the task's own process
+#: 50 ms), without waiting for the interval, if the connection has room: a
+#: busy executor sends batches of tens of KB, which its allocator reuses, not
+#: one of megabytes a second, which costs thousands of fresh pages a second in
+#: the task's own process
 EARLY_BATCH_RECORDS = 1000
 #: an error message longer than this is cut (a traceback's end is kept)
 MAX_ERROR_CHARS = 4096
@@ -67,7 +70,6 @@ MAX_ERROR_CHARS = 4096
 MAX_RECORD_INFOS = 10_000
 _RECORD_SIZE = p.TASK_EVENT_RECORD.size
 _pack_record = p.TASK_EVENT_RECORD.pack
-_INFO_AT = _RECORD_SIZE - 4         # where a record's info index starts (int32, little end)
 _FINISHED = p.TS_FINISHED
 _MAX_PACKED_ATTEMPT = 2 ** 32 - 1   # a record's attempt is 32 bits
 
@@ -112,7 +114,11 @@ _failure_logged = [-FAILURE_LOG_INTERVAL_S]
 def reporting_failed(what: str) -> None:
     """(in an ``except`` block) Log that noting a task event failed, with
     its traceback, at most once per FAILURE_LOG_INTERVAL_S: the event is
-    lost, the task and its process go on as if reporting were off."""
+    lost (or goes without its info), the task and its process go on. A
+    TaskCancelledError (a cancel's SIGINT that landed in the reporting) is
+    raised again: the task is cancelled as it would be anywhere else."""
+    if isinstance(sys.exc_info()[1], exc.TaskCancelledError):
+        raise               # (the exception being handled)
     now = time.monotonic()
     if now - _failure_logged[0] >= FAILURE_LOG_INTERVAL_S:
         _failure_logged[0] = now
@@ -141,7 +147,8 @@ class TaskEventReporter:
         self.node_id = node_id
         self.pid = pid
         self.events: collections.deque = collections.deque()
-        #: (executor) task id -> (attempt, start, info or its index): started()
+        #: (executor) task id -> (attempt, start, info or its index): started().
+        #: Never replaced: the executor holds its ``__setitem__``
         self.running: dict = {}
         self.records: list = []     # packed events (p.TASK_EVENT_RECORD), each bytes: finished()
         self._record_infos: list = []   # registered infos, by index: see info_index()
@@ -226,11 +233,13 @@ class TaskEventReporter:
 
     def maybe_flush(self, now: float) -> None:
         """(I/O thread) Send a batch when one is due: every interval, or
-        sooner what piled up once EARLY_BATCH_RECORDS packed events did."""
+        sooner what piled up once EARLY_BATCH_RECORDS packed events did and
+        the connection has room (a GCS slow to read gets the interval's)."""
         if now >= self._next:
             self._next = now + self.interval
             self.flush()
-        elif len(self.records) >= EARLY_BATCH_RECORDS:
+        elif len(self.records) >= EARLY_BATCH_RECORDS \
+                and self._sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
             with self._flushing:
                 self._send_batch()
 
@@ -292,8 +301,7 @@ class TaskEventReporter:
             self.dropped += count - limit
         joined = b"".join(taken)
         infos = self._record_infos
-        named = set(zip(joined[_INFO_AT::_RECORD_SIZE], joined[_INFO_AT + 1::_RECORD_SIZE]))
-        return joined, {low | high << 8: infos[low | high << 8] for low, high in named}
+        return joined, {index: infos[index] for index in p.task_event_record_infos(joined)}
 
     def _report_waiting(self, since: float) -> None:
         """Queue the events ``waiting_events`` gives: tasks waiting since
