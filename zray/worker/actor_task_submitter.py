@@ -267,8 +267,6 @@ class ActorTaskSubmitter:
             if actor.state == p.ACTOR_ALIVE and len(actor.queue) == 1 and not task.deps:
                 ready.append(self._take_sendable_locked(actor))
         task, refs = tasks.new_task(spec, False, held, deps, enqueue_locked)
-        if tasks.task_events.enabled:
-            tasks.stamp(task)       # reported if it still waits a while later
         if watch:       # the GCS answers with where it is, then each change
             self._gcs.send(p.WatchActor(actor_id, self.address.endpoint))
         elif ready:

@@ -314,12 +314,9 @@ class CoreWorker:
                           actor_id, method_name, options or {})
         task, refs = tasks.new_task(spec, retry_exceptions, held, deps)
         ready = not task.deps
-        if self.task_events.enabled:
-            if ready:       # to the raylet at once: reported if it still waits a while later
-                tasks.stamp(task)
-            else:
-                self.task_events.record(task_id, 0, p.TS_PENDING_ARGS_AVAIL,
-                                        tasks.event_info(spec, tasks.parent_task_id()))
+        if not ready and self.task_events.enabled:     # (new_task stamped a ready one)
+            self.task_events.record(task_id, 0, p.TS_PENDING_ARGS_AVAIL,
+                                    tasks.event_info(spec, tasks.parent_task_id()))
         if ready:
             tasks.dispatch(task, first=True)
         if num_returns == p.STREAMING:

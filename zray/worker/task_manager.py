@@ -46,6 +46,7 @@ class TaskManager:
         one."""
         self.cond = cond
         self._worker = worker
+        self._in_worker = worker.mode == "worker"      # (not a driver): tasks have parents
         self.address = worker.address
         self.node_id = worker.node_id
         self.worker_id = worker.worker_id
@@ -137,11 +138,17 @@ class TaskManager:
                     self.waiting_on.setdefault(dep, []).append(task_id)
             if then_locked is not None:
                 then_locked(task)
+        if self.task_events.enabled and (not task.deps or spec.kind == p.TASK_ACTOR_METHOD):
+            # task events: reported if it still waits a while later (a task
+            # waiting for its arguments its submitter reports at once)
+            if self._in_worker:
+                task.parent = self._worker.current_task_id()
+            task.since = _monotonic()       # (a flush may look at it from now on)
         return task, refs
 
     def parent_task_id(self):
         """The task that submits a task now (in a worker), else None."""
-        return self._worker.current_task_id() if self._worker.mode == "worker" else None
+        return self._worker.current_task_id() if self._in_worker else None
 
     def event_info(self, spec, parent) -> dict:
         """What the first task event of a task submitted here (from task
@@ -159,7 +166,7 @@ class TaskManager:
 
     def waiting_events(self, since: float, limit: int) -> list:
         """(task events) A TaskEvent for each task submitted here (stamped
-        by ``stamp``) before ``since`` (``time.monotonic()``) whose first
+        by ``new_task``) before ``since`` (``time.monotonic()``) whose first
         attempt still waits, each once, the oldest first, at most ``limit``
         (the others at a later call): an actor call waits for its actor
         (PENDING_ARGS_AVAIL), a task for a node (PENDING_NODE_ASSIGNMENT)."""
@@ -184,12 +191,6 @@ class TaskManager:
                      else p.TS_PENDING_NODE_ASSIGNMENT)
             events.append(p.TaskEvent(spec.task_id, 0, state, at + to_wall, info))
         return events
-
-    def stamp(self, task: PendingTask) -> None:
-        """(task events) Note when ``task`` was submitted, and from which task."""
-        if self._worker.mode == "worker":
-            task.parent = self._worker.current_task_id()
-        task.since = _monotonic()       # (a flush may look at it from now on)
 
     def resolve_owned_args_locked(self, task: PendingTask):
         """(lock held) Turn refs to our own objects into values or store ids.
