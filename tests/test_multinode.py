@@ -140,6 +140,9 @@ class TestScheduling:
         def here():
             return zray.get_runtime_context().get_node_id()
 
+        # SPREAD goes round the nodes with room (as Ray's): on an idle cluster,
+        # every node; the earlier tests' leases are given back once idle
+        wait_for(lambda: zray.available_resources().get("CPU") == 3)
         got = zray.get([here.options(scheduling_strategy="SPREAD").remote()
                         for _ in range(6)], timeout=30)
         assert set(got) == set(three.ids)
