@@ -486,6 +486,62 @@ def test_batches_wait_unread_until_the_table_is_read_and_nothing_is_lost():
     assert [r["name"] for r in changed.take_changed(10)] == ["t0", "t1", "t2"]
 
 
+def _records_batch(first: int, count: int, pending: bool = False):
+    """A batch of an executor's packed ends of tasks ``first``.. (and, if
+    ``pending``, their owner's PENDING events too)."""
+    info = {"name": "A.f", "type": p.TASK_ACTOR_METHOD, "actor_id": b"a" * 16}
+    ids = [i.to_bytes(16, "big") for i in range(first, first + count)]
+    records = b"".join(p.TASK_EVENT_RECORD.pack(task_id, 0, p.TS_FINISHED, 2.0 + i, 1.0 + i, 0)
+                       for i, task_id in enumerate(ids, first))
+    fields = [f for i, task_id in enumerate(ids, first) if pending
+              for f in (task_id, 0, p.TS_PENDING_ARGS_AVAIL, 0.5 + i, None, None)]
+    return p.AddTaskEvents(b"w" * 16, b"n" * 16, 7, p.pack_task_events(fields, records, {0: info}),
+                           count * (2 if pending else 1), 0)
+
+
+@pytest.mark.parametrize("pending", [False, True])
+def test_a_long_unread_burst_makes_the_table_applying_every_batch_makes(pending):
+    """Batches that pile up unread past twice the table's rows (their rows
+    dropped at once, not made and dropped later): the table, once read, is
+    the one applying every batch as it comes makes, the newest rows."""
+    def run(table, read_each):
+        for first in range(0, 1000, 20):
+            table.add(_records_batch(first, 20, pending))
+            if read_each:
+                table.apply_waiting()
+        return table.query(0, {})
+
+    unread = TaskEventManager(max_rows=100)
+    rows = run(unread, read_each=False)
+    assert unread.waiting == 0
+    read = TaskEventManager(max_rows=100)
+    assert rows == run(read, read_each=True)
+    assert [r["task_id"] for r in rows] == [i.to_bytes(16, "big").hex() for i in range(900, 1000)]
+    assert {r["state"] for r in rows} == {"FINISHED"}
+    if not pending:             # one event a task: the same count of dropped rows
+        assert unread.dropped == read.dropped == 900
+
+
+def test_an_unread_burst_still_updates_the_rows_the_table_holds():
+    """A batch that waits behind twice the table's rows of events still
+    updates the rows the table holds: a long task's end lands."""
+    table = TaskEventManager(max_rows=100)
+    held = [i.to_bytes(16, "big") for i in range(50)]
+    long_task = b"L" * 16
+    table.add(task_batch(b"o" * 16, b"n" * 16, 5, [
+        (task_id, 0, p.TS_RUNNING, 1.0, {"name": "f"}, None) for task_id in [long_task, *held]]))
+    table.apply_waiting()
+    table.add(task_batch(b"o" * 16, b"n" * 16, 5, [
+        (long_task, 0, p.TS_FINISHED, 3.0, None, None), (b"N" * 16, 0, p.TS_RUNNING, 3.0, None, None)]))
+    for step in range(6):           # 300 more events: RUNNING again, of the held rows
+        table.add(task_batch(b"o" * 16, b"n" * 16, 5, [
+            (task_id, 0, p.TS_RUNNING, 4.0 + step, None, None) for task_id in held]))
+    states = {r["task_id"]: r["state"] for r in table.query(0, {})}
+    assert states[long_task.hex()] == "FINISHED"
+    assert len(states) == 51 and b"N".hex() * 16 not in states   # a new row: dropped, counted
+    assert table.dropped == 1
+
+
 def test_a_short_tasks_one_event_makes_the_row_its_running_and_end_events_make():
     """An executor reports a short task once (its end, with when it started):
     the row is the one RUNNING and then the end would make, and rows of

@@ -15,12 +15,17 @@ table is read (every reading method applies what waits first) or the GCS
 has idle time for it (``apply_waiting`` in slices). So a burst of tasks
 does not share its cores with the GCS building rows nobody looks at yet.
 Past ``max_waiting`` events (or ``MAX_WAITING_BYTES``) the oldest batches
-are applied as new ones arrive; nothing is lost by waiting.
+are applied as new ones arrive. Nothing is lost by waiting but the rows the
+table would drop anyway: when the events still waiting could fill the table
+twice over, the oldest batch only updates the rows the table holds, and the
+rows it would add, older than all the waiting events would add, are counted
+as dropped (a long burst nobody reads costs the GCS no row it drops later).
 """
 from __future__ import annotations
 
 import collections
 import logging
+import struct
 import time
 
 from ..broker import protocol as p
@@ -46,6 +51,9 @@ COMPLAINT_INTERVAL_S = 10.0
 
 
 _iter_records = p.TASK_EVENT_RECORD.iter_unpack
+_RECORD_SIZE = p.TASK_EVENT_RECORD.size
+#: the task ids of packed records (each record's first field, 16 bytes)
+_iter_record_ids = struct.Struct(f"<16s{_RECORD_SIZE - 16}x").iter_unpack
 
 
 def _batch_bytes(msg: p.AddTaskEvents) -> int:
@@ -116,9 +124,9 @@ _GETTERS = {
 class TaskEventManager:
     def __init__(self, max_rows: int, max_waiting: int | None = None):
         self.max_rows = max(1, max_rows)
-        #: events waiting to be applied at most (default: two per row the
-        #: table holds, what a task whose owner and executor both report sends)
-        self.max_waiting = 2 * self.max_rows if max_waiting is None else max(0, max_waiting)
+        #: events waiting to be applied at most (default: three per row the
+        #: table holds; past two, the oldest batches update held rows only)
+        self.max_waiting = 3 * self.max_rows if max_waiting is None else max(0, max_waiting)
         self._waiting: collections.deque = collections.deque()   # (count, AddTaskEvents)
         self.waiting = 0                  # events in them, as their senders counted
         self._waiting_bytes = 0
@@ -171,10 +179,13 @@ class TaskEventManager:
         """Apply the oldest waiting batch. Malformed events are skipped and
         counted in ``dropped_events``; so are all the events of a batch that
         is not a msgpack array of whole events (as many as it claimed, within
-        what its bytes could hold)."""
+        what its bytes could hold). When the events still waiting after it
+        could fill the table twice over, it updates only the rows the table
+        holds (see ``_of_held_rows``)."""
         count, msg = self._waiting.popleft()
         self.waiting -= count
         self._waiting_bytes -= _batch_bytes(msg)
+        overflow = self.waiting >= 2 * self.max_rows
         try:
             events, records, record_infos = p.unpack_task_event_batch(msg.events)
         except p.ProtocolError as exc:
@@ -183,6 +194,8 @@ class TaskEventManager:
                            msg.worker_id.hex(), exc)
             return
         bad = 0
+        if overflow:
+            events, records = self._of_held_rows(events, records)
         for event in events:
             task_id, attempt, state = event.task_id, event.attempt, event.state
             time_s, info, start = event.time_s, event.info, event.start_s
@@ -221,6 +234,23 @@ class TaskEventManager:
             self.dropped_events += bad
             self._complain("dropped %d malformed task event(s) from worker %r", bad,
                            msg.worker_id.hex())
+
+    def _of_held_rows(self, events: list, records: bytes) -> tuple:
+        """``(events, records)`` of the rows the table holds (and malformed
+        events, counted as such later). The others would add rows older than
+        those the waiting events add, twice ``max_rows`` events (a task sends
+        one or two, rarely more), which drop them: they are counted in
+        ``dropped_rows`` at once, and the GCS, its cores busy with a long
+        burst, spends no time on them."""
+        rows = self.rows
+        held = [event for event in events
+                if type(event.task_id) is not bytes or event.task_id in rows]
+        ids = [task_id in rows for (task_id,) in _iter_record_ids(records)]
+        self.dropped_rows += len(events) - len(held) + ids.count(False)
+        if not all(ids):
+            records = b"".join(records[i * _RECORD_SIZE:(i + 1) * _RECORD_SIZE]
+                               for i, known in enumerate(ids) if known)
+        return held, records
 
     def _apply_event(self, task_id, attempt, state, time_s, info, start, msg) -> bool:
         """Apply one event of ``msg`` (its fields' types checked; ``start``

@@ -1,0 +1,160 @@
+"""What task-event reporting costs the actor rows, switched in the same processes.
+
+    python benchmarks/task_events_toggle.py [--rounds 10] [--seconds 1.0]
+        [--rows 1_1_actor_calls_async,1_n_actor_calls_async]
+
+Two clusters side by side (``task_events_overhead.py``) differ by more than
+the cost sought: each starts its actors on other cores, and a round's cost
+spreads by ±10–15%. Here one cluster and one set of actors per row serve
+both ways: a round runs each row with reporting off and on (the order
+alternating), switching the reporting of the driver and of the actors in
+place, so both halves of a pair run in the same processes seconds apart. A
+third half, off again (``off2``), shows the noise floor. Per row: the median
+calls/s each way, the median cost of "on" against the mean of the two "off"
+halves, and the CPU each process spends per call each way (``psutil``, over
+all rounds: the actors, the driver, the GCS).
+
+Only the actor rows: a task row's work runs on leased workers the driver
+cannot switch (``python benchmarks/task_events_overhead.py`` covers them).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+
+import psutil  # noqa: E402
+
+import zray  # noqa: E402
+from zray._private import microbenchmark as mb  # noqa: E402
+from zray.worker import global_state  # noqa: E402
+
+MODES = ("off", "on", "off2")
+
+
+def _report(on: bool) -> int:
+    """Switch this process's task-event reporting; its pid."""
+    global_state.require_worker().task_events.enabled = on
+    return os.getpid()
+
+
+@zray.remote
+class Actor:
+    def f(self):
+        return b"ok"
+
+    def report(self, on):
+        return _report(on)
+
+
+@zray.remote
+class AsyncActor:
+    async def f(self):
+        return b"ok"
+
+    async def report(self, on):
+        return _report(on)
+
+
+#: row -> (actor class, options, how many actors): as zray microbenchmark's rows
+ROWS = {
+    "1_1_actor_calls_async": (Actor, {}, 1),
+    "1_1_actor_calls_concurrent": (Actor, {"max_concurrency": 16}, 1),
+    "1_1_async_actor_calls_async": (AsyncActor, {}, 1),
+    "1_n_actor_calls_async": (Actor, {}, 4),
+}
+
+
+def _cpu(processes) -> float:
+    total = 0.0
+    for process in processes:
+        times = process.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def run_half(actors, processes: dict, on: bool, seconds: float) -> dict:
+    """Calls per second with reporting ``on`` or off, the calls, and the
+    seconds of CPU each process group spent."""
+    zray.get([a.report.remote(on) for a in actors])
+    _report(on)
+    before = {name: _cpu(group) for name, group in processes.items()}
+    calls = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        zray.get([actors[i % len(actors)].f.remote() for i in range(mb.BATCH)])
+        calls += mb.BATCH
+    took = time.perf_counter() - start
+    result = {"rate": calls / took, "calls": calls}
+    for name, group in processes.items():
+        result[name] = _cpu(group) - before[name]
+    return result
+
+
+def measure(row: str, rounds: int, seconds: float) -> dict:
+    """Each mode's halves of ``row``, ``rounds`` of them."""
+    cls, options, count = ROWS[row]
+    actors = [cls.options(**options).remote() for _ in range(count)]
+    try:
+        pids = zray.get([a.report.remote(False) for a in actors])
+        me = psutil.Process()
+        gcs = [c for c in me.children(recursive=True) if "zray.gcs" in c.cmdline()]
+        processes = {"actors": [psutil.Process(pid) for pid in pids], "driver": [me],
+                     "gcs": gcs}
+        run_half(actors, processes, False, seconds / 2)            # warm up
+        halves = {mode: [] for mode in MODES}
+        for r in range(rounds):
+            for mode in (MODES if r % 2 == 0 else reversed(MODES)):
+                halves[mode].append(run_half(actors, processes, mode == "on", seconds))
+        return halves
+    finally:
+        for a in actors:
+            zray.kill(a)
+        _report(True)
+
+
+def summary(row: str, halves: dict) -> str:
+    def rate(mode):
+        return statistics.median(h["rate"] for h in halves[mode])
+
+    def per_call(mode, key):        # pooled: a process's CPU time ticks by 10 ms
+        return sum(h[key] for h in halves[mode]) / sum(h["calls"] for h in halves[mode]) * 1e6
+    costs = [1 - on["rate"] / ((off["rate"] + off2["rate"]) / 2)
+             for on, off, off2 in zip(halves["on"], halves["off"], halves["off2"])]
+    noise = [1 - off2["rate"] / off["rate"] for off, off2 in zip(halves["off"], halves["off2"])]
+    cpu = "  ".join(f"{key} " + " / ".join(f"{per_call(mode, key):.2f}" for mode in MODES)
+                    for key in ("actors", "driver", "gcs"))
+    return (f"{row:30} " + " / ".join(f"{rate(mode):,.0f}" for mode in MODES)
+            + f" calls/s  cost {statistics.median(costs) * 100:+.1f}%"
+            f" (off2 vs off {statistics.median(noise) * 100:+.1f}%)  µs/call {cpu}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=1.0, help="timed seconds per half")
+    parser.add_argument("--rows", default=",".join(ROWS),
+                        help=f"comma-separated, of: {', '.join(ROWS)}")
+    args = parser.parse_args()
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}: choose from {', '.join(ROWS)}")
+    zray.init(**mb.init_kwargs("zray"))
+    try:
+        print(f"# task-event reporting off / on / off again, switched in the same processes: "
+              f"{args.rounds} rounds, {args.seconds} s per half; cost > 0: slower with "
+              f"reporting; CPU per call as off / on / off2")
+        for row in rows:
+            print(summary(row, measure(row, args.rounds, args.seconds)), flush=True)
+    finally:
+        zray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
