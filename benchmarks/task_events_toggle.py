@@ -11,8 +11,10 @@ alternating), switching the reporting of the driver and of the actors in
 place, so both halves of a pair run in the same processes seconds apart. A
 third half, off again (``off2``), shows the noise floor. Per row: the median
 calls/s each way, the median cost of "on" against the mean of the two "off"
-halves, and the CPU each process spends per call each way (``psutil``, over
-all rounds: the actors, the driver, the GCS).
+halves, the CPU each process spends per call each way (``psutil``, over
+all rounds: the actors, the driver, the GCS), and how many of the row's
+calls the GCS's task table got (those made with reporting on, while it
+keeps them all: ``task_events_max``).
 
 Only the actor rows: a task row's work runs on leased workers the driver
 cannot switch (``python benchmarks/task_events_overhead.py`` covers them).
@@ -20,6 +22,7 @@ cannot switch (``python benchmarks/task_events_overhead.py`` covers them).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -31,6 +34,8 @@ import psutil  # noqa: E402
 
 import zray  # noqa: E402
 from zray._private import microbenchmark as mb  # noqa: E402
+from zray.broker import protocol as p  # noqa: E402
+from zray.config import config  # noqa: E402
 from zray.worker import global_state  # noqa: E402
 
 MODES = ("off", "on", "off2")
@@ -95,9 +100,33 @@ def run_half(actors, processes: dict, on: bool, seconds: float) -> dict:
     return result
 
 
+def reported_calls() -> int:
+    """Rows of ``f`` calls in the GCS's task table (it keeps the newest
+    ``task_events_max``), once the workers sent what they noted: the count
+    no longer grows over a report interval and a half."""
+    gcs = global_state.require_worker().gcs
+
+    def count():
+        by_name = gcs.call(p.GetTaskSummary()).by_name
+        return sum(sum(states.values()) for name, states in by_name.items()
+                   if name.endswith(".f"))
+
+    settle = config.task_events_report_interval_ms / 1000 * 1.5
+    last, deadline = count(), time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(settle)
+        now = count()
+        if now == last:
+            break
+        last = now
+    return last
+
+
 def measure(row: str, rounds: int, seconds: float) -> dict:
-    """Each mode's halves of ``row``, ``rounds`` of them."""
+    """Each mode's halves of ``row``, ``rounds`` of them, and ``reported``:
+    how many of its calls the GCS's task table got."""
     cls, options, count = ROWS[row]
+    before = reported_calls()
     actors = [cls.options(**options).remote() for _ in range(count)]
     try:
         pids = zray.get([a.report.remote(False) for a in actors])
@@ -110,6 +139,7 @@ def measure(row: str, rounds: int, seconds: float) -> dict:
         for r in range(rounds):
             for mode in (MODES if r % 2 == 0 else reversed(MODES)):
                 halves[mode].append(run_half(actors, processes, mode == "on", seconds))
+        halves["reported"] = reported_calls() - before
         return halves
     finally:
         for a in actors:
@@ -126,11 +156,14 @@ def summary(row: str, halves: dict) -> str:
     costs = [1 - on["rate"] / ((off["rate"] + off2["rate"]) / 2)
              for on, off, off2 in zip(halves["on"], halves["off"], halves["off2"])]
     noise = [1 - off2["rate"] / off["rate"] for off, off2 in zip(halves["off"], halves["off2"])]
+    made = {mode: sum(h["calls"] for h in halves[mode]) for mode in MODES}
     cpu = "  ".join(f"{key} " + " / ".join(f"{per_call(mode, key):.2f}" for mode in MODES)
                     for key in ("actors", "driver", "gcs"))
     return (f"{row:30} " + " / ".join(f"{rate(mode):,.0f}" for mode in MODES)
             + f" calls/s  cost {statistics.median(costs) * 100:+.1f}%"
-            f" (off2 vs off {statistics.median(noise) * 100:+.1f}%)  µs/call {cpu}")
+            f" (off2 vs off {statistics.median(noise) * 100:+.1f}%)  µs/call {cpu}"
+            f"  task rows {halves['reported']:,} of {made['on']:,} calls on"
+            f" ({made['off'] + made['off2']:,} off)")
 
 
 def main() -> int:
@@ -139,6 +172,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=1.0, help="timed seconds per half")
     parser.add_argument("--rows", default=",".join(ROWS),
                         help=f"comma-separated, of: {', '.join(ROWS)}")
+    parser.add_argument("--json", help="write each row's halves and task rows here")
     args = parser.parse_args()
     rows = [r for r in args.rows.split(",") if r]
     unknown = [r for r in rows if r not in ROWS]
@@ -149,8 +183,13 @@ def main() -> int:
         print(f"# task-event reporting off / on / off again, switched in the same processes: "
               f"{args.rounds} rounds, {args.seconds} s per half; cost > 0: slower with "
               f"reporting; CPU per call as off / on / off2")
+        results = {}
         for row in rows:
-            print(summary(row, measure(row, args.rounds, args.seconds)), flush=True)
+            results[row] = measure(row, args.rounds, args.seconds)
+            print(summary(row, results[row]), flush=True)
+        if args.json:
+            with open(args.json, "w") as out:
+                json.dump(results, out, indent=1)
     finally:
         zray.shutdown()
     return 0
