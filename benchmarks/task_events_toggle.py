@@ -111,7 +111,8 @@ def reported_calls() -> int:
         return sum(sum(states.values()) for name, states in by_name.items()
                    if name.endswith(".f"))
 
-    settle = config.task_events_report_interval_ms / 1000 * 1.5
+    settle = (config.task_events_report_interval_ms if config.task_events_report_interval_ms > 0
+              else 1000) / 1000 * 1.5     # (the interval reporting switched on uses)
     last, deadline = count(), time.monotonic() + 30
     while time.monotonic() < deadline:
         time.sleep(settle)
