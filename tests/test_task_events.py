@@ -501,9 +501,10 @@ def _records_batch(first: int, count: int, pending: bool = False):
 
 @pytest.mark.parametrize("pending", [False, True])
 def test_a_long_unread_burst_makes_the_table_applying_every_batch_makes(pending):
-    """Batches that pile up unread past twice the table's rows (their rows
-    dropped at once, not made and dropped later): the table, once read, is
-    the one applying every batch as it comes makes, the newest rows."""
+    """A long burst of short tasks nobody reads (one event a task, or two in
+    one batch): past twice the table's rows of events waiting, the GCS sheds
+    the oldest batches' new rows unread, and the table, once read, is the one
+    applying every batch as it comes makes, the newest rows."""
     def run(table, read_each):
         for first in range(0, 1000, 20):
             table.add(_records_batch(first, 20, pending))
@@ -518,13 +519,17 @@ def test_a_long_unread_burst_makes_the_table_applying_every_batch_makes(pending)
     assert rows == run(read, read_each=True)
     assert [r["task_id"] for r in rows] == [i.to_bytes(16, "big").hex() for i in range(900, 1000)]
     assert {r["state"] for r in rows} == {"FINISHED"}
-    if not pending:             # one event a task: the same count of dropped rows
+    if not pending:             # one event a task: as many dropped, unread or evicted
         assert unread.dropped == read.dropped == 900
+        assert unread.dropped_events > 0 and read.dropped_events == 0
 
 
-def test_an_unread_burst_still_updates_the_rows_the_table_holds():
-    """A batch that waits behind twice the table's rows of events still
-    updates the rows the table holds: a long task's end lands."""
+def test_past_twice_the_rows_waiting_the_oldest_batch_updates_held_rows_only():
+    """Load shedding: a batch that waits behind twice the table's rows of
+    events still updates the rows the table holds (a long task's end
+    lands); its event of a task the table does not hold is dropped unread
+    and counted, though the table has room (Ray drops task events under
+    load too)."""
     table = TaskEventManager(max_rows=100)
     held = [i.to_bytes(16, "big") for i in range(50)]
     long_task = b"L" * 16
@@ -538,8 +543,8 @@ def test_an_unread_burst_still_updates_the_rows_the_table_holds():
             (task_id, 0, p.TS_RUNNING, 4.0 + step, None, None) for task_id in held]))
     states = {r["task_id"]: r["state"] for r in table.query(0, {})}
     assert states[long_task.hex()] == "FINISHED"
-    assert len(states) == 51 and b"N".hex() * 16 not in states   # a new row: dropped, counted
-    assert table.dropped == 1
+    assert len(states) == 51 and b"N".hex() * 16 not in states
+    assert table.dropped_events == 1 and table.dropped_rows == 0
 
 
 def test_a_short_tasks_one_event_makes_the_row_its_running_and_end_events_make():

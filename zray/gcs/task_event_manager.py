@@ -15,11 +15,15 @@ table is read (every reading method applies what waits first) or the GCS
 has idle time for it (``apply_waiting`` in slices). So a burst of tasks
 does not share its cores with the GCS building rows nobody looks at yet.
 Past ``max_waiting`` events (or ``MAX_WAITING_BYTES``) the oldest batches
-are applied as new ones arrive. Nothing is lost by waiting but the rows the
-table would drop anyway: when the events still waiting could fill the table
-twice over, the oldest batch only updates the rows the table holds, and the
-rows it would add, older than all the waiting events would add, are counted
-as dropped (a long burst nobody reads costs the GCS no row it drops later).
+are applied as new ones arrive. Past twice the table's rows of events
+waiting, the GCS sheds load: the oldest batch only updates the rows the
+table holds, and its other events are dropped unread, counted in
+``dropped_events``. In a long burst of short tasks nobody reads, the rows
+they would make are dropped for newer ones before any read (the table read
+then is the one applying everything makes), and the GCS spends no time
+making them; a task whose events straddle that point may lose its older
+ones (an owner's PENDING), and a new task of a batch that only updates rows
+is dropped, as Ray drops task events under load.
 """
 from __future__ import annotations
 
@@ -125,7 +129,7 @@ class TaskEventManager:
     def __init__(self, max_rows: int, max_waiting: int | None = None):
         self.max_rows = max(1, max_rows)
         #: events waiting to be applied at most (default: three per row the
-        #: table holds; past two, the oldest batches update held rows only)
+        #: table holds; past two, the oldest batches shed load: see the module)
         self.max_waiting = 3 * self.max_rows if max_waiting is None else max(0, max_waiting)
         self._waiting: collections.deque = collections.deque()   # (count, AddTaskEvents)
         self.waiting = 0                  # events in them, as their senders counted
@@ -181,7 +185,7 @@ class TaskEventManager:
         is not a msgpack array of whole events (as many as it claimed, within
         what its bytes could hold). When the events still waiting after it
         could fill the table twice over, it updates only the rows the table
-        holds (see ``_of_held_rows``)."""
+        holds (``_of_held_rows``: load shedding, see the module)."""
         count, msg = self._waiting.popleft()
         self.waiting -= count
         self._waiting_bytes -= _batch_bytes(msg)
@@ -236,17 +240,14 @@ class TaskEventManager:
                            msg.worker_id.hex())
 
     def _of_held_rows(self, events: list, records: bytes) -> tuple:
-        """``(events, records)`` of the rows the table holds (and malformed
-        events, counted as such later). The others would add rows older than
-        those the waiting events add, twice ``max_rows`` events (a task sends
-        one or two, rarely more), which drop them: they are counted in
-        ``dropped_rows`` at once, and the GCS, its cores busy with a long
-        burst, spends no time on them."""
+        """``(events, records)`` of the rows the table holds (and events
+        whose task id is malformed, counted as such later); the others are
+        dropped unread and counted in ``dropped_events``."""
         rows = self.rows
         held = [event for event in events
                 if type(event.task_id) is not bytes or event.task_id in rows]
         ids = [task_id in rows for (task_id,) in _iter_record_ids(records)]
-        self.dropped_rows += len(events) - len(held) + ids.count(False)
+        self.dropped_events += len(events) - len(held) + ids.count(False)
         if not all(ids):
             records = b"".join(records[i * _RECORD_SIZE:(i + 1) * _RECORD_SIZE]
                                for i, known in enumerate(ids) if known)
