@@ -756,10 +756,13 @@ def test_user_metrics_from_tasks_actors_and_driver_show_in_get_metrics(cluster):
     counter = wait_for(counted, 10)
     assert counter["type"] == "counter" and counter["description"] == "requests served"
     assert counter["tag_keys"] == ["route"]
-    gauge = wait_for(lambda: _metric("te_temperature"), 10)
+    # (a report may come between the gauge's creation and its set, or
+    # between two observations: wait for the last values)
+    gauge = wait_for(lambda: (m := _metric("te_temperature")) and m["samples"] and m, 10)
     assert gauge["type"] == "gauge"
     assert gauge["samples"] == [{"tags": {"room": "lab"}, "value": 21.5}]
-    hist = wait_for(lambda: _metric("te_latency"), 10)
+    hist = wait_for(lambda: (m := _metric("te_latency")) and m["samples"]
+                    and m["samples"][0]["value"]["count"] == 4 and m, 10)
     assert hist["type"] == "histogram" and hist["boundaries"] == [0.1, 1.0]
     value = hist["samples"][0]["value"]
     assert value["buckets"] == [1, 2, 1] and value["count"] == 4
