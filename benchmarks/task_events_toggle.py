@@ -109,10 +109,11 @@ def run_half(actors, processes: dict, on: bool, seconds: float) -> dict:
     return result
 
 
-def reported_calls() -> tuple[int, int]:
+def reported_calls(at_least: int = 0) -> tuple[int, int]:
     """Rows of ``f`` calls in the GCS's task table and rows in all (it keeps
     the newest ``task_events_max``), once the workers sent what they noted:
-    the count no longer grows over a report interval and a half."""
+    ``at_least`` rows of calls are there, and the count no longer grows over
+    a report interval and a half (30 s at the most)."""
     gcs = global_state.require_worker().gcs
 
     def count():
@@ -123,6 +124,10 @@ def reported_calls() -> tuple[int, int]:
     settle = (config.task_events_report_interval_ms if config.task_events_report_interval_ms > 0
               else 1000) / 1000 * 1.5     # (the interval reporting switched on uses)
     last, deadline = count(), time.monotonic() + 30
+    while last[0] < at_least and last[1] < config.task_events_max \
+            and time.monotonic() < deadline:          # (a full table drops rows)
+        time.sleep(0.05)
+        last = count()
     while time.monotonic() < deadline:
         time.sleep(settle)
         now = count()
@@ -152,7 +157,7 @@ def measure(row: str, rounds: int, seconds: float) -> dict:
         for r in range(rounds):
             for mode in (MODES if r % 2 == 0 else reversed(MODES)):
                 halves[mode].append(run_half(actors, processes, mode == "on", seconds))
-        after, rows_after = reported_calls()
+        after, rows_after = reported_calls(before + sum(h["calls"] for h in halves["on"]))
         halves["reported"] = (after - before if rows_after < config.task_events_max
                               else None)
         return halves

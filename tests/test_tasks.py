@@ -627,8 +627,22 @@ def run_driver(tmp_path, source: str, timeout: float = 60) -> subprocess.Complet
 
 def test_print_in_a_task_appears_on_the_drivers_stdout_prefixed_with_pid(tmp_path):
     result = run_driver(tmp_path, """
+        import sys
         import time
         import zray
+
+        class Seen:             # stdout, remembering what went through
+            def __init__(self, stream):
+                self.stream, self.text = stream, []
+
+            def write(self, text):
+                self.text.append(text)
+                return self.stream.write(text)
+
+            def __getattr__(self, name):
+                return getattr(self.stream, name)
+
+        sys.stdout = seen = Seen(sys.stdout)
 
         @zray.remote
         def speak(i):
@@ -637,7 +651,9 @@ def test_print_in_a_task_appears_on_the_drivers_stdout_prefixed_with_pid(tmp_pat
 
         zray.init(num_cpus=1)
         assert zray.get([speak.remote(i) for i in range(2)], timeout=30) == [0, 1]
-        time.sleep(1.0)          # log lines travel asynchronously
+        deadline = time.monotonic() + 20      # log lines travel on their own path
+        while "".join(seen.text).count("hello from task") < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
         zray.shutdown()
         print("driver done")
     """)
