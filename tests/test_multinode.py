@@ -20,8 +20,10 @@ import pytest
 
 import zray
 from zray import exceptions as zexc
+from zray.broker import protocol as p
 from zray.broker import security
 from zray.cluster_utils import Cluster
+from zray.worker import global_state
 from zray._private.node import free_port
 from zray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -331,6 +333,28 @@ class TestNodeLoss:
         arr, made_on = zray.get(ref, timeout=30)
         np.testing.assert_array_equal(arr, np.arange(n, dtype=np.int64))
         assert made_on in dyn.stable
+
+    def test_lost_object_is_rebuilt_before_the_drivers_death_notice(self, dyn, monkeypatch):
+        """A get that finds its object gone from a node the GCS already
+        declared dead, before the death notice reached the driver, rebuilds
+        it from its lineage all the same (here the notice never comes)."""
+        victim = dyn.add_node(num_cpus=1)
+        inbox = global_state.worker.inbox
+        hear = inbox._on_event
+        monkeypatch.setattr(inbox, "_on_event", lambda topic, event: None
+                            if topic == p.TOPIC_NODE and event.event == p.NODE_REMOVED
+                            else hear(topic, event))
+
+        @zray.remote(num_cpus=1, max_retries=1)
+        def make(n):
+            return np.arange(n, dtype=np.int64)
+
+        n = 2 * MB // 8
+        ref = make.options(**on(victim.node_id, soft=True)).remote(n)
+        ready, _ = zray.wait([ref], timeout=30, fetch_local=False)
+        assert ready
+        crash(dyn, victim)
+        np.testing.assert_array_equal(zray.get(ref, timeout=30), np.arange(n, dtype=np.int64))
 
     def test_lost_object_without_retries_raises(self, dyn):
         victim = dyn.add_node(num_cpus=1)

@@ -21,6 +21,7 @@ import weakref
 
 from .. import exceptions as exc
 from ..broker import protocol as p
+from ..broker import rpc
 from ..config import config
 from ..object_ref import ObjectRef
 from ..store.spill_file import read_spill_file
@@ -97,14 +98,45 @@ class ObjectGetter:
                 raise TypeError(f"zray.get() takes ObjectRefs, got {type(ref).__name__}: "
                                 f"{ref!r:.60}")
         deadline = None if timeout is None else time.monotonic() + timeout
-        rets = self.wait_for(refs, len(refs), deadline)
-        if rets is None:
-            raise exc.GetTimeoutError(
-                f"get timed out after {timeout}s waiting for {len(refs)} object(s)")
-        held = self._pin_local(rets) if len(rets) > 1 else None
-        values = [self.value_of(ret) for ret in rets]
-        del held
-        return values[0] if single else values
+        for last_try in (False, True):
+            rets = self.wait_for(refs, len(refs), deadline)
+            if rets is None:
+                raise exc.GetTimeoutError(
+                    f"get timed out after {timeout}s waiting for {len(refs)} object(s)")
+            held = self._pin_local(rets) if len(rets) > 1 else None
+            try:
+                values = [self.value_of(ret) for ret in rets]
+            except exc.ObjectLostError:
+                if last_try or not self._lost_with_a_node(rets):
+                    raise
+                continue
+            del held
+            return values[0] if single else values
+
+    def _lost_with_a_node(self, rets) -> bool:
+        """Whether a node that stored one of ``rets`` is dead by the GCS
+        though this process has not handled its death yet (the node's
+        notice comes on its own, after its workers'); if so, its death is
+        handled now, as the notice would be (our objects whose only copy it
+        had are rebuilt from their lineage), and the caller waits for the
+        objects again."""
+        nodes = {ret.stored_at.node_id for ret in rets if ret.kind == p.RET_STORED}
+        if not nodes:           # (the error was a value: lost for good, an owner died)
+            return False
+        tasks = self._worker.task_manager
+        nodes -= tasks.dead_nodes
+        if not nodes:
+            return False
+        try:
+            nodes_now = self._worker.gcs.call(p.GetNodes()).nodes
+        except (rpc.NoAnswerError, rpc.RemoteError) as err:
+            log.warning("could not ask the GCS whether a node that lost an object died: %s", err)
+            return False
+        alive = {node.node_id for node in nodes_now if node.alive}
+        dead = nodes - alive
+        for node_id in dead:
+            tasks.node_died(node_id)
+        return bool(dead)
 
     def _pin_local(self, rets) -> list:
         """Pin, in one request, the objects of a multi-get stored on this

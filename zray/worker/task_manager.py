@@ -458,9 +458,12 @@ class TaskManager:
 
     def node_died(self, node_id: bytes) -> None:
         """A node died: retry our tasks that ran there, rebuild (or give up
-        on) our objects whose only copy was there."""
+        on) our objects whose only copy was there. Once per node (a get may
+        learn of a death before the GCS's notice comes)."""
         lost_tasks, rebuild, lost = [], {}, []
         with self.cond:
+            if node_id in self.dead_nodes:
+                return
             self.dead_nodes.add(node_id)
             for task_id, task in self.tasks.items():
                 if task.node == node_id:
