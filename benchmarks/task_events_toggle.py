@@ -10,8 +10,12 @@ both ways: a round runs each row with reporting off and on (the order
 alternating), switching the reporting of the driver and of the actors in
 place, so both halves of a pair run in the same processes seconds apart. A
 third half, off again (``off2``), shows the noise floor. Per row: the median
-calls/s each way, the median cost of "on" against the mean of the two "off"
-halves, the CPU each process spends per call each way (``psutil``, over
+calls/s each way; the cost of "on" against the two "off" halves, each way's
+rate pooled over all rounds (all calls over all seconds), with a 95%
+interval from resampling the rounds (a 0.25 s half's rate spreads by
+±15–20% on a 2-core VM, so a cost known to ±2% takes a few hundred rounds);
+the same for off2 against off (the noise floor: its interval should hold 0);
+the CPU each process spends per call each way (``psutil``, over
 all rounds: the actors, the driver, the GCS), and how many of the row's
 calls the GCS's task table got (those made with reporting on, while it
 keeps them all: ``task_events_max``).
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -167,21 +172,48 @@ def measure(row: str, rounds: int, seconds: float) -> dict:
         _report(True)
 
 
+#: bootstrap resamples of the rounds for a cost's 95% interval
+RESAMPLES = 2000
+
+
+def pooled_cost(rounds: list, mode: str, against: tuple) -> float:
+    """1 - the calls per second of ``mode``'s halves of ``rounds`` over those
+    of the ``against`` halves, each rate all the calls of its halves over
+    all their seconds (each round a dict mode -> half)."""
+    def rate(modes):
+        halves = [r[m] for r in rounds for m in modes]
+        return sum(h["calls"] for h in halves) / sum(h["calls"] / h["rate"] for h in halves)
+    return 1 - rate((mode,)) / rate(against)
+
+
+def cost_interval(halves: dict, mode: str, against: tuple) -> tuple[float, float, float]:
+    """``pooled_cost`` of all rounds, and its 95% interval: the 2.5th and
+    97.5th percentiles over RESAMPLES resamples of the rounds (with
+    replacement; each round keeps its halves together, so a drift of the
+    machine's speed between rounds does not widen it)."""
+    rounds = [dict(zip(MODES, trio)) for trio in zip(*(halves[m] for m in MODES))]
+    rng = random.Random(0)
+    costs = sorted(pooled_cost(rng.choices(rounds, k=len(rounds)), mode, against)
+                   for _ in range(RESAMPLES))
+    return (pooled_cost(rounds, mode, against), costs[int(RESAMPLES * 0.025)],
+            costs[int(RESAMPLES * 0.975) - 1])
+
+
 def summary(row: str, halves: dict) -> str:
     def rate(mode):
         return statistics.median(h["rate"] for h in halves[mode])
 
     def per_call(mode, key):        # pooled: a process's CPU time ticks by 10 ms
         return sum(h[key] for h in halves[mode]) / sum(h["calls"] for h in halves[mode]) * 1e6
-    costs = [1 - on["rate"] / ((off["rate"] + off2["rate"]) / 2)
-             for on, off, off2 in zip(halves["on"], halves["off"], halves["off2"])]
-    noise = [1 - off2["rate"] / off["rate"] for off, off2 in zip(halves["off"], halves["off2"])]
+    cost = cost_interval(halves, "on", ("off", "off2"))
+    noise = cost_interval(halves, "off2", ("off",))
     made = {mode: sum(h["calls"] for h in halves[mode]) for mode in MODES}
     cpu = "  ".join(f"{key} " + " / ".join(f"{per_call(mode, key):.2f}" for mode in MODES)
                     for key in ("actors", "driver", "gcs"))
     return (f"{row:30} " + " / ".join(f"{rate(mode):,.0f}" for mode in MODES)
-            + f" calls/s  cost {statistics.median(costs) * 100:+.1f}%"
-            f" (off2 vs off {statistics.median(noise) * 100:+.1f}%)  µs/call {cpu}"
+            + " calls/s  cost {:+.1f}% (95%: {:+.1f}..{:+.1f})".format(*(c * 100 for c in cost))
+            + " (off2 vs off {:+.1f}%, 95%: {:+.1f}..{:+.1f})".format(*(c * 100 for c in noise))
+            + f"  µs/call {cpu}"
             + (f"  task rows {halves['reported']:,} of {made['on']:,} calls on"
                f" ({made['off'] + made['off2']:,} off)" if halves["reported"] is not None
                else "  (the task table is full: its rows of this row's calls not counted)"))

@@ -120,13 +120,14 @@ def test_a_failure_of_the_reporting_itself_never_fails_a_call_or_ends_the_actor(
     @zray.remote
     class Fragile:
         def break_reporting(self):
-            from zray.worker import task_events
+            from zray.worker import executor, task_events
             reporter = global_state.worker.task_events
 
             def broken(*args, **kwargs):
                 raise RuntimeError("a broken reporter")
             reporter.info_index = broken    # a method not called yet cannot start,
-            task_events._pack_record = broken   # no end can be packed,
+            task_events._pack_record = broken   # no end can be packed (by the
+            executor._pack_record = broken      # executor's hot path or the reporter),
             reporter.ended = broken         # nor noted
             return os.getpid()
 

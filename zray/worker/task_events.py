@@ -150,7 +150,9 @@ class TaskEventReporter:
         #: (executor) task id -> (attempt, start, info or its index): started().
         #: Never replaced: the executor holds its ``__setitem__``
         self.running: dict = {}
-        self.records: list = []     # packed events (p.TASK_EVENT_RECORD), each bytes: finished()
+        #: packed events (p.TASK_EVENT_RECORD), each bytes: finished(). Never
+        #: replaced: the executor holds its ``append``
+        self.records: list = []
         self._record_infos: list = []   # registered infos, by index: see info_index()
         self._record_keys: dict = {}    # their keys -> index
         #: (owner) ``waiting_events(since, limit)``: a TaskEvent for each
@@ -196,8 +198,11 @@ class TaskEventReporter:
 
     def finished(self, task_id: bytes, attempt: int) -> None:
         """(executor) ``ended(task_id, attempt, TS_FINISHED)``, its common case
-        (a task started with a registered info) first. Never raises (see
-        ``reporting_failed``)."""
+        (a task started with a registered info) first; the executor's hot
+        path writes that case out (``records.append(TASK_EVENT_RECORD.pack(
+        task_id, attempt, TS_FINISHED, time.time(), start, index))``, then
+        ``del running[task_id]``) and calls this for the others. Never
+        raises (see ``reporting_failed``)."""
         try:
             begun = self.running.pop(task_id, None)
             try:
