@@ -227,6 +227,8 @@ def main() -> int:
                         help=f"comma-separated, of: {', '.join(ROWS)}")
     parser.add_argument("--json", help="write each row's halves and task rows here")
     args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds must be 2 or more (a cost's interval resamples the rounds)")
     rows = [r for r in args.rows.split(",") if r]
     unknown = [r for r in rows if r not in ROWS]
     if unknown:

@@ -148,7 +148,7 @@ class TaskEventReporter:
         self.pid = pid
         self.events: collections.deque = collections.deque()
         #: (executor) task id -> (attempt, start, info or its index): started().
-        #: Never replaced: the executor holds its ``__setitem__``
+        #: Never replaced: the executor holds it
         self.running: dict = {}
         #: packed events (p.TASK_EVENT_RECORD), each bytes: finished(). Never
         #: replaced: the executor holds its ``append``
@@ -197,19 +197,29 @@ class TaskEventReporter:
         self.running[task_id] = (attempt, _time(), info)
 
     def finished(self, task_id: bytes, attempt: int) -> None:
-        """(executor) ``ended(task_id, attempt, TS_FINISHED)``, its common case
-        (a task started with a registered info) first; the executor's hot
-        path writes that case out (``records.append(TASK_EVENT_RECORD.pack(
-        task_id, attempt, TS_FINISHED, time.time(), start, index))``, then
-        ``del running[task_id]``) and calls this for the others. Never
-        raises (see ``reporting_failed``)."""
+        """(executor) ``ended(task_id, attempt, TS_FINISHED)``: ``finished_begun``
+        of what ``started`` noted. Never raises (see ``reporting_failed``)."""
         try:
             begun = self.running.pop(task_id, None)
+        except Exception:       # noqa: BLE001 — logged: reporting never fails a task
+            reporting_failed("a task's end")
+            return
+        self.finished_begun(begun, task_id, attempt)
+
+    def finished_begun(self, begun, task_id: bytes, attempt: int) -> None:
+        """(executor) The task ``started`` noted as ``begun`` (which the caller
+        took out of ``running``; None: not seen starting) finished now:
+        packed when its info is a registered index, its common case (the
+        executor's hot path writes that case out: ``del running[task_id]``,
+        then ``records.append(TASK_EVENT_RECORD.pack(task_id, attempt,
+        TS_FINISHED, time.time(), start, index))``, and calls this when the
+        packing fails), else as fields. Never raises (see ``reporting_failed``)."""
+        try:
             try:
                 self.records.append(_pack_record(task_id, begun[0], _FINISHED, _time(),
                                                  begun[1], begun[2]))
             except (TypeError, struct.error):   # not seen starting (None); its info a
-                # dict, not a registered index, or its attempt too big for a record
+                # dict or None, not a registered index, or its attempt too big for a record
                 self._end(begun, task_id, attempt, _FINISHED, None)
         except Exception:       # noqa: BLE001 — logged: reporting never fails a task
             reporting_failed("a task's end")
