@@ -642,7 +642,7 @@ def test_an_executors_events_name_registered_infos_and_arrive_whole(tmp_path):
         assert {events[i].state for i in ids[2:]} == {p.TS_RUNNING}
         assert all(events[i].info == info for i in ids[2:])
         reporter.started(b"b" * 16, 1 << 33, index)      # an attempt a record cannot hold
-        reporter.finished(b"b" * 16, 1 << 33)
+        reporter.ended(b"b" * 16, 1 << 33, p.TS_FINISHED)
         reporter.flush()
         [big] = p.unpack_task_events(sent[-1].events)
         assert (big.attempt, big.state, big.info) == (1 << 33, p.TS_FINISHED, info)
@@ -673,7 +673,7 @@ def test_a_busy_executors_packed_events_go_before_the_interval_in_small_batches(
         def run(first, count):
             for i in range(first, first + count):
                 reporter.started(i.to_bytes(16, "big"), 0, index)
-                reporter.finished(i.to_bytes(16, "big"), 0)
+                reporter.ended(i.to_bytes(16, "big"), 0, p.TS_FINISHED)
         reporter.started(b"long" * 4, 0, index)        # runs on: reported at the interval
         run(0, task_events.EARLY_BATCH_RECORDS - 1)
         reporter.maybe_flush(now)

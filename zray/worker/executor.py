@@ -97,7 +97,7 @@ class Executor:
         #: function name -> (job id, its event info's index or the info)
         self._call_infos: dict[str, tuple] = {}
         #: task events' hot path (_started, _returns_of): the reporter's
-        #: ``started`` and the common case of its ``finished``, written out
+        #: ``started`` and the common case of its ``ended``, written out
         #: (one Python call fewer on each call of an actor)
         self._running_tasks = self.events.running
         self._add_record = self.events.records.append
@@ -286,7 +286,7 @@ class Executor:
     def _returns_of(self, spec, result, begun=None) -> list:
         """The Returns of ``spec``'s ``result``; once they are made, given
         ``begun`` (what ``_started`` noted), its end is noted too, as
-        ``events.finished`` would (its common case here, the others by
+        ``events.ended`` would (its common case here, the others by
         ``events.finished_begun``). Raises what serializing the result raised
         (nothing noted then), or a cancel that lands in the noting."""
         cw = self.cw

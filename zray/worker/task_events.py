@@ -37,7 +37,6 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import struct
 import sys
 import threading
 import time
@@ -150,7 +149,7 @@ class TaskEventReporter:
         #: (executor) task id -> (attempt, start, info or its index): started().
         #: Never replaced: the executor holds it
         self.running: dict = {}
-        #: packed events (p.TASK_EVENT_RECORD), each bytes: finished(). Never
+        #: packed events (p.TASK_EVENT_RECORD), each bytes: ended(). Never
         #: replaced: the executor holds its ``append``
         self.records: list = []
         self._record_infos: list = []   # registered infos, by index: see info_index()
@@ -196,31 +195,16 @@ class TaskEventReporter:
         executor's hot path does itself."""
         self.running[task_id] = (attempt, _time(), info)
 
-    def finished(self, task_id: bytes, attempt: int) -> None:
-        """(executor) ``ended(task_id, attempt, TS_FINISHED)``: ``finished_begun``
-        of what ``started`` noted. Never raises (see ``reporting_failed``)."""
-        try:
-            begun = self.running.pop(task_id, None)
-        except Exception:       # noqa: BLE001 — logged: reporting never fails a task
-            reporting_failed("a task's end")
-            return
-        self.finished_begun(begun, task_id, attempt)
-
     def finished_begun(self, begun, task_id: bytes, attempt: int) -> None:
         """(executor) The task ``started`` noted as ``begun`` (which the caller
-        took out of ``running``; None: not seen starting) finished now:
-        packed when its info is a registered index, its common case (the
-        executor's hot path writes that case out: ``del running[task_id]``,
-        then ``records.append(TASK_EVENT_RECORD.pack(task_id, attempt,
-        TS_FINISHED, time.time(), start, index))``, and calls this when the
-        packing fails), else as fields. Never raises (see ``reporting_failed``)."""
+        took out of ``running``; None: not seen starting) finished now. The
+        executor's hot path writes the common case out itself (``del
+        running[task_id]``, then ``records.append(TASK_EVENT_RECORD.pack(
+        task_id, attempt, TS_FINISHED, time.time(), start, index))``) and
+        calls this when that packing fails. Never raises (see
+        ``reporting_failed``)."""
         try:
-            try:
-                self.records.append(_pack_record(task_id, begun[0], _FINISHED, _time(),
-                                                 begun[1], begun[2]))
-            except (TypeError, struct.error):   # not seen starting (None); its info a
-                # dict or None, not a registered index, or its attempt too big for a record
-                self._end(begun, task_id, attempt, _FINISHED, None)
+            self._end(begun, task_id, attempt, _FINISHED, None)
         except Exception:       # noqa: BLE001 — logged: reporting never fails a task
             reporting_failed("a task's end")
 
