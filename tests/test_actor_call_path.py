@@ -1,11 +1,13 @@
 """The actor worker's side of a call, as a caller relies on it: many calls in
 flight run in order with their own results, a reply goes out when its call
-ends (never held for the next call), a threaded actor runs at most
-``max_concurrency`` calls at once, and output a call prints reaches the
-driver's console when the call ends.
+ends (never held for the next call), a threaded or async actor runs at
+most ``max_concurrency`` calls at once (an async one starts them in arrival
+order), and output a call prints reaches the driver's console when the call
+ends.
 """
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import threading
@@ -39,6 +41,33 @@ class Peak:
 
     def peak_(self):
         return self.peak
+
+
+@zray.remote
+class AsyncPeak:
+    """An async actor that records the order its calls started in and the
+    most of them ever running at once."""
+
+    def __init__(self):
+        self.now = 0
+        self.peak = 0
+        self.started = []
+
+    async def work(self, i, seconds):
+        self.started.append(i)
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        try:
+            await asyncio.sleep(seconds)
+            if i == 4:
+                raise ValueError("call 4 fails")
+            return i
+        finally:
+            self.now -= 1
+
+    def seen(self):
+        """(a plain method of an async actor) The peak and the start order."""
+        return self.peak, self.started
 
 
 @zray.remote
@@ -110,6 +139,21 @@ def test_threaded_actor_runs_at_most_max_concurrency_calls_at_once(cluster):
     zray.kill(actor)
 
 
+def test_async_actor_runs_at_most_max_concurrency_calls_at_once_in_arrival_order(cluster):
+    """Calls past ``max_concurrency`` wait their turn and start in the order
+    they came; a call that fails frees its turn like one that returns."""
+    actor = AsyncPeak.options(max_concurrency=3).remote()
+    refs = [actor.work.remote(i, 0.05) for i in range(12)]
+    for i, ref in enumerate(refs):
+        if i == 4:
+            with pytest.raises(zray.exceptions.RayTaskError, match="call 4 fails"):
+                zray.get(ref, timeout=60)
+        else:
+            assert zray.get(ref, timeout=60) == i
+    assert zray.get(actor.seen.remote(), timeout=20) == (3, list(range(12)))
+    zray.kill(actor)
+
+
 def test_reply_is_not_held_back_by_the_next_call(cluster):
     """A burst of calls is read at once, but each reply leaves when its call
     ends: the caller gets the quick calls' results while a later call blocks
@@ -151,8 +195,8 @@ def test_call_pool_starts_threads_only_when_none_is_idle():
 
     pool = _CallPool(8, run)
     for i in range(50):
-        pool.submit(i, None)
-        wait_for(lambda: len(ran) == i + 1, timeout=10)
+        pool.submit(i, None)        # (then its thread is idle again: counted)
+        wait_for(lambda: len(ran) == i + 1 and len(pool._idle) == 1, timeout=10)
     assert done.wait(10)
     assert ran == list(range(50))
     assert pool._threads == 1, "one call at a time needs one thread"

@@ -11,6 +11,7 @@ code; the core worker's I/O thread serves the inbox meanwhile.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import queue
@@ -107,7 +108,7 @@ class Executor:
         self._replies = HeldReplies(self.cw.send_to)    # actor calls: a batch's results
         self._hold = False      # (actor, one call at a time) more calls of the batch follow
         self._pool = None       # (actor, threads) its _CallPool
-        self._async_calls = None    # (async actor) its calls not done yet
+        self._async_calls = None    # (async actor) its calls not done: (running, queued)
         signal.signal(signal.SIGINT, self._on_sigint)
         sys.stdout = LogForwarder(sys.stdout, self)
         sys.stderr = LogForwarder(sys.stderr, self)
@@ -341,7 +342,8 @@ class Executor:
             if self._hold:                      # one call at a time, in a batch
                 return True
             if self._async_calls is not None:   # the async actor's event loop
-                return len(self._async_calls) > 1
+                running, queued = self._async_calls
+                return len(running) + len(queued) > 1
             return None
         if self._pool is not None:              # a thread of a threaded actor
             return self._pool.waiting()
@@ -497,20 +499,34 @@ class Executor:
     def _serve_async(self, max_concurrency: int) -> None:
         """An async actor: its event loop, on this thread, reads the calls
         itself (no hand-off between threads) and runs up to
-        ``max_concurrency`` of them at once, started in arrival order."""
+        ``max_concurrency`` of them at once, started in arrival order (the
+        others wait in a queue, not as tasks). Whether a method is ``async
+        def`` is read once per method name."""
         import asyncio
         import inspect
         loop = asyncio.new_event_loop()
-        limit = asyncio.Semaphore(max_concurrency)
+        current_task = asyncio.current_task
         running = set()                 # the loop keeps only weak references to tasks
-        self._async_calls = running
+        queued = collections.deque()    # calls past max_concurrency, in arrival order
+        self._async_calls = (running, queued)
+        is_async: dict[str, bool] = {}
 
-        async def bounded(spec, fn):
-            async with limit:
-                if inspect.iscoroutinefunction(fn):
+        async def run(spec, fn):
+            try:
+                coroutine = is_async.get(spec.method_name)
+                if coroutine is None:
+                    coroutine = is_async[spec.method_name] = inspect.iscoroutinefunction(fn)
+                if coroutine:
                     await self.run_call_async(spec, fn)
                 else:
                     self._call_inline(spec, fn)
+            finally:
+                running.discard(current_task())
+                if queued:
+                    start(*queued.popleft())
+
+        def start(spec, fn):
+            running.add(loop.create_task(run(spec, fn)))
 
         def drain(sock):
             # ZeroMQ's descriptor is edge-triggered: read while a message waits
@@ -518,9 +534,10 @@ class Executor:
                 if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     return
                 for call in self._next_calls(sock):
-                    task = loop.create_task(bounded(*call))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
+                    if len(running) < max_concurrency and not queued:
+                        start(*call)
+                    else:
+                        queued.append(call)
             loop.call_soon(drain, sock)     # more wait: after the loop's other work
 
         for sock in self.actor_socks:
@@ -701,13 +718,17 @@ class _CallPool:
         self._size = size
         self._run = run
         self._calls = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)     # one count per idle thread
+        #: an entry per thread that finished a call and was not counted on
+        #: since (its threads append, ``submit`` alone takes: both atomic)
+        self._idle: list = []
         self._threads = 0
 
     def submit(self, spec, fn) -> None:
         """Queue a call (from the one thread that reads the actor's calls)."""
         self._calls.put((spec, fn))
-        if not self._idle.acquire(blocking=False) and self._threads < self._size:
+        if self._idle:
+            self._idle.pop()
+        elif self._threads < self._size:
             self._threads += 1
             threading.Thread(target=self._serve, daemon=True,
                              name=f"zray-actor_{self._threads}").start()
@@ -717,12 +738,12 @@ class _CallPool:
         return not self._calls.empty()
 
     def _serve(self) -> None:
-        get, run, idle = self._calls.get, self._run, self._idle
+        get, run, idle = self._calls.get, self._run, self._idle.append
         while True:
             spec, fn = get()
             run(spec, fn)
             del spec, fn
-            idle.release()
+            idle(None)
 
 
 def main(raylet_endpoint: str, session_dir: str, worker_id: bytes) -> int:
