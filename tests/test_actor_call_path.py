@@ -152,6 +152,14 @@ def test_async_actor_runs_at_most_max_concurrency_calls_at_once_in_arrival_order
             assert zray.get(ref, timeout=60) == i
     assert zray.get(actor.seen.remote(), timeout=20) == (3, list(range(12)))
     zray.kill(actor)
+    # one call at a time: the calls after a failed one still get their turn
+    single = AsyncPeak.options(max_concurrency=1).remote()
+    refs = [single.work.remote(i, 0.01) for i in (3, 4, 5, 6)]
+    with pytest.raises(zray.exceptions.RayTaskError, match="call 4 fails"):
+        zray.get(refs[1], timeout=60)
+    assert zray.get([refs[0]] + refs[2:], timeout=60) == [3, 5, 6]
+    assert zray.get(single.seen.remote(), timeout=20) == (1, [3, 4, 5, 6])
+    zray.kill(single)
 
 
 def test_reply_is_not_held_back_by_the_next_call(cluster):

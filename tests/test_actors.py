@@ -237,6 +237,12 @@ def test_max_concurrency_runs_calls_at_the_same_time(cluster):
     zray.kill(gate)
 
 
+def test_max_concurrency_below_one_is_refused_before_the_actor_starts(cluster):
+    for bad in (-1, 2.5, "4"):
+        with pytest.raises(ValueError, match="max_concurrency must be a positive integer"):
+            AsyncGate.options(max_concurrency=bad).remote(1)
+
+
 def test_default_actor_runs_one_call_at_a_time(cluster):
     """Without max_concurrency calls do not overlap (the barrier breaks)."""
     gate = Gate.remote(2, timeout=0.5)

@@ -104,6 +104,9 @@ class ActorClass:
         namespace = opts["namespace"] if opts["namespace"] is not None else worker.namespace
         is_async = any(m["is_async"] for m in self._methods.values())
         concurrency = opts["max_concurrency"] or (1000 if is_async else 1)
+        if type(concurrency) is not int or concurrency < 1:
+            raise ValueError(f"max_concurrency must be a positive integer (calls this actor "
+                             f"runs at once), got {opts['max_concurrency']!r}")
         detached = lifetime == "detached"
         # "owner": where handles are counted (none for a detached actor, which
         # never goes out of scope); travels to get_actor() callers too.

@@ -335,9 +335,11 @@ class Executor:
             self.cw.send_to(spec.owner, p.TaskReturned(spec.task_id, returns))
 
     def _more_calls_follow(self):
-        """(an actor) Whether more of its calls wait to run after the one that
-        just ended on this thread (then its results may wait for theirs); None
-        where results are never held (a task; a thread not serving calls)."""
+        """(an actor) Whether more of its calls follow the one that just ended
+        on this thread (then its results may wait for theirs): calls waiting
+        to run, or for an async actor also calls running at the same time;
+        None where results are never held (a task; a thread not serving
+        calls)."""
         if threading.get_ident() == self.main_thread:
             if self._hold:                      # one call at a time, in a batch
                 return True
@@ -501,7 +503,11 @@ class Executor:
         itself (no hand-off between threads) and runs up to
         ``max_concurrency`` of them at once, started in arrival order (the
         others wait in a queue, not as tasks). Whether a method is ``async
-        def`` is read once per method name."""
+        def`` is read once per method name. A call's task frees its turn as
+        it ends (it is never cancelled: a cancel interrupts the call itself),
+        and is made as a plain Task whatever task factory user code sets on
+        the loop (an eager one would run it to its end before it is in
+        ``running``)."""
         import asyncio
         import inspect
         loop = asyncio.new_event_loop()
@@ -526,7 +532,7 @@ class Executor:
                     start(*queued.popleft())
 
         def start(spec, fn):
-            running.add(loop.create_task(run(spec, fn)))
+            running.add(asyncio.Task(run(spec, fn), loop=loop))
 
         def drain(sock):
             # ZeroMQ's descriptor is edge-triggered: read while a message waits
@@ -718,8 +724,9 @@ class _CallPool:
         self._size = size
         self._run = run
         self._calls = queue.SimpleQueue()
-        #: an entry per thread that finished a call and was not counted on
-        #: since (its threads append, ``submit`` alone takes: both atomic)
+        #: an entry per call a thread finished that no ``submit`` counted on
+        #: since, ``size`` at most (the threads append, ``submit`` alone
+        #: takes: both atomic)
         self._idle: list = []
         self._threads = 0
 
@@ -738,12 +745,13 @@ class _CallPool:
         return not self._calls.empty()
 
     def _serve(self) -> None:
-        get, run, idle = self._calls.get, self._run, self._idle.append
+        get, run, idle, size = self._calls.get, self._run, self._idle, self._size
         while True:
             spec, fn = get()
             run(spec, fn)
             del spec, fn
-            idle(None)
+            if len(idle) < size:
+                idle.append(None)
 
 
 def main(raylet_endpoint: str, session_dir: str, worker_id: bytes) -> int:
