@@ -504,10 +504,10 @@ class Executor:
         ``max_concurrency`` of them at once, started in arrival order (the
         others wait in a queue, not as tasks). Whether a method is ``async
         def`` is read once per method name. A call's task frees its turn as
-        it ends (it is never cancelled: a cancel interrupts the call itself),
-        and is made as a plain Task whatever task factory user code sets on
-        the loop (an eager one would run it to its end before it is in
-        ``running``)."""
+        it ends (nothing cancels these tasks; a cancel that did would have to
+        free it), and is made as a plain Task whatever task factory user code
+        sets on the loop (an eager one would run it to its end before it is
+        in ``running``)."""
         import asyncio
         import inspect
         loop = asyncio.new_event_loop()
