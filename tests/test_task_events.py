@@ -626,9 +626,8 @@ def test_an_executors_events_name_registered_infos_and_arrive_whole(tmp_path):
         index = reporter.info_index(("f", b"\0\0\0\1", b""), dict(info))
         assert reporter.info_index(("f", b"\0\0\0\1", b""), {"other": 1}) == index
         ids = [i.to_bytes(16, "big") for i in range(5)]
-        for task_id in ids:
-            reporter.started(task_id, 0, index)
-        reporter.ended(ids[0], 0, p.TS_FINISHED)
+        slots = [reporter.started(task_id, 0, index) for task_id in ids]
+        assert reporter.recorder.finish(slots[0]) is None       # packed
         reporter.ended(ids[1], 0, p.TS_FAILED, {"error_type": "TASK_EXECUTION_EXCEPTION",
                                                 "error_message": "boom"})
         reporter.flush()            # ids[2:] still run
@@ -641,19 +640,18 @@ def test_an_executors_events_name_registered_infos_and_arrive_whole(tmp_path):
                                        "error_message": "boom"}
         assert {events[i].state for i in ids[2:]} == {p.TS_RUNNING}
         assert all(events[i].info == info for i in ids[2:])
-        reporter.started(b"b" * 16, 1 << 33, index)      # an attempt a record cannot hold
-        reporter.ended(b"b" * 16, 1 << 33, p.TS_FINISHED)
+        slot = reporter.started(b"b" * 16, 1 << 33, index)      # an attempt a record cannot hold
+        reporter.finished_unpacked(reporter.recorder.finish(slot))
         reporter.flush()
         [big] = p.unpack_task_events(sent[-1].events)
         assert (big.attempt, big.state, big.info) == (1 << 33, p.TS_FINISHED, info)
         reporter.max_buffered = 3
         for i in range(10, 20):
-            reporter.started(i.to_bytes(16, "big"), 0, index)
-            reporter.ended(i.to_bytes(16, "big"), 0, p.TS_FINISHED)
+            reporter.recorder.finish(reporter.started(i.to_bytes(16, "big"), 0, index))
         reporter.flush()
         kept = p.unpack_task_events(sent[-1].events)
         assert [e.task_id for e in kept] == [i.to_bytes(16, "big") for i in range(17, 20)]
-        assert sent[-1].dropped == 7 and not reporter.records
+        assert sent[-1].dropped == 7 and not len(reporter.recorder)
     finally:
         reporter._sock.close(linger=0)
 
@@ -672,8 +670,7 @@ def test_a_busy_executors_packed_events_go_before_the_interval_in_small_batches(
     try:
         def run(first, count):
             for i in range(first, first + count):
-                reporter.started(i.to_bytes(16, "big"), 0, index)
-                reporter.ended(i.to_bytes(16, "big"), 0, p.TS_FINISHED)
+                reporter.recorder.finish(reporter.started(i.to_bytes(16, "big"), 0, index))
         reporter.started(b"long" * 4, 0, index)        # runs on: reported at the interval
         run(0, task_events.EARLY_BATCH_RECORDS - 1)
         reporter.maybe_flush(now)
@@ -681,7 +678,7 @@ def test_a_busy_executors_packed_events_go_before_the_interval_in_small_batches(
         run(10_000, 1)
         reporter.maybe_flush(now)
         [early] = sent
-        assert early.count == task_events.EARLY_BATCH_RECORDS and not reporter.records
+        assert early.count == task_events.EARLY_BATCH_RECORDS and not len(reporter.recorder)
         assert {e.state for e in p.unpack_task_events(early.events)} == {p.TS_FINISHED}
     finally:
         reporter._sock.close(linger=0)

@@ -18,7 +18,6 @@ import queue
 import signal
 import sys
 import threading
-import time
 import traceback
 
 import zmq
@@ -34,9 +33,6 @@ from .core_worker import GEN_DONE_INDEX, CoreWorker
 from .held_replies import HeldReplies
 from .task_events import MAX_ERROR_CHARS, error_info, reporting_failed
 
-_time = time.time
-_pack_record = p.TASK_EVENT_RECORD.pack
-_FINISHED = p.TS_FINISHED
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +93,11 @@ class Executor:
         self.events = self.cw.task_events
         #: function name -> (job id, its event info's index or the info)
         self._call_infos: dict[str, tuple] = {}
-        #: task events' hot path (_started, _returns_of): the reporter's
-        #: ``started`` and the common case of its ``ended``, written out
-        #: (one Python call fewer on each call of an actor)
-        self._running_tasks = self.events.running
-        self._add_record = self.events.records.append
+        #: task events' hot path (_started, _returns_of): the recorder's
+        #: start and finish, called directly (one Python call fewer on each
+        #: call of an actor)
+        self._start_task = self.events.recorder.start
+        self._finish_task = self.events.recorder.finish
         self._direct = None             # ROUTER for direct calls (see _direct_sock)
         self.leased_by = None           # the lease this worker serves, if any
         self.cancelled_early: set[bytes] = set()    # lease tasks cancelled before they ran
@@ -213,16 +209,15 @@ class Executor:
         self.current = spec
         self.cw.enter_task(spec)
 
-    def _started(self, spec) -> tuple:
+    def _started(self, spec) -> int:
         """Note that ``spec`` starts running now, with what it is (its owner
-        may never report it), as ``events.started`` would; what it noted
-        (``begun``: attempt, start, info). Never raises (but a cancel, see
+        may never report it), as ``events.started`` would; its slot in the
+        recorder (``begun``). Never raises (but a cancel, see
         ``reporting_failed``)."""
         known = self._call_infos.get(spec.function_name)
         if known is None or known[0] != spec.job_id:
             known = self._call_info(spec)
-        begun = self._running_tasks[spec.task_id] = (spec.attempt, _time(), known[1])
-        return begun
+        return self._start_task(spec.task_id, spec.attempt, known[1])
 
     def _call_info(self, spec) -> tuple:
         """``(job id, info)`` of ``spec``'s calls, ``info`` the index the
@@ -286,10 +281,10 @@ class Executor:
 
     def _returns_of(self, spec, result, begun=None) -> list:
         """The Returns of ``spec``'s ``result``; once they are made, given
-        ``begun`` (what ``_started`` noted), its end is noted too, as
-        ``events.ended`` would (its common case here, the others by
-        ``events.finished_begun``). Raises what serializing the result raised
-        (nothing noted then), or a cancel that lands in the noting."""
+        ``begun`` (the slot ``_started`` gave), its end is noted too, as
+        ``events.ended`` would (packed by the recorder; what it cannot pack
+        by ``events.finished_unpacked``). Raises what serializing the result
+        raised (nothing noted then), or a cancel that lands in the noting."""
         cw = self.cw
         owner_id = spec.owner_address.worker_id
         returns = []
@@ -299,14 +294,9 @@ class Executor:
                 cw.lend(ser.contained_refs, owner_id)
             returns.append(cw.return_of(cw.return_id(spec.task_id, i + 1), ser, owner_id))
         if begun is not None:
-            del self._running_tasks[spec.task_id]
-            try:
-                self._add_record(_pack_record(spec.task_id, begun[0], _FINISHED, _time(),
-                                              begun[1], begun[2]))
-            except exc.TaskCancelledError:
-                raise               # a cancel's SIGINT landed here: the call is cancelled
-            except Exception:       # noqa: BLE001 — its info not an index, its attempt too
-                self.events.finished_begun(begun, spec.task_id, spec.attempt)   # big, or broken
+            unpacked = self._finish_task(begun)
+            if unpacked is not None:        # its info not an index, its attempt too big
+                self.events.finished_unpacked(unpacked)
         return returns
 
     def _error_returns(self, spec, err) -> list:

@@ -1,8 +1,9 @@
 """Task events, the reporting side.
 
 A core worker notes each state change of the tasks it owns or runs — a
-packed record into a list, or its fields into a deque, or a time onto the
-owner's record of the task, the only cost on the task path — and its I/O
+task's start and end into its ``Recorder`` (task_recorder.py, in C), or an
+event's fields into a deque, or a time onto the owner's record of the task,
+the only cost on the task path — and its I/O
 thread sends what piled up to the GCS about once a second
 (``config.task_events_report_interval_ms``; 0 turns task events off), in one
 ``AddTaskEvents`` message, together with the process's user metrics; a busy
@@ -14,10 +15,8 @@ each) in a deque, not as a tuple each: a million waiting tuples would keep
 the garbage collector busy in the task's own process. The commonest event,
 an executor's end of a task it saw start, waits packed instead
 (``p.TASK_EVENT_RECORD``, 41 bytes, its info an index of the infos the
-executor registered): it keeps no object the garbage collector tracks alive
-until the flush, which sends the records joined as they are. (A list of
-small bytes, not one bytearray: a bytearray that grows to megabytes and is
-emptied each second costs thousands of fresh pages a second.)
+executor registered), in the recorder's buffer: it keeps no Python object
+alive until the flush, which sends the records as they are.
 
 A short task costs one event: its executor reports it once it ended (what
 it is, when it started and ended, where). The owner reports a task it
@@ -47,6 +46,7 @@ from .. import exceptions as exc
 from ..broker import protocol as p
 from ..broker import sockets
 from ..config import config
+from .task_recorder import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,6 @@ MAX_ERROR_CHARS = 4096
 #: below 2**16: a record's index is read from its two low bytes)
 MAX_RECORD_INFOS = 10_000
 _RECORD_SIZE = p.TASK_EVENT_RECORD.size
-_pack_record = p.TASK_EVENT_RECORD.pack
-_FINISHED = p.TS_FINISHED
-_MAX_PACKED_ATTEMPT = 2 ** 32 - 1   # a record's attempt is 32 bits
 
 #: Ray's ErrorType name of each zray error a task can end with
 _ERROR_TYPES = (
@@ -146,12 +143,10 @@ class TaskEventReporter:
         self.node_id = node_id
         self.pid = pid
         self.events: collections.deque = collections.deque()
-        #: (executor) task id -> (attempt, start, info or its index): started().
-        #: Never replaced: the executor holds it
-        self.running: dict = {}
-        #: packed events (p.TASK_EVENT_RECORD), each bytes: ended(). Never
-        #: replaced: the executor holds its ``append``
-        self.records: list = []
+        #: (executor) the tasks it runs: their starts, and their ends packed
+        #: (p.TASK_EVENT_RECORD). Never replaced: the executor holds its
+        #: ``start`` and ``finish``
+        self.recorder = Recorder(p.TS_FINISHED)
         self._record_infos: list = []   # registered infos, by index: see info_index()
         self._record_keys: dict = {}    # their keys -> index
         #: (owner) ``waiting_events(since, limit)``: a TaskEvent for each
@@ -186,43 +181,42 @@ class TaskEventReporter:
                     index = self._record_keys[key] = len(self._record_infos) - 1
         return index
 
-    def started(self, task_id: bytes, attempt: int, info=None) -> None:
+    def started(self, task_id: bytes, attempt: int, info=None) -> int:
         """(executor) The task starts running now, as ``info`` says: a dict,
-        or the index ``info_index`` gave for one. It is reported with its
-        end, in one event; or as RUNNING by a flush that finds it still
-        running (so a long task shows as running while it runs). The same
-        as ``running[task_id] = (attempt, time.time(), info)``, which the
-        executor's hot path does itself."""
-        self.running[task_id] = (attempt, _time(), info)
+        or the index ``info_index`` gave for one; its slot in the recorder.
+        It is reported with its end, in one event; or as RUNNING by a flush
+        that finds it still running (so a long task shows as running while
+        it runs). The same as ``recorder.start(task_id, attempt, info)``,
+        which the executor's hot path calls itself; its end there is
+        ``recorder.finish(slot)`` (and ``finished_unpacked`` of what that
+        returns, if anything)."""
+        return self.recorder.start(task_id, attempt, info)
 
-    def finished_begun(self, begun, task_id: bytes, attempt: int) -> None:
-        """(executor) The task ``started`` noted as ``begun`` (which the caller
-        took out of ``running``; None: not seen starting) finished now. The
-        executor's hot path writes the common case out itself (``del
-        running[task_id]``, then ``records.append(TASK_EVENT_RECORD.pack(
-        task_id, attempt, TS_FINISHED, time.time(), start, index))``) and
-        calls this when that packing fails. Never raises (see
-        ``reporting_failed``)."""
+    def finished_unpacked(self, begun) -> None:
+        """(executor) A task finished now whose end the recorder could not
+        pack: ``begun``, what ``recorder.finish`` returned (task id,
+        attempt, start, info). Never raises (see ``reporting_failed``)."""
         try:
-            self._end(begun, task_id, attempt, _FINISHED, None)
+            task_id, attempt, start, info = begun
+            self._end(task_id, attempt, p.TS_FINISHED, None, start, info)
         except Exception:       # noqa: BLE001 — logged: reporting never fails a task
             reporting_failed("a task's end")
 
     def ended(self, task_id: bytes, attempt: int, state: int, info=None) -> None:
-        """(executor) The task finished or failed (``info``: the error)."""
-        self._end(self.running.pop(task_id, None), task_id, attempt, state, info)
-
-    def _end(self, begun, task_id: bytes, attempt: int, state: int, info) -> None:
-        """``ended``, given what ``started`` noted (``begun``, or None)."""
+        """(executor) The task finished or failed now (``info``: the error),
+        whether or not it was ``started``."""
+        begun = self.recorder.pop(task_id)
         if begun is None:
             self.events.extend((task_id, attempt, state, _time(), info, None))   # a TaskEvent
-            return
-        attempt, start, known = begun
+        else:
+            attempt, start, known = begun
+            self._end(task_id, attempt, state, info, start, known)
+
+    def _end(self, task_id: bytes, attempt: int, state: int, info, start: float,
+             known) -> None:
+        """Queue the end of a task that started at ``start`` as ``known``
+        says (its info, or the index of one), with ``info`` (the error's)."""
         if known.__class__ is int:
-            if info is None and attempt <= _MAX_PACKED_ATTEMPT:    # packed, as registered
-                self.records.append(_pack_record(task_id, attempt, state, _time(), start,
-                                                 known))
-                return
             known = self._record_infos[known]
         if info is None:
             info = known
@@ -237,7 +231,7 @@ class TaskEventReporter:
         if now >= self._next:
             self._next = now + self.interval
             self.flush()
-        elif len(self.records) >= EARLY_BATCH_RECORDS \
+        elif len(self.recorder) >= EARLY_BATCH_RECORDS \
                 and self._sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
             with self._flushing:
                 self._send_batch()
@@ -289,18 +283,16 @@ class TaskEventReporter:
         """The packed events recorded so far (the newest ``limit``; those
         before are dropped), taken and joined, and the registered infos they
         name, by index."""
-        records = self.records
-        count = len(records)
-        if not count:
+        if not len(self.recorder):
             return b"", {}
-        taken = records[:count]
-        del records[:count]         # (records appended meanwhile stay)
+        records, named = self.recorder.take()
+        count = len(records) // _RECORD_SIZE
         if count > limit:           # the GCS was slow to take them: keep the newest
-            del taken[:count - limit]
+            records = records[(count - limit) * _RECORD_SIZE:]
             self.dropped += count - limit
-        joined = b"".join(taken)
+            named = p.task_event_record_infos(records)
         infos = self._record_infos
-        return joined, {index: infos[index] for index in p.task_event_record_infos(joined)}
+        return records, {index: infos[index] for index in named}
 
     def _report_waiting(self, since: float) -> None:
         """Queue the events ``waiting_events`` gives: tasks waiting since
@@ -312,12 +304,12 @@ class TaskEventReporter:
     def _report_running(self, since: float) -> None:
         """Queue a RUNNING event for each task running since before ``since``
         that no flush reported yet."""
-        live = self.running.copy()          # other threads change it
+        live = self.recorder.running()
         reported = self._reported
         if reported:
-            reported.intersection_update(live)
+            reported.intersection_update(task_id for task_id, *_ in live)
         extend = self.events.extend
-        for task_id, (attempt, start, info) in live.items():
+        for task_id, attempt, start, info in live:
             if task_id not in reported and start <= since:
                 reported.add(task_id)
                 if info.__class__ is int:
