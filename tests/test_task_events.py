@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import msgpack
@@ -111,6 +112,45 @@ def test_failed_task_reports_error_type_and_the_users_traceback(cluster):
     assert row["events"][-1]["state"] == "FAILED"
 
 
+def test_every_way_a_call_ends_frees_its_place_in_the_recorder(cluster):
+    """A call that returns, raises, yields, or whose result cannot be
+    serialized leaves no task running in its actor's recorder (a leaked one
+    would show as RUNNING for ever)."""
+    import threading
+
+    @zray.remote
+    class Ends:
+        def returns(self):
+            return 1
+
+        def raises(self):
+            raise ValueError("no")
+
+        def unserializable(self):
+            return threading.Lock()
+
+        @zray.method(num_returns="streaming")
+        def yields(self):
+            yield 1
+            yield 2
+
+        def still_running(self):
+            worker = global_state.worker
+            me = worker.current_task_id()
+            return [task_id for task_id, *_ in worker.task_events.recorder.running()
+                    if task_id != me]
+
+    actor = Ends.remote()
+    assert zray.get(actor.returns.remote(), timeout=60) == 1
+    with pytest.raises(ValueError):
+        zray.get(actor.raises.remote(), timeout=60)
+    with pytest.raises(Exception, match="(?i)pickle|serializ"):
+        zray.get(actor.unserializable.remote(), timeout=60)
+    assert [zray.get(ref, timeout=60) for ref in actor.yields.remote()] == [1, 2]
+    assert zray.get(actor.still_running.remote(), timeout=60) == []
+    zray.kill(actor)
+
+
 def test_a_failure_of_the_reporting_itself_never_fails_a_call_or_ends_the_actor(cluster):
     """With its reporter broken (registering an info and noting an end
     raise), an actor's calls still return, a user error still reaches the
@@ -120,15 +160,18 @@ def test_a_failure_of_the_reporting_itself_never_fails_a_call_or_ends_the_actor(
     @zray.remote
     class Fragile:
         def break_reporting(self):
-            from zray.worker import executor, task_events
+            from zray.worker.executor import Executor
             reporter = global_state.worker.task_events
+            frame = sys._getframe()         # the executor running this call
+            while not isinstance(frame.f_locals.get("self"), Executor):
+                frame = frame.f_back
 
             def broken(*args, **kwargs):
                 raise RuntimeError("a broken reporter")
             reporter.info_index = broken    # a method not called yet cannot start,
-            task_events._pack_record = broken   # no end can be packed (by the
-            executor._pack_record = broken      # executor's hot path or the reporter),
-            reporter.ended = broken         # nor noted
+            frame.f_locals["self"]._finish_task = broken   # no end can be packed by the
+            reporter.finished_unpacked = broken     # recorder or noted otherwise,
+            reporter.ended = broken         # nor a failure noted
             return os.getpid()
 
         def add_one(self, x):

@@ -120,3 +120,34 @@ def test_bad_arguments_are_refused(recorder):
     with pytest.raises((OverflowError, ValueError)):
         recorder.start(b"t" * 16, -1, 1)
     assert recorder.running() == []
+
+
+def test_a_task_finished_while_take_makes_its_objects_is_kept(recorder):
+    """take() makes Python objects; the garbage collector may run then, and
+    a finalizer (or another thread) may finish a task meanwhile: its record
+    is neither lost nor taken twice."""
+    import gc
+    ran = []
+
+    class FinishesATask:
+        def __del__(self):
+            recorder.finish(recorder.start(b"late".ljust(16, b"\0"), 0, 99))
+            ran.append(True)
+
+    recorder.finish(recorder.start(b"t" * 16, 0, 1))
+    threshold = gc.get_threshold()
+    gc.collect()
+    try:
+        garbage = FinishesATask()
+        garbage.cycle = garbage
+        del garbage
+        gc.set_threshold(gc.get_count()[0])     # the next tracked object made collects:
+        first, first_infos = recorder.take()    # the list of infos take() makes
+    finally:
+        gc.set_threshold(*threshold)
+    gc.collect()
+    assert ran
+    second, second_infos = recorder.take()
+    ids = [r[0] for r in p.TASK_EVENT_RECORD.iter_unpack(first + second)]
+    assert sorted(ids) == [b"late".ljust(16, b"\0"), b"t" * 16]
+    assert sorted(first_infos + second_infos) == [1, 99]

@@ -8,8 +8,10 @@
    Recorder.take() -> (records: bytes, infos: list of int)
    len(recorder): records waiting
 
-   Every method runs with the GIL held and never releases it, so calls from
-   several threads never interleave. A record is TASK_EVENT_RECORD
+   Every method runs with the GIL held. An allocation of a Python object may
+   run the garbage collector, and with it finalizers that let another thread
+   run: no method holds a pointer into the recorder's arrays, or counts read
+   from them, across one (take() detaches its buffers first). A record is TASK_EVENT_RECORD
    (protocol.py, "<16sIBddi", 41 bytes): written here byte by byte,
    little-endian, whatever the host's order. */
 #define PY_SSIZE_T_CLEAN
@@ -42,10 +44,11 @@ typedef struct {
     int state_finished;
 } Recorder;
 
+/* now, as time.time() gives it (nanoseconds over 1e9, rounded once) */
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    return (double)((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec) / 1e9;
 }
 
 static void put_u32(char *p, uint32_t v) {
@@ -80,7 +83,7 @@ static PyObject *Recorder_start(Recorder *self, PyObject *const *args, Py_ssize_
         PyErr_SetString(PyExc_TypeError, "start(task_id, attempt, info)");
         return NULL;
     }
-    if (!PyBytes_Check(args[0])) {
+    if (!PyBytes_CheckExact(args[0])) {
         PyErr_SetString(PyExc_TypeError, "start: task_id must be bytes");
         return NULL;
     }
@@ -181,16 +184,19 @@ static PyObject *Recorder_finish(Recorder *self, PyObject *arg) {
 }
 
 static PyObject *Recorder_pop(Recorder *self, PyObject *task_id) {
+    if (!PyBytes_CheckExact(task_id)) {
+        PyErr_SetString(PyExc_TypeError, "pop: task_id must be bytes");
+        return NULL;
+    }
+    Py_ssize_t size = PyBytes_GET_SIZE(task_id);
     for (Py_ssize_t i = 0; i < self->n_slots; i++) {
         Slot *slot = &self->slots[i];
-        if (slot->task_id == NULL) continue;
-        int same = PyObject_RichCompareBool(slot->task_id, task_id, Py_EQ);
-        if (same < 0) return NULL;
-        if (same) {
-            PyObject *begun = Py_BuildValue("(KdO)", slot->attempt, slot->start, slot->info);
-            if (begun != NULL) release(self, i);
-            return begun;
-        }
+        if (slot->task_id == NULL || PyBytes_GET_SIZE(slot->task_id) != size
+                || memcmp(PyBytes_AS_STRING(slot->task_id), PyBytes_AS_STRING(task_id), size))
+            continue;
+        PyObject *begun = Py_BuildValue("(KdO)", slot->attempt, slot->start, slot->info);
+        if (begun != NULL) release(self, i);
+        return begun;
     }
     Py_RETURN_NONE;
 }
@@ -214,32 +220,48 @@ static PyObject *Recorder_running(Recorder *self, PyObject *Py_UNUSED(ignored)) 
 }
 
 static PyObject *Recorder_take(Recorder *self, PyObject *Py_UNUSED(ignored)) {
-    PyObject *records = PyBytes_FromStringAndSize(self->buf, self->used);
-    if (records == NULL) return NULL;
-    PyObject *infos = PyList_New(self->n_infos);
-    if (infos == NULL) {
-        Py_DECREF(records);
+    /* detached first: records finished while the objects below are made
+       (another thread may run then) start a new buffer */
+    char *buf = self->buf;
+    Py_ssize_t used = self->used, cap = self->cap;
+    int32_t *infos = self->infos;
+    Py_ssize_t n_infos = self->n_infos, cap_infos = self->cap_infos;
+    self->buf = NULL;
+    self->used = self->cap = 0;
+    self->infos = NULL;
+    self->n_infos = self->cap_infos = 0;
+    PyObject *records = PyBytes_FromStringAndSize(buf, used);
+    PyObject *named = records == NULL ? NULL : PyList_New(n_infos);
+    for (Py_ssize_t k = 0; named != NULL && k < n_infos; k++) {
+        PyObject *index = PyLong_FromLong(infos[k]);
+        if (index == NULL)
+            Py_CLEAR(named);
+        else
+            PyList_SET_ITEM(named, k, index);
+    }
+    PyObject *out = named == NULL ? NULL : PyTuple_Pack(2, records, named);
+    Py_XDECREF(records);
+    Py_XDECREF(named);
+    if (out == NULL) {          /* (out of memory: the records are lost, not kept twice) */
+        PyMem_Free(buf);
+        PyMem_Free(infos);
         return NULL;
     }
-    for (Py_ssize_t k = 0; k < self->n_infos; k++) {
-        PyObject *index = PyLong_FromLong(self->infos[k]);
-        if (index == NULL) {
-            Py_DECREF(records);
-            Py_DECREF(infos);
-            return NULL;
-        }
-        PyList_SET_ITEM(infos, k, index);
+    /* the buffers are kept for the next records, emptied (no fresh pages each
+       time), unless newer ones replaced them or a burst the I/O thread
+       missed grew them */
+    if (self->buf == NULL && cap <= MAX_KEPT) {
+        self->buf = buf;
+        self->cap = cap;
+    } else {
+        PyMem_Free(buf);
     }
-    self->used = 0;             /* the buffer is kept (no fresh pages next time)... */
-    self->n_infos = 0;
-    if (self->cap > MAX_KEPT) { /* ...unless a burst the I/O thread missed grew it */
-        PyMem_Free(self->buf);
-        self->buf = NULL;
-        self->cap = 0;
+    if (self->infos == NULL) {
+        self->infos = infos;
+        self->cap_infos = cap_infos;
+    } else {
+        PyMem_Free(infos);
     }
-    PyObject *out = PyTuple_Pack(2, records, infos);
-    Py_DECREF(records);
-    Py_DECREF(infos);
     return out;
 }
 

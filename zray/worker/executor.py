@@ -163,7 +163,7 @@ class Executor:
                 del args, kwargs
                 returns = self._returns_of(spec, result, begun)
             except ActorExit:
-                self._exited(spec)
+                self._exited(spec, begun)
                 raise
             except BaseException as err:     # noqa: BLE001 — reported to the owner
                 if events.enabled or begun is not None:     # (switched off meanwhile)
@@ -189,7 +189,7 @@ class Executor:
                 del args, kwargs
                 returns = self._returns_of(spec, result, begun)
             except ActorExit:
-                self._exited(spec)
+                self._exited(spec, begun)
                 self._exit_actor()
             except BaseException as err:     # noqa: BLE001 — reported to the owner
                 if events.enabled or begun is not None:     # (switched off meanwhile)
@@ -199,10 +199,11 @@ class Executor:
         finally:
             self._leave()
 
-    def _exited(self, spec) -> None:
-        """The call ran exit_actor(): its owner gets ActorDiedError."""
+    def _exited(self, spec, begun) -> None:
+        """The call ran exit_actor() (``begun``: what ``_started`` gave, or
+        None): its owner gets ActorDiedError."""
         self._send_returns(spec, self._exited_returns(spec))
-        if self.events.enabled:
+        if self.events.enabled or begun is not None:
             self._ended(spec, exc.ActorDiedError("the actor called exit_actor()"))
 
     def _enter(self, spec) -> None:
@@ -294,9 +295,13 @@ class Executor:
                 cw.lend(ser.contained_refs, owner_id)
             returns.append(cw.return_of(cw.return_id(spec.task_id, i + 1), ser, owner_id))
         if begun is not None:
-            unpacked = self._finish_task(begun)
-            if unpacked is not None:        # its info not an index, its attempt too big
-                self.events.finished_unpacked(unpacked)
+            try:
+                unpacked = self._finish_task(begun)
+            except Exception:       # noqa: BLE001 — logged: reporting never fails a task
+                reporting_failed("a task's end")    # (a cancel's SIGINT is raised again)
+            else:
+                if unpacked is not None:        # its info not an index, its attempt too big
+                    self.events.finished_unpacked(unpacked)
         return returns
 
     def _error_returns(self, spec, err) -> list:
@@ -349,16 +354,17 @@ class Executor:
         self._call_infos.clear()        # (a task's name may be a method's)
         error = b""
         self._enter(spec)
+        begun = None
         try:
             cls = cw.functions.load(spec.function_hash)
             args, kwargs = self._resolve_args(spec)
             if self.events.enabled:
-                self.events.started(spec.task_id, spec.attempt)
+                begun = self.events.started(spec.task_id, spec.attempt)
             self.instance = cls(*args, **kwargs)
-            if self.events.enabled:
+            if self.events.enabled or begun is not None:
                 self._ended(spec, None)
         except BaseException as err:     # noqa: BLE001 — reported through the GCS
-            if self.events.enabled:
+            if self.events.enabled or begun is not None:
                 self._ended(spec, err)
             error = self._error_blob(spec, err)
         finally:

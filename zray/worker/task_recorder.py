@@ -17,13 +17,18 @@ What a caller may rely on, in both:
   start, info) and returns None; or, when the record cannot hold it (``info``
   not an int32, attempt past 32 bits, a task id longer than 16 bytes),
   forgets it and returns ``(task_id, attempt, start, info)`` for the caller
-  to report otherwise. KeyError for a slot not started.
+  to report otherwise. KeyError for a slot not started; a slot finished or
+  popped may be given again to a task started later (the C one reuses
+  them), so each is finished or popped once.
 - ``pop(task_id)``: ``(attempt, start, info)`` of its start, forgotten; None
   when it is not running.
+- ``start`` and ``pop`` take a task id as ``bytes`` (TypeError otherwise),
+  ``start`` an attempt of 0 or more.
 - ``running()``: ``(task_id, attempt, start, info)`` of each task started and
   not finished.
 - ``take()``: ``(records, infos)``: the packed records so far, joined (the
-  oldest first), and the distinct info indexes they name; emptied.
+  oldest first), and the distinct info indexes they name (in no set
+  order); emptied.
 - ``len()``: the records waiting.
 - Any thread may call any of them: each is atomic under the GIL.
 """
@@ -69,7 +74,9 @@ class PyRecorder:
         return begun
 
     def pop(self, task_id: bytes):
-        for slot, (started, attempt, start, info) in list(self._slots.items()):
+        if task_id.__class__ is not bytes:
+            raise TypeError(f"pop: task_id must be bytes, not {type(task_id).__name__}")
+        for slot, (started, attempt, start, info) in self._slots.copy().items():
             if started == task_id:
                 if self._slots.pop(slot, None) is not None:     # (not taken meanwhile)
                     return attempt, start, info
